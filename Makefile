@@ -1,0 +1,44 @@
+# parbp — two commands do everything:  make study   and   make test
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PROFILE ?= default
+# torch is pinned so pip takes the CPU build instead of resolving the newest CUDA build (GBs)
+TORCH   ?= torch==2.13.0
+EXTRAS  ?= dev,baselines
+THEANO_ENV ?= .theano-env
+THEANO_PY  ?= python3.11
+
+.PHONY: install study test bench theano-env clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+# Runs every numbered notebook in order with papermill (PROFILE=default: < 30 min on 2 cores;
+# PROFILE=paper: the paper-scale experiments). Executed copies go to build/executed/, figures to figures/.
+study: install
+	$(BIN)/python -m parbp.study --profile $(PROFILE)
+
+test: install
+	$(BIN)/python -m pytest --nbval notebooks tests
+
+bench: install
+	$(BIN)/python -m parbp.bench --net 2h --batch 100 1000 --impl all --threads 1 2
+
+# Theano (theano-pymc 1.1.2) needs numpy < 1.24: it lives in its own pinned venv and runs out of process.
+theano-env: $(THEANO_ENV)/.installed
+$(THEANO_ENV)/.installed:
+	$(THEANO_PY) -m venv $(THEANO_ENV)
+	$(THEANO_ENV)/bin/python -m pip install -q "numpy==1.23.5" "scipy==1.11.4" "theano-pymc==1.1.2"
+	@touch $@
+
+clean:
+	rm -rf build .pytest_cache

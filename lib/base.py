@@ -1,0 +1,133 @@
+"""The one trainer interface every implementation of this study follows.
+
+    T = parbp.trainers.get("numpy")
+    t = T(net="2h", n_in=784, n_out=10, dtype="float32", seed=0, **options)
+    loss = t.step(X, Y, lr)     # one minibatch SGD step in place; the minibatch loss before the update
+    t.params                    # [(W, b), ...] as host numpy arrays
+    t.predict(X)                # output activations
+
+Subclasses set ``name``, declare their ``options`` with defaults, and implement ``_setup``,
+``_step``, ``_get_params``, ``_set_params`` and ``_predict``. The checks that every trainer
+needs (shapes, dtypes, option names, learning rate) live here, once.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .nets import init_params, layer_sizes
+
+DTYPES = ("float32", "float64")
+
+
+class TrainerUnavailable(RuntimeError):
+    """This trainer cannot run on this machine (no GPU, a missing package, ...); the message says why."""
+
+
+class Trainer:
+    name = "abstract"
+    #: accepted keyword options and their defaults, e.g. {"threads": 1}
+    options: dict = {}
+    default_dtype = "float32"
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        """(usable here?, reason if not). Override where a trainer needs hardware or a package."""
+        return True, ""
+
+    def __init__(self, net="1h", n_in: int = 784, n_out: int = 10, dtype=None, seed: int = 0, **options):
+        ok, why = self.availability()
+        if not ok:
+            raise TrainerUnavailable(f"trainer {self.name!r} is unavailable here: {why}")
+        unknown = set(options) - set(self.options)
+        if unknown:
+            accepted = ", ".join(sorted(self.options)) or "none"
+            raise ValueError(f"trainer {self.name!r} got unknown option(s) {sorted(unknown)}; it accepts: {accepted}")
+        self.opts = {**self.options, **options}
+        dtype = self.default_dtype if dtype is None else str(np.dtype(dtype))
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        self.dtype = np.dtype(dtype)
+        self.sizes = layer_sizes(net, n_in, n_out)
+        self.n_in, self.n_out = self.sizes[0], self.sizes[-1]
+        self.seed = seed
+        self._setup([(W.astype(self.dtype), b.astype(self.dtype)) for W, b in init_params(self.sizes, seed)])
+
+    # -- the interface -------------------------------------------------------------------------
+    def step(self, X, Y, lr) -> float:
+        X, Y = self._check_batch(X, Y)
+        lr = float(lr)
+        if not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"learning rate must be a positive finite number, got {lr}")
+        return float(self._step(X, Y, lr))
+
+    @property
+    def params(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return self._get_params()
+
+    @params.setter
+    def params(self, params) -> None:
+        """Load parameters (e.g. a broadcast from rank 0); shapes must match the network."""
+        params = list(params)
+        if len(params) != len(self.sizes) - 1:
+            raise ValueError(f"expected {len(self.sizes) - 1} layers of (W, b), got {len(params)}")
+        cast = []
+        for l, (W, b) in enumerate(params):
+            shape = (self.sizes[l], self.sizes[l + 1])
+            if np.shape(W) != shape or np.shape(b) != (shape[1],):
+                raise ValueError(f"layer {l}: expected W{shape} and b({shape[1]},), got W{np.shape(W)} b{np.shape(b)}")
+            cast.append((np.array(W, dtype=self.dtype), np.array(b, dtype=self.dtype)))
+        self._set_params(cast)
+
+    def predict(self, X) -> np.ndarray:
+        return self._predict(self._check_X(X))
+
+    def close(self) -> None:
+        """Release workers, devices or subprocesses (a no-op for most trainers)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        opts = "".join(f", {k}={v!r}" for k, v in self.opts.items())
+        return f"<{self.name} {'-'.join(map(str, self.sizes))} {self.dtype}{opts}>"
+
+    # -- shared checks -------------------------------------------------------------------------
+    def _check_X(self, X) -> np.ndarray:
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_in:
+            raise ValueError(f"X must have shape (batch, {self.n_in}), got {X.shape}")
+        if X.shape[0] == 0:
+            raise ValueError("X has 0 rows; a minibatch needs at least one example")
+        return np.ascontiguousarray(X, dtype=self.dtype)
+
+    def _check_batch(self, X, Y):
+        X = self._check_X(X)
+        Y = np.asarray(Y)
+        if Y.ndim == 1 and self.n_out == 1:
+            Y = Y[:, None]
+        if Y.ndim != 2 or Y.shape[1] != self.n_out:
+            raise ValueError(f"Y must have shape (batch, {self.n_out}), got {Y.shape}")
+        if Y.shape[0] != X.shape[0]:
+            raise ValueError(f"X and Y disagree on the batch size: {X.shape[0]} rows vs {Y.shape[0]}")
+        return X, np.ascontiguousarray(Y, dtype=self.dtype)
+
+    # -- for subclasses ------------------------------------------------------------------------
+    def _setup(self, params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _step(self, X, Y, lr):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _get_params(self):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _set_params(self, params):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _predict(self, X):  # pragma: no cover - abstract
+        raise NotImplementedError

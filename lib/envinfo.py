@@ -1,0 +1,77 @@
+"""What machine a measurement was taken on: CPU, cores, BLAS and its threads, package versions, GPU."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+
+import psutil
+from threadpoolctl import threadpool_info
+
+PACKAGES = ("numpy", "numba", "scipy", "torch", "pytensor", "cupy", "mpi4py", "ipyparallel", "pandas")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg if pkg != "cupy" else _cupy_dist())
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _cupy_dist() -> str:
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        if name.lower().startswith("cupy"):
+            return name
+    return "cupy"
+
+
+def blas() -> list[dict]:
+    """The BLAS/OpenMP libraries numpy (and friends) loaded, with their thread counts (threadpoolctl)."""
+    import numpy  # noqa: F401  (loads numpy's BLAS so threadpoolctl can see it)
+
+    return [
+        {k: lib.get(k) for k in ("user_api", "internal_api", "version", "num_threads", "filepath")}
+        for lib in threadpool_info()
+    ]
+
+
+def gpu() -> str:
+    """The GPU's name, or '' when there is none (checked without initializing a CUDA context where possible)."""
+    try:
+        from numba import cuda
+
+        if cuda.is_available():
+            return cuda.get_current_device().name.decode() if isinstance(cuda.get_current_device().name, bytes) else str(cuda.get_current_device().name)
+    except Exception:  # numba-cuda missing or the driver broken: no GPU for us either way
+        pass
+    return ""
+
+
+def summary() -> dict:
+    """One flat dict, suitable for a CSV header or a notebook table."""
+    blas_libs = blas()
+    return {
+        "cpu": cpu_name(),
+        "cores_logical": psutil.cpu_count(logical=True),
+        "cores_physical": psutil.cpu_count(logical=False),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "blas": "; ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)" for b in blas_libs),
+        "gpu": gpu() or "none",
+        **{f"v_{k}": v for k, v in versions().items()},
+    }

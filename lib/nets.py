@@ -1,0 +1,89 @@
+"""Network definitions: layer sizes, seeded initialization and FLOP counts (seed 001 §5.2).
+
+A network is a list of layer widths ``[n_in, h_1, ..., n_out]``. Weights follow the paper's
+convention ``z_l = W_l^T a_{l-1} + b_l`` with ``W_l`` of shape ``(n_{l-1}, n_l)``; in minibatch
+form, with one example per row, this is ``Z = A @ W + b``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: The paper's two networks: hidden widths only; input and output sizes follow the dataset.
+HIDDEN = {"1h": [1024], "2h": [1024, 1024]}
+
+
+def layer_sizes(net, n_in: int, n_out: int) -> list[int]:
+    """Widths of every layer, input to output, for ``net`` = "1h", "2h" or an explicit list.
+
+    An explicit list may be the hidden widths alone (``[512, 256]``) or the full
+    ``[n_in, ..., n_out]``; in the latter case its ends must match the dataset.
+    """
+    if isinstance(net, str):
+        if net not in HIDDEN:
+            raise ValueError(f"unknown net {net!r}; choose one of {sorted(HIDDEN)} or a list of layer sizes")
+        hidden = HIDDEN[net]
+        sizes = [n_in, *hidden, n_out]
+    else:
+        try:
+            sizes = [int(s) for s in net]
+        except TypeError:
+            raise ValueError(f"net must be one of {sorted(HIDDEN)} or a list of layer sizes, got {net!r}") from None
+        if len(sizes) >= 2 and sizes[0] == n_in and sizes[-1] == n_out:
+            pass  # already the full list
+        else:
+            sizes = [n_in, *sizes, n_out]
+    if any(s <= 0 for s in sizes):
+        raise ValueError(f"layer sizes must be positive, got {sizes}")
+    return sizes
+
+
+def init_params(sizes: list[int], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Seeded float64 parameters ``[(W, b), ...]``; every trainer starts from these (cast to its dtype).
+
+    Glorot-uniform scaled by 4 for sigmoid units (Glorot & Bengio 2010): ``W ~ U(-r, r)``,
+    ``r = 4 sqrt(6 / (fan_in + fan_out))``. The factor 4 matches sigmoid's slope of 1/4 at 0,
+    so activations and back-propagated deltas keep their variance through the layers instead of
+    shrinking, which is what lets plain SGD on an MSE loss train a sigmoid net at all. Biases start at 0.
+    """
+    rng = np.random.default_rng(seed)
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        r = 4.0 * np.sqrt(6.0 / (fan_in + fan_out))
+        params.append((rng.uniform(-r, r, size=(fan_in, fan_out)), np.zeros(fan_out)))
+    return params
+
+
+def n_params(sizes: list[int]) -> int:
+    """Number of weights and biases."""
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def flops_per_step(sizes: list[int], batch_size: int) -> int:
+    """Floating-point operations of one SGD step on a minibatch: forward, backward and update.
+
+    Counted the way GFLOP/s is conventionally reported for dense nets, by the matrix products
+    (2 flops per multiply-add) plus the elementwise work that every implementation must do:
+      forward       2·n_{l-1}·n_l per example and layer, + bias add and sigmoid (n_l each);
+      output delta  3 per output (a - y, times σ', times the loss scale);
+      backward      2·n_l·n_{l-1} per example for each layer but the first (no delta for the input),
+                    + 2 per hidden unit for the Hadamard product with σ' = a(1-a);
+      gradient      2·n_{l-1}·n_l per example and layer for the weights, n_l for the bias;
+      update        2 per parameter per step (scale and subtract).
+    Every GFLOP/s figure in this study divides this number by measured seconds.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    per_example = 0
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    for i, (fan_in, fan_out) in enumerate(layers):
+        per_example += 2 * fan_in * fan_out + 2 * fan_out  # forward product, bias, sigmoid
+        per_example += 2 * fan_in * fan_out + fan_out      # weight and bias gradient
+        if i > 0:
+            per_example += 2 * fan_out * fan_in + 2 * fan_in  # delta for the layer below, times σ'
+    per_example += 3 * sizes[-1]
+    return batch_size * per_example + 2 * n_params(sizes)
+
+
+def flops_per_example(sizes: list[int], batch_size: int) -> float:
+    """FLOPs per training example at a given minibatch size (the update is shared by the batch)."""
+    return flops_per_step(sizes, batch_size) / batch_size

@@ -1,0 +1,39 @@
+"""Writing results: atomically (a crash never leaves half a file) and as a figure with its data beside it."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write(path, write) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file in the target folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_csv(df, path, **kwargs) -> Path:
+    """``df.to_csv`` atomically (index dropped unless asked)."""
+    kwargs.setdefault("index", False)
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, **kwargs))
+
+
+def write_text(text: str, path) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_figure(fig, df, path, dpi: int = 120) -> tuple[Path, Path]:
+    """Save ``fig`` as ``path`` (PNG) and the tidy data it plots as the CSV beside it."""
+    path = Path(path).with_suffix(".png")
+    png = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+    csv = write_csv(df, path.with_suffix(".csv"))
+    return png, csv
