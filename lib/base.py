@@ -83,6 +83,16 @@ class Trainer:
     def predict(self, X) -> np.ndarray:
         return self._predict(self._check_X(X))
 
+    def gradients(self, X, Y) -> tuple[float, list[tuple[np.ndarray, np.ndarray]]]:
+        """The minibatch loss and ``[(dL/dW, dL/db), ...]`` without updating: what a data-parallel
+        worker computes before a reduction. ``step`` equals ``gradients`` then ``apply_gradients``."""
+        X, Y = self._check_batch(X, Y)
+        return self._gradients(X, Y)
+
+    def apply_gradients(self, grads, lr) -> None:
+        """``W -= lr * dW`` for every layer, with gradients shaped like ``params``."""
+        self._apply_gradients(grads, float(lr))
+
     def close(self) -> None:
         """Release workers, devices or subprocesses (a no-op for most trainers)."""
 
@@ -131,3 +141,9 @@ class Trainer:
 
     def _predict(self, X):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _gradients(self, X, Y):
+        raise NotImplementedError(f"trainer {self.name!r} does not expose its gradients")
+
+    def _apply_gradients(self, grads, lr):
+        raise NotImplementedError(f"trainer {self.name!r} does not expose its gradients")

@@ -22,19 +22,27 @@ class NumpyTrainer(Trainer):
             A.append(1.0 / (1.0 + np.exp(-(A[-1] @ W + b))))
         return A
 
-    def _step(self, X, Y, lr):
+    def _gradients(self, X, Y):
         A = self._forward(X)
         B = X.shape[0]
         err = A[-1] - Y
         loss = float(np.einsum("ij,ij->", err, err, dtype=np.float64)) / B
         delta = (2.0 / B) * err * A[-1] * (1.0 - A[-1])
+        grads = [None] * len(self._params)
         for l in range(len(self._params) - 1, -1, -1):
-            W, b = self._params[l]
-            gW, gb = A[l].T @ delta, delta.sum(axis=0)
+            grads[l] = (A[l].T @ delta, delta.sum(axis=0))
             if l > 0:
-                delta = (delta @ W.T) * A[l] * (1.0 - A[l])
+                delta = (delta @ self._params[l][0].T) * A[l] * (1.0 - A[l])
+        return loss, grads
+
+    def _apply_gradients(self, grads, lr):
+        for (W, b), (gW, gb) in zip(self._params, grads):
             W -= self.dtype.type(lr) * gW
             b -= self.dtype.type(lr) * gb
+
+    def _step(self, X, Y, lr):
+        loss, grads = self._gradients(X, Y)
+        self._apply_gradients(grads, lr)
         return loss
 
     def _get_params(self):

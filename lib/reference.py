@@ -71,11 +71,17 @@ class ReferenceTrainer(Trainer):
         self._params = [(W.copy(), b.copy()) for W, b in params]
 
     def _step(self, X, Y, lr):
-        loss, grads = loss_and_gradients(self._params, X, Y)
+        loss, grads = self._gradients(X, Y)
+        self._apply_gradients(grads, lr)
+        return loss
+
+    def _gradients(self, X, Y):
+        return loss_and_gradients(self._params, X, Y)
+
+    def _apply_gradients(self, grads, lr):
         for (W, b), (gW, gb) in zip(self._params, grads):
             W -= lr * gW
             b -= lr * gb
-        return loss
 
     def _get_params(self):
         return [(W.copy(), b.copy()) for W, b in self._params]
