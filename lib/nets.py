@@ -40,15 +40,16 @@ def layer_sizes(net, n_in: int, n_out: int) -> list[int]:
 def init_params(sizes: list[int], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Seeded float64 parameters ``[(W, b), ...]``; every trainer starts from these (cast to its dtype).
 
-    Glorot-uniform scaled by 4 for sigmoid units (Glorot & Bengio 2010): ``W ~ U(-r, r)``,
-    ``r = 4 sqrt(6 / (fan_in + fan_out))``. The factor 4 matches sigmoid's slope of 1/4 at 0,
-    so activations and back-propagated deltas keep their variance through the layers instead of
-    shrinking, which is what lets plain SGD on an MSE loss train a sigmoid net at all. Biases start at 0.
+    Glorot-uniform (Glorot & Bengio 2010): ``W ~ U(-r, r)``, ``r = sqrt(6 / (fan_in + fan_out))``,
+    biases 0. It keeps each layer's pre-activations near unit scale, where σ' is largest, so the
+    deltas of eq. 8 do not vanish on the way down. We do not use the ×4 variant often recommended
+    for sigmoid: sigmoid outputs are positive (mean ≈ 0.5), so across a fan-in of 1024 the ×4 weights
+    push the output units into saturation before the first step (measured: initial MSE 2.94 vs 2.34).
     """
     rng = np.random.default_rng(seed)
     params = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        r = 4.0 * np.sqrt(6.0 / (fan_in + fan_out))
+        r = np.sqrt(6.0 / (fan_in + fan_out))
         params.append((rng.uniform(-r, r, size=(fan_in, fan_out)), np.zeros(fan_out)))
     return params
 

@@ -1,0 +1,442 @@
+"""Datasets of the study: MNIST and KDD Cup 1999 (seed 001 §5.1), plus Fashion-MNIST.
+
+    ds = parbp.data.load("mnist")
+    ds.X_train, ds.Y_train, ds.X_val, ds.Y_val, ds.X_test, ds.Y_test   # float32
+    ds.y_train, ds.y_val, ds.y_test                                    # integer labels
+
+Files are looked up, in order, in ``$PARBP_DATA``, the repository's ``data/``, ``/usr/share/datasets/``
+(Debian's dataset packages), and only then downloaded with pooch from the standard mirrors.
+Integrity is checked by the sha256 of the *decompressed* bytes, because mirrors re-pack the ``.gz``
+wrappers (seen here: the MNIST training images). ``PARBP_OFFLINE=1`` forbids downloads.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+SYSTEM_DATA = Path("/usr/share/datasets")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A dataset file is neither on disk nor downloadable."""
+
+
+class DataIntegrityError(ValueError):
+    """A dataset file or array is not what it should be (hash, header, shape, NaN)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file of a dataset: where it may live and what its bytes must hash to."""
+
+    folder: str               # sub-folder under each data root, e.g. "mnist"
+    filename: str             # the compressed name, e.g. "train-images-idx3-ubyte.gz"
+    sha256: str               # of the decompressed bytes ('' if only the .gz hash is known)
+    mirrors: tuple[str, ...]  # base URLs the file can be downloaded from
+    gz_sha256: str = ""       # of the canonical .gz, accepted when the raw hash is unknown
+
+
+_MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+)
+_FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
+_KDD_MIRRORS = (
+    "http://kdd.ics.uci.edu/databases/kddcup99/",
+    "https://archive.ics.uci.edu/ml/machine-learning-databases/kddcup99-mld/",
+)
+
+_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+SOURCES: dict[str, dict[str, Source]] = {
+    "mnist": {
+        stem: Source("mnist", stem + ".gz", sha, _MNIST_MIRRORS)
+        for stem, sha in zip(_IDX, (
+            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        ))
+    },
+    "fashion-mnist": {
+        stem: Source("fashion-mnist", stem + ".gz", sha, _FASHION_MIRRORS)
+        for stem, sha in zip(_IDX, (
+            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        ))
+    },
+    "kddcup99": {
+        "10percent": Source(
+            "kddcup99", "kddcup.data_10_percent.gz",
+            "f8c8267ebcd9c0ed1fd7d6277fe5bfff8732e9b7db8e61b873542b2a534b6f9a", _KDD_MIRRORS,
+            gz_sha256="8045aca0d84e70e622d1148d7df782496f6333bf6eb979a1b0837c42a9fd9561",
+        ),
+        # Only the canonical .gz hash of the full set is published; its row count is checked too.
+        "full": Source(
+            "kddcup99", "kddcup.data.gz", "", _KDD_MIRRORS,
+            gz_sha256="3b6c942aa0356c0ca35b7b595a26c89d343652c9db428893e7494f837b274292",
+        ),
+    },
+}
+
+NAMES = tuple(SOURCES)
+KDD_SUBSETS = {"10percent": 494_021, "full": 4_898_431}
+KDD_ENCODINGS = ("onehot", "ordinal")
+
+# The symbolic features of KDD Cup 99, with every value kddcup.names lists (fixed, so the input width
+# does not depend on which subset was loaded).
+KDD_CATEGORIES = {
+    1: ("icmp", "tcp", "udp"),
+    2: ("IRC", "X11", "Z39_50", "aol", "auth", "bgp", "courier", "csnet_ns", "ctf", "daytime", "discard",
+        "domain", "domain_u", "echo", "eco_i", "ecr_i", "efs", "exec", "finger", "ftp", "ftp_data", "gopher",
+        "harvest", "hostnames", "http", "http_2784", "http_443", "http_8001", "imap4", "iso_tsap", "klogin",
+        "kshell", "ldap", "link", "login", "mtp", "name", "netbios_dgm", "netbios_ns", "netbios_ssn", "netstat",
+        "nnsp", "nntp", "ntp_u", "other", "pm_dump", "pop_2", "pop_3", "printer", "private", "red_i",
+        "remote_job", "rje", "shell", "smtp", "sql_net", "ssh", "sunrpc", "supdup", "systat", "telnet",
+        "tftp_u", "tim_i", "time", "urh_i", "urp_i", "uucp", "uucp_path", "vmnet", "whois"),
+    3: ("OTH", "REJ", "RSTO", "RSTOS0", "RSTR", "S0", "S1", "S2", "S3", "SF", "SH"),
+}
+KDD_N_FEATURES = 41
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset object
+
+
+@dataclass
+class Dataset:
+    """Train/validation/test splits as float32 matrices (one example per row) plus integer labels."""
+
+    name: str
+    X_train: np.ndarray
+    Y_train: np.ndarray
+    X_val: np.ndarray
+    Y_val: np.ndarray
+    X_test: np.ndarray
+    Y_test: np.ndarray
+    classes: tuple = ()
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        n_in, n_out = self.X_train.shape[1], self.Y_train.shape[1]
+        for split in ("train", "val", "test"):
+            X, Y = getattr(self, f"X_{split}"), getattr(self, f"Y_{split}")
+            if X.ndim != 2 or X.shape[1] != n_in:
+                raise DataIntegrityError(f"{self.name}: X_{split} must have shape (n, {n_in}), got {X.shape}")
+            if Y.ndim != 2 or Y.shape[1] != n_out:
+                raise DataIntegrityError(f"{self.name}: Y_{split} must have shape (n, {n_out}), got {Y.shape}")
+            if X.shape[0] != Y.shape[0]:
+                raise DataIntegrityError(f"{self.name}: X_{split} has {X.shape[0]} rows but Y_{split} has {Y.shape[0]}")
+            if X.dtype != np.float32 or Y.dtype != np.float32:
+                raise DataIntegrityError(f"{self.name}: {split} arrays must be float32, got {X.dtype} and {Y.dtype}")
+            if not np.isfinite(X).all():
+                raise DataIntegrityError(f"{self.name}: X_{split} contains NaN or infinite values")
+
+    @property
+    def n_in(self) -> int:
+        return self.X_train.shape[1]
+
+    @property
+    def n_out(self) -> int:
+        return self.Y_train.shape[1]
+
+    @staticmethod
+    def labels(Y: np.ndarray) -> np.ndarray:
+        """Integer labels from one-hot rows, or from a single 0/1 column."""
+        return (Y[:, 0] > 0.5).astype(np.int64) if Y.shape[1] == 1 else Y.argmax(axis=1)
+
+    @property
+    def y_train(self):
+        return self.labels(self.Y_train)
+
+    @property
+    def y_val(self):
+        return self.labels(self.Y_val)
+
+    @property
+    def y_test(self):
+        return self.labels(self.Y_test)
+
+    def take(self, n_train: int, n_val: int | None = None, n_test: int | None = None) -> "Dataset":
+        """The first rows of each split: a quick, deterministic subset for demos and tests."""
+        n_val = n_train // 5 if n_val is None else n_val
+        n_test = n_val if n_test is None else n_test
+        return replace(
+            self,
+            X_train=self.X_train[:n_train], Y_train=self.Y_train[:n_train],
+            X_val=self.X_val[:n_val], Y_val=self.Y_val[:n_val],
+            X_test=self.X_test[:n_test], Y_test=self.Y_test[:n_test],
+        )
+
+    def __repr__(self):
+        return (f"<Dataset {self.name}: train {self.X_train.shape}, val {self.X_val.shape}, "
+                f"test {self.X_test.shape}, {self.n_out} output(s)>")
+
+
+# --------------------------------------------------------------------------------------------
+# Finding, downloading and verifying files
+
+
+def search_roots() -> list[Path]:
+    """Folders searched for dataset files, in order."""
+    roots = []
+    if os.environ.get("PARBP_DATA"):
+        roots.append(Path(os.environ["PARBP_DATA"]).expanduser())
+    roots += [REPO_DATA, SYSTEM_DATA]
+    return roots
+
+
+def _download_root() -> Path:
+    if os.environ.get("PARBP_DATA"):
+        return Path(os.environ["PARBP_DATA"]).expanduser()
+    if REPO_DATA.is_dir():
+        return REPO_DATA
+    import pooch
+
+    return Path(pooch.os_cache("parbp"))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_verified(src: Source, path: Path) -> bytes:
+    """The decompressed bytes of ``path``, after checking them against ``src``'s hash."""
+    raw_file = path.read_bytes()
+    compressed = raw_file[:2] == b"\x1f\x8b"
+    try:
+        data = gzip.decompress(raw_file) if compressed else raw_file
+    except (OSError, EOFError) as e:
+        raise DataIntegrityError(f"{path} is not a readable gzip file ({e}); delete it and fetch it again") from None
+    if src.sha256:
+        ok = sha256(data) == src.sha256
+    else:
+        ok = compressed and sha256(raw_file) == src.gz_sha256
+    if not ok:
+        expected = src.sha256 or f"(of the .gz) {src.gz_sha256}"
+        raise DataIntegrityError(
+            f"{path} is corrupt or not the expected file: its sha256 does not match {expected}. "
+            f"Delete it and fetch it again (see data/README.md)."
+        )
+    return data
+
+
+def locate(src: Source) -> Path | None:
+    """The first existing copy of ``src`` (compressed or not) under the search roots."""
+    raw_name = src.filename.removesuffix(".gz")
+    for root in search_roots():
+        for folder in (root / src.folder, root):
+            for name in (src.filename, raw_name):
+                if (folder / name).is_file():
+                    return folder / name
+    return None
+
+
+def fetch(src: Source) -> Path:
+    """A verified local copy of ``src``: found on disk, or downloaded with pooch."""
+    path = locate(src)
+    if path is not None:
+        return path
+    searched = ", ".join(str(r / src.folder) for r in search_roots())
+    if os.environ.get("PARBP_OFFLINE"):
+        raise DataNotFoundError(
+            f"{src.filename} not found (searched {searched}) and downloads are off (PARBP_OFFLINE is set). "
+            f"Point PARBP_DATA at a folder holding {src.folder}/{src.filename}."
+        )
+    import pooch
+
+    target = _download_root() / src.folder
+    errors = []
+    for mirror in src.mirrors:
+        try:
+            got = Path(pooch.retrieve(mirror + src.filename, known_hash=None, fname=src.filename,
+                                      path=target, progressbar=False))
+        except Exception as e:  # network errors come in many types (requests, urllib3, OSError)
+            errors.append(f"{mirror}: {type(e).__name__}: {e}")
+            continue
+        try:
+            read_verified(src, got)
+        except DataIntegrityError as e:
+            got.unlink(missing_ok=True)
+            errors.append(f"{mirror}: {e}")
+            continue
+        return got
+    raise DataNotFoundError(
+        f"{src.filename} not found (searched {searched}) and could not be downloaded:\n  "
+        + "\n  ".join(errors)
+        + f"\nIf this machine is offline, copy the file into $PARBP_DATA/{src.folder}/ and set PARBP_DATA."
+    )
+
+
+def read(src: Source) -> bytes:
+    """Find or download ``src`` and return its verified, decompressed bytes."""
+    return read_verified(src, fetch(src))
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST-format (IDX) datasets
+
+
+def parse_idx(data: bytes, expect_shape: tuple) -> np.ndarray:
+    """An IDX file (the MNIST format) as a uint8 array, checking the header against ``expect_shape``."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataIntegrityError("not an IDX file of unsigned bytes (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if shape != tuple(expect_shape):
+        raise DataIntegrityError(f"IDX header says shape {shape}, expected {tuple(expect_shape)}")
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise DataIntegrityError(f"IDX body has {arr.size} bytes, the header promises {int(np.prod(shape))}")
+    return arr.reshape(shape)
+
+
+def one_hot(y: np.ndarray, n: int) -> np.ndarray:
+    return np.eye(n, dtype=np.float32)[y]
+
+
+MNIST_CLASSES = tuple(str(d) for d in range(10))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+
+
+def _load_idx_dataset(name: str, classes: tuple, n_val: int = 10_000) -> Dataset:
+    files = SOURCES[name]
+    X = parse_idx(read(files["train-images-idx3-ubyte"]), (60_000, 28, 28))
+    y = parse_idx(read(files["train-labels-idx1-ubyte"]), (60_000,))
+    X_test = parse_idx(read(files["t10k-images-idx3-ubyte"]), (10_000, 28, 28))
+    y_test = parse_idx(read(files["t10k-labels-idx1-ubyte"]), (10_000,))
+    flat = lambda a: a.reshape(len(a), -1).astype(np.float32) / np.float32(255)  # noqa: E731  scale to [0, 1]
+    n_train = len(X) - n_val  # seed 000: the first 50,000 train, the last 10,000 validate
+    return Dataset(
+        name=name,
+        X_train=flat(X[:n_train]), Y_train=one_hot(y[:n_train], 10),
+        X_val=flat(X[n_train:]), Y_val=one_hot(y[n_train:], 10),
+        X_test=flat(X_test), Y_test=one_hot(y_test, 10),
+        classes=classes,
+        info={"split": f"train = first {n_train} of the official training set, val = last {n_val}, "
+                       "test = the official 10,000", "scaling": "pixels / 255"},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# KDD Cup 1999
+
+
+def parse_kdd(data: bytes, encoding: str = "onehot") -> tuple[np.ndarray, np.ndarray]:
+    """Features (float64) and the binary label (1 = attack) of KDD Cup 99 CSV bytes."""
+    import pandas as pd
+
+    df = pd.read_csv(io.BytesIO(data), header=None)
+    if df.shape[1] != KDD_N_FEATURES + 1:
+        raise DataIntegrityError(f"KDD Cup 99 rows must have {KDD_N_FEATURES} features + a label, got {df.shape[1]} columns")
+    label = df.pop(KDD_N_FEATURES).astype(str)
+    y = (label != "normal.").to_numpy(np.int64)
+    columns = []
+    for col in range(KDD_N_FEATURES):
+        values = df[col]
+        if col not in KDD_CATEGORIES:
+            columns.append(values.to_numpy(np.float64)[:, None])
+            continue
+        vocab = KDD_CATEGORIES[col]
+        codes = pd.Categorical(values, categories=vocab).codes
+        if (codes < 0).any():
+            unknown = sorted(set(values[codes < 0]))[:5]
+            raise DataIntegrityError(f"KDD Cup 99 column {col} has values outside kddcup.names: {unknown}")
+        if encoding == "onehot":
+            columns.append(np.eye(len(vocab))[codes])
+        else:
+            columns.append(codes.astype(np.float64)[:, None])
+    return np.hstack(columns), y
+
+
+def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Index arrays, one per fraction, with each class spread in proportion (seeded)."""
+    rng = np.random.default_rng(seed)
+    parts = [[] for _ in fractions]
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        cuts = np.round(np.cumsum(fractions)[:-1] * len(idx)).astype(int)
+        for part, chunk in zip(parts, np.split(idx, cuts)):
+            part.append(chunk)
+    return [rng.permutation(np.concatenate(p)) for p in parts]
+
+
+def _load_kdd(subset: str = "10percent", encoding: str = "onehot", seed: int = 0,
+              fractions=(25 / 36, 5 / 36, 6 / 36)) -> Dataset:
+    if subset not in KDD_SUBSETS:
+        raise ValueError(f"unknown kddcup99 subset {subset!r}; choose one of {list(KDD_SUBSETS)}")
+    if encoding not in KDD_ENCODINGS:
+        raise ValueError(f"unknown kddcup99 encoding {encoding!r}; choose one of {list(KDD_ENCODINGS)}")
+    X, y = parse_kdd(read(SOURCES["kddcup99"][subset]), encoding)
+    if len(y) != KDD_SUBSETS[subset]:
+        raise DataIntegrityError(f"kddcup99 {subset} should have {KDD_SUBSETS[subset]} rows, got {len(y)}")
+    train, val, test = stratified_split(y, fractions, seed)
+    # Standardize with training statistics only; constant columns are left centred, not divided by 0.
+    numeric = _kdd_numeric_columns(encoding)
+    mean = X[train][:, numeric].mean(axis=0)
+    std = X[train][:, numeric].std(axis=0)
+    std[std == 0] = 1.0
+    X[:, numeric] = (X[:, numeric] - mean) / std
+    X = X.astype(np.float32)
+    Y = y.astype(np.float32)[:, None]
+    return Dataset(
+        name="kddcup99",
+        X_train=X[train], Y_train=Y[train], X_val=X[val], Y_val=Y[val], X_test=X[test], Y_test=Y[test],
+        classes=("normal", "attack"),
+        info={"subset": subset, "encoding": encoding, "seed": seed,
+              "split": "stratified by label, seeded: test = 1/6, the rest train:val = 5:1 (seed 001 §5.1)",
+              "scaling": "numeric columns standardized with train mean/std"},
+    )
+
+
+def _kdd_numeric_columns(encoding: str) -> np.ndarray:
+    """Positions of the non-categorical columns after encoding (those get standardized)."""
+    mask = []
+    for col in range(KDD_N_FEATURES):
+        width = len(KDD_CATEGORIES[col]) if (col in KDD_CATEGORIES and encoding == "onehot") else 1
+        mask += [col not in KDD_CATEGORIES or encoding == "ordinal"] * width
+    return np.flatnonzero(mask)
+
+
+# --------------------------------------------------------------------------------------------
+# The public entry points
+
+
+def load(name: str, **kwargs) -> Dataset:
+    """Load a dataset by name: "mnist", "fashion-mnist" or "kddcup99".
+
+    kddcup99 takes ``subset="10percent"`` (494,021 rows, default) or ``"full"`` (4,898,431 rows),
+    ``encoding="onehot"`` (default: 38 numeric + 84 indicator columns = 122 inputs) or ``"ordinal"``
+    (the 41 raw features, categories as integer codes), and the split ``seed``.
+    One-hot is the default because an MLP would otherwise read an order into service names; the paper's
+    42-unit input layer matches the 41 features plus a bias/label column of the raw file.
+    """
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {list(NAMES)}")
+    if name == "kddcup99":
+        return _load_kdd(**kwargs)
+    if kwargs:
+        raise ValueError(f"dataset {name!r} takes no options, got {sorted(kwargs)}")
+    return _load_idx_dataset(name, MNIST_CLASSES if name == "mnist" else FASHION_CLASSES)
+
+
+def dims(name: str, encoding: str = "onehot") -> tuple[int, int]:
+    """(n_in, n_out) of a dataset without loading it (for benchmarks on synthetic batches)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {list(NAMES)}")
+    if name == "kddcup99":
+        if encoding not in KDD_ENCODINGS:
+            raise ValueError(f"unknown kddcup99 encoding {encoding!r}; choose one of {list(KDD_ENCODINGS)}")
+        return len(_kdd_numeric_columns(encoding)) + (
+            sum(len(v) for v in KDD_CATEGORIES.values()) if encoding == "onehot" else 0), 1
+    return 784, 10
