@@ -82,3 +82,39 @@ def _evaluate(trainer, ds, epoch, train_loss, seconds, lr, eval_train) -> dict:
         "seconds": seconds,
         "lr": lr,
     }
+
+
+def main(argv=None) -> int:
+    """``python -m parbp.train --impl numpy --net 1h --dataset mnist --epochs 5 --batch-size 100 --lr 0.1``"""
+    import argparse
+
+    from . import data, trainers
+
+    p = argparse.ArgumentParser(prog="python -m parbp.train", description="Train one trainer and print its history.")
+    p.add_argument("--impl", default="numpy", choices=trainers.names())
+    p.add_argument("--net", default="1h", help="1h, 2h or comma-separated hidden widths")
+    p.add_argument("--dataset", default="mnist", choices=data.NAMES)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr-decay", type=float, default=0.0)
+    p.add_argument("--threads", type=int, help="for trainers that take a threads option")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the history as CSV here")
+    args = p.parse_args(argv)
+    net = args.net if args.net in ("1h", "2h") else [int(w) for w in args.net.split(",")]
+    ds = data.load(args.dataset)
+    options = {} if args.threads is None else {"threads": args.threads}
+    with trainers.get(args.impl)(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=args.seed, **options) as t:
+        history = fit(t, ds, args.epochs, args.batch_size, args.lr, args.lr_decay, args.seed)
+    print(f"{t!r} on {ds.name}, batch {args.batch_size}, lr {args.lr}")
+    print(history.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.out:
+        from .results import write_csv
+
+        write_csv(history, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
