@@ -348,7 +348,7 @@ def parse_kdd(data: bytes, encoding: str = "onehot") -> tuple[np.ndarray, np.nda
             columns.append(values.to_numpy(np.float64)[:, None])
             continue
         vocab = KDD_CATEGORIES[col]
-        codes = pd.Categorical(values, categories=vocab).codes
+        codes = pd.Index(vocab).get_indexer(values)
         if (codes < 0).any():
             unknown = sorted(set(values[codes < 0]))[:5]
             raise DataIntegrityError(f"KDD Cup 99 column {col} has values outside kddcup.names: {unknown}")
