@@ -1,0 +1,85 @@
+"""The "cupy" trainer's step, run on the host: ``NumpyOps`` stands in for ``CupyOps``.
+
+What runs here is CupyTrainer's own code (buffers, the order of the GEMMs, the in-place update with
+beta = 1, the loss); only the CUDA kernel strings in CupyOps need a GPU, and test the real thing there.
+"""
+import importlib.util
+
+import numpy as np
+import pytest
+
+from parbp import cupy_gpu, reference, trainers
+from parbp.base import TrainerUnavailable
+
+SIZES = dict(net=[53, 29], n_in=37, n_out=5, seed=3)
+
+
+class HostCupy(cupy_gpu.CupyTrainer):
+    name = "cupy-on-numpy"
+
+    @classmethod
+    def availability(cls):
+        return True, ""
+
+    def _make_ops(self):
+        return cupy_gpu.NumpyOps(self.dtype)
+
+
+def batch(rows=7, seed=20):
+    rng = np.random.default_rng(seed)
+    return rng.random((rows, 37)), np.eye(5)[rng.integers(0, 5, rows)]
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 2e-5), ("float64", 1e-12)])
+def test_steps_match_the_reference(dtype, tol):
+    t, ref = HostCupy(dtype=dtype, **SIZES), trainers.get("reference")(**SIZES)
+    for seed, rows in ((20, 7), (21, 5), (22, 7)):  # buffers for two batch sizes, reused
+        X, Y = batch(rows, seed)
+        assert t.step(X, Y, 0.5) == pytest.approx(ref.step(X, Y, 0.5), rel=tol * 10)
+    for (W, b), (rW, rb) in zip(t.params, ref.params):
+        assert W.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
+        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
+    np.testing.assert_allclose(t.predict(X), ref.predict(X), rtol=tol, atol=tol)
+
+
+def test_gradients_then_apply_equals_a_step():
+    X, Y = batch()
+    t, s = HostCupy(**SIZES), HostCupy(**SIZES)
+    loss, grads = t.gradients(X, Y)
+    want_loss, want = reference.loss_and_gradients([(W.astype(np.float64), b) for W, b in t.params], X, Y)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    for (gW, gb), (wW, wb) in zip(grads, want):
+        np.testing.assert_allclose(gW, wW, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(gb, wb, rtol=1e-4, atol=1e-6)
+    t.apply_gradients(grads, 0.5)
+    s.step(X, Y, 0.5)
+    for (W, b), (sW, sb) in zip(t.params, s.params):
+        np.testing.assert_allclose(W, sW, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(b, sb, rtol=1e-6, atol=1e-6)
+
+
+def test_bias_sigmoid_saturates_without_nan():
+    z = np.array([[-1e4, 0.0, 1e4]], np.float32)
+    cupy_gpu.NumpyOps("float32").bias_sigmoid(np.zeros(3, np.float32), z)
+    np.testing.assert_array_equal(z, [[0.0, 0.5, 1.0]])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="cupy is installed")
+def test_unavailable_without_cupy():
+    assert "cupy" in trainers.names() and "cupy" not in trainers.available()
+    assert trainers.why_unavailable("cupy") == "cupy is not installed (pip install 'parbp[gpu]' brings cupy-cuda12x)"
+    with pytest.raises(TrainerUnavailable, match="cupy is not installed"):
+        trainers.make("cupy", n_in=37, n_out=5)
+
+
+@pytest.mark.skipif(bool(trainers.why_unavailable("cupy")), reason=trainers.why_unavailable("cupy") or "available")
+def test_on_the_gpu_steps_match_the_reference():
+    """The real thing: CupyOps' CUDA kernels and cuBLAS calls, where a GPU and cupy are present."""
+    t, ref = trainers.make("cupy", **SIZES), trainers.get("reference")(**SIZES)
+    for seed, rows in ((20, 7), (21, 5)):
+        X, Y = batch(rows, seed)
+        assert t.step(X, Y, 0.5) == pytest.approx(ref.step(X, Y, 0.5), rel=1e-4)
+    for (W, b), (rW, rb) in zip(t.params, ref.params):
+        np.testing.assert_allclose(W, rW, rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(b, rb, rtol=2e-5, atol=2e-5)
