@@ -6,10 +6,14 @@ PROFILE ?= default
 # torch is pinned so pip takes the CPU build instead of resolving the newest CUDA build (GBs)
 TORCH   ?= torch==2.13.0
 EXTRAS  ?= dev,baselines
+# Some machines export OPENBLAS_CORETYPE (this workplace pins Haswell, i.e. AVX2 kernels, even on
+# AVX-512 CPUs). Measurements should use the kernels OpenBLAS picks for the CPU it finds, so the study
+# and the benchmark run without that override; the recorded environment names the kernels used.
+MEASURE ?= env -u OPENBLAS_CORETYPE
 THEANO_ENV ?= .theano-env
 THEANO_PY  ?= python3.11
 
-.PHONY: install study test bench theano-env clean
+.PHONY: install study test bench lab theano-env clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,13 +29,16 @@ install: $(VENV)/.installed
 # Runs every numbered notebook in order with papermill (PROFILE=default: < 30 min on 2 cores;
 # PROFILE=paper: the paper-scale experiments). Executed copies go to build/executed/, figures to figures/.
 study: install
-	$(BIN)/python -m parbp.study --profile $(PROFILE)
+	$(MEASURE) $(BIN)/python -m parbp.study --profile $(PROFILE)
 
 test: install
 	$(BIN)/python -m pytest --nbval notebooks tests
 
 bench: install
-	$(BIN)/python -m parbp.bench --net 2h --batch 100 1000 --impl all --threads 1 2
+	$(MEASURE) $(BIN)/python -m parbp.bench --net 2h --batch 100 1000 --impl all --threads 1 2
+
+lab: install
+	$(MEASURE) $(BIN)/jupyter lab notebooks/
 
 # Theano (theano-pymc 1.1.2) needs numpy < 1.24: it lives in its own pinned venv and runs out of process.
 theano-env: $(THEANO_ENV)/.installed

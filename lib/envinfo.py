@@ -45,18 +45,19 @@ def blas() -> list[dict]:
     import numpy  # noqa: F401  (loads numpy's BLAS so threadpoolctl can see it)
 
     return [
-        {k: lib.get(k) for k in ("user_api", "internal_api", "version", "num_threads", "filepath")}
+        {k: lib.get(k) for k in ("user_api", "internal_api", "version", "architecture", "num_threads", "filepath")}
         for lib in threadpool_info()
     ]
 
 
 def gpu() -> str:
-    """The GPU's name, or '' when there is none (checked without initializing a CUDA context where possible)."""
+    """The GPU's name, or '' when there is none (numba's simulator is not a GPU)."""
     try:
-        from numba import cuda
+        from numba import config, cuda
 
-        if cuda.is_available():
-            return cuda.get_current_device().name.decode() if isinstance(cuda.get_current_device().name, bytes) else str(cuda.get_current_device().name)
+        if cuda.is_available() and not config.ENABLE_CUDASIM:
+            name = cuda.get_current_device().name
+            return name.decode() if isinstance(name, bytes) else str(name)
     except Exception:  # numba-cuda missing or the driver broken: no GPU for us either way
         pass
     return ""
@@ -71,7 +72,9 @@ def summary() -> dict:
         "cores_physical": psutil.cpu_count(logical=False),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "blas": "; ".join(f"{b['internal_api']} {b['version']} ({b['num_threads']} threads)" for b in blas_libs),
+        "blas": "; ".join(f"{b['internal_api']} {b['version']} {b['architecture'] or ''} ({b['num_threads']} threads)"
+                          for b in blas_libs),
+        "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(auto)"),
         "gpu": gpu() or "none",
         **{f"v_{k}": v for k, v in versions().items()},
     }

@@ -1,0 +1,335 @@
+"""Benchmark: time per SGD step of every trainer, as GFLOP/s and as ratios measured side by side.
+
+    python -m parbp.bench --net 2h --batch 100 1000 --impl all --threads 1 2
+
+Every trainer steps on synthetic data shaped like the dataset (only its dimensions matter). Each one
+is warmed up (JIT compilation, buffers, BLAS thread start-up), then timed in rounds: one round takes
+one sample of every configuration and of the reference sgemm in turn, so a burst of load from another
+process slows all of them alike instead of one. Each sample is preceded by ``REWARM_S`` of untimed
+steps (the previous configuration's idle BLAS threads spin that long) and times whole steps (several,
+if one step is shorter than ``MIN_SAMPLE_S``); a configuration's time is the median of its samples.
+
+Columns: ms_per_step; s_per_epoch (``EPOCH_EXAMPLES`` examples); gflops (``parbp.nets.flops_per_step``
+over the time); vs_sgemm (gflops ÷ numpy's 2048³ sgemm at the same number of threads, this run);
+vs_torch (PyTorch's ms per step ÷ this one, same batch and threads, this run: above 1 is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import envinfo, results, trainers
+from .nets import flops_per_step, layer_sizes
+
+EPOCH_EXAMPLES = 50_000  # the paper's MNIST training split
+MIN_SAMPLE_S = 0.02  # a sample lasts at least this long, so timer resolution and jitter stay small
+MAX_CONFIG_S = 20.0  # stop sampling a configuration (after 3 samples) once it has taken this long
+REWARM_S = 0.15  # untimed running before each sample (see _time_side_by_side)
+SGEMM_N = 2048
+COLUMNS = ["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch",
+           "net", "n_in", "n_out", "dtype", "device", "samples", "sgemm_gflops"]
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures" / "bench_cpu.csv"
+SKIP_IN_ALL = ("reference",)  # the float64 source of truth is for checking, not racing
+
+
+def cpu_impls() -> list[str]:
+    """Every registered CPU trainer, in the registry's order ('all' on the command line)."""
+    return [n for n in trainers.names() if n not in trainers.GPU and n not in SKIP_IN_ALL]
+
+
+def gpu_impls() -> list[str]:
+    return [*trainers.GPU, "torch"]
+
+
+def takes_threads(impl: str) -> bool:
+    return "threads" in trainers.get(impl).options
+
+
+# ---------------------------------------------------------------------------------------------------
+# What one sample times
+# ---------------------------------------------------------------------------------------------------
+class _Sgemm:
+    """numpy's matmul of two n×n float32 matrices at a given number of BLAS threads."""
+
+    def __init__(self, threads, n=SGEMM_N, device="cpu"):
+        self.threads, self.flops = threads, 2 * n**3
+        if device == "gpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError("no CUDA device visible to torch")
+            a = torch.rand(n, n, device="cuda")
+            self._run = lambda: (torch.mm(a, a), torch.cuda.synchronize())
+        else:
+            a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+            out = np.empty_like(a)
+            self._run = lambda: np.matmul(a, a, out=out)
+
+    def __call__(self):
+        from .cpu import blas_threads
+
+        with blas_threads(self.threads):
+            self._run()
+
+
+class _Steps:
+    """One trainer stepping on a fixed synthetic minibatch (the loss it returns forces any device sync)."""
+
+    def __init__(self, impl, net, batch, threads, n_in, n_out, dtype, device, options, seed=0):
+        cls = trainers.get(impl)
+        options = dict(options)
+        if "threads" in cls.options:
+            options["threads"] = threads
+        if device == "gpu" and impl == "torch":
+            options["device"] = "cuda"
+        self.pin_blas = "threads" not in cls.options  # numpy & co: one thread, as the threads column says
+        self.trainer = cls(net=net, n_in=n_in, n_out=n_out, dtype=dtype, seed=seed, **options)
+        rng = np.random.default_rng(seed)
+        self.X = rng.random((batch, n_in), dtype=np.float32).astype(dtype)
+        self.Y = np.eye(n_out, dtype=dtype)[rng.integers(0, n_out, batch)] if n_out > 1 else \
+            rng.integers(0, 2, (batch, 1)).astype(dtype)
+        self.flops = flops_per_step(self.trainer.sizes, batch)
+
+    def __call__(self):
+        # a small learning rate keeps the weights (and so the speed of exp) near where training starts
+        if self.pin_blas:
+            from .cpu import blas_threads
+
+            with blas_threads(1):
+                return self.trainer.step(self.X, self.Y, 1e-3)
+        return self.trainer.step(self.X, self.Y, 1e-3)
+
+    def close(self):
+        self.trainer.close()
+
+
+def _sample(fn, per_sample: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(per_sample):
+        fn()
+    return (time.perf_counter() - t0) / per_sample
+
+
+def _time_side_by_side(fns: list, repeats: int, warmup: int, rewarm_s: float = REWARM_S) -> list[list[float]]:
+    """Seconds per call of each fn: warm up each, then ``repeats`` interleaved rounds of one sample each.
+
+    Before each sample the fn runs untimed for ``rewarm_s``: idle BLAS threads spin for up to
+    2**28 cycles (~0.1 s) after their last call, on the cores the next configuration needs, and
+    this lets them go to sleep (and the configuration's own threads and caches wake up) first.
+    """
+    per_sample, spent = [], [0.0] * len(fns)
+    for fn in fns:
+        t = min(_sample(fn, 1) for _ in range(max(1, warmup)))
+        per_sample.append(max(1, math.ceil(MIN_SAMPLE_S / max(t, 1e-9))))
+    samples = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            if len(samples[i]) >= 3 and spent[i] > MAX_CONFIG_S:
+                continue  # slow configurations (serial-example at batch 1000) stop early
+            if len(fns) > 1:
+                start = time.perf_counter()
+                while True:
+                    fn()
+                    if time.perf_counter() - start >= rewarm_s:
+                        break
+            s = _sample(fn, per_sample[i])
+            samples[i].append(s)
+            spent[i] += s * per_sample[i]
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Python API
+# ---------------------------------------------------------------------------------------------------
+def sgemm_gflops(threads: int = 1, n: int = SGEMM_N, repeats: int = 5, device: str = "cpu") -> float:
+    """This machine's float32 GEMM speed: numpy matmul of n×n matrices (median of ``repeats``)."""
+    s = _Sgemm(threads, n, device)
+    return s.flops / np.median(_time_side_by_side([s], repeats, warmup=1)[0]) / 1e9
+
+
+def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784, n_out: int = 10,
+        dtype: str = "float32", device: str = "cpu", repeats: int = 7, warmup: int = 2,
+        progress=None, sgemm_n: int = SGEMM_N, compare_torch: bool = True, rewarm_s: float = REWARM_S,
+        **options) -> pd.DataFrame:
+    """Time every (impl, net, batch, threads) side by side; one row each, columns ``COLUMNS``.
+
+    impls that take no ``threads`` option run once, at threads=1 (BLAS pinned to one thread).
+    Unless ``compare_torch=False``, "torch" is timed as well (at each thread count and batch) so
+    ``vs_torch`` is measured in the same run; its rows are returned only if it was asked for.
+    Trainers that cannot run here are left out, with the reason sent to ``progress`` (a print-like
+    callable; None is silent). ``options`` go to every trainer that accepts them.
+    """
+    impls, nets, batches, threads = list(impls), list(nets), [int(b) for b in batches], [int(t) for t in threads]
+    if not impls:
+        raise ValueError("no implementations to benchmark")
+    for name, values in (("batches", batches), ("threads", threads), ("nets", nets)):
+        if not values:
+            raise ValueError(f"{name} is empty")
+    if any(b < 1 for b in batches) or any(t < 1 for t in threads):
+        raise ValueError(f"batches and threads must be positive, got {batches} and {threads}")
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    for impl in impls:
+        trainers.get(impl)  # unknown names fail here, listing the registered ones
+    say = progress or (lambda *a: None)
+
+    nets = [n if isinstance(n, str) else tuple(int(s) for s in n) for n in nets]  # hashable keys
+    plan, wanted = [], set()
+    for impl in dict.fromkeys([*impls, *(["torch"] if compare_torch else [])]):
+        why = trainers.why_unavailable(impl)
+        if why:
+            say(f"skipping {impl}: {why}")
+            continue
+        for net in nets:
+            for batch in batches:
+                for t in (threads if takes_threads(impl) else [1]):
+                    plan.append((impl, net, batch, t))
+                    if impl in impls:
+                        wanted.add(plan[-1])
+
+    fns, rows, sgemms = [], [], {}
+    try:
+        for t in sorted({t for _, _, _, t in plan}):
+            try:
+                sgemms[t] = _Sgemm(t, sgemm_n, device)
+            except Exception as e:  # e.g. --device gpu without a GPU: ratios to sgemm become NaN
+                say(f"sgemm on {device} unavailable: {e}")
+        for impl, net, batch, t in plan:
+            accepted = {k: v for k, v in options.items() if k in trainers.get(impl).options}
+            try:
+                fns.append(_Steps(impl, net, batch, t, n_in, n_out, dtype, device, accepted))
+                rows.append((impl, net, batch, t))
+            except (trainers.TrainerUnavailable, RuntimeError, ImportError) as e:
+                say(f"skipping {impl} (net {net}, batch {batch}, threads {t}): {e}")
+        say(f"timing {len(fns)} configurations + sgemm, {repeats} rounds")
+        sg_keys = list(sgemms)
+        samples = _time_side_by_side([*fns, *(sgemms[k] for k in sg_keys)], repeats, warmup, rewarm_s)
+    finally:
+        for fn in fns:
+            fn.close()
+
+    sgemm = {k: sgemms[k].flops / np.median(s) / 1e9 for k, s in zip(sg_keys, samples[len(fns):])}
+    table = []
+    for (impl, net, batch, t), fn, s in zip(rows, fns, samples):
+        sec = float(np.median(s))
+        gflops = fn.flops / sec / 1e9
+        table.append(dict(impl=impl, threads=t, batch=batch, ms_per_step=sec * 1e3,
+                          s_per_epoch=sec * math.ceil(EPOCH_EXAMPLES / batch), gflops=gflops,
+                          vs_sgemm=gflops / sgemm[t] if t in sgemm else np.nan, vs_torch=np.nan,
+                          net=net if isinstance(net, str) else "-".join(map(str, layer_sizes(net, n_in, n_out))),
+                          n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s),
+                          sgemm_gflops=sgemm.get(t, np.nan), _keep=(impl, net, batch, t) in wanted))
+    df = pd.DataFrame(table, columns=[*COLUMNS, "_keep"]).astype({"_keep": bool})
+    torch_ms = {(net, batch, t): ms for impl, net, batch, t, ms in
+                zip(df.impl, df.net, df.batch, df.threads, df.ms_per_step) if impl == "torch"}
+    df["vs_torch"] = [torch_ms.get(k, np.nan) / ms for k, ms in zip(zip(df.net, df.batch, df.threads), df.ms_per_step)]
+    return df[df.pop("_keep")].reset_index(drop=True)[COLUMNS]
+
+
+def measure(impl: str, net="2h", batch: int = 100, threads: int = 1, n_in: int = 784, n_out: int = 10,
+            repeats: int = 7, dtype: str = "float32", device: str = "cpu", **options) -> dict:
+    """One configuration alone (no torch or sgemm alongside): a dict with ms_per_step, gflops, ..."""
+    why = trainers.why_unavailable(impl)
+    if why:
+        raise trainers.TrainerUnavailable(f"trainer {impl!r} is unavailable here: {why}")
+    if "threads" not in trainers.get(impl).options and threads != 1:
+        raise ValueError(f"trainer {impl!r} takes no threads option; measure it at threads=1")
+    fn = _Steps(impl, net, int(batch), int(threads), n_in, n_out, dtype, device, options)
+    try:
+        s = _time_side_by_side([fn], repeats, warmup=2)[0]
+    finally:
+        fn.close()
+    sec = float(np.median(s))
+    return dict(impl=impl, threads=threads, batch=batch, ms_per_step=sec * 1e3,
+                s_per_epoch=sec * math.ceil(EPOCH_EXAMPLES / batch), gflops=fn.flops / sec / 1e9,
+                net=net, n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------------------
+def with_environment(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with the machine it ran on (parbp.envinfo) as constant ``env_*`` columns."""
+    from threadpoolctl import threadpool_info
+
+    env = {f"env_{k}": v for k, v in envinfo.summary().items()}
+    # OpenBLAS picks its kernels by CPU model; a CPU newer than the build falls back to older ones
+    env["env_blas_kernels"] = "; ".join(sorted({f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
+                                               for i in threadpool_info() if i.get("user_api") == "blas"}))
+    return df.assign(**env)
+
+
+def format_table(df: pd.DataFrame) -> str:
+    show = df[["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch"]]
+    show = show.rename(columns={"ms_per_step": "ms/step", "s_per_epoch": "s/epoch", "gflops": "GFLOP/s",
+                                "vs_sgemm": "÷ sgemm", "vs_torch": "÷ torch"})
+    return show.to_string(index=False, float_format=lambda v: f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from .data import NAMES
+    from .nets import HIDDEN
+
+    p = argparse.ArgumentParser(prog="python -m parbp.bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--net", nargs="+", default=["2h"], choices=sorted(HIDDEN), help="networks (seed 001 §5.2)")
+    p.add_argument("--batch", nargs="+", type=_positive, default=[100, 1000], help="minibatch sizes")
+    p.add_argument("--impl", nargs="+", default=["all"], choices=["all", *trainers.names()],
+                   help="trainers; 'all' = every CPU trainer (with --device gpu: every GPU trainer)")
+    p.add_argument("--threads", nargs="+", type=_positive, default=[1], help="thread counts")
+    p.add_argument("--dataset", default="mnist", choices=list(NAMES), help="only its dimensions are used")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--repeats", type=_positive, default=7, help="timed rounds (the median is reported)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    p.add_argument("--out", type=Path, default=None, help=f"CSV path (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parent.parent)}"
+                                                           f", or figures/bench_gpu.csv with --device gpu)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> pd.DataFrame:
+    from .data import dims
+
+    args = parse_args(argv)
+    if "all" in args.impl:
+        impls = gpu_impls() if args.device == "gpu" else cpu_impls()
+    else:
+        impls = list(dict.fromkeys(args.impl))
+    n_in, n_out = dims(args.dataset)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    df = run(impls, args.net, args.batch, args.threads, n_in=n_in, n_out=n_out, dtype=args.dtype,
+             device=args.device, repeats=args.repeats, progress=log)
+    if df.empty:
+        print(f"nothing to time: none of {impls} can run on {args.device} here (reasons above); no CSV written")
+        return df
+    df.insert(df.columns.get_loc("net") + 1, "dataset", args.dataset)
+    out = args.out or (DEFAULT_OUT if args.device == "cpu" else DEFAULT_OUT.with_name("bench_gpu.csv"))
+    results.write_csv(with_environment(df), out)
+    for net in args.net:
+        sub = df[df.net == net]
+        print(f"net {net} ({'-'.join(map(str, layer_sizes(net, n_in, n_out)))}, {args.dataset}, {args.dtype}, "
+              f"{args.device}); sgemm {SGEMM_N}³: " +
+              ", ".join(f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in
+                        sub.groupby("threads").sgemm_gflops.first().items()))
+        print(format_table(sub))
+    print(f"wrote {out}")
+    return df
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,596 @@
+"""CPU trainers: the paper's serial algorithm, its minibatch BLAS form, and four ways to use several cores.
+
+    serial-example   seed 001 §3: one matrix-vector forward/backward per example (numba), one update per minibatch
+    serial-blas      the same minibatch as three GEMMs per layer, BLAS pinned to one thread
+    threads          the pthreads design: examples split across p workers, partial gradients, a reduction, one update
+    blas-parallel    the minibatch form with p BLAS threads ("parallelize matrix computations", seed 000)
+    hybrid           examples split across groups, BLAS threads inside each group (seed 000's future work)
+    hogwild          lock-free asynchronous SGD (seed 002): p workers update the shared weights with no barrier
+
+Everything that is not a matrix product runs in small fused numba kernels (bias + sigmoid, the deltas, the
+bias gradient), so a step makes no temporaries and touches each activation once. The matrix products go to
+scipy's BLAS with the transpose flags and ``beta`` it exposes: a C-ordered matrix is its transpose in
+Fortran order, so no operand is ever copied, and the weight update is folded into the weight-gradient
+GEMM (``W ← W − lr·AᵀΔ`` with ``alpha = −lr, beta = 1``) instead of writing ``∂L/∂W`` and reading it back.
+"""
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import llvmlite.ir
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic, overload
+from scipy.linalg import blas as scipy_blas
+from threadpoolctl import ThreadpoolController
+
+from .base import Trainer
+
+#: cores this process may run on: the default number of workers
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+# nogil: worker threads run the kernels truly in parallel. error_model="numpy": no ZeroDivisionError
+# branch inside the loops, which is what lets LLVM vectorize them. fastmath: reassociate reductions.
+_JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
+
+# threadpoolctl's controller is built once: building it scans every loaded library (~1 ms).
+_blas_controller = None
+
+
+def blas_threads(n: int):
+    """Context manager: every BLAS (numpy's and scipy's OpenBLAS alike) uses ``n`` threads inside it."""
+    global _blas_controller
+    if _blas_controller is None:
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=n, user_api="blas")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Elementwise kernels
+# ---------------------------------------------------------------------------------------------------
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret the low 32 bits of an integer as a float32 (how 2**n is built without a libm call)."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if bits.bitwidth > 32:
+            value = builder.trunc(value, llvmlite.ir.IntType(32))
+        return builder.bitcast(value, context.get_value_type(types.float32))
+
+    return types.float32(bits), codegen
+
+
+def fast_exp(x):
+    """e**x. In numba, float32 gets a polynomial LLVM can vectorize (libm's expf cannot be: 7 ns vs 0.2 ns)."""
+    return math.exp(x)
+
+
+@overload(fast_exp, inline="always")
+def _fast_exp_overload(x):
+    if x != types.float32:
+        return lambda x: math.exp(x)
+
+    def expf(x):
+        # Cephes expf: e**x = 2**n · e**r with n = round(x / ln 2), |r| ≤ ln2/2; relative error < 3e-7.
+        x = min(max(x, np.float32(-87.0)), np.float32(88.0))  # keep 2**n a normal float32
+        n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
+        r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)  # ln 2 in two parts
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        p = p * (r * r) + r + np.float32(1.0)
+        return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
+
+    return expf
+
+
+@numba.njit(**_JIT)
+def bias_sigmoid(Z, b):
+    """Z ← σ(Z + b) in place (eqs. 4-5 after the GEMM): bias and activation in one pass over Z."""
+    for i in range(Z.shape[0]):
+        for j in range(Z.shape[1]):
+            Z[i, j] = np.float32(1.0) / (np.float32(1.0) + fast_exp(-(Z[i, j] + b[j])))
+
+
+@numba.njit(**_JIT)
+def output_delta(A, Y, D, scale):
+    """D ← scale·(A − Y)∘A∘(1 − A) (eq. 7 with scale = 2/B); returns Σ(A − Y)², accumulated in float64."""
+    sse = 0.0
+    for i in range(A.shape[0]):
+        for j in range(A.shape[1]):
+            a = A[i, j]
+            err = a - Y[i, j]
+            sse += err * err
+            D[i, j] = scale * err * a * (np.float32(1.0) - a)
+    return sse
+
+
+@numba.njit(**_JIT)
+def hidden_delta(D, A):
+    """D ← D∘A∘(1 − A) in place: eq. 8's Hadamard product with σ' after the GEMM D = Δ Wᵀ."""
+    for i in range(D.shape[0]):
+        for j in range(D.shape[1]):
+            a = A[i, j]
+            D[i, j] *= a * (np.float32(1.0) - a)
+
+
+@numba.njit(**_JIT)
+def column_sums(D, out):
+    """out ← Σ_i D[i, :] (the bias gradient, eq. 9), row by row so the inner loop is contiguous."""
+    out[:] = 0
+    for i in range(D.shape[0]):
+        for j in range(D.shape[1]):
+            out[j] += D[i, j]
+
+
+@numba.njit(**_JIT)
+def bias_update(b, D, lr):
+    """b ← b − lr·Σ_i D[i, :]."""
+    for i in range(D.shape[0]):
+        for j in range(D.shape[1]):
+            b[j] -= lr * D[i, j]
+
+
+@numba.njit(**_JIT)
+def reduce_update(W, partials, lr, r0, r1):
+    """W[r0:r1] ← W[r0:r1] − lr·Σ_k partials[k, r0:r1]: the reduction and the update in one pass."""
+    for i in range(r0, r1):
+        for k in range(partials.shape[0]):
+            for j in range(W.shape[1]):
+                W[i, j] -= lr * partials[k, i, j]
+
+
+@numba.njit(**_JIT)
+def reduce_into(out, partials, r0, r1):
+    """out[r0:r1] ← Σ_k partials[k, r0:r1]."""
+    for i in range(r0, r1):
+        out[i, :] = partials[0, i, :]
+        for k in range(1, partials.shape[0]):
+            for j in range(out.shape[1]):
+                out[i, j] += partials[k, i, j]
+
+
+@numba.njit(**_JIT)
+def axpy_rows(W, dW, lr, r0, r1):
+    """W[r0:r1] ← W[r0:r1] − lr·dW[r0:r1]."""
+    for i in range(r0, r1):
+        for j in range(W.shape[1]):
+            W[i, j] -= lr * dW[i, j]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The paper's serial algorithm: one example at a time
+# ---------------------------------------------------------------------------------------------------
+@numba.njit(**_JIT)
+def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
+    """One minibatch step of seed 001's serial backpropagation; returns Σ(a_L − y)² over the minibatch.
+
+    For each example: forward with matrix-vector products (eqs. 4-5), then backward (eqs. 7-9),
+    adding its outer products a_{l-1} δ_lᵀ into the gradient accumulators; one update at the end.
+    ``acts[l]`` and ``deltas[l]`` are vectors of one example; every loop runs along a row of W.
+    """
+    L = len(Ws)
+    for l in range(L):
+        gWs[l][:] = 0
+        gbs[l][:] = 0
+    sse = 0.0
+    for n in range(X.shape[0]):
+        acts[0][:] = X[n]
+        for l in range(L):  # forward: z = Wᵀa + b, as a sum of the rows of W scaled by a
+            W, a, z = Ws[l], acts[l], acts[l + 1]
+            z[:] = bs[l]
+            for i in range(W.shape[0]):
+                ai = a[i]
+                for j in range(W.shape[1]):
+                    z[j] += ai * W[i, j]
+            for j in range(z.shape[0]):
+                z[j] = np.float32(1.0) / (np.float32(1.0) + fast_exp(-z[j]))
+        out, d = acts[L], deltas[L - 1]
+        for j in range(out.shape[0]):  # eq. 7
+            err = out[j] - Y[n, j]
+            sse += err * err
+            d[j] = scale * err * out[j] * (np.float32(1.0) - out[j])
+        for l in range(L - 1, -1, -1):
+            W, a, d, gW, gb = Ws[l], acts[l], deltas[l], gWs[l], gbs[l]
+            for j in range(d.shape[0]):
+                gb[j] += d[j]
+            for i in range(W.shape[0]):  # one pass over row i of W: eq. 8 (a dot) and eq. 9 (an axpy)
+                ai = a[i]
+                if l > 0:
+                    s = W[i, 0] * d[0]
+                    for j in range(1, W.shape[1]):
+                        s += W[i, j] * d[j]
+                    deltas[l - 1][i] = s * ai * (np.float32(1.0) - ai)
+                for j in range(W.shape[1]):
+                    gW[i, j] += ai * d[j]
+    for l in range(L):
+        W, b, gW, gb = Ws[l], bs[l], gWs[l], gbs[l]
+        for i in range(W.shape[0]):
+            for j in range(W.shape[1]):
+                W[i, j] -= lr * gW[i, j]
+        for j in range(b.shape[0]):
+            b[j] -= lr * gb[j]
+    return sse
+
+
+# ---------------------------------------------------------------------------------------------------
+# Matrix products on C-ordered arrays through scipy's BLAS
+# ---------------------------------------------------------------------------------------------------
+def gemm_into(gemm, A, B, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """out ← alpha·op(A)·op(B) + beta·out, all C-ordered, nothing copied.
+
+    BLAS is Fortran-ordered, and a C-ordered M is Mᵀ in Fortran order, so this asks for
+    outᵀ = op(B)ᵀ·op(A)ᵀ: the operands swap places and keep their transpose flags.
+    """
+    gemm(alpha, B.T, A.T, beta=beta, c=out.T, trans_a=trans_b, trans_b=trans_a, overwrite_c=1)
+
+
+def _gemm_for(dtype):
+    return scipy_blas.sgemm if dtype == np.float32 else scipy_blas.dgemm
+
+
+def forward_matrix(Ws, bs, X, gemm, chunk=4096):
+    """Output activations for many rows (predict), a chunk of rows at a time to bound memory."""
+    out = np.empty((X.shape[0], Ws[-1].shape[1]), dtype=X.dtype)
+    for r0 in range(0, X.shape[0], chunk):
+        a = X[r0 : r0 + chunk]
+        for W, b in zip(Ws, bs):
+            z = np.empty((a.shape[0], W.shape[1]), dtype=X.dtype)
+            gemm_into(gemm, a, W, z)
+            bias_sigmoid(z, b)
+            a = z
+        out[r0 : r0 + chunk] = a
+    return out
+
+
+def _check_count(trainer, option, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"trainer {trainer.name!r}: {option} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def split_rows(n: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous near-equal ranges covering ``range(n)`` (fewer if n < parts; none empty)."""
+    return [share(n, min(parts, n), k) for k in range(min(parts, n))]
+
+
+def share(n: int, parts: int, k: int) -> tuple[int, int]:
+    """Worker k's contiguous range of ``range(n)`` split ``parts`` ways (empty if n < parts and k is late)."""
+    return n * k // parts, n * (k + 1) // parts
+
+
+# ---------------------------------------------------------------------------------------------------
+# Trainers
+# ---------------------------------------------------------------------------------------------------
+class _ParamsTrainer(Trainer):
+    """Holds the parameters as C-ordered arrays the kernels update in place."""
+
+    def _setup(self, params):
+        self.W = [np.ascontiguousarray(W) for W, _ in params]
+        self.b = [np.ascontiguousarray(b) for _, b in params]
+        self._gemm = _gemm_for(self.dtype)
+
+    def _get_params(self):
+        return [(W.copy(), b.copy()) for W, b in zip(self.W, self.b)]
+
+    def _set_params(self, params):
+        for W, b, (W_new, b_new) in zip(self.W, self.b, params):
+            W[...] = W_new
+            b[...] = b_new
+
+    def _check_grads(self, grads):
+        grads = list(grads)
+        if len(grads) != len(self.W):
+            raise ValueError(f"expected {len(self.W)} layers of (dW, db), got {len(grads)}")
+        out = []
+        for l, ((gW, gb), W, b) in enumerate(zip(grads, self.W, self.b)):
+            if np.shape(gW) != W.shape or np.shape(gb) != b.shape:
+                raise ValueError(f"layer {l}: expected dW{W.shape} and db{b.shape}, got dW{np.shape(gW)} db{np.shape(gb)}")
+            out.append((np.ascontiguousarray(gW, dtype=self.dtype), np.ascontiguousarray(gb, dtype=self.dtype)))
+        return out
+
+
+class SerialExampleTrainer(_ParamsTrainer):
+    """Seed 001's serial algorithm: a numba loop over the examples, matrix-vector products only."""
+
+    name = "serial-example"
+
+    def _setup(self, params):
+        super()._setup(params)
+        self._gW = tuple(np.zeros_like(W) for W in self.W)
+        self._gb = tuple(np.zeros_like(b) for b in self.b)
+        self._acts = tuple(np.zeros(n, dtype=self.dtype) for n in self.sizes)
+        self._deltas = tuple(np.zeros(n, dtype=self.dtype) for n in self.sizes[1:])
+
+    def _step(self, X, Y, lr):
+        B = X.shape[0]
+        t = self.dtype.type
+        sse = example_by_example_step(tuple(self.W), tuple(self.b), self._gW, self._gb, self._acts, self._deltas,
+                                      X, Y, t(lr), t(2.0 / B))
+        return sse / B
+
+    def _predict(self, X):
+        with blas_threads(1):
+            return forward_matrix(self.W, self.b, X, self._gemm)
+
+
+class MatrixTrainer(_ParamsTrainer):
+    """The minibatch matrix form, its examples split across ``groups`` workers with ``blas`` BLAS threads each.
+
+    One step, per worker on its rows of the minibatch (Z_l = A_{l-1}W_l is one GEMM per layer):
+      forward    A_l ← σ(A_{l-1}W_l + b_l)                      GEMM + fused kernel
+      backward   Δ_L ← 2/B (A_L − Y)∘σ',  Δ_{l-1} ← (Δ_l W_lᵀ)∘σ'   GEMM + fused kernel
+    then the weights, with every delta computed from the old weights:
+      one worker     W_l ← W_l − lr·A_{l-1}ᵀΔ_l in a single GEMM (alpha = −lr, beta = 1)
+      several        each writes its partial gradient G_k = A_kᵀΔ_k; then W ← W − lr·Σ_k G_k,
+                     the reduction and update in one pass with the rows of W split across the workers.
+    Subclasses fix ``groups`` and ``blas`` from their options.
+    """
+
+    name = "matrix"
+
+    def _workers(self) -> tuple[int, int]:
+        """(groups of examples, BLAS threads per group)."""
+        raise NotImplementedError
+
+    def _setup(self, params):
+        self.groups, self.blas = self._workers()
+        super()._setup(params)
+        self._capacity = 0
+        self._partials = None
+        self._pool = None
+        if self.groups > 1:
+            # the calling thread works as group 0, so the pool needs groups − 1 threads
+            self._pool = ThreadPoolExecutor(self.groups - 1, thread_name_prefix=f"parbp-{self.name}")
+            self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False)
+        self._closed = False
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._finalizer.detach()
+            self._pool = None
+        self._closed = True
+
+    # -- buffers, allocated once for the largest minibatch seen ---------------------------------
+    def _buffers(self, B):
+        if B > self._capacity:
+            self._acts = [np.empty((B, n), dtype=self.dtype) for n in self.sizes[1:]]
+            self._deltas = [np.empty((B, n), dtype=self.dtype) for n in self.sizes[1:]]
+            self._capacity = B
+        return [a[:B] for a in self._acts], [d[:B] for d in self._deltas]
+
+    def _partial_buffers(self, parts):
+        if self._partials is None or self._partials[0].shape[0] < parts:
+            self._partials = [np.empty((parts, *W.shape), dtype=self.dtype) for W in self.W]
+            self._partial_b = [np.empty((parts, *b.shape), dtype=self.dtype) for b in self.b]
+        return self._partials, self._partial_b
+
+    # -- the work of one group of rows ------------------------------------------------------------
+    def _forward_backward(self, X, Y, r0, r1, acts, deltas, scale):
+        """Activations and deltas of rows r0:r1 into the shared buffers; returns their Σ(A − Y)²."""
+        gemm, L = self._gemm, len(self.W)
+        a = X[r0:r1]
+        for l in range(L):
+            z = acts[l][r0:r1]
+            gemm_into(gemm, a, self.W[l], z)
+            bias_sigmoid(z, self.b[l])
+            a = z
+        sse = output_delta(a, Y[r0:r1], deltas[L - 1][r0:r1], scale)
+        for l in range(L - 1, 0, -1):
+            d = deltas[l - 1][r0:r1]
+            gemm_into(gemm, deltas[l][r0:r1], self.W[l], d, trans_b=True)
+            hidden_delta(d, acts[l - 1][r0:r1])
+        return sse
+
+    def _partial_gradients(self, X, r0, r1, k, acts, deltas):
+        """Group k's G_k = A_kᵀΔ_k and bias sums, into the partial buffers."""
+        for l in range(len(self.W)):
+            a = X[r0:r1] if l == 0 else acts[l - 1][r0:r1]
+            gemm_into(self._gemm, a, deltas[l][r0:r1], self._partials[l][k], trans_a=True)
+            column_sums(deltas[l][r0:r1], self._partial_b[l][k])
+
+    def _run(self, task, n):
+        """task(0..n-1) with task 0 on the calling thread; re-raises the first worker error."""
+        futures = [self._pool.submit(task, k) for k in range(1, n)] if n > 1 else []
+        try:
+            first = task(0)
+        except BaseException:
+            wait(futures)  # never leave workers writing into buffers the caller may reuse
+            raise
+        return [first, *(f.result() for f in futures)]
+
+    def _start(self, X):
+        if self._closed:
+            raise RuntimeError(f"trainer {self.name!r} was closed; make a new one")
+        B = X.shape[0]
+        return B, split_rows(B, self.groups), self._buffers(B)
+
+    # -- the interface -----------------------------------------------------------------------------
+    def _step(self, X, Y, lr):
+        B, rows, (acts, deltas) = self._start(X)
+        t = self.dtype.type
+        scale, lr = t(2.0 / B), t(lr)
+        with blas_threads(self.blas):
+            if len(rows) == 1:
+                sse = self._forward_backward(X, Y, 0, B, acts, deltas, scale)
+                for l in range(len(self.W)):  # the update folded into the gradient GEMM
+                    a = X if l == 0 else acts[l - 1]
+                    gemm_into(self._gemm, a, deltas[l], self.W[l], trans_a=True, alpha=-float(lr), beta=1.0)
+                    bias_update(self.b[l], deltas[l], lr)
+                return sse / B
+            self._partial_buffers(len(rows))
+
+            def gradients(k):
+                r0, r1 = rows[k]
+                sse = self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
+                self._partial_gradients(X, r0, r1, k, acts, deltas)
+                return sse
+
+            sse = sum(self._run(gradients, len(rows)))
+            parts = len(rows)
+
+            def update(k):  # worker k reduces and updates its share of every layer's rows
+                for W, G in zip(self.W, self._partials):
+                    reduce_update(W, G[:parts], lr, *share(W.shape[0], parts, k))
+
+            self._run(update, parts)
+            for b, gb in zip(self.b, self._partial_b):
+                b -= lr * gb[:parts].sum(axis=0)
+            return sse / B
+
+    def _gradients(self, X, Y):
+        B, rows, (acts, deltas) = self._start(X)
+        scale = self.dtype.type(2.0 / B)
+        parts = len(rows)
+        grads = [(np.empty_like(W), np.empty_like(b)) for W, b in zip(self.W, self.b)]
+        with blas_threads(self.blas):
+            if parts == 1:
+                sse = self._forward_backward(X, Y, 0, B, acts, deltas, scale)
+                for l, (gW, gb) in enumerate(grads):
+                    gemm_into(self._gemm, X if l == 0 else acts[l - 1], deltas[l], gW, trans_a=True)
+                    column_sums(deltas[l], gb)
+                return sse / B, grads
+            self._partial_buffers(parts)
+
+            def gradients(k):
+                r0, r1 = rows[k]
+                sse = self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
+                self._partial_gradients(X, r0, r1, k, acts, deltas)
+                return sse
+
+            sse = sum(self._run(gradients, parts))
+
+            def reduce(k):
+                for (gW, _), G in zip(grads, self._partials):
+                    reduce_into(gW, G[:parts], *share(gW.shape[0], parts, k))
+
+            self._run(reduce, parts)
+        for (_, gb), pb in zip(grads, self._partial_b):
+            gb[...] = pb[:parts].sum(axis=0)
+        return sse / B, grads
+
+    def _apply_gradients(self, grads, lr):
+        grads = self._check_grads(grads)
+        lr = self.dtype.type(lr)
+        parts = self.groups if self._pool is not None else 1
+
+        def update(k):
+            for W, (gW, _) in zip(self.W, grads):
+                axpy_rows(W, gW, lr, *share(W.shape[0], parts, k))
+
+        self._run(update, parts)
+        for b, (_, gb) in zip(self.b, grads):
+            b -= lr * gb
+
+    def _predict(self, X):
+        with blas_threads(self.blas * self.groups):
+            return forward_matrix(self.W, self.b, X, self._gemm)
+
+
+class SerialBlasTrainer(MatrixTrainer):
+    """The minibatch matrix form on one core: single-threaded BLAS GEMMs and fused numba kernels."""
+
+    name = "serial-blas"
+
+    def _workers(self):
+        return 1, 1
+
+
+class ThreadsTrainer(MatrixTrainer):
+    """The paper's pthreads design: the minibatch split across ``threads`` workers, each computing the
+    partial gradient of its examples with single-threaded BLAS (which releases the GIL), then one
+    reduction and one update."""
+
+    name = "threads"
+    options = {"threads": CORES}
+
+    def _workers(self):
+        return _check_count(self, "threads", self.opts["threads"]), 1
+
+
+class BlasParallelTrainer(MatrixTrainer):
+    """The minibatch matrix form with ``threads`` BLAS threads: each matrix product is parallelized."""
+
+    name = "blas-parallel"
+    options = {"threads": CORES}
+
+    def _workers(self):
+        return 1, _check_count(self, "threads", self.opts["threads"])
+
+
+class HybridTrainer(MatrixTrainer):
+    """``threads`` threads in all: the examples split across ``groups`` workers, each running its matrix
+    products on ``threads // groups`` BLAS threads. ``groups=None`` picks 2 groups when ``threads`` is
+    even, else 1 (pure BLAS parallelism), so ``threads`` means the same as for the other trainers.
+
+    Note: OpenBLAS serializes multi-threaded GEMMs issued by different threads at once (one
+    level-3 lock), so with OpenBLAS, groups overlap only outside their GEMMs when each has > 1 thread.
+    """
+
+    name = "hybrid"
+    options = {"threads": CORES, "groups": None}
+
+    def _workers(self):
+        threads = _check_count(self, "threads", self.opts["threads"])
+        groups = self.opts["groups"]
+        groups = (2 if threads % 2 == 0 else 1) if groups is None else _check_count(self, "groups", groups)
+        if threads % groups:
+            raise ValueError(f"trainer {self.name!r}: groups ({groups}) must divide threads ({threads}) "
+                             f"so every group gets the same number of BLAS threads")
+        return groups, threads // groups
+
+
+class HogwildTrainer(MatrixTrainer):
+    """Lock-free asynchronous SGD on one node (Hogwild!, seed 002).
+
+    Each of ``threads`` workers takes its share of the minibatch and walks through it ``microbatch``
+    examples at a time: forward and backward with the weights as it finds them, then an immediate
+    in-place update of the shared weights, with no lock and no barrier between workers, so a worker
+    may read weights another is halfway through writing. Each microbatch update uses ``lr/B`` per
+    example, so with one worker and ``microbatch = B`` a step equals synchronous SGD; the workers
+    meet only when ``step`` returns. The returned loss is measured on the weights each microbatch saw.
+    """
+
+    name = "hogwild"
+    options = {"threads": CORES, "microbatch": 10}
+
+    def _workers(self):
+        self.microbatch = _check_count(self, "microbatch", self.opts["microbatch"])
+        return _check_count(self, "threads", self.opts["threads"]), 1
+
+    def _step(self, X, Y, lr):
+        B, rows, (acts, deltas) = self._start(X)
+        t = self.dtype.type
+        scale, lr = t(2.0 / B), t(lr)
+        gemm, L = self._gemm, len(self.W)
+
+        def worker(k):
+            sse = 0.0
+            for r0 in range(rows[k][0], rows[k][1], self.microbatch):
+                r1 = min(r0 + self.microbatch, rows[k][1])
+                sse += self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
+                for l in range(L):  # racy on purpose: other workers read and write these same weights
+                    a = X[r0:r1] if l == 0 else acts[l - 1][r0:r1]
+                    gemm_into(gemm, a, deltas[l][r0:r1], self.W[l], trans_a=True, alpha=-float(lr), beta=1.0)
+                    bias_update(self.b[l], deltas[l][r0:r1], lr)
+            return sse
+
+        with blas_threads(1):
+            return sum(self._run(worker, len(rows))) / B
+
+    def _gradients(self, X, Y):
+        raise NotImplementedError("hogwild updates as it goes; it has no gradient of the whole minibatch to return")
+
+    def _apply_gradients(self, grads, lr):
+        raise NotImplementedError("hogwild updates as it goes; apply gradients with a synchronous trainer")

@@ -1,0 +1,112 @@
+"""The benchmark's Python API and command line on tiny configurations (no timing asserts)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from parbp import bench, data
+from parbp.nets import flops_per_step
+
+TINY = dict(nets=[[37]], n_in=53, n_out=7, repeats=2, warmup=1, sgemm_n=128, rewarm_s=0.001)
+
+
+def test_run_returns_one_row_per_configuration():
+    df = bench.run(["serial-blas", "threads", "numpy"], batches=[8, 16], threads=[1, 2], **TINY)
+    assert list(df.columns) == bench.COLUMNS
+    # serial-blas and numpy take no threads option: once each at threads=1; threads at 1 and 2
+    got = sorted(zip(df.impl, df.threads, df.batch))
+    want = sorted([(i, 1, b) for i in ("serial-blas", "numpy") for b in (8, 16)] + [("threads", t, b) for t in (1, 2) for b in (8, 16)])
+    assert got == want
+    assert (df.ms_per_step > 0).all() and (df.samples == 2).all()
+    assert (df.net == "53-37-7").all()
+    sizes = [53, 37, 7]
+    np.testing.assert_allclose(df.gflops, [flops_per_step(sizes, b) / (ms / 1e3) / 1e9 for b, ms in zip(df.batch, df.ms_per_step)])
+    np.testing.assert_allclose(df.s_per_epoch, df.ms_per_step / 1e3 * np.ceil(bench.EPOCH_EXAMPLES / df.batch))
+    np.testing.assert_allclose(df.vs_sgemm, df.gflops / df.sgemm_gflops)
+    assert "torch" not in set(df.impl)  # timed alongside for vs_torch, returned only if asked
+    if not bench.trainers.why_unavailable("torch"):
+        assert np.isfinite(df.vs_torch).all()
+
+
+def test_run_with_torch_asked_has_ratio_one_for_itself():
+    if bench.trainers.why_unavailable("torch"):
+        pytest.skip(bench.trainers.why_unavailable("torch"))
+    df = bench.run(["torch"], batches=[8], threads=[2], **TINY)
+    assert list(df.impl) == ["torch"] and df.vs_torch.iloc[0] == pytest.approx(1.0)
+
+
+def test_run_without_torch_alongside():
+    df = bench.run(["serial-blas"], batches=[8], compare_torch=False, **TINY)
+    assert list(df.impl) == ["serial-blas"] and df.vs_torch.isna().all()
+
+
+def test_run_skips_unavailable_trainers_with_a_reason():
+    messages = []
+    df = bench.run(["serial-blas", *bench.trainers.GPU], batches=[8], progress=messages.append, **TINY)
+    missing = [n for n in bench.trainers.GPU if bench.trainers.why_unavailable(n)]
+    assert set(df.impl) == {"serial-blas", *(set(bench.trainers.GPU) - set(missing))}
+    for name in missing:
+        assert any(m.startswith(f"skipping {name}:") for m in messages)
+
+
+def test_run_with_nothing_available_returns_an_empty_table():
+    missing = [n for n in bench.trainers.GPU if bench.trainers.why_unavailable(n)]
+    if not missing:
+        pytest.skip("every GPU trainer is available here")
+    df = bench.run(missing, batches=[8], compare_torch=False, **TINY)
+    assert df.empty and list(df.columns) == bench.COLUMNS
+
+
+def test_measure_and_sgemm():
+    m = bench.measure("threads", net=[37], batch=8, threads=2, n_in=53, n_out=7, repeats=2)
+    assert m["impl"] == "threads" and m["threads"] == 2 and m["ms_per_step"] > 0 and m["gflops"] > 0
+    assert bench.sgemm_gflops(threads=1, n=64, repeats=2) > 0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: bench.run([], batches=[8], **TINY), "no implementations"),
+    (lambda: bench.run(["no-such-trainer"], batches=[8], **TINY), "unknown trainer"),
+    (lambda: bench.run(["serial-blas"], batches=[0], **TINY), "must be positive"),
+    (lambda: bench.run(["serial-blas"], batches=[8], threads=[], **TINY), "threads is empty"),
+    (lambda: bench.run(["serial-blas"], batches=[8], device="tpu", **TINY), "device must be"),
+    (lambda: bench.measure("serial-blas", net=[37], batch=8, threads=2, n_in=53, n_out=7), "takes no threads"),
+])
+def test_bad_api_arguments_raise(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_cli_writes_a_well_formed_csv(tmp_path):
+    out = tmp_path / "bench.csv"
+    cmd = [sys.executable, "-m", "parbp.bench", "--net", "1h", "--dataset", "kddcup99", "--batch", "4", "8",
+           "--impl", "serial-blas", "threads", "--threads", "1", "2", "--repeats", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stderr
+    assert "÷ sgemm" in proc.stdout and f"wrote {out}" in proc.stdout
+    df = pd.read_csv(out)
+    n_in, n_out = data.dims("kddcup99")
+    assert len(df) == 2 + 4  # serial-blas at threads=1; threads at 1 and 2; two batch sizes each
+    assert set(bench.COLUMNS) <= set(df.columns) and (df.dataset == "kddcup99").all()
+    assert (df.n_in == n_in).all() and (df.n_out == n_out).all() and (df.net == "1h").all()
+    assert df.filter(like="env_").shape[1] >= 5 and df.env_cores_logical.iloc[0] >= 1
+    assert (df.ms_per_step > 0).all() and df.gflops.notna().all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--impl", "nope"], "invalid choice: 'nope'"),
+    (["--batch", "0"], "expected a positive integer, got 0"),
+    (["--threads", "two"], "expected a positive integer, got 'two'"),
+    (["--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["--net", "3h"], "invalid choice: '3h'"),
+    (["--dtype", "float16"], "invalid choice: 'float16'"),
+    (["--repeats", "-1"], "expected a positive integer"),
+])
+def test_cli_rejects_bad_arguments(args, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        bench.parse_args(args)
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
