@@ -1,0 +1,214 @@
+"""An alpha-beta cost model of data-parallel SGD, fitted to messages measured on this machine.
+
+A message of n bytes takes  t(n) = α + β·n  (α: latency, β: seconds per byte = 1/bandwidth).
+With N parameters of 4 bytes and p workers, one synchronous step costs compute plus communication:
+
+  ring all-reduce     T_comm = 2(p-1)·α + 2·(p-1)/p · 4N·β      (reduce-scatter + all-gather; the bytes a
+                                                                 worker sends stay ~8N however large p is)
+  parameter server    T_comm = 2p·(α + 4N·β)                     (one server receives p gradients and sends
+                                                                 p parameter copies through its one link)
+  compute             T_comp(b) = b·t_example + t_update          (b examples on each worker, measured here)
+
+Step time is T_comp + T_comm (no overlap), and the parallel efficiency is E(p) = T(1) / (p·T(p)) for a
+fixed global batch (strong scaling) or T_comp / T(p) for a fixed batch per worker (weak scaling).
+
+    mpiexec -n 2 python -m parbp.costmodel --out messages.csv   # ping-pong and Allreduce, several sizes
+    df = measure_messages()                                    # the same from Python (runs mpiexec)
+    model = fit(df[df.op == "pingpong"])                       # AlphaBeta(alpha, beta)
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SIZES = tuple(2 ** k for k in range(3, 25, 3))  # 8 B .. 16 MiB: latency- to bandwidth-bound
+# How MPICH moves bytes between two ranks of one machine: its shared memory (the default), or TCP over
+# loopback, the way a message between machines would go (no shared memory, UCX restricted to TCP)
+TRANSPORTS = {"shm": {}, "tcp": {"MPIR_CVAR_NOLOCAL": "1", "UCX_TLS": "tcp,self"}}
+
+
+@dataclass(frozen=True)
+class AlphaBeta:
+    alpha: float  # seconds per message
+    beta: float   # seconds per byte
+
+    def time(self, nbytes):
+        return self.alpha + self.beta * np.asarray(nbytes, dtype=float)
+
+    @property
+    def bandwidth_gbs(self) -> float:
+        return 1e-9 / self.beta
+
+
+def fit(df: pd.DataFrame) -> AlphaBeta:
+    """Least squares of t = α + β·n on *relative* errors (times span 4 orders of magnitude; a plain fit
+    would ignore the small messages that determine α). One-way times: ``df`` has ``bytes``, ``seconds``."""
+    n, t = df["bytes"].to_numpy(float), df["seconds"].to_numpy(float)
+    A = np.stack([np.ones_like(n), n], axis=1) / t[:, None]
+    (alpha, beta), *_ = np.linalg.lstsq(A, np.ones_like(t), rcond=None)
+    if beta <= 0:
+        raise ValueError("the fitted bandwidth is not positive: the measurements are too noisy to fit; measure again")
+    return AlphaBeta(max(float(alpha), 0.0), float(beta))
+
+
+def ring_allreduce(model: AlphaBeta, nbytes, p):
+    p = np.asarray(p, dtype=float)
+    return np.where(p > 1, 2 * (p - 1) * model.alpha + 2 * (p - 1) / p * nbytes * model.beta, 0.0)
+
+
+def parameter_server(model: AlphaBeta, nbytes, p):
+    p = np.asarray(p, dtype=float)
+    return np.where(p > 1, 2 * p * (model.alpha + nbytes * model.beta), 0.0)
+
+
+COMM = {"ring all-reduce": ring_allreduce, "parameter server": parameter_server}
+
+
+@dataclass(frozen=True)
+class Compute:
+    t_example: float  # seconds of forward + backward per example
+    t_update: float   # seconds per step that do not scale with the batch (the update)
+
+    def time(self, b):
+        return np.asarray(b, dtype=float) * self.t_example + self.t_update
+
+
+def measure_compute(net: str, batch_size: int = 1000, impl: str = "serial-blas", repeat: int = 5,
+                    n_in: int = 784, n_out: int = 10) -> Compute:
+    """Time forward+backward and the update of one worker (1 BLAS thread) on this machine; medians."""
+    from threadpoolctl import threadpool_limits
+
+    from . import trainers
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (batch_size, n_in)).astype(np.float32)
+    Y = np.eye(n_out, dtype=np.float32)[rng.integers(0, n_out, batch_size)]
+    with threadpool_limits(1), trainers.get(impl)(net=net, n_in=n_in, n_out=n_out) as t:
+        grad, upd = [], []
+        for _ in range(repeat + 1):  # the first call warms caches (and compiles, for numba trainers)
+            t0 = time.perf_counter()
+            _, g = t.gradients(X, Y)
+            t1 = time.perf_counter()
+            t.apply_gradients(g, 1e-6)
+            t2 = time.perf_counter()
+            grad.append(t1 - t0)
+            upd.append(t2 - t1)
+    return Compute(float(np.median(grad[1:])) / batch_size, float(np.median(upd[1:])))
+
+
+def project(model: AlphaBeta, compute: Compute, n_params: int, workers, batch_size: int = 1000,
+            scaling: str = "strong") -> pd.DataFrame:
+    """Step time and efficiency for each scheme and worker count. Strong scaling splits ``batch_size``
+    over the workers (so p is capped at the batch size); weak scaling gives each worker ``batch_size``."""
+    if scaling not in ("strong", "weak"):
+        raise ValueError(f"scaling must be 'strong' or 'weak', got {scaling!r}")
+    workers = np.asarray([p for p in workers if scaling == "weak" or p <= batch_size])
+    nbytes = 4 * n_params
+    per_worker = batch_size / workers if scaling == "strong" else np.full(len(workers), float(batch_size))
+    t1 = compute.time(batch_size)
+    rows = []
+    for scheme, comm in COMM.items():
+        t_comp, t_comm = compute.time(per_worker), comm(model, nbytes, workers)
+        step = t_comp + t_comm
+        eff = t1 / (workers * step) if scaling == "strong" else t_comp / step
+        rows += [{"scheme": scheme, "scaling": scaling, "workers": int(p), "batch_size": batch_size,
+                  "compute_s": c, "comm_s": m, "step_s": s, "efficiency": e}
+                 for p, c, m, s, e in zip(workers, t_comp, t_comm, step, eff)]
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring messages (runs under mpiexec)
+
+
+def _measure(sizes, budget: float):
+    """Median one-way ping-pong time and Allreduce time per size, between ranks 0 and 1."""
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rows = []
+    for n in sizes:
+        buf = np.zeros(max(n // 4, 1), dtype=np.float32)
+        reps = int(np.clip(budget / (1e-4 + n * 1e-9), 5, 200))  # ~``budget`` seconds per size
+        for op in ("pingpong", "allreduce"):
+            times = []
+            for _ in range(reps + 2):
+                comm.Barrier()
+                t0 = time.perf_counter()
+                if op == "allreduce":
+                    comm.Allreduce(MPI.IN_PLACE, buf)
+                elif comm.rank == 0:
+                    comm.Send(buf, dest=1)
+                    comm.Recv(buf, source=1)
+                elif comm.rank == 1:
+                    comm.Recv(buf, source=0)
+                    comm.Send(buf, dest=0)
+                dt = time.perf_counter() - t0
+                times.append(dt / 2 if op == "pingpong" else dt)
+            times = comm.bcast(times, root=0)  # rank 0's clock defines every result
+            rows.append({"op": op, "bytes": buf.nbytes, "seconds": float(np.median(times[2:])),
+                         "processes": comm.size, "reps": reps})
+    return rows if comm.rank == 0 else None
+
+
+def measure_messages(processes: int = 2, transport: str = "shm", sizes=SIZES, budget: float = 0.05,
+                     timeout: float = 120) -> pd.DataFrame:
+    """Run the measurement under mpiexec and return its rows. ``transport``: "shm" (MPICH's shared
+    memory, the default between processes of one machine) or "tcp" (TCP over loopback, the path a
+    message between machines takes, minus the wire)."""
+    import tempfile
+    from pathlib import Path
+
+    from .mpi import mpiexec, run_command
+
+    if transport not in TRANSPORTS:
+        raise ValueError(f"unknown transport {transport!r}; choose one of {list(TRANSPORTS)}")
+    if processes < 2:
+        raise ValueError("a ping-pong needs at least 2 processes")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "messages.csv"
+        cmd = [mpiexec(), "-n", str(processes)]
+        for k, v in TRANSPORTS[transport].items():
+            cmd += ["-genv", k, v]
+        cmd += [sys.executable, "-m", "parbp.costmodel", "--out", str(out), "--budget", str(budget),
+                "--sizes", ",".join(map(str, sizes))]
+        proc = run_command(cmd, timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"message measurement failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}{proc.stdout[-1000:]}")
+        df = pd.read_csv(out)
+    df.insert(0, "transport", transport)
+    return df
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="mpiexec -n 2 python -m parbp.costmodel",
+                                description="Measure MPI ping-pong and Allreduce times for the alpha-beta model.")
+    p.add_argument("--out", required=True, help="CSV written by rank 0 (atomically)")
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="message sizes in bytes, comma-separated")
+    p.add_argument("--budget", type=float, default=0.05, help="about this many seconds per size and operation")
+    args = p.parse_args(argv)
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")]
+    except ValueError:
+        p.error(f"--sizes must be integers separated by commas, got {args.sizes!r}")
+    if any(s < 4 for s in sizes):
+        p.error("every size must be at least 4 bytes (one float32)")
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.size < 2:
+        p.error("run under mpiexec with at least 2 processes")
+    rows = _measure(sizes, args.budget)
+    if rows is not None:
+        from .results import write_csv
+
+        write_csv(pd.DataFrame(rows), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,599 @@
+"""Distributed SGD with MPI (mpi4py): the three schemes of seeds 002 and 003, on real processes.
+
+    mpiexec -n 4 python -m parbp.mpi --mode allreduce --net 1h --dataset mnist --epochs 5 --batch-size 100
+
+Modes (every rank builds the same trainer from the same seed; rank 0 broadcasts its parameters anyway):
+
+  allreduce  synchronous data parallelism. Each minibatch of B examples is split across the ranks; every
+             rank computes the gradient of its slice, scaled by B_r/B so that the *sum* over ranks is the
+             gradient of the whole minibatch (the loss is a mean, seed 002 eq. for λ_i). The gradients
+             and the loss travel in ONE contiguous buffer through ONE Allreduce, and every rank applies
+             the same update: the run is the serial trainer on the same data order, to rounding.
+  average    seed 003's synchronous method. Each rank owns a shard of the training set and runs plain
+             SGD on it; every ``--sync-every`` steps (0 = once per epoch) the parameters are averaged
+             with an Allreduce (v = 1/c Σ w_i), which is the reduce + broadcast of seed 003 in one call.
+  async      seed 003's asynchronous method as seed 002's parameter server. Rank 0 holds the
+             parameters v and applies updates in the order they arrive; ranks 1..N-1 each own a shard,
+             run ``--sync-every`` local SGD steps from the v they last received, send the change
+             (w - v_old), and get the current v back. No global barrier. Staleness = the number of
+             updates the server applied between a worker's pull and its push.
+
+Rank 0 gathers per-epoch loss/accuracy/time plus each rank's CPU use and peak memory and writes one tidy
+CSV (a row per epoch and rank; ``epoch`` counts epochs completed, from 1) atomically with ``--out``.
+``run(...)`` below is the driver the notebooks use.
+
+Failure handling: mpich's mpiexec (hydra) kills the job when a rank dies. For the cases it cannot see (a
+rank that hangs or is stopped), every rank runs a watchdog thread: if a blocking communication call
+waits longer than ``--timeout`` seconds, the rank prints which call and aborts the whole job.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+MODES = ("allreduce", "average", "async")
+TOY = "toy"  # a small synthetic dataset for tests and smoke runs (no files needed)
+
+
+# --------------------------------------------------------------------------------------------
+# Data and minibatch order (shared by every rank, the serial check and the ipyparallel trainers)
+
+
+def toy_data(n: int = 2000, n_in: int = 16, n_out: int = 4, seed: int = 0) -> SimpleNamespace:
+    """A learnable synthetic classification set: labels are the argmax of a random linear teacher."""
+    rng = np.random.default_rng(seed)
+    teacher = rng.normal(size=(n_in, n_out))
+    n_val = max(n // 5, 1)
+
+    def split(m):
+        X = rng.uniform(0, 1, size=(m, n_in)).astype(np.float32)
+        y = (X - 0.5) @ teacher
+        y = y.argmax(axis=1)
+        return X, np.eye(n_out, dtype=np.float32)[y], y
+
+    X_train, Y_train, y_train = split(n)
+    X_val, Y_val, y_val = split(n_val)
+    return SimpleNamespace(name=TOY, X_train=X_train, Y_train=Y_train, y_train=y_train,
+                           X_val=X_val, Y_val=Y_val, y_val=y_val, n_in=n_in, n_out=n_out)
+
+
+def load_data(name: str, subset: int | None = None, seed: int = 0):
+    """``parbp.data.load(name)``, or the toy set; ``subset`` keeps the first rows (val gets subset // 5)."""
+    if name == TOY:
+        return toy_data(subset or 2000, seed=seed)
+    from . import data
+
+    if name not in data.NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {[*data.NAMES, TOY]}")
+    ds = data.load(name)
+    if subset:
+        if subset > len(ds.X_train):
+            raise ValueError(f"--subset {subset} is larger than {name}'s {len(ds.X_train)} training examples")
+        ds = ds.take(subset, max(subset // 5, 100))
+    return ds
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
+    """The shuffled example order of one epoch: the same on every rank and in the serial check."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def minibatches(n: int, batch_size: int, epoch: int, seed: int):
+    """Index arrays of the full minibatches of one epoch (a last partial batch is dropped, so every
+    step has exactly ``batch_size`` examples and every rank's slice is the same size each step)."""
+    order = epoch_order(n, epoch, seed)
+    for i in range(n // batch_size):
+        yield order[i * batch_size:(i + 1) * batch_size]
+
+
+def evaluate(trainer, X, Y, y) -> tuple[float, float]:
+    """(MSE loss, accuracy) over a whole split, with the study's own definitions (parbp.train)."""
+    from .train import accuracy, mse
+
+    return mse(trainer, X, Y), accuracy(trainer, X, y)
+
+
+def lr_at(lr: float, decay: float, epoch: int) -> float:
+    """Seed 003's schedule: the learning rate shrinks by ``decay`` (0.01 = 1%) after every epoch."""
+    return lr * (1.0 - decay) ** epoch
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters as one flat buffer: one message per exchange instead of one per array
+
+
+class Flat:
+    """Offsets of every W and b of a network inside one contiguous vector (+ ``extra`` scalars at the end)."""
+
+    def __init__(self, sizes, dtype, extra: int = 0):
+        self.shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
+        self.n = sum(int(np.prod(s)) for s in self.shapes)
+        self.extra, self.dtype = extra, np.dtype(dtype)
+
+    def empty(self) -> np.ndarray:
+        return np.zeros(self.n + self.extra, dtype=self.dtype)
+
+    def views(self, buf):
+        """[(W, b), ...] as views into ``buf``: unpacking costs nothing."""
+        arrays, off = [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape))
+            arrays.append(buf[off:off + size].reshape(shape))
+            off += size
+        return list(zip(arrays[0::2], arrays[1::2]))
+
+    def pack(self, pairs, buf, scale=None) -> np.ndarray:
+        for (W, b), (vW, vb) in zip(pairs, self.views(buf)):
+            if scale is None:
+                vW[...], vb[...] = W, b
+            else:
+                np.multiply(W, scale, out=vW)
+                np.multiply(b, scale, out=vb)
+        return buf
+
+
+# --------------------------------------------------------------------------------------------
+# Per-rank bookkeeping: CPU, memory and a watchdog on blocking calls
+
+
+class Usage:
+    """CPU use (% of one core) between two marks, and resident / peak memory of this process."""
+
+    def __init__(self):
+        import psutil
+
+        self.proc = psutil.Process()
+        self.mark()
+
+    def mark(self):
+        t = self.proc.cpu_times()
+        self._cpu, self._wall = t.user + t.system, time.perf_counter()
+
+    def read(self) -> dict:
+        t = self.proc.cpu_times()
+        wall = max(time.perf_counter() - self._wall, 1e-9)
+        out = {
+            "cpu_percent": 100.0 * (t.user + t.system - self._cpu) / wall,
+            "rss_mib": self.proc.memory_info().rss / 2**20,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,  # Linux: KiB
+        }
+        self.mark()
+        return out
+
+
+class Watchdog:
+    """Aborts the whole MPI job when one blocking call waits longer than ``timeout`` seconds.
+
+    mpiexec notices a rank that *dies*; this catches a peer that hangs or is stopped, which would
+    otherwise leave everybody else spinning in a receive or a collective forever.
+    """
+
+    def __init__(self, comm, timeout: float):
+        self.comm, self.timeout = comm, timeout
+        self._what, self._since = None, 0.0
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    @contextlib.contextmanager
+    def wait(self, what: str):
+        """Wrap a blocking call: the watchdog times it."""
+        self._what, self._since = what, time.monotonic()
+        try:
+            yield
+        finally:
+            self._what = None
+
+    def _watch(self):
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            what = self._what
+            if what is not None and time.monotonic() - self._since > self.timeout:
+                abort(self.comm, f"rank {self.comm.rank}: {what} got no answer for {self.timeout:g} s; "
+                                 f"a peer rank has probably died or hung")
+
+
+def abort(comm, message: str):
+    """Print why, then end the whole job: MPI_Abort, or, if that does not return promptly (it can wait
+    on a lock held by a thread spinning in a collective), exit this process, which mpiexec also
+    treats as the job's failure."""
+    print(f"parbp.mpi: {message}. Aborting the job.", file=sys.stderr, flush=True)
+    threading.Timer(2.0, os._exit, args=(3,)).start()
+    comm.Abort(3)
+
+
+# --------------------------------------------------------------------------------------------
+# The three modes. Each returns (rows, trainer): rank 0's rows (one per epoch and rank; [] elsewhere).
+
+
+def _setup(args, comm):
+    from . import trainers
+
+    # Rank 0 reads and decodes the files once and sends the arrays: p ranks decompressing the same
+    # files at once would only fight over the cores.
+    ds = comm.bcast(load_data(args.dataset, args.subset, args.seed) if comm.rank == 0 else None, root=0)
+    T = trainers.get(args.impl)
+    trainer = T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, dtype=args.dtype, seed=args.seed)
+    flat = Flat(trainer.sizes, trainer.dtype, extra=1)  # the extra slot carries the loss
+    buf = flat.pack(trainer.params, flat.empty())
+    comm.Bcast(buf, root=0)  # identical starting point everywhere, whatever each rank's RNG did
+    trainer.params = flat.views(buf)
+    trainer.gradients(ds.X_train[:2], ds.Y_train[:2])  # warm-up (numba trainers compile here), not timed
+    return ds, trainer, flat
+
+
+def _epoch_rows(comm, epoch, usage, shared: dict) -> list[dict]:
+    """Gather every rank's usage on rank 0 and turn it into one row per rank."""
+    mine = {"rank": comm.rank, **usage.read()}
+    everyone = comm.gather(mine, root=0)
+    return [] if comm.rank else [{"epoch": epoch + 1, **shared, **r} for r in everyone]
+
+
+def train_allreduce(args, comm, dog):
+    ds, trainer, flat = _setup(args, comm)
+    size, rank, B = comm.size, comm.rank, args.batch_size
+    if len(ds.X_train) < B:  # every rank has the same data, so every rank stops here together
+        raise SystemExit(f"error: --batch-size {B} is larger than the {len(ds.X_train)} training examples")
+    buf = flat.empty()
+    grads = flat.views(buf)  # the reduced gradient is read in place from the receive buffer
+    usage, rows, elapsed = Usage(), [], 0.0
+    for epoch in range(args.epochs):
+        lr = lr_at(args.lr, args.lr_decay, epoch)
+        usage.mark()
+        t0, loss_sum, steps = time.perf_counter(), 0.0, 0
+        for idx in minibatches(len(ds.X_train), B, epoch, args.seed):
+            mine = np.array_split(idx, size)[rank]
+            loss_sum += allreduce_step(trainer, flat, buf, grads, ds.X_train[mine], ds.Y_train[mine], B, lr, comm, dog)
+            steps += 1
+        dt = time.perf_counter() - t0
+        elapsed += dt
+        shared = _summary(args, trainer, ds, epoch, lr, loss_sum / steps, dt, elapsed) if rank == 0 else {}
+        rows += _epoch_rows(comm, epoch, usage, shared)
+    return rows, trainer
+
+
+def allreduce_step(trainer, flat, buf, grads, X, Y, B, lr, comm, dog) -> float:
+    """One synchronous data-parallel step on this rank's slice (X, Y) of a B-example minibatch;
+    returns the loss of the whole minibatch. ``grads`` are views into ``buf``."""
+    loss, g = trainer.gradients(X, Y)
+    w = len(X) / B  # the mean over B examples = Σ_r (B_r/B) · mean over the slice
+    flat.pack(g, buf, scale=w)
+    buf[-1] = loss * w  # the loss rides along in the same message
+    with dog.wait("Allreduce of the gradients"):
+        comm.Allreduce(MPI_IN_PLACE(), buf)
+    trainer.apply_gradients(grads, lr)
+    return float(buf[-1])
+
+
+def train_average(args, comm, dog):
+    ds, trainer, flat = _setup(args, comm)
+    size, rank, B = comm.size, comm.rank, args.batch_size
+    shard = np.array_split(np.arange(len(ds.X_train)), size)[rank]
+    # every rank must take the same number of steps or the averaging collectives would not match up
+    steps_per_epoch = (len(ds.X_train) // size) // B
+    if steps_per_epoch == 0:
+        raise SystemExit(f"error: {len(ds.X_train)} examples over {size} ranks leave fewer than "
+                         f"--batch-size {B} per shard; use fewer ranks, a smaller batch or more data")
+    buf = flat.empty()
+    usage, rows, elapsed, syncs = Usage(), [], 0.0, 0
+
+    def average():
+        flat.pack(trainer.params, buf)
+        with dog.wait("Allreduce of the parameters"):
+            comm.Allreduce(MPI_IN_PLACE(), buf)
+        buf[:] /= size
+        trainer.params = flat.views(buf)
+
+    for epoch in range(args.epochs):
+        lr = lr_at(args.lr, args.lr_decay, epoch)
+        usage.mark()
+        t0, loss_sum = time.perf_counter(), 0.0
+        order = shard[epoch_order(len(shard), epoch, args.seed + 1000 * rank)]
+        for s in range(steps_per_epoch):
+            idx = order[s * B:(s + 1) * B]
+            loss_sum += trainer.step(ds.X_train[idx], ds.Y_train[idx], lr)
+            if args.sync_every and (s + 1) % args.sync_every == 0 and s + 1 < steps_per_epoch:
+                average()
+                syncs += 1
+        average()  # always at the end of an epoch, so the evaluated model is the shared one
+        syncs += 1
+        # the reported training loss is the mean over all ranks' minibatches
+        with dog.wait("Allreduce of the epoch's loss"):
+            loss = comm.allreduce(loss_sum / steps_per_epoch) / size
+        dt = time.perf_counter() - t0
+        elapsed += dt
+        shared = _summary(args, trainer, ds, epoch, lr, loss, dt, elapsed) if rank == 0 else {}
+        rows += _epoch_rows(comm, epoch, usage, {**shared, "syncs": syncs})
+    return rows, trainer
+
+
+# Message tags of the parameter server protocol
+_PUSH, _EPOCH, _DONE, _PARAMS = 1, 2, 3, 4
+
+
+def train_async(args, comm, dog):
+    from mpi4py import MPI
+
+    if comm.size < 2:
+        raise SystemExit("error: --mode async needs at least 2 processes (rank 0 is the parameter server)")
+    ds, trainer, flat = _setup(args, comm)
+    if comm.rank == 0:
+        return _server(args, comm, ds, trainer, flat, MPI), trainer
+    _worker(args, comm, dog, ds, trainer, flat)
+    return [], trainer
+
+
+def _worker(args, comm, dog, ds, trainer, flat):
+    workers, me, B = comm.size - 1, comm.rank - 1, args.batch_size
+    shard = np.array_split(np.arange(len(ds.X_train)), workers)[me]
+    if len(shard) < B:
+        raise SystemExit(f"error: a worker's shard has {len(shard)} examples, fewer than --batch-size {B}")
+    k = args.sync_every or len(shard) // B  # 0 = push once per epoch
+    base = flat.pack(trainer.params, flat.empty())  # v as last pulled
+    now = flat.empty()
+    version = np.zeros(1, dtype=np.int64)
+    header = np.zeros(3, dtype=np.int64)  # (version pulled, examples since the last push, epoch)
+    usage = Usage()
+    for epoch in range(args.epochs):
+        lr = lr_at(args.lr, args.lr_decay, epoch)
+        usage.mark()
+        t0, loss_sum, steps, since_push = time.perf_counter(), 0.0, 0, 0
+        order = shard[epoch_order(len(shard), epoch, args.seed + 1000 * comm.rank)]
+        n_steps = len(shard) // B
+        for s in range(n_steps):
+            idx = order[s * B:(s + 1) * B]
+            loss_sum += trainer.step(ds.X_train[idx], ds.Y_train[idx], lr)
+            steps, since_push = steps + 1, since_push + 1
+            if since_push == k or s + 1 == n_steps:
+                flat.pack(trainer.params, now)
+                now -= base  # the update: what this worker's steps changed
+                header[:] = (version[0], since_push, epoch)
+                with dog.wait("the parameter server's reply"):
+                    comm.Send(header, dest=0, tag=_PUSH)
+                    comm.Send(now, dest=0, tag=_PUSH)
+                    comm.Recv(version, source=0, tag=_PARAMS)
+                    comm.Recv(base, source=0, tag=_PARAMS)
+                trainer.params = flat.views(base)
+                since_push = 0
+        stats = {"rank": comm.rank, "epoch": epoch, "train_loss_sum": loss_sum, "steps": steps,
+                 "worker_epoch_s": time.perf_counter() - t0, **usage.read()}
+        comm.send(stats, dest=0, tag=_EPOCH)
+    comm.send(None, dest=0, tag=_DONE)
+
+
+def _server(args, comm, ds, trainer, flat, MPI):
+    workers = comm.size - 1
+    v = flat.pack(trainer.params, flat.empty())
+    delta = flat.empty()
+    header = np.zeros(3, dtype=np.int64)
+    version = np.zeros(1, dtype=np.int64)
+    status = MPI.Status()
+    usage, rows = Usage(), []
+    reports: dict[int, list] = {}  # epoch -> worker stats received so far
+    staleness: dict[int, list] = {}  # epoch -> staleness of every update applied for it
+    done, last_heard = 0, {r: time.monotonic() for r in range(1, comm.size)}
+    t_start = t_epoch = time.perf_counter()
+    usage.mark()
+    while done < workers:
+        # Poll instead of a blocking receive: a blocking MPI receive spins a core at 100%, which on an
+        # oversubscribed machine steals it from the workers; polling also gives the watchdog its hook.
+        if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+            silent = min(last_heard, key=last_heard.get)
+            if time.monotonic() - last_heard[silent] > args.timeout:
+                abort(comm, f"parameter server: worker rank {silent} sent nothing for {args.timeout:g} s; "
+                            f"it has probably died or hung")
+            time.sleep(0.0002)
+            continue
+        src, tag = status.Get_source(), status.Get_tag()
+        last_heard[src] = time.monotonic()
+        if tag == _PUSH:
+            comm.Recv(header, source=src, tag=_PUSH)
+            comm.Recv(delta, source=src, tag=_PUSH)
+            v += delta  # apply in arrival order: no barrier, no averaging
+            staleness.setdefault(int(header[2]), []).append(int(version[0] - header[0]))
+            version[0] += 1
+            comm.Send(version, dest=src, tag=_PARAMS)
+            comm.Send(v, dest=src, tag=_PARAMS)
+        elif tag == _EPOCH:
+            stats = comm.recv(source=src, tag=_EPOCH)
+            epoch = stats["epoch"]
+            reports.setdefault(epoch, []).append(stats)
+            if len(reports[epoch]) == workers:  # every worker has finished this epoch: evaluate v now
+                now = time.perf_counter()
+                dt, elapsed = now - t_epoch, now - t_start
+                t_epoch = now
+                trainer.params = flat.views(v)
+                rs = reports[epoch]
+                loss = sum(r["train_loss_sum"] for r in rs) / sum(r["steps"] for r in rs)
+                st = np.array(staleness.get(epoch, [0]))
+                shared = {**_summary(args, trainer, ds, epoch, lr_at(args.lr, args.lr_decay, epoch), loss, dt, elapsed),
+                          "updates": len(staleness.get(epoch, [])), "staleness_mean": float(st.mean()),
+                          "staleness_max": int(st.max()), "version": int(version[0])}
+                rows.append({"epoch": epoch + 1, **shared, "rank": 0, **usage.read()})
+                rows += [{"epoch": epoch + 1, **shared, **{k: r[k] for k in ("rank", "cpu_percent", "rss_mib", "peak_rss_mib")}}
+                         for r in sorted(rs, key=lambda r: r["rank"])]
+        elif tag == _DONE:
+            comm.recv(source=src, tag=_DONE)
+            done += 1
+            last_heard.pop(src)
+    trainer.params = flat.views(v)
+    return rows
+
+
+def MPI_IN_PLACE():
+    from mpi4py import MPI
+
+    return MPI.IN_PLACE
+
+
+def _summary(args, trainer, ds, epoch, lr, train_loss, epoch_s, elapsed) -> dict:
+    """The epoch-level numbers rank 0 records (evaluation is not counted in the epoch time)."""
+    val_loss, val_acc = evaluate(trainer, ds.X_val, ds.Y_val, ds.y_val)
+    return {"lr": lr, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
+            "epoch_s": epoch_s, "elapsed_s": elapsed}
+
+
+TRAIN = {"allreduce": train_allreduce, "average": train_average, "async": train_async}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpiexec -n N python -m parbp.mpi", description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", required=True, choices=MODES)
+    p.add_argument("--net", default="1h", help='"1h", "2h" or hidden widths like 64,32')
+    p.add_argument("--dataset", default="mnist", help=f'mnist, fashion-mnist, kddcup99 or "{TOY}" (synthetic)')
+    p.add_argument("--subset", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1.0)
+    p.add_argument("--lr-decay", type=float, default=0.01, help="fraction the lr shrinks after each epoch")
+    p.add_argument("--sync-every", type=int, default=1,
+                   help="average/async: local SGD steps between exchanges (0 = once per epoch)")
+    p.add_argument("--impl", default=None, help="per-rank trainer (default serial-blas if available, else numpy)")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads per rank")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=20.0,
+                   help="seconds a blocking exchange may wait (and, for the parameter server, a worker may stay "
+                        "silent) before the job is aborted; raise it for long epochs with --sync-every 0")
+    p.add_argument("--out", default=None, help="CSV written by rank 0 (atomically)")
+    p.add_argument("--params-out", default=None, help="rank 0 saves the final parameters here (.npz)")
+    return p
+
+
+def parse_args(argv=None):
+    args = parser().parse_args(argv)
+    if "," in args.net or args.net.isdigit():
+        args.net = [int(s) for s in args.net.split(",")]
+    checks = [(args.epochs >= 1, "--epochs must be >= 1"), (args.batch_size >= 1, "--batch-size must be >= 1"),
+              (args.lr > 0, "--lr must be > 0"), (0 <= args.lr_decay < 1, "--lr-decay must be in [0, 1)"),
+              (args.sync_every >= 0, "--sync-every must be >= 0"), (args.timeout > 0, "--timeout must be > 0"),
+              (args.threads >= 1, "--threads must be >= 1"),
+              (args.subset is None or args.subset >= 1, "--subset must be >= 1")]
+    for ok, msg in checks:
+        if not ok:
+            parser().error(msg)
+    args.impl = args.impl or default_impl()
+    return args
+
+
+def default_impl() -> str:
+    """The per-rank trainer: the best single-threaded CPU trainer where it is available."""
+    from . import trainers
+
+    return "serial-blas" if not trainers.why_unavailable("serial-blas") else "numpy"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from mpi4py import MPI
+    from threadpoolctl import threadpool_limits
+
+    comm = MPI.COMM_WORLD
+    # Every rank checks the same arguments, so they all stop together before any communication.
+    if args.mode == "allreduce" and comm.size > args.batch_size:
+        if comm.rank == 0:
+            print(f"error: {comm.size} processes but --batch-size {args.batch_size}: allreduce splits each "
+                  f"minibatch across the ranks, so -n must be <= the batch size", file=sys.stderr)
+        return 2
+    if args.mode == "async" and comm.size < 2:
+        print("error: --mode async needs at least 2 processes (rank 0 is the parameter server)", file=sys.stderr)
+        return 2
+    dog = Watchdog(comm, args.timeout)
+    with threadpool_limits(args.threads):
+        rows, trainer = TRAIN[args.mode](args, comm, dog)
+    if comm.rank == 0:
+        import pandas as pd
+
+        from .results import atomic_write, write_csv
+
+        df = pd.DataFrame(rows)
+        meta = {"mode": args.mode, "processes": comm.size, "net": args.net if isinstance(args.net, str) else "-".join(map(str, args.net)),
+                "dataset": args.dataset, "batch_size": args.batch_size, "impl": args.impl,
+                "sync_every": args.sync_every, "seed": args.seed}
+        for i, (k, v) in enumerate(meta.items()):
+            df.insert(i, k, [v] * len(df))
+        if args.out:
+            write_csv(df, args.out)
+        if args.params_out:
+            arrays = {f"{k}{l}": a for l, (W, b) in enumerate(trainer.params) for k, a in (("W", W), ("b", b))}
+            atomic_write(args.params_out, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+        last = df[df["rank"] == 0].iloc[-1]
+        print(f"{args.mode} x{comm.size}: {args.epochs} epochs in {last.elapsed_s:.2f} s, "
+              f"val loss {last.val_loss:.4f}, val acc {last.val_acc:.4f}", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The driver: run a job under mpiexec from Python (notebooks, tests, the benchmark)
+
+
+def mpiexec() -> str:
+    """The mpiexec next to this Python (the pip ``mpich`` package puts it in the venv's bin/)."""
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.exists():
+        return str(here)
+    import shutil
+
+    found = shutil.which("mpiexec")
+    if not found:
+        raise FileNotFoundError("mpiexec not found next to this Python nor on PATH; pip install mpich")
+    return found
+
+
+def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: float | None = None, **options):
+    """Run ``mpiexec -n processes python -m parbp.mpi --mode mode ...`` and return its CSV as a DataFrame.
+
+    ``options`` become flags (``batch_size=100`` -> ``--batch-size 100``); ``watchdog`` is the job's own
+    ``--timeout``. A job that fails or outlives ``timeout`` seconds raises RuntimeError with the tail of
+    its output.
+    """
+    import tempfile
+
+    import pandas as pd
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    if not isinstance(processes, (int, np.integer)) or processes < 1:
+        raise ValueError(f"processes must be a positive integer, got {processes!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(out) if out else Path(tmp) / "run.csv"
+        cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.mpi", "--mode", mode, "--out", str(csv)]
+        for k, v in {**options, "timeout": watchdog}.items():
+            if v is not None:
+                cmd += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+        proc = run_command(cmd, timeout)
+        if proc.returncode != 0:
+            # mpiexec reports a dead rank on stdout ("BAD TERMINATION ..."), our ranks on stderr
+            raise RuntimeError(f"mpiexec -n {processes} parbp.mpi --mode {mode} failed (exit {proc.returncode}):\n"
+                               f"{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
+        return pd.read_csv(csv)
+
+
+def run_command(cmd, timeout):
+    """subprocess.run with a timeout that kills the whole process group (mpiexec and all its ranks)."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise RuntimeError(f"{' '.join(map(str, cmd))} did not finish within {timeout} s; killed it.\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

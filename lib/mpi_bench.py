@@ -1,0 +1,236 @@
+"""Benchmark: synchronous data parallelism (``parbp.mpi`` allreduce) against 1 rank and PyTorch DDP.
+
+    python -m parbp.mpi_bench --net 1h --batch-size 1000 --steps 30 --out figures/06_allreduce_bench.csv
+
+One run measures, on the same job (same net, MSE loss, sigmoid, plain SGD, one global minibatch of
+``--batch-size`` examples per step, 1 BLAS/intra-op thread per process):
+  * parbp.mpi allreduce with 1 rank and with ``--processes`` ranks (under mpiexec), and
+  * torch.distributed DistributedDataParallel, gloo backend on loopback, with the same process count
+    (and 1 process without DDP, for torch's own efficiency).
+Reported per configuration: the median step time, the forward+backward part of it (``compute_s``) and the
+rest (``other_s``: packing, the Allreduce, waiting for the slower rank, the update); the parallel
+efficiency E = T_1 / (p · T_p); and parbp's step time relative to DDP's.
+
+Data are random: the step time of a dense MLP does not depend on the values. Every step is timed
+between two barriers, so the median is the step time of the slowest rank.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+
+import numpy as np
+
+from .mpi import default_impl
+
+
+def _batch(n_in, n_out, rows, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, size=(rows, n_in)).astype(np.float32)
+    Y = np.eye(n_out, dtype=np.float32)[rng.integers(0, n_out, rows)]
+    return X, Y
+
+
+# --------------------------------------------------------------------------------------------
+# parbp under mpiexec: this module re-runs itself with --worker
+
+
+def mpi_worker(args) -> None:
+    from mpi4py import MPI
+    from threadpoolctl import threadpool_limits
+
+    from . import trainers
+    from .mpi import Flat, Watchdog, allreduce_step
+
+    comm = MPI.COMM_WORLD
+    size, rank, B = comm.size, comm.rank, args.batch_size
+    n_in, n_out = 784, 10
+    with threadpool_limits(1):
+        trainer = trainers.get(args.impl)(net=args.net, n_in=n_in, n_out=n_out, seed=0)
+        flat = Flat(trainer.sizes, trainer.dtype, extra=1)
+        buf = flat.empty()
+        grads = flat.views(buf)
+        rows = np.array_split(np.arange(B), size)[rank]
+        X, Y = _batch(n_in, n_out, len(rows), seed=rank)
+        dog = Watchdog(comm, 60.0)
+        step, compute = [], []
+        for i in range(args.warmup + args.steps):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            loss, g = trainer.gradients(X, Y)  # the compute part alone, timed separately below
+            t1 = time.perf_counter()
+            comm.Barrier()
+            t2 = time.perf_counter()
+            allreduce_step(trainer, flat, buf, grads, X, Y, B, 1e-3, comm, dog)
+            comm.Barrier()
+            t3 = time.perf_counter()
+            if i >= args.warmup:
+                compute.append(t1 - t0)
+                step.append(t3 - t2)
+    step = comm.gather(step, root=0)
+    compute = comm.gather(compute, root=0)
+    if rank == 0:
+        # between barriers, so every rank saw the same interval: take rank 0's; compute: the slowest rank
+        step_s = float(np.median(step[0]))
+        compute_s = float(np.median(np.max(compute, axis=0)))
+        # the rest of the step: packing, the Allreduce, waiting for the slower rank, the update
+        print(json.dumps({"step_s": step_s, "compute_s": compute_s, "other_s": max(step_s - compute_s, 0.0)}))
+
+
+def run_parbp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None, timeout=300) -> dict:
+    """Median step time (and its compute/communication split) of parbp.mpi allreduce under mpiexec."""
+    from .mpi import mpiexec, run_command
+
+    cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.mpi_bench", "--worker",
+           "--net", net, "--batch-size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup)]
+    cmd += ["--impl", impl] if impl else []
+    proc = run_command(cmd, timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"parbp.mpi_bench worker with {processes} ranks failed:\n{proc.stderr[-2000:]}{proc.stdout[-1000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch DDP, gloo on loopback
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torch_worker(rank, world, port, net, batch_size, steps, warmup, queue):
+    import torch
+    import torch.distributed as dist
+
+    from .nets import init_params, layer_sizes
+
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    sizes = layer_sizes(net, 784, 10)
+    layers = []
+    for W, b in init_params(sizes, 0):  # the same initial weights as parbp's trainers
+        lin = torch.nn.Linear(*W.shape)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
+            lin.bias.copy_(torch.from_numpy(b.astype(np.float32)))
+        layers += [lin, torch.nn.Sigmoid()]
+    model = torch.nn.Sequential(*layers)
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    rows = np.array_split(np.arange(batch_size), world)[rank]
+    X, Y = (torch.from_numpy(a) for a in _batch(784, 10, len(rows), seed=rank))
+    times = []
+    for i in range(warmup + steps):
+        if world > 1:
+            dist.barrier()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        # the study's loss: 1/B Σ ||y - a||² over this rank's rows; DDP averages the gradients over ranks,
+        # which makes it the global-batch gradient, as in parbp's allreduce
+        loss = ((model(X) - Y) ** 2).sum(dim=1).mean()
+        loss.backward()  # DDP all-reduces the gradient buckets here, overlapped with the backward pass
+        opt.step()
+        if world > 1:
+            dist.barrier()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    if world > 1:
+        dist.destroy_process_group()
+    if rank == 0:
+        queue.put(float(np.median(times)))
+
+
+def run_ddp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, timeout=300) -> dict:
+    """Median step time of torch (DistributedDataParallel over gloo when processes > 1)."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_torch_worker, args=(r, processes, port, net, batch_size, steps, warmup, queue))
+             for r in range(processes)]
+    for p in procs:
+        p.start()
+    try:
+        step_s = queue.get(timeout=timeout)
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return {"step_s": step_s}
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def bench(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None, timeout=300, out=None):
+    """Both engines, 1 and ``processes`` processes, measured now; one row per configuration."""
+    import pandas as pd
+
+    from .envinfo import cpu_name
+
+    impl = impl or default_impl()
+    p, kw = processes, dict(net=net, batch_size=batch_size, steps=steps, warmup=warmup, timeout=timeout)
+    one, many = run_parbp(processes=1, impl=impl, **kw), run_parbp(processes=p, impl=impl, **kw)
+    t1, t2 = run_ddp(processes=1, **kw), run_ddp(processes=p, **kw)
+    df = pd.DataFrame([{"engine": "parbp.mpi allreduce", "processes": 1, **one},
+                       {"engine": "parbp.mpi allreduce", "processes": p, **many},
+                       {"engine": "torch (no DDP)", "processes": 1, **t1},
+                       {"engine": "torch DDP gloo", "processes": p, **t2}])
+    df.insert(0, "net", net)
+    df.insert(1, "batch_size", batch_size)
+    base = {"parbp.mpi allreduce": one["step_s"], "torch (no DDP)": t1["step_s"], "torch DDP gloo": t1["step_s"]}
+    df["efficiency"] = [base[e] / (n * s) for e, n, s in zip(df.engine, df.processes, df.step_s)]
+    df["vs_ddp"] = df.step_s / t2["step_s"]
+    df["parbp_impl"], df["cpu"], df["cores"] = impl, cpu_name(), os.cpu_count()
+    if out:
+        from .results import write_csv
+
+        write_csv(df, out)
+    return df
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python -m parbp.mpi_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--net", default="1h", choices=("1h", "2h"))
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--processes", type=int, default=2)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--impl", default=None, help="per-rank parbp trainer (default serial-blas if available)")
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--out", default=None, help="CSV of the results (written atomically)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    if args.batch_size < args.processes:
+        parser().error(f"--batch-size {args.batch_size} must be >= --processes {args.processes}")
+    if args.steps < 1 or args.warmup < 0:
+        parser().error("--steps must be >= 1 and --warmup >= 0")
+    if args.worker:
+        args.impl = args.impl or default_impl()
+        mpi_worker(args)
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(bench(args.net, args.batch_size, args.processes, args.steps, args.warmup, args.impl,
+                    args.timeout, args.out).drop(columns=["cpu"]).to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
