@@ -1,0 +1,335 @@
+"""Library baselines: the study's network, loss and SGD step written the way a user of each library would.
+
+    torch      idiomatic PyTorch: nn.Sequential of nn.Linear + nn.Sigmoid, autograd, torch.optim.SGD.
+               This is the comparator the speed goals are measured against (the "÷torch" column), so it
+               is deliberately what a researcher would write, not a hand-fused kernel.
+    pytensor   one compiled graph (Theano API): forward, MSE, T.grad, in-place updates of shared variables.
+    theano     the very same graph code under Theano itself (theano-pymc 1.1.2, the library the paper
+               compared against), run out of process in its own numpy-1.23 venv (see theano_worker.py).
+
+All three start from ``parbp.nets.init_params`` and minimize L = 1/B Σ ||y - a||² with W -= lr dL/dW,
+so one step of each equals one step of ``parbp.reference`` up to rounding (tests/test_baselines.py).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import select
+import subprocess
+import tempfile
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from . import theano_worker
+from .base import Trainer, TrainerUnavailable
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"option {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# =================================================================================================
+# PyTorch
+
+
+class TorchTrainer(Trainer):
+    name = "torch"
+    options = {"threads": 1, "device": "cpu"}
+    DEVICES = ("cpu", "cuda")
+
+    @classmethod
+    def availability(cls):
+        if importlib.util.find_spec("torch") is None:
+            return False, "PyTorch is not installed (pip install torch)"
+        return True, ""
+
+    def _setup(self, params):
+        import torch
+        from torch import nn
+
+        device, self.threads = self.opts["device"], _positive_int("threads", self.opts["threads"])
+        if device not in self.DEVICES:
+            raise ValueError(f"option device must be one of {self.DEVICES}, got {device!r}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise TrainerUnavailable("trainer 'torch' with device='cuda' needs a CUDA GPU and a CUDA build of "
+                                     f"PyTorch; this one ({torch.__version__}) sees none. Use device='cpu'.")
+        self.torch, self.device = torch, torch.device(device)
+        torch.set_num_threads(self.threads)
+        layers = []
+        for W, b in params:
+            layers += [nn.Linear(*W.shape), nn.Sigmoid()]
+        tdtype = {np.float32: torch.float32, np.float64: torch.float64}[self.dtype.type]
+        self.model = nn.Sequential(*layers).to(device=self.device, dtype=tdtype)
+        self.linears = self.model[0::2]
+        self._set_params(params)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1.0)  # lr is set on every step
+
+    def _tensor(self, a):
+        return self.torch.from_numpy(a).to(self.device)
+
+    def _loss(self, X, Y):
+        out = self.model(self._tensor(X))
+        # 1/B Σ_i ||y_i - a_i||²: summed over outputs, averaged over examples (nn.MSELoss would also
+        # divide by the number of outputs, a different loss)
+        return self.torch.nn.functional.mse_loss(out, self._tensor(Y), reduction="sum") / X.shape[0]
+
+    def _step(self, X, Y, lr):
+        if self.torch.get_num_threads() != self.threads:  # torch's thread count is process-wide
+            self.torch.set_num_threads(self.threads)
+        self.opt.zero_grad(set_to_none=True)
+        loss = self._loss(X, Y)
+        loss.backward()
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        return loss.item()
+
+    def _gradients(self, X, Y):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self._loss(X, Y)
+        loss.backward()
+        return loss.item(), [(lin.weight.grad.T.cpu().numpy().copy(), lin.bias.grad.cpu().numpy().copy())
+                             for lin in self.linears]
+
+    def _apply_gradients(self, grads, lr):
+        with self.torch.no_grad():
+            for lin, (gW, gb) in zip(self.linears, grads):
+                lin.weight -= lr * self._tensor(np.ascontiguousarray(np.asarray(gW, dtype=self.dtype).T))
+                lin.bias -= lr * self._tensor(np.asarray(gb, dtype=self.dtype))
+
+    def _get_params(self):
+        # nn.Linear stores W^T (out, in); the study's convention is W (in, out)
+        return [(lin.weight.detach().T.cpu().numpy().copy(), lin.bias.detach().cpu().numpy().copy())
+                for lin in self.linears]
+
+    def _set_params(self, params):
+        with self.torch.no_grad():
+            for lin, (W, b) in zip(self.linears, params):
+                lin.weight.copy_(self._tensor(np.ascontiguousarray(W.T)))
+                lin.bias.copy_(self._tensor(np.ascontiguousarray(b)))
+
+    def _predict(self, X):
+        with self.torch.no_grad():
+            return self.model(self._tensor(X)).cpu().numpy()
+
+
+# =================================================================================================
+# PyTensor (Theano's maintained fork), in process
+
+
+class PyTensorTrainer(Trainer):
+    name = "pytensor"
+    # mode: PyTensor's compilation mode. None = its default (C code where it can, and without a BLAS
+    # to link against, as after `pip install pytensor`, its GEMMs go through numpy/scipy's BLAS);
+    # "NUMBA" compiles the graph with numba instead.
+    options = {"threads": 1, "mode": None}
+
+    @classmethod
+    def availability(cls):
+        if importlib.util.find_spec("pytensor") is None:
+            return False, "PyTensor is not installed (pip install pytensor)"
+        return True, ""
+
+    def _setup(self, params):
+        import warnings
+
+        from threadpoolctl import ThreadpoolController
+
+        self.threads = _positive_int("threads", self.opts["threads"])
+        with warnings.catch_warnings():  # "could not link to a BLAS": expected after pip install, see above
+            warnings.filterwarnings("ignore", message=".*could not link to a BLAS.*")
+            import pytensor
+            import pytensor.tensor as pt
+
+        self.graph = theano_worker.SGDGraph(pytensor, pt, pt.sigmoid, params, str(self.dtype), mode=self.opts["mode"])
+        self._blas = ThreadpoolController()
+
+    def _call(self, fn, *args):
+        # BLAS thread count is process-wide; set it for this call only
+        with self._blas.limit(limits=self.threads, user_api="blas"):
+            return fn(*args)
+
+    def _step(self, X, Y, lr):
+        return self._call(self.graph.step, X, Y, self.dtype.type(lr))
+
+    def _gradients(self, X, Y):
+        loss, flat = self._call(self.graph.gradients, X, Y)
+        return loss, list(zip(flat[0::2], flat[1::2]))
+
+    def _apply_gradients(self, grads, lr):
+        self.graph.apply_gradients([np.asarray(g, dtype=self.dtype) for pair in grads for g in pair], lr)
+
+    def _get_params(self):
+        flat = self.graph.get_params()
+        return list(zip(flat[0::2], flat[1::2]))
+
+    def _set_params(self, params):
+        self.graph.set_params([a for pair in params for a in pair])
+
+    def _predict(self, X):
+        return self._call(self.graph.predict, X)
+
+
+# =================================================================================================
+# Theano, out of process
+
+
+def theano_python() -> Path:
+    """The pinned env's interpreter: ``$PARBP_THEANO_PYTHON``, else the repository's ``.theano-env``."""
+    return Path(os.environ.get("PARBP_THEANO_PYTHON") or REPO / ".theano-env" / "bin" / "python")
+
+
+def theano_compiledir() -> Path:
+    """Where Theano caches compiled C modules: ``$PARBP_THEANO_COMPILEDIR``, else the repo's build/."""
+    if os.environ.get("PARBP_THEANO_COMPILEDIR"):
+        return Path(os.environ["PARBP_THEANO_COMPILEDIR"])
+    if (REPO / "pyproject.toml").is_file() and os.access(REPO, os.W_OK):
+        return REPO / "build" / "theano"
+    return Path(tempfile.gettempdir()) / "parbp-theano"
+
+
+_THEANO_CHECKED: dict[str, tuple[bool, str]] = {}
+
+
+class TheanoTrainer(Trainer):
+    name = "theano"
+    # blas: which BLAS the compiled graph calls (see theano_worker.blas_ldflags): "auto" links the
+    # OpenBLAS bundled with the env's scipy, "numpy" goes through numpy's C API (`blas__ldflags=`)
+    options = {"threads": 1, "blas": "auto"}
+    start_timeout_s = 300  # a cold compile of the graph's C code takes tens of seconds
+
+    @classmethod
+    def availability(cls):
+        python = theano_python()
+        if not (python.is_file() and os.access(python, os.X_OK)):
+            return False, (f"no Theano environment at {python}; run `make theano-env` to build it "
+                           "(or point PARBP_THEANO_PYTHON at a python that has theano-pymc 1.1.2)")
+        key = str(python)
+        if key not in _THEANO_CHECKED:  # cheap: finds the package without importing Theano
+            probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('theano') is None)"
+            try:
+                found, detail = subprocess.run([key, "-c", probe], capture_output=True, timeout=30).returncode == 0, ""
+            except (OSError, subprocess.TimeoutExpired) as e:
+                found, detail = False, f" ({e})"
+            _THEANO_CHECKED[key] = (found, "" if found else
+                                    f"{python} cannot import theano{detail}; run `make theano-env` to (re)build it")
+        return _THEANO_CHECKED[key]
+
+    def _setup(self, params):
+        threads = _positive_int("threads", self.opts["threads"])
+        if self.opts["blas"] not in theano_worker.BLAS_CHOICES:
+            raise ValueError(f"option blas must be one of {theano_worker.BLAS_CHOICES}, got {self.opts['blas']!r}")
+        compiledir = theano_compiledir()
+        compiledir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        # The worker adds blas__ldflags for the `blas` option. User flags come last so they can override ours.
+        flags = f"floatX={self.dtype},base_compiledir={compiledir}"
+        env["THEANO_FLAGS"] = flags + ("," + env["THEANO_FLAGS"] if env.get("THEANO_FLAGS") else "")
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+        self._stderr = tempfile.TemporaryFile()  # Theano is chatty; kept for error messages
+        self._proc = subprocess.Popen(
+            [str(theano_python()), "-u", theano_worker.__file__], env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+        )
+        # kill the worker when this trainer is garbage collected or the interpreter exits
+        self._finalizer = weakref.finalize(self, _stop_worker, self._proc)
+        try:
+            reply, _ = self._request({"op": "init", "dtype": str(self.dtype), "blas": self.opts["blas"]},
+                                     [a for pair in params for a in pair], timeout=self.start_timeout_s)
+        except RuntimeError as e:
+            self.close()
+            raise TrainerUnavailable(f"the Theano worker failed to start: {e}\nIf the environment is broken, "
+                                     "rebuild it with `make theano-env`.") from None
+        self.versions = {k: reply[k] for k in ("theano", "numpy", "floatX", "blas")}
+
+    def _request(self, header, arrays=(), timeout=None):
+        """Send one request and wait for its reply (at most ``timeout`` seconds for the first byte)."""
+        if self._proc.poll() is not None:
+            raise RuntimeError(f"the Theano worker has exited (code {self._proc.returncode}){self._stderr_tail()}")
+        try:
+            theano_worker.write_message(self._proc.stdin, header, arrays)
+            if timeout is not None and not select.select([self._proc.stdout], [], [], timeout)[0]:
+                self._proc.kill()
+                raise RuntimeError(f"the Theano worker did not answer {header['op']!r} within {timeout} s"
+                                   f"{self._stderr_tail()}")
+            msg = theano_worker.read_message(self._proc.stdout)
+        except (BrokenPipeError, EOFError, OSError) as e:
+            msg = None
+            cause = f" ({type(e).__name__})"
+        else:
+            cause = ""
+        if msg is None:
+            self._proc.wait(timeout=5)
+            raise RuntimeError(f"the Theano worker died{cause} (exit code {self._proc.returncode})"
+                               f"{self._stderr_tail()}")
+        reply, arrays = msg
+        if "error" in reply:
+            raise RuntimeError(f"the Theano worker failed on {header['op']!r}:\n{reply['error']}")
+        return reply, arrays
+
+    def _stderr_tail(self, n=2000) -> str:
+        self._stderr.seek(0, os.SEEK_END)
+        size = self._stderr.tell()
+        self._stderr.seek(max(0, size - n))
+        tail = self._stderr.read().decode(errors="replace").strip()
+        return f"; its stderr ends with:\n{tail}" if tail else ""
+
+    def _step(self, X, Y, lr):
+        reply, _ = self._request({"op": "step", "lr": lr}, [X, Y])
+        return reply["loss"]
+
+    def _gradients(self, X, Y):
+        reply, flat = self._request({"op": "gradients"}, [X, Y])
+        return reply["loss"], list(zip(flat[0::2], flat[1::2]))
+
+    def _apply_gradients(self, grads, lr):
+        self._request({"op": "apply_gradients", "lr": lr},
+                      [np.asarray(g, dtype=self.dtype) for pair in grads for g in pair])
+
+    def _get_params(self):
+        _, flat = self._request({"op": "get_params"})
+        return list(zip(flat[0::2], flat[1::2]))  # fresh arrays: each reply has its own buffer
+
+    def _set_params(self, params):
+        self._request({"op": "set_params"}, [a for pair in params for a in pair])
+
+    def _predict(self, X):
+        _, (A,) = self._request({"op": "predict"}, [X])
+        return A
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def close(self):
+        if getattr(self, "_finalizer", None) is not None:
+            self._finalizer()
+
+
+def _stop_worker(proc: subprocess.Popen) -> None:
+    """Ask the worker to leave (closing its stdin is the signal), then make sure it did."""
+    if proc.poll() is None:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        try:
+            stream.close()
+        except OSError:
+            pass
+
+
+__all__ = ["TorchTrainer", "PyTensorTrainer", "TheanoTrainer", "theano_python", "theano_compiledir"]

@@ -1,0 +1,337 @@
+"""Helpers for the experiment notebooks: checking their papermill parameters, the derived tables, the plots.
+
+Notebook 05 (speedup, seed 001 §5-6) and 08 (accuracy, seed 001 §5.3) are run by papermill with
+parameters from the command line, so every parameter is checked here first: a typo fails in the
+first cell with the valid choices, not twenty minutes later in a plot.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import numbers
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from . import trainers
+from .nets import HIDDEN, layer_sizes
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+BASELINE = "serial-example"  # speedups are over the paper's serial algorithm (seed 001 §3)
+TORCH_CUDA = "torch-cuda"    # torch with device="cuda", a name of its own in the figures
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parameter checks
+# ---------------------------------------------------------------------------------------------------
+def resolve_path(path, base: Path = NOTEBOOKS) -> Path:
+    """An absolute path; a relative one is taken relative to the notebooks folder, as Jupyter does,
+    so "../figures" means the repository's figures/ whether papermill runs from notebooks/ or the root."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    base = base if base.is_dir() else Path.cwd()  # parbp installed outside its repository
+    return (base / path).resolve()
+
+
+def from_cli(value):
+    """A list given on the papermill command line (``-p batch_sizes "[10, 100]"`` arrives as a string)."""
+    if isinstance(value, str) and value.strip().startswith(("[", "(")):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"cannot read {value!r} as a list; write it like [10, 100]") from None
+    return value
+
+
+def positive_ints(name: str, values) -> list[int]:
+    """A non-empty list of positive integers (a single int is a list of one)."""
+    values = from_cli(values)
+    if isinstance(values, numbers.Integral) and not isinstance(values, bool):
+        values = [values]
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a positive integer or a list of them, got {values!r}")
+    values = list(values)
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1]
+    if not values or bad:
+        raise ValueError(f"{name} must be a non-empty list of positive integers, got {values!r}")
+    return sorted(set(int(v) for v in values))
+
+
+def positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def positive_floats(name: str, values) -> list[float]:
+    """A non-empty list of positive finite numbers (learning rates)."""
+    values = from_cli(values)
+    if isinstance(values, numbers.Real) and not isinstance(values, bool):
+        values = [values]
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{name} must be a positive number or a list of them, got {values!r}")
+    values = list(values)
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Real)
+           or not math.isfinite(v) or v <= 0]
+    if not values or bad:
+        raise ValueError(f"{name} must be a non-empty list of positive finite numbers, got {values!r}")
+    return sorted(set(float(v) for v in values))
+
+
+def check_net(net):
+    """ "1h", "2h" (seed 001 §5.2) or a list of hidden widths."""
+    net = from_cli(net)
+    if isinstance(net, str) and net not in HIDDEN:
+        raise ValueError(f"unknown net {net!r}; choose one of {sorted(HIDDEN)} or a list of hidden layer widths")
+    layer_sizes(net, 1, 1)  # raises with the reason for a malformed list
+    return net
+
+
+def check_dataset(name: str) -> str:
+    from .data import NAMES
+
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {list(NAMES)}")
+    return name
+
+
+def check_fraction(name: str, value, low: float = 0.0, high: float = 1.0, closed_high: bool = False) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and low <= value and (
+        value <= high if closed_high else value < high)
+    if not ok:
+        raise ValueError(f"{name} must be a number in [{low}, {high}{']' if closed_high else ')'}, got {value!r}")
+    return float(value)
+
+
+def impl_choices() -> list[str]:
+    return ["auto", *(n for n in trainers.names() if n != "reference"), TORCH_CUDA]
+
+
+def resolve_impls(impls) -> tuple[list[str], list[str], dict[str, str]]:
+    """(CPU trainers, GPU trainers, {name: why skipped}) to benchmark.
+
+    ``"auto"`` (alone or in a list) means every trainer that can run here: the CPU family, the library
+    baselines (torch, pytensor, theano) and, where there is a GPU, the GPU trainers and torch on CUDA.
+    Names that are unknown fail at once; known ones that cannot run here are skipped with the reason.
+    ``serial-example`` is always timed too: it is the denominator of every speedup.
+    """
+    from .bench import cpu_impls
+
+    impls = from_cli(impls)
+    if isinstance(impls, str):
+        impls = [impls]
+    impls = list(impls)
+    unknown = [i for i in impls if i not in impl_choices()]
+    if not impls or unknown:
+        raise ValueError(f"unknown implementation(s) {unknown or impls!r}; choose from {impl_choices()}")
+    if "auto" in impls:
+        impls = [*cpu_impls(), *trainers.GPU, TORCH_CUDA]
+    cpu, gpu, skipped = [], [], {}
+    for name in dict.fromkeys([BASELINE, *impls]):
+        why = _why_unavailable(name)
+        if why:
+            skipped[name] = why
+        elif name == TORCH_CUDA or name in trainers.GPU:
+            gpu.append(name)
+        else:
+            cpu.append(name)
+    if BASELINE in skipped:
+        raise RuntimeError(f"{BASELINE} is needed as the speedup baseline but cannot run: {skipped[BASELINE]}")
+    return cpu, gpu, skipped
+
+
+def _why_unavailable(name: str) -> str:
+    if name != TORCH_CUDA:
+        return trainers.why_unavailable(name)
+    why = trainers.why_unavailable("torch")
+    if why:
+        return why
+    import torch
+
+    return "" if torch.cuda.is_available() else "torch sees no CUDA GPU"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------
+def run_benchmark(cpu: list[str], gpu: list[str], net, batches, threads, n_in: int, n_out: int,
+                  repeats: int, warmup: int = 1, progress=print) -> pd.DataFrame:
+    """``parbp.bench.run`` on the CPU trainers, then (if any) on the GPU ones, as one table.
+
+    One warm-up sample (JIT compilation, first allocations) is enough here because the median of the
+    ``repeats`` samples is kept anyway.
+    GPU rows get threads = 1 and torch on CUDA is renamed ``torch-cuda`` so it never mixes with CPU torch.
+    """
+    from . import bench
+
+    tables = []
+    if cpu:
+        tables.append(bench.run(cpu, [net], batches, threads, n_in=n_in, n_out=n_out, repeats=repeats,
+                                warmup=warmup, progress=progress))
+    gpu_impls = [("torch" if g == TORCH_CUDA else g) for g in gpu]
+    if gpu_impls:
+        df = bench.run(gpu_impls, [net], batches, [1], n_in=n_in, n_out=n_out, repeats=repeats,
+                       warmup=warmup, device="gpu", progress=progress)
+        tables.append(df.assign(impl=df.impl.replace({"torch": TORCH_CUDA})))
+    return pd.concat(tables, ignore_index=True)
+
+
+def with_speedup(df: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """Add ``speedup``: the baseline's time per step (same net and batch, 1 thread) over each row's."""
+    base = df[(df.impl == baseline) & (df.threads == 1)].set_index(["net", "batch"]).ms_per_step
+    if base.empty:
+        raise ValueError(f"no {baseline} rows at threads=1 to compute speedups from")
+    key = pd.MultiIndex.from_arrays([df.net, df.batch])
+    return df.assign(speedup=base.reindex(key).to_numpy() / df.ms_per_step.to_numpy())
+
+
+def fastest_threads(df: pd.DataFrame) -> pd.DataFrame:
+    """Each implementation at each batch size with its fastest thread count (one row per impl and batch).
+
+    Not simply the most threads: on a machine shared with other jobs, or at small batches, more BLAS
+    threads can be slower than fewer, and a fair comparison gives every trainer its best setting."""
+    best = df.groupby(["impl", "batch"]).ms_per_step.idxmin()
+    return df.loc[best.sort_values().to_numpy()].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plots (seaborn; one figure per question, tidy data beside it via parbp.results.save_figure)
+# ---------------------------------------------------------------------------------------------------
+def impl_order(df: pd.DataFrame) -> list[str]:
+    """Implementations in the registry's order, so colours and legends agree across figures."""
+    order = [*trainers.names(), TORCH_CUDA]
+    present = set(df.impl)
+    return [n for n in order if n in present] + sorted(present - set(order))
+
+
+def plot_vs_batch(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = True, hline=None):
+    """One line per implementation against minibatch size (log x)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(data=df, x="batch", y=y, hue="impl", hue_order=impl_order(df), style="impl",
+                 style_order=impl_order(df), markers=True, dashes=False, ax=ax)
+    ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if hline is not None:
+        ax.axhline(hline, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="minibatch size", ylabel=ylabel, title=title)
+    ax.legend(title=None, fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_speedup_vs_threads(df: pd.DataFrame, title: str):
+    """Speedup over the serial baseline against threads, one panel per batch size, with the ideal line."""
+    multi = df.groupby(["impl", "batch"]).threads.transform("nunique") > 1  # timed at several widths
+    data = df[multi]
+    if data.empty:
+        raise ValueError("no implementation was timed at more than one thread count")
+    batches = sorted(data.batch.unique())
+    fig, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches), 4), sharey=True, squeeze=False)
+    threads = sorted(data.threads.unique())
+    for ax, batch in zip(axes[0], batches):
+        sub = data[data.batch == batch]
+        sns.lineplot(data=sub, x="threads", y="speedup", hue="impl", hue_order=impl_order(sub), style="impl",
+                     style_order=impl_order(sub), markers=True, dashes=False, ax=ax)
+        # linear scaling of the fastest one-thread run: what perfect parallelism would give
+        best1 = sub[sub.threads == 1].speedup.max()
+        if np.isfinite(best1):
+            ax.plot(threads, [best1 * t for t in threads], color="grey", lw=0.8, ls="--", label="linear")
+        ax.set(title=f"batch {batch}", xlabel="threads", ylabel=f"speedup over {BASELINE}", xticks=threads)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_grid(grid: pd.DataFrame, chosen: float, title: str):
+    """Validation accuracy of every learning rate in the grid, epoch by epoch, and at the end."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    # epoch 0 (the shared untrained network) included, so a one-epoch grid still draws lines
+    sns.lineplot(data=grid, x="epoch", y="val_acc", hue="lr", palette="viridis", marker="o", ax=left,
+                 legend="full", hue_norm=matplotlib_lognorm(grid.lr))
+    left.set(title="validation accuracy during the search", ylabel="validation accuracy")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
+    final = grid[grid.epoch == grid.epoch.max()]
+    sns.lineplot(data=final, x="lr", y="val_acc", marker="o", ax=right)
+    right.axvline(chosen, color="crimson", ls="--", lw=1, label=f"chosen lr = {chosen:g}")
+    right.set(xscale="log", title=f"after {int(grid.epoch.max())} epoch(s)", xlabel="learning rate",
+              ylabel="validation accuracy")
+    lrs = sorted(grid.lr.unique())
+    right.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
+    right.minorticks_off()
+    right.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def matplotlib_lognorm(values):
+    from matplotlib.colors import LogNorm
+
+    return LogNorm(vmin=float(np.min(values)), vmax=float(np.max(values)))
+
+
+def plot_learning_curves(history: pd.DataFrame, title: str, target: float | None = None):
+    """Loss and accuracy (train/val/test) per epoch of one training run."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    loss = history.melt(id_vars="epoch", value_vars=["loss", "val_loss"], var_name="split", value_name="mse")
+    loss["split"] = loss.split.map({"loss": "train (mean minibatch loss)", "val_loss": "validation"})
+    sns.lineplot(data=loss, x="epoch", y="mse", hue="split", marker="o", ax=left)
+    left.set(yscale="log", title="MSE loss", ylabel="1/N Σ ||y - a||²")
+    acc_cols = [c for c in ("train_acc", "val_acc", "test_acc") if history[c].notna().any()]
+    acc = history[history.epoch > 0].melt(id_vars="epoch", value_vars=acc_cols, var_name="split",
+                                          value_name="accuracy")
+    acc["split"] = acc.split.str.removesuffix("_acc")
+    sns.lineplot(data=acc, x="epoch", y="accuracy", hue="split", marker="o", ax=right)
+    if target is not None:
+        right.axhline(target, color="grey", ls="--", lw=0.8, label=f"target {target:.1%}")
+        right.legend()
+    right.set(title="accuracy")
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Notebook 08: learning-rate grid search (seed 001 §5.3)
+# ---------------------------------------------------------------------------------------------------
+def fastest_cpu_trainer(preference=("threads", "serial-blas", "numpy")) -> str:
+    """The first available of the CPU trainers that train fastest here (numpy works everywhere)."""
+    for name in preference:
+        if not trainers.why_unavailable(name):
+            return name
+    raise RuntimeError(f"none of {list(preference)} can run here")
+
+
+def grid_search(trainer: str, dataset, lrs, epochs: int, batch_size: int, net="1h", lr_decay: float = 0.0,
+                seed: int = 0, progress: bool = False, **options) -> tuple[float, pd.DataFrame]:
+    """Train one fresh network per learning rate on the training split; pick the best by validation accuracy.
+
+    Returns (chosen lr, the histories of every run stacked with an ``lr`` column). Every run starts
+    from the same initial weights and sees the same minibatch order (same ``seed``), so the learning
+    rate is the only difference. Ties go to the smaller rate, the safer choice.
+    """
+    from .train import fit
+
+    runs = []
+    for lr in positive_floats("lrs", lrs):
+        with trainers.make(trainer, net=net, n_in=dataset.n_in, n_out=dataset.n_out, seed=seed, **options) as t:
+            h = fit(t, dataset, epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay, seed=seed,
+                    progress=progress, eval_train=False)
+        # "lr" becomes the grid value; the rate actually used in each epoch (with decay) is "lr_epoch".
+        # test_acc is dropped: the test set stays unseen until the final run.
+        runs.append(h.rename(columns={"lr": "lr_epoch"}).assign(lr=lr).drop(columns="test_acc"))
+    grid = pd.concat(runs, ignore_index=True)
+    final = grid[grid.epoch == grid.epoch.max()]
+    scores = final.val_acc.where(np.isfinite(final.loss), -np.inf)  # a diverged run never wins
+    chosen = float(final.lr.to_numpy()[np.argmax(scores.to_numpy())])
+    return chosen, grid

@@ -1,0 +1,167 @@
+"""The notebooks' helpers: parameter checks fail early and clearly; speedups and the grid search are right."""
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+matplotlib.use("Agg")
+
+from parbp import experiments as ex  # noqa: E402
+from parbp import trainers  # noqa: E402
+from parbp.data import Dataset  # noqa: E402
+
+
+# -- parameter checks ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("values, want", [(100, [100]), ([1000, 10, 100, 10], [10, 100, 1000]), ((1,), [1])])
+def test_positive_ints_accepts(values, want):
+    assert ex.positive_ints("batch_sizes", values) == want
+
+
+@pytest.mark.parametrize("values", [0, -5, [], [10, 0], [10, 2.5], "100", [True], None, [np.nan]])
+def test_positive_ints_rejects(values):
+    with pytest.raises(ValueError, match="batch_sizes must be"):
+        ex.positive_ints("batch_sizes", values)
+
+
+@pytest.mark.parametrize("values", [0.0, -1, [], [0.1, float("inf")], ["0.1"], [float("nan")]])
+def test_positive_floats_rejects(values):
+    with pytest.raises(ValueError, match="lrs must be"):
+        ex.positive_floats("lrs", values)
+
+
+def test_lists_from_the_papermill_command_line():
+    # papermill -p batch_sizes "[10, 100]" hands the notebook a string
+    assert ex.positive_ints("batch_sizes", "[100, 10]") == [10, 100]
+    assert ex.positive_floats("lrs", "[0.1, 0.03]") == [0.03, 0.1]
+    assert ex.check_net("[64, 32]") == [64, 32]
+    assert ex.resolve_impls('["torch"]')[0] == ["serial-example", "torch"]
+    with pytest.raises(ValueError, match="cannot read"):
+        ex.positive_ints("batch_sizes", "[10, 100")
+
+
+def test_positive_floats_sorts_and_dedups():
+    assert ex.positive_floats("lrs", [3, 0.1, 1, 0.1]) == [0.1, 1.0, 3.0]
+
+
+def test_check_net_and_dataset():
+    assert ex.check_net("2h") == "2h"
+    assert ex.check_net([64, 32]) == [64, 32]
+    with pytest.raises(ValueError, match=r"unknown net '3h'.*'1h', '2h'"):
+        ex.check_net("3h")
+    with pytest.raises(ValueError, match="positive"):
+        ex.check_net([64, 0])
+    assert ex.check_dataset("kddcup99") == "kddcup99"
+    with pytest.raises(ValueError, match=r"unknown dataset 'cifar'.*mnist"):
+        ex.check_dataset("cifar")
+
+
+def test_check_fraction():
+    assert ex.check_fraction("lr_decay", 0.01) == 0.01
+    for bad in (1.0, -0.1, "0.1", True):
+        with pytest.raises(ValueError, match=r"lr_decay must be a number in \[0.0, 1.0\)"):
+            ex.check_fraction("lr_decay", bad)
+
+
+def test_resolve_impls_auto_has_the_study_and_the_baselines():
+    cpu, gpu, skipped = ex.resolve_impls("auto")
+    assert cpu[0] == "serial-example"
+    for name in ("serial-blas", "threads", "torch", "pytensor"):
+        assert name in cpu
+    assert "reference" not in cpu  # the float64 checker is not raced
+    everything = set(cpu) | set(gpu) | set(skipped)
+    assert {*trainers.GPU, ex.TORCH_CUDA, "theano"} <= everything
+    for name, why in skipped.items():
+        assert why, f"{name} skipped without a reason"
+    for name in gpu:
+        assert name in (*trainers.GPU, ex.TORCH_CUDA)
+
+
+def test_resolve_impls_adds_the_baseline_and_rejects_unknown_names():
+    cpu, gpu, _ = ex.resolve_impls(["torch"])
+    assert cpu == ["serial-example", "torch"] and gpu == []
+    with pytest.raises(ValueError, match=r"unknown implementation\(s\) \['tensorflow'\].*serial-example"):
+        ex.resolve_impls(["torch", "tensorflow"])
+    with pytest.raises(ValueError, match="unknown implementation"):
+        ex.resolve_impls([])
+
+
+def test_resolve_path_is_relative_to_the_notebooks(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # wherever papermill runs from ...
+    assert ex.resolve_path("../figures") == (ex.NOTEBOOKS.parent / "figures").resolve()  # ... same place
+    assert ex.resolve_path(tmp_path / "x") == tmp_path / "x"
+
+
+# -- tables --------------------------------------------------------------------------------------------
+def bench_rows():
+    rows = [("serial-example", 1, 10, 100.0), ("serial-example", 1, 100, 50.0),
+            ("threads", 1, 10, 20.0), ("threads", 2, 10, 10.0), ("threads", 2, 100, 5.0),
+            ("torch", 2, 100, 25.0)]
+    return pd.DataFrame([dict(impl=i, threads=t, batch=b, ms_per_step=ms, net="1h") for i, t, b, ms in rows])
+
+
+def test_with_speedup_divides_by_serial_example_at_one_thread():
+    df = ex.with_speedup(bench_rows())
+    got = {(r.impl, r.threads, r.batch): r.speedup for r in df.itertuples()}
+    assert got[("serial-example", 1, 10)] == 1.0
+    assert got[("threads", 2, 10)] == 10.0
+    assert got[("threads", 2, 100)] == 10.0
+    assert got[("torch", 2, 100)] == 2.0
+
+
+def test_with_speedup_needs_the_baseline():
+    df = bench_rows()
+    with pytest.raises(ValueError, match="no serial-example rows"):
+        ex.with_speedup(df[df.impl != "serial-example"])
+
+
+def test_fastest_threads_keeps_each_impls_best_run_per_batch():
+    df = bench_rows()
+    df.loc[(df.impl == "threads") & (df.threads == 2) & (df.batch == 10), "ms_per_step"] = 30.0  # 2 threads lose
+    got = ex.fastest_threads(df)
+    assert len(got) == 5  # one row per (impl, batch)
+    assert set(zip(got.impl, got.batch, got.threads)) == {
+        ("serial-example", 10, 1), ("serial-example", 100, 1), ("threads", 10, 1), ("threads", 100, 2),
+        ("torch", 100, 2)}
+
+
+def test_plots_draw_every_impl():
+    df = ex.with_speedup(bench_rows())
+    fig = ex.plot_vs_batch(df, "ms_per_step", "ms", "t")
+    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    assert labels == {"serial-example", "threads", "torch"}
+    fig = ex.plot_speedup_vs_threads(df, "t")
+    assert len(fig.axes) == 1  # threads was timed at 2 thread counts at batch 10 only
+    with pytest.raises(ValueError, match="more than one thread count"):
+        ex.plot_speedup_vs_threads(df[df.impl != "threads"], "t")
+
+
+# -- grid search ---------------------------------------------------------------------------------------
+def toy_dataset(n=300, seed=0):
+    """Two separable blobs in 8 dimensions, one-hot over 2 classes."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    X = (rng.normal(size=(n, 8)) + 2.0 * y[:, None]).astype(np.float32)
+    Y = np.eye(2, dtype=np.float32)[y]
+    a, b = n // 2, 3 * n // 4
+    return Dataset("toy", X[:a], Y[:a], X[a:b], Y[a:b], X[b:], Y[b:])
+
+
+def test_grid_search_picks_the_rate_with_the_best_validation_accuracy():
+    ds = toy_dataset()
+    chosen, grid = ex.grid_search("numpy", ds, [1e-4, 1.0], epochs=3, batch_size=10, net=[16])
+    assert chosen == 1.0  # 1e-4 barely moves the weights in 3 epochs
+    assert set(grid.lr) == {1e-4, 1.0}
+    assert "test_acc" not in grid  # choosing a rate must not look at the test set
+    last = grid[grid.epoch == 3].set_index("lr").val_acc
+    assert last[1.0] > 0.9 and last[1.0] > last[1e-4]
+
+
+def test_fastest_cpu_trainer_falls_back(monkeypatch):
+    name = ex.fastest_cpu_trainer()
+    assert not trainers.why_unavailable(name)
+    monkeypatch.setattr(trainers, "why_unavailable", lambda n: "" if n == "numpy" else "not here")
+    assert ex.fastest_cpu_trainer() == "numpy"
+    monkeypatch.setattr(trainers, "why_unavailable", lambda n: "not here")
+    with pytest.raises(RuntimeError, match="none of"):
+        ex.fastest_cpu_trainer()
