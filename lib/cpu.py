@@ -9,9 +9,9 @@
 
 Everything that is not a matrix product runs in small fused numba kernels (bias + sigmoid, the deltas, the
 bias gradient), so a step makes no temporaries and touches each activation once. The matrix products go to
-scipy's BLAS with the transpose flags and ``beta`` it exposes: a C-ordered matrix is its transpose in
-Fortran order, so no operand is ever copied, and the weight update is folded into the weight-gradient
-GEMM (``W ← W − lr·AᵀΔ`` with ``alpha = −lr, beta = 1``) instead of writing ``∂L/∂W`` and reading it back.
+numpy's BLAS, transposed operands passed as views (BLAS takes them as flags, nothing is copied) and every
+output written in place with ``out=``; the weight update reads the gradient once, in the same pass that
+sums the workers' partial gradients.
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ import numba
 import numpy as np
 from numba import types
 from numba.extending import intrinsic, overload
-from scipy.linalg import blas as scipy_blas
 from threadpoolctl import ThreadpoolController
 
 from .base import Trainer
@@ -42,7 +41,7 @@ _blas_controller = None
 
 
 def blas_threads(n: int):
-    """Context manager: every BLAS (numpy's and scipy's OpenBLAS alike) uses ``n`` threads inside it."""
+    """Context manager: every BLAS loaded in the process uses ``n`` threads inside it."""
     global _blas_controller
     if _blas_controller is None:
         _blas_controller = ThreadpoolController()
@@ -224,29 +223,27 @@ def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Matrix products on C-ordered arrays through scipy's BLAS
+# Matrix products on C-ordered arrays
 # ---------------------------------------------------------------------------------------------------
-def gemm_into(gemm, A, B, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
-    """out ← alpha·op(A)·op(B) + beta·out, all C-ordered, nothing copied.
+def gemm_into(A, B, out, trans_a=False, trans_b=False):
+    """out ← op(A)·op(B), all C-ordered, nothing copied (numpy hands transposed views to BLAS as flags).
 
-    BLAS is Fortran-ordered, and a C-ordered M is Mᵀ in Fortran order, so this asks for
-    outᵀ = op(B)ᵀ·op(A)ᵀ: the operands swap places and keep their transpose flags.
+    One BLAS for everything, numpy's. Not scipy's gemm, although its ``beta`` would fold the update into
+    the gradient product: the OpenBLAS bundled with scipy serializes calls made from several threads at
+    once (measured: two workers on two cores ran at 0.87× one), numpy's runs them in parallel (1.80×),
+    and two OpenBLAS thread pools in one process spin against each other on a small machine.
     """
-    gemm(alpha, B.T, A.T, beta=beta, c=out.T, trans_a=trans_b, trans_b=trans_a, overwrite_c=1)
+    np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
 
 
-def _gemm_for(dtype):
-    return scipy_blas.sgemm if dtype == np.float32 else scipy_blas.dgemm
-
-
-def forward_matrix(Ws, bs, X, gemm, chunk=4096):
+def forward_matrix(Ws, bs, X, chunk=4096):
     """Output activations for many rows (predict), a chunk of rows at a time to bound memory."""
     out = np.empty((X.shape[0], Ws[-1].shape[1]), dtype=X.dtype)
     for r0 in range(0, X.shape[0], chunk):
         a = X[r0 : r0 + chunk]
         for W, b in zip(Ws, bs):
             z = np.empty((a.shape[0], W.shape[1]), dtype=X.dtype)
-            gemm_into(gemm, a, W, z)
+            gemm_into(a, W, z)
             bias_sigmoid(z, b)
             a = z
         out[r0 : r0 + chunk] = a
@@ -278,7 +275,6 @@ class _ParamsTrainer(Trainer):
     def _setup(self, params):
         self.W = [np.ascontiguousarray(W) for W, _ in params]
         self.b = [np.ascontiguousarray(b) for _, b in params]
-        self._gemm = _gemm_for(self.dtype)
 
     def _get_params(self):
         return [(W.copy(), b.copy()) for W, b in zip(self.W, self.b)]
@@ -321,7 +317,7 @@ class SerialExampleTrainer(_ParamsTrainer):
 
     def _predict(self, X):
         with blas_threads(1):
-            return forward_matrix(self.W, self.b, X, self._gemm)
+            return forward_matrix(self.W, self.b, X)
 
 
 class MatrixTrainer(_ParamsTrainer):
@@ -331,9 +327,9 @@ class MatrixTrainer(_ParamsTrainer):
       forward    A_l ← σ(A_{l-1}W_l + b_l)                      GEMM + fused kernel
       backward   Δ_L ← 2/B (A_L − Y)∘σ',  Δ_{l-1} ← (Δ_l W_lᵀ)∘σ'   GEMM + fused kernel
     then the weights, with every delta computed from the old weights:
-      one worker     W_l ← W_l − lr·A_{l-1}ᵀΔ_l in a single GEMM (alpha = −lr, beta = 1)
-      several        each writes its partial gradient G_k = A_kᵀΔ_k; then W ← W − lr·Σ_k G_k,
-                     the reduction and update in one pass with the rows of W split across the workers.
+      gradient       each worker writes its partial gradient G_k = A_kᵀΔ_k (one GEMM per layer)
+      update         W ← W − lr·Σ_k G_k, the reduction and the update in one pass over W,
+                     with the rows of W split across the workers.
     Subclasses fix ``groups`` and ``blas`` from their options.
     """
 
@@ -379,17 +375,17 @@ class MatrixTrainer(_ParamsTrainer):
     # -- the work of one group of rows ------------------------------------------------------------
     def _forward_backward(self, X, Y, r0, r1, acts, deltas, scale):
         """Activations and deltas of rows r0:r1 into the shared buffers; returns their Σ(A − Y)²."""
-        gemm, L = self._gemm, len(self.W)
+        L = len(self.W)
         a = X[r0:r1]
         for l in range(L):
             z = acts[l][r0:r1]
-            gemm_into(gemm, a, self.W[l], z)
+            gemm_into(a, self.W[l], z)
             bias_sigmoid(z, self.b[l])
             a = z
         sse = output_delta(a, Y[r0:r1], deltas[L - 1][r0:r1], scale)
         for l in range(L - 1, 0, -1):
             d = deltas[l - 1][r0:r1]
-            gemm_into(gemm, deltas[l][r0:r1], self.W[l], d, trans_b=True)
+            gemm_into(deltas[l][r0:r1], self.W[l], d, trans_b=True)
             hidden_delta(d, acts[l - 1][r0:r1])
         return sse
 
@@ -397,7 +393,7 @@ class MatrixTrainer(_ParamsTrainer):
         """Group k's G_k = A_kᵀΔ_k and bias sums, into the partial buffers."""
         for l in range(len(self.W)):
             a = X[r0:r1] if l == 0 else acts[l - 1][r0:r1]
-            gemm_into(self._gemm, a, deltas[l][r0:r1], self._partials[l][k], trans_a=True)
+            gemm_into(a, deltas[l][r0:r1], self._partials[l][k], trans_a=True)
             column_sums(deltas[l][r0:r1], self._partial_b[l][k])
 
     def _run(self, task, n):
@@ -422,13 +418,6 @@ class MatrixTrainer(_ParamsTrainer):
         t = self.dtype.type
         scale, lr = t(2.0 / B), t(lr)
         with blas_threads(self.blas):
-            if len(rows) == 1:
-                sse = self._forward_backward(X, Y, 0, B, acts, deltas, scale)
-                for l in range(len(self.W)):  # the update folded into the gradient GEMM
-                    a = X if l == 0 else acts[l - 1]
-                    gemm_into(self._gemm, a, deltas[l], self.W[l], trans_a=True, alpha=-float(lr), beta=1.0)
-                    bias_update(self.b[l], deltas[l], lr)
-                return sse / B
             self._partial_buffers(len(rows))
 
             def gradients(k):
@@ -458,7 +447,7 @@ class MatrixTrainer(_ParamsTrainer):
             if parts == 1:
                 sse = self._forward_backward(X, Y, 0, B, acts, deltas, scale)
                 for l, (gW, gb) in enumerate(grads):
-                    gemm_into(self._gemm, X if l == 0 else acts[l - 1], deltas[l], gW, trans_a=True)
+                    gemm_into(X if l == 0 else acts[l - 1], deltas[l], gW, trans_a=True)
                     column_sums(deltas[l], gb)
                 return sse / B, grads
             self._partial_buffers(parts)
@@ -495,7 +484,7 @@ class MatrixTrainer(_ParamsTrainer):
 
     def _predict(self, X):
         with blas_threads(self.blas * self.groups):
-            return forward_matrix(self.W, self.b, X, self._gemm)
+            return forward_matrix(self.W, self.b, X)
 
 
 class SerialBlasTrainer(MatrixTrainer):
@@ -573,7 +562,8 @@ class HogwildTrainer(MatrixTrainer):
         B, rows, (acts, deltas) = self._start(X)
         t = self.dtype.type
         scale, lr = t(2.0 / B), t(lr)
-        gemm, L = self._gemm, len(self.W)
+        L = len(self.W)
+        partials, _ = self._partial_buffers(len(rows))
 
         def worker(k):
             sse = 0.0
@@ -582,7 +572,8 @@ class HogwildTrainer(MatrixTrainer):
                 sse += self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
                 for l in range(L):  # racy on purpose: other workers read and write these same weights
                     a = X[r0:r1] if l == 0 else acts[l - 1][r0:r1]
-                    gemm_into(gemm, a, deltas[l][r0:r1], self.W[l], trans_a=True, alpha=-float(lr), beta=1.0)
+                    gemm_into(a, deltas[l][r0:r1], partials[l][k], trans_a=True)
+                    reduce_update(self.W[l], partials[l][k : k + 1], lr, 0, self.W[l].shape[0])
                     bias_update(self.b[l], deltas[l][r0:r1], lr)
             return sse
 
