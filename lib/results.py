@@ -1,14 +1,32 @@
-"""Writing results: atomically (a crash never leaves half a file) and as a figure with its data beside it."""
+"""Writing results: atomically (a crash never leaves half a file) and as a figure with its data beside it.
+
+``PARBP_FIGURES``, when set, redirects everything aimed at the repository's ``figures/`` there:
+``make test`` uses it so that executing the notebooks under nbval never rewrites committed results.
+"""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
 
+FIGURES = Path(__file__).resolve().parent.parent / "figures"
+
+
+def redirect(path) -> Path:
+    """``path``, moved under ``$PARBP_FIGURES`` if it points into the repository's figures/."""
+    path = Path(path)
+    target = os.environ.get("PARBP_FIGURES")
+    if target:
+        try:
+            return Path(target) / path.resolve().relative_to(FIGURES)
+        except ValueError:  # not under figures/: leave it where it was asked
+            pass
+    return path
+
 
 def atomic_write(path, write) -> Path:
     """Call ``write(tmp_path)`` on a temporary file in the target folder, then rename it into place."""
-    path = Path(path)
+    path = redirect(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
@@ -40,7 +58,7 @@ def write_text(text: str, path) -> Path:
 
 def save_figure(fig, df, path, dpi: int = 120) -> tuple[Path, Path]:
     """Save ``fig`` as ``path`` (PNG) and the tidy data it plots as the CSV beside it."""
-    path = Path(path).with_suffix(".png")
+    path = redirect(Path(path).with_suffix(".png"))
     png = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
     csv = write_csv(df, path.with_suffix(".csv"))
     return png, csv

@@ -27,7 +27,10 @@ _DEFAULT = {
                              HOGWILD_EPOCHS=5),
     "06_mpi_sgd.ipynb": dict(processes=[1, 2, 3, 4], subset=5000, epochs=5, bench_steps=10,
                              measure_nets=["1h", "2h"]),
-    "07_data_vs_model_parallel.ipynb": dict(subset=5000, epochs=3, batch_size=100, sweep_batch=1000),
+    # Net-1h: with sigmoid + MSE, Net-2h at lr 0.1 sits on a plateau (10% accuracy) for several epochs,
+    # which would make "epochs to reach the threshold" meaningless; Net-1h crosses 0.6 in about 3 epochs
+    "07_data_vs_model_parallel.ipynb": dict(net="1h", subset=5000, epochs=5, batch_size=50,
+                                            val_loss_threshold=0.6, sweep_batch=1000),
     "05_speedup.ipynb": [
         dict(net="1h", dataset="mnist", batch_sizes=[1, 10, 100, 1000], threads=[1, 2], n_steps=5, label="full"),
         dict(net="2h", dataset="mnist", batch_sizes=[10, 100, 1000], threads=[1, 2], n_steps=5, label="full"),

@@ -6,6 +6,7 @@ which exercises every bounds check. Tiles of 8 (64 threads a block) keep the sim
 """
 import numpy as np
 import pytest
+from checks import assert_gradients_then_apply_equals_step, assert_params_close
 from numba import cuda
 
 from parbp import cuda as pc
@@ -107,27 +108,14 @@ def test_two_steps_match_the_reference(dtype, tol):
     for seed, rows in ((20, B), (21, 5)):  # a second batch size reallocates the buffers; the weights stay put
         X, Y = batch(rows, seed)
         assert t.step(X, Y, 0.5) == pytest.approx(ref.step(X, Y, 0.5), rel=tol * 10)
-    for (W, b), (rW, rb) in zip(t.params, ref.params):
-        assert W.dtype == np.dtype(dtype)
-        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
-        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
+    assert all(W.dtype == np.dtype(dtype) for W, _ in t.params)
+    assert_params_close(t.params, ref.params, rtol=tol, atol=tol)
     np.testing.assert_allclose(t.predict(X), ref.predict(X), rtol=tol, atol=tol)
 
 
 def test_gradients_then_apply_equals_a_step():
     X, Y = batch()
-    t, s = make(), make()
-    loss, grads = t.gradients(X, Y)
-    want_loss, want = reference.loss_and_gradients([(W.astype(np.float64), b) for W, b in t.params], X, Y)
-    assert loss == pytest.approx(want_loss, rel=1e-5)
-    for (gW, gb), (wW, wb) in zip(grads, want):
-        np.testing.assert_allclose(gW, wW, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(gb, wb, rtol=1e-4, atol=1e-6)
-    t.apply_gradients(grads, 0.5)
-    s.step(X, Y, 0.5)
-    for (W, b), (sW, sb) in zip(t.params, s.params):
-        np.testing.assert_allclose(W, sW, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(b, sb, rtol=1e-6, atol=1e-6)
+    assert_gradients_then_apply_equals_step(make, X, Y)
 
 
 def test_params_round_trip_through_the_device():
@@ -180,6 +168,4 @@ def test_on_the_gpu_a_net2h_step_at_batch_2000_matches_the_reference():
     t, ref = trainers.make("numba-cuda", net="2h", n_in=784, n_out=10), trainers.get("reference")(net="2h", n_in=784, n_out=10)
     assert max(t._batch_buffers(2000)["split"]) > 1
     assert t.step(X, Y, 0.1) == pytest.approx(ref.step(X, Y, 0.1), rel=1e-4)
-    for (W, b), (rW, rb) in zip(t.params, ref.params):
-        np.testing.assert_allclose(W, rW, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(b, rb, rtol=1e-4, atol=1e-4)
+    assert_params_close(t.params, ref.params, rtol=1e-4, atol=1e-4)

@@ -7,6 +7,7 @@ import importlib.util
 
 import numpy as np
 import pytest
+from checks import assert_gradients_then_apply_equals_step, assert_params_close
 
 from parbp import cupy_gpu, reference, trainers
 from parbp.base import TrainerUnavailable
@@ -36,27 +37,14 @@ def test_steps_match_the_reference(dtype, tol):
     for seed, rows in ((20, 7), (21, 5), (22, 7)):  # buffers for two batch sizes, reused
         X, Y = batch(rows, seed)
         assert t.step(X, Y, 0.5) == pytest.approx(ref.step(X, Y, 0.5), rel=tol * 10)
-    for (W, b), (rW, rb) in zip(t.params, ref.params):
-        assert W.dtype == np.dtype(dtype)
-        np.testing.assert_allclose(W, rW, rtol=tol, atol=tol)
-        np.testing.assert_allclose(b, rb, rtol=tol, atol=tol)
+    assert all(W.dtype == np.dtype(dtype) for W, _ in t.params)
+    assert_params_close(t.params, ref.params, rtol=tol, atol=tol)
     np.testing.assert_allclose(t.predict(X), ref.predict(X), rtol=tol, atol=tol)
 
 
 def test_gradients_then_apply_equals_a_step():
     X, Y = batch()
-    t, s = HostCupy(**SIZES), HostCupy(**SIZES)
-    loss, grads = t.gradients(X, Y)
-    want_loss, want = reference.loss_and_gradients([(W.astype(np.float64), b) for W, b in t.params], X, Y)
-    assert loss == pytest.approx(want_loss, rel=1e-5)
-    for (gW, gb), (wW, wb) in zip(grads, want):
-        np.testing.assert_allclose(gW, wW, rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(gb, wb, rtol=1e-4, atol=1e-6)
-    t.apply_gradients(grads, 0.5)
-    s.step(X, Y, 0.5)
-    for (W, b), (sW, sb) in zip(t.params, s.params):
-        np.testing.assert_allclose(W, sW, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(b, sb, rtol=1e-6, atol=1e-6)
+    assert_gradients_then_apply_equals_step(lambda: HostCupy(**SIZES), X, Y)
 
 
 def test_bias_sigmoid_saturates_without_nan():
@@ -80,6 +68,4 @@ def test_on_the_gpu_steps_match_the_reference():
     for seed, rows in ((20, 7), (21, 5)):
         X, Y = batch(rows, seed)
         assert t.step(X, Y, 0.5) == pytest.approx(ref.step(X, Y, 0.5), rel=1e-4)
-    for (W, b), (rW, rb) in zip(t.params, ref.params):
-        np.testing.assert_allclose(W, rW, rtol=2e-5, atol=2e-5)
-        np.testing.assert_allclose(b, rb, rtol=2e-5, atol=2e-5)
+    assert_params_close(t.params, ref.params, rtol=2e-5, atol=2e-5)

@@ -1,0 +1,25 @@
+"""Assertions shared by the trainer tests (imported as ``from checks import ...``: tests/ is on sys.path)."""
+import numpy as np
+import pytest
+
+from parbp import reference
+
+
+def assert_params_close(got, want, rtol, atol):
+    """Two parameter lists [(W, b), ...] agree layer by layer."""
+    assert len(got) == len(want)
+    for (W, b), (wW, wb) in zip(got, want):
+        np.testing.assert_allclose(W, wW, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(b, wb, rtol=rtol, atol=atol)
+
+
+def assert_gradients_then_apply_equals_step(make, X, Y, lr=0.5):
+    """``gradients`` matches the float64 reference, and ``gradients`` + ``apply_gradients`` equals ``step``."""
+    t, s = make(), make()
+    loss, grads = t.gradients(X, Y)
+    want_loss, want = reference.loss_and_gradients([(W.astype(np.float64), b) for W, b in t.params], X, Y)
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    assert_params_close(grads, want, rtol=1e-4, atol=1e-6)
+    t.apply_gradients(grads, lr)
+    s.step(X, Y, lr)
+    assert_params_close(t.params, s.params, rtol=1e-6, atol=1e-6)

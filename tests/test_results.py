@@ -1,0 +1,32 @@
+import os
+
+import pandas as pd
+import pytest
+
+from parbp import results
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "out.csv"
+    target.write_text("old")
+
+    def broken(tmp):
+        open(tmp, "w").write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        results.atomic_write(target, broken)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    path = results.write_csv(pd.DataFrame({"a": [1]}), tmp_path / "x.csv")
+    assert os.stat(path).st_mode & 0o044 == 0o044 and path.read_text() == "a\n1\n"
+
+
+def test_figures_are_redirected_only_from_the_repo_figures_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("PARBP_FIGURES", str(tmp_path / "elsewhere"))
+    assert results.redirect(results.FIGURES / "05_x.png") == tmp_path / "elsewhere" / "05_x.png"
+    assert results.redirect(tmp_path / "mine.csv") == tmp_path / "mine.csv"
+    monkeypatch.delenv("PARBP_FIGURES")
+    assert results.redirect(results.FIGURES / "05_x.png") == results.FIGURES / "05_x.png"
