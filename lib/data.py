@@ -55,25 +55,25 @@ _KDD_MIRRORS = (
 
 _IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
+
+def _idx_sources(folder: str, mirrors: tuple[str, ...], hashes: tuple[str, ...]) -> dict[str, Source]:
+    """The four IDX files of an MNIST-format dataset, with the sha256 of each one's decompressed bytes."""
+    return {stem: Source(folder, stem + ".gz", sha, mirrors) for stem, sha in zip(_IDX, hashes)}
+
+
 SOURCES: dict[str, dict[str, Source]] = {
-    "mnist": {
-        stem: Source("mnist", stem + ".gz", sha, _MNIST_MIRRORS)
-        for stem, sha in zip(_IDX, (
-            "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-            "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-        ))
-    },
-    "fashion-mnist": {
-        stem: Source("fashion-mnist", stem + ".gz", sha, _FASHION_MIRRORS)
-        for stem, sha in zip(_IDX, (
-            "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-            "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-            "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-            "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-        ))
-    },
+    "mnist": _idx_sources("mnist", _MNIST_MIRRORS, (
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    )),
+    "fashion-mnist": _idx_sources("fashion-mnist", _FASHION_MIRRORS, (
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    )),
     "kddcup99": {
         "10percent": Source(
             "kddcup99", "kddcup.data_10_percent.gz",

@@ -23,3 +23,12 @@ def assert_gradients_then_apply_equals_step(make, X, Y, lr=0.5):
     t.apply_gradients(grads, lr)
     s.step(X, Y, lr)
     assert_params_close(t.params, s.params, rtol=1e-6, atol=1e-6)
+
+
+def assert_steps_match_reference(t, ref, batches, dtype, tol, lr=0.5):
+    """Steps on each (X, Y) give the reference's losses, and end on its parameters and predictions."""
+    for X, Y in batches:
+        assert t.step(X, Y, lr) == pytest.approx(ref.step(X, Y, lr), rel=tol * 10)
+    assert all(W.dtype == np.dtype(dtype) for W, _ in t.params)
+    assert_params_close(t.params, ref.params, rtol=tol, atol=tol)
+    np.testing.assert_allclose(t.predict(X), ref.predict(X), rtol=tol, atol=tol)

@@ -7,7 +7,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from checks import assert_gradients_then_apply_equals_step, assert_params_close
+from checks import assert_gradients_then_apply_equals_step, assert_params_close, assert_steps_match_reference
 
 from parbp import cupy_gpu, reference, trainers
 from parbp.base import TrainerUnavailable
@@ -34,12 +34,8 @@ def batch(rows=7, seed=20):
 @pytest.mark.parametrize("dtype,tol", [("float32", 2e-5), ("float64", 1e-12)])
 def test_steps_match_the_reference(dtype, tol):
     t, ref = HostCupy(dtype=dtype, **SIZES), trainers.get("reference")(**SIZES)
-    for seed, rows in ((20, 7), (21, 5), (22, 7)):  # buffers for two batch sizes, reused
-        X, Y = batch(rows, seed)
-        assert t.step(X, Y, 0.5) == pytest.approx(ref.step(X, Y, 0.5), rel=tol * 10)
-    assert all(W.dtype == np.dtype(dtype) for W, _ in t.params)
-    assert_params_close(t.params, ref.params, rtol=tol, atol=tol)
-    np.testing.assert_allclose(t.predict(X), ref.predict(X), rtol=tol, atol=tol)
+    # buffers for two batch sizes, reused
+    assert_steps_match_reference(t, ref, [batch(7, 20), batch(5, 21), batch(7, 22)], dtype, tol)
 
 
 def test_gradients_then_apply_equals_a_step():
