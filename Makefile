@@ -33,7 +33,7 @@ study: install
 
 # nbval re-executes the notebooks; their figures go to build/ so committed results stay as the study made them
 test: install
-	PARBP_FIGURES=build/test-figures $(BIN)/python -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks tests
+	PARBP_FIGURES=$(CURDIR)/build/test-figures $(BIN)/python -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks tests
 
 bench: install
 	$(MEASURE) $(BIN)/python -m parbp.bench --net 2h --batch 100 1000 --impl all --threads 1 2
