@@ -38,6 +38,11 @@ def _positive_int(name: str, value) -> int:
 # PyTorch
 
 
+def _installed(module: str, missing: str) -> tuple[bool, str]:
+    """Availability of a trainer that needs only an importable package."""
+    return (True, "") if importlib.util.find_spec(module) is not None else (False, missing)
+
+
 class TorchTrainer(Trainer):
     name = "torch"
     options = {"threads": 1, "device": "cpu"}
@@ -45,9 +50,7 @@ class TorchTrainer(Trainer):
 
     @classmethod
     def availability(cls):
-        if importlib.util.find_spec("torch") is None:
-            return False, "PyTorch is not installed (pip install torch)"
-        return True, ""
+        return _installed("torch", "PyTorch is not installed (pip install torch)")
 
     def _setup(self, params):
         import torch
@@ -132,9 +135,7 @@ class PyTensorTrainer(Trainer):
 
     @classmethod
     def availability(cls):
-        if importlib.util.find_spec("pytensor") is None:
-            return False, "PyTensor is not installed (pip install pytensor)"
-        return True, ""
+        return _installed("pytensor", "PyTensor is not installed (pip install pytensor)")
 
     def _setup(self, params):
         import warnings

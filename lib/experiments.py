@@ -49,18 +49,22 @@ def from_cli(value):
     return value
 
 
-def positive_ints(name: str, values) -> list[int]:
-    """A non-empty list of positive integers (a single int is a list of one)."""
+def _positive_list(name, values, scalar, is_valid, what):
+    """A sorted, de-duplicated, non-empty list of values that pass ``is_valid`` (a single value is a list of one)."""
     values = from_cli(values)
-    if isinstance(values, numbers.Integral) and not isinstance(values, bool):
+    if isinstance(values, scalar) and not isinstance(values, bool):
         values = [values]
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"{name} must be a positive integer or a list of them, got {values!r}")
+        raise ValueError(f"{name} must be a {what} or a list of them, got {values!r}")
     values = list(values)
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1]
-    if not values or bad:
-        raise ValueError(f"{name} must be a non-empty list of positive integers, got {values!r}")
-    return sorted(set(int(v) for v in values))
+    if not values or not all(not isinstance(v, bool) and isinstance(v, scalar) and is_valid(v) for v in values):
+        raise ValueError(f"{name} must be a non-empty list of {what}s, got {values!r}")
+    return sorted(set(values))
+
+
+def positive_ints(name: str, values) -> list[int]:
+    """A non-empty list of positive integers (batch sizes, thread counts)."""
+    return [int(v) for v in _positive_list(name, values, numbers.Integral, lambda v: v >= 1, "positive integer")]
 
 
 def positive_int(name: str, value) -> int:
@@ -71,17 +75,8 @@ def positive_int(name: str, value) -> int:
 
 def positive_floats(name: str, values) -> list[float]:
     """A non-empty list of positive finite numbers (learning rates)."""
-    values = from_cli(values)
-    if isinstance(values, numbers.Real) and not isinstance(values, bool):
-        values = [values]
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"{name} must be a positive number or a list of them, got {values!r}")
-    values = list(values)
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Real)
-           or not math.isfinite(v) or v <= 0]
-    if not values or bad:
-        raise ValueError(f"{name} must be a non-empty list of positive finite numbers, got {values!r}")
-    return sorted(set(float(v) for v in values))
+    return [float(v) for v in _positive_list(name, values, numbers.Real, lambda v: math.isfinite(v) and v > 0,
+                                             "positive finite number")]
 
 
 def check_net(net):
