@@ -11,7 +11,10 @@ if one step is shorter than ``MIN_SAMPLE_S``); a configuration's time is the med
 
 Columns: ms_per_step; s_per_epoch (``EPOCH_EXAMPLES`` examples); gflops (``parbp.nets.flops_per_step``
 over the time); vs_sgemm (gflops ÷ numpy's 2048³ sgemm at the same number of threads, this run);
-vs_torch (PyTorch's ms per step ÷ this one, same batch and threads, this run: above 1 is faster).
+vs_torch (PyTorch's ms per step ÷ this one, same batch and threads, this run: above 1 is faster);
+efficiency (parallel efficiency: the same trainer's one-thread time ÷ (this time × threads));
+sgemm_efficiency (the machine's own ceiling for it, this run: ``threads`` independent one-thread
+sgemms at once against one alone, see ``_IndependentSgemms``).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from . import envinfo, results, trainers
+from .blas import blas_threads
 from .nets import flops_per_step, layer_sizes
 
 EPOCH_EXAMPLES = 50_000  # the paper's MNIST training split
@@ -33,7 +37,7 @@ MAX_CONFIG_S = 20.0  # stop sampling a configuration (after 3 samples) once it h
 REWARM_S = 0.15  # untimed running before each sample (see _time_side_by_side)
 SGEMM_N = 2048
 COLUMNS = ["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch",
-           "net", "n_in", "n_out", "dtype", "device", "samples", "sgemm_gflops"]
+           "efficiency", "net", "n_in", "n_out", "dtype", "device", "samples", "sgemm_gflops", "sgemm_efficiency"]
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures" / "bench_cpu.csv"
 SKIP_IN_ALL = ("reference",)  # the float64 source of truth is for checking, not racing
 
@@ -47,8 +51,24 @@ def gpu_impls() -> list[str]:
     return [*trainers.GPU, "torch"]
 
 
+def variant(impl: str) -> tuple[str, dict]:
+    """A trainer name with options of its own: ``"threads:update=partials"`` → ``("threads", {"update":
+    "partials"})``. Each variant is timed as its own row, its ``impl`` column the whole label."""
+    name, *pairs = impl.split(":")
+    cls = trainers.get(name)  # an unknown name fails here, listing the registered ones
+    settable = sorted(set(cls.options) - {"threads"})  # threads is the benchmark's own axis
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in settable:
+            raise ValueError(f"bad trainer variant {impl!r}: expected {name}:OPTION=VALUE with OPTION one of "
+                             f"{settable or 'none (it takes no options)'}")
+        options[key] = int(value) if value.isdigit() else value
+    return name, options
+
+
 def takes_threads(impl: str) -> bool:
-    return "threads" in trainers.get(impl).options
+    return "threads" in trainers.get(variant(impl)[0]).options
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -72,18 +92,49 @@ class _Sgemm:
             self._run = lambda: np.matmul(a, a, out=out)
 
     def __call__(self):
-        from .cpu import blas_threads
-
         with blas_threads(self.threads):
             self._run()
+
+
+class _IndependentSgemms:
+    """``workers`` single-threaded sgemms at once, one per thread, each on its own matrices.
+
+    This is the machine's ceiling for parallel efficiency with no sharing at all (no data, no
+    synchronization inside a product): what two cores deliver together against one alone, with the
+    shared cache, memory bandwidth and clock limits as they are. Compare ``efficiency`` with it.
+    """
+
+    def __init__(self, workers, n=SGEMM_N):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.threads, self.flops = workers, workers * 2 * n**3
+        rng = np.random.default_rng(0)
+        self._pairs = [(a, np.empty_like(a)) for a in (rng.random((n, n), dtype=np.float32) for _ in range(workers))]
+        self._pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
+
+    def _one(self, k):
+        a, out = self._pairs[k]
+        np.matmul(a, a, out=out)
+
+    def __call__(self):
+        with blas_threads(1):
+            futures = [self._pool.submit(self._one, k) for k in range(1, self.threads)]
+            self._one(0)
+            for f in futures:
+                f.result()
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
 class _Steps:
     """One trainer stepping on a fixed synthetic minibatch (the loss it returns forces any device sync)."""
 
     def __init__(self, impl, net, batch, threads, n_in, n_out, dtype, device, options, seed=0):
+        impl, own = variant(impl)
         cls = trainers.get(impl)
-        options = dict(options)
+        options = {**options, **own}
         if "threads" in cls.options:
             options["threads"] = threads
         if device == "gpu" and impl == "torch":
@@ -99,8 +150,6 @@ class _Steps:
     def __call__(self):
         # a small learning rate keeps the weights (and so the speed of exp) near where training starts
         if self.pin_blas:
-            from .cpu import blas_threads
-
             with blas_threads(1):
                 return self.trainer.step(self.X, self.Y, 1e-3)
         return self.trainer.step(self.X, self.Y, 1e-3)
@@ -176,13 +225,13 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     for impl in impls:
-        trainers.get(impl)  # unknown names fail here, listing the registered ones
+        variant(impl)  # unknown names and options fail here, listing the valid ones
     say = progress or (lambda *a: None)
 
     nets = [n if isinstance(n, str) else tuple(int(s) for s in n) for n in nets]  # hashable keys
     plan, wanted = [], set()
     for impl in dict.fromkeys([*impls, *(["torch"] if compare_torch else [])]):
-        why = trainers.why_unavailable(impl)
+        why = trainers.why_unavailable(variant(impl)[0])
         if why:
             say(f"skipping {impl}: {why}")
             continue
@@ -194,14 +243,19 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
                         wanted.add(plan[-1])
 
     fns, rows, sgemms = [], [], {}
+    counts = sorted({t for _, _, _, t in plan})
     try:
-        for t in sorted({t for _, _, _, t in plan}):
+        # references timed in the same rounds: sgemm at every thread count (and at 1, for the ceiling),
+        # and on the CPU, p independent one-thread sgemms: the machine's ceiling for parallel efficiency
+        for t in sorted({*counts, 1} if device == "cpu" and max(counts, default=1) > 1 else counts):
             try:
                 sgemms[t] = _Sgemm(t, sgemm_n, device)
             except Exception as e:  # e.g. --device gpu without a GPU: ratios to sgemm become NaN
                 say(f"sgemm on {device} unavailable: {e}")
+        if device == "cpu":
+            sgemms.update({("independent", t): _IndependentSgemms(t, sgemm_n) for t in counts if t > 1})
         for impl, net, batch, t in plan:
-            accepted = {k: v for k, v in options.items() if k in trainers.get(impl).options}
+            accepted = {k: v for k, v in options.items() if k in trainers.get(variant(impl)[0]).options}
             try:
                 fns.append(_Steps(impl, net, batch, t, n_in, n_out, dtype, device, accepted))
                 rows.append((impl, net, batch, t))
@@ -211,10 +265,13 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
         sg_keys = list(sgemms)
         samples = _time_side_by_side([*fns, *(sgemms[k] for k in sg_keys)], repeats, warmup, rewarm_s)
     finally:
-        for fn in fns:
-            fn.close()
+        for fn in [*fns, *sgemms.values()]:
+            if hasattr(fn, "close"):
+                fn.close()
 
     sgemm = {k: sgemms[k].flops / np.median(s) / 1e9 for k, s in zip(sg_keys, samples[len(fns):])}
+    ceiling = {t: sgemm[("independent", t)] / (t * sgemm[1]) for t in counts if ("independent", t) in sgemm}
+    ceiling[1] = 1.0
     table = []
     for (impl, net, batch, t), fn, s in zip(rows, fns, samples):
         sec = float(np.median(s))
@@ -224,11 +281,17 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
                           vs_sgemm=gflops / sgemm[t] if t in sgemm else np.nan, vs_torch=np.nan,
                           net=net if isinstance(net, str) else "-".join(map(str, layer_sizes(net, n_in, n_out))),
                           n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s),
-                          sgemm_gflops=sgemm.get(t, np.nan), _keep=(impl, net, batch, t) in wanted))
+                          sgemm_gflops=sgemm.get(t, np.nan), efficiency=np.nan,
+                          sgemm_efficiency=ceiling.get(t, np.nan) if device == "cpu" else np.nan,
+                          _keep=(impl, net, batch, t) in wanted))
     df = pd.DataFrame(table, columns=[*COLUMNS, "_keep"]).astype({"_keep": bool})
     torch_ms = {(net, batch, t): ms for impl, net, batch, t, ms in
                 zip(df.impl, df.net, df.batch, df.threads, df.ms_per_step) if impl == "torch"}
     df["vs_torch"] = [torch_ms.get(k, np.nan) / ms for k, ms in zip(zip(df.net, df.batch, df.threads), df.ms_per_step)]
+    one_thread = {(impl, net, batch): ms for impl, net, batch, t, ms in
+                  zip(df.impl, df.net, df.batch, df.threads, df.ms_per_step) if t == 1}
+    df["efficiency"] = [one_thread.get(k, np.nan) / (ms * t) for k, ms, t in
+                        zip(zip(df.impl, df.net, df.batch), df.ms_per_step, df.threads)]
     return df[df.pop("_keep")].reset_index(drop=True)[COLUMNS]
 
 
@@ -251,6 +314,39 @@ def measure(impl: str, net="2h", batch: int = 100, threads: int = 1, n_in: int =
                 net=net, n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s))
 
 
+class _RowsTimesWeights:
+    """One (rows × n)·(n × n) matmul on one BLAS thread: a worker's forward product on its share."""
+
+    def __init__(self, rows, n, seed=0):
+        rng = np.random.default_rng(seed)
+        self.A, self.W = rng.random((rows, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+        self.out = np.empty((rows, n), dtype=np.float32)
+
+    def __call__(self):
+        with blas_threads(1):
+            np.matmul(self.A, self.W, out=self.out)
+
+
+def gemm_fixed_cost(rows=(10, 25, 50, 100, 200, 400), n: int = 1024, repeats: int = 7) -> tuple[pd.DataFrame, dict]:
+    """How a one-thread GEMM's time grows with the rows of its left operand: (table, linear fit).
+
+    A worker that takes B/p examples multiplies a (B/p × n) block by the whole n × n weight matrix.
+    BLAS first packs that matrix into its blocked layout, a cost that does not shrink with the rows,
+    so t(rows) ≈ fixed + per_row·rows, and splitting the examples p ways pays ``fixed`` p times.
+    The fit (least squares over ``rows``) returns ``fixed_ms`` and ``per_row_ms``.
+    """
+    rows = [int(r) for r in rows]
+    if len(rows) < 2 or min(rows) < 1:
+        raise ValueError(f"rows needs at least two positive sizes to fit a line, got {rows}")
+    fns = [_RowsTimesWeights(r, n) for r in rows]
+    samples = _time_side_by_side(fns, repeats, warmup=2, rewarm_s=0.0)
+    ms = [float(np.median(s)) * 1e3 for s in samples]
+    per_row, fixed = np.polyfit(rows, ms, 1)
+    table = pd.DataFrame({"rows": rows, "ms": ms, "gflops": [2 * r * n * n / (m / 1e3) / 1e9 for r, m in zip(rows, ms)],
+                          "fixed_share": [fixed / m for m in ms]})
+    return table, {"fixed_ms": float(fixed), "per_row_ms": float(per_row), "n": n}
+
+
 # ---------------------------------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------------------------------
@@ -266,9 +362,9 @@ def with_environment(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_table(df: pd.DataFrame) -> str:
-    show = df[["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch"]]
+    show = df[["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch", "efficiency"]]
     show = show.rename(columns={"ms_per_step": "ms/step", "s_per_epoch": "s/epoch", "gflops": "GFLOP/s",
-                                "vs_sgemm": "÷ sgemm", "vs_torch": "÷ torch"})
+                                "vs_sgemm": "÷ sgemm", "vs_torch": "÷ torch", "efficiency": "par. eff."})
     return show.to_string(index=False, float_format=lambda v: f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}")
 
 
@@ -282,6 +378,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _impl(text: str) -> str:
+    if text != "all":
+        try:
+            variant(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     from .data import NAMES
     from .nets import HIDDEN
@@ -290,8 +395,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", nargs="+", default=["2h"], choices=sorted(HIDDEN), help="networks (seed 001 §5.2)")
     p.add_argument("--batch", nargs="+", type=_positive, default=[100, 1000], help="minibatch sizes")
-    p.add_argument("--impl", nargs="+", default=["all"], choices=["all", *trainers.names()],
-                   help="trainers; 'all' = every CPU trainer (with --device gpu: every GPU trainer)")
+    p.add_argument("--impl", nargs="+", default=["all"], type=_impl, metavar="IMPL",
+                   help=f"trainers, from: {', '.join(trainers.names())}; 'all' = every CPU trainer (with "
+                        f"--device gpu: every GPU trainer); NAME:OPTION=VALUE times a variant, e.g. "
+                        f"threads:update=partials")
     p.add_argument("--threads", nargs="+", type=_positive, default=[1], help="thread counts")
     p.add_argument("--dataset", default="mnist", choices=list(NAMES), help="only its dimensions are used")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -326,6 +433,10 @@ def main(argv=None) -> pd.DataFrame:
               f"{args.device}); sgemm {SGEMM_N}³: " +
               ", ".join(f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in
                         sub.groupby("threads").sgemm_gflops.first().items()))
+        ceilings = sub[sub.threads > 1].groupby("threads").sgemm_efficiency.first().dropna()
+        if len(ceilings):
+            print("parallel efficiency of independent one-thread sgemms (the machine's ceiling): " +
+                  ", ".join(f"{e:.3f} at {t} threads" for t, e in ceilings.items()))
         print(format_table(sub))
     print(f"wrote {out}")
     return df

@@ -2,16 +2,16 @@
 
     serial-example   seed 001 §3: one matrix-vector forward/backward per example (numba), one update per minibatch
     serial-blas      the same minibatch as three GEMMs per layer, BLAS pinned to one thread
-    threads          the pthreads design: examples split across p workers, partial gradients, a reduction, one update
+    threads          the pthreads design: examples split across p workers for forward and backward, then the update
     blas-parallel    the minibatch form with p BLAS threads ("parallelize matrix computations", seed 000)
     hybrid           examples split across groups, BLAS threads inside each group (seed 000's future work)
     hogwild          lock-free asynchronous SGD (seed 002): p workers update the shared weights with no barrier
 
 Everything that is not a matrix product runs in small fused numba kernels (bias + sigmoid, the deltas, the
 bias gradient), so a step makes no temporaries and touches each activation once. The matrix products go to
-numpy's BLAS, transposed operands passed as views (BLAS takes them as flags, nothing is copied) and every
-output written in place with ``out=``; the weight update reads the gradient once, in the same pass that
-sums the workers' partial gradients.
+numpy's BLAS (``parbp.blas``), transposed operands passed as views (BLAS takes them as flags, nothing is
+copied) and every output written in place; the weight update W ← W − lr·AᵀΔ is itself one GEMM (beta = 1),
+so the gradient is never stored.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ import numba
 import numpy as np
 from numba import types
 from numba.extending import intrinsic, overload
-from threadpoolctl import ThreadpoolController
 
 from .base import Trainer
+from .blas import axpy, blas_threads, gemm_into, gemm_update
 
 #: cores this process may run on: the default number of workers
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -35,18 +35,6 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 # nogil: worker threads run the kernels truly in parallel. error_model="numpy": no ZeroDivisionError
 # branch inside the loops, which is what lets LLVM vectorize them. fastmath: reassociate reductions.
 _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
-
-# threadpoolctl's controller is built once: building it scans every loaded library (~1 ms).
-_blas_controller = None
-
-
-def blas_threads(n: int):
-    """Context manager: every BLAS loaded in the process uses ``n`` threads inside it."""
-    global _blas_controller
-    if _blas_controller is None:
-        _blas_controller = ThreadpoolController()
-    return _blas_controller.limit(limits=n, user_api="blas")
-
 
 # ---------------------------------------------------------------------------------------------------
 # Elementwise kernels
@@ -149,24 +137,6 @@ def reduce_update(W, partials, lr, r0, r1):
                 W[i, j] -= lr * partials[k, i, j]
 
 
-@numba.njit(**_JIT)
-def reduce_into(out, partials, r0, r1):
-    """out[r0:r1] ← Σ_k partials[k, r0:r1]."""
-    for i in range(r0, r1):
-        out[i, :] = partials[0, i, :]
-        for k in range(1, partials.shape[0]):
-            for j in range(out.shape[1]):
-                out[i, j] += partials[k, i, j]
-
-
-@numba.njit(**_JIT)
-def axpy_rows(W, dW, lr, r0, r1):
-    """W[r0:r1] ← W[r0:r1] − lr·dW[r0:r1]."""
-    for i in range(r0, r1):
-        for j in range(W.shape[1]):
-            W[i, j] -= lr * dW[i, j]
-
-
 # ---------------------------------------------------------------------------------------------------
 # The paper's serial algorithm: one example at a time
 # ---------------------------------------------------------------------------------------------------
@@ -223,19 +193,8 @@ def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Matrix products on C-ordered arrays
+# Trainers
 # ---------------------------------------------------------------------------------------------------
-def gemm_into(A, B, out, trans_a=False, trans_b=False):
-    """out ← op(A)·op(B), all C-ordered, nothing copied (numpy hands transposed views to BLAS as flags).
-
-    One BLAS for everything, numpy's. Not scipy's gemm, although its ``beta`` would fold the update into
-    the gradient product: the OpenBLAS bundled with scipy serializes calls made from several threads at
-    once (measured: two workers on two cores ran at 0.87× one), numpy's runs them in parallel (1.80×),
-    and two OpenBLAS thread pools in one process spin against each other on a small machine.
-    """
-    np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
-
-
 def forward_matrix(Ws, bs, X, chunk=4096):
     """Output activations for many rows (predict), a chunk of rows at a time to bound memory."""
     out = np.empty((X.shape[0], Ws[-1].shape[1]), dtype=X.dtype)
@@ -266,9 +225,6 @@ def share(n: int, parts: int, k: int) -> tuple[int, int]:
     return n * k // parts, n * (k + 1) // parts
 
 
-# ---------------------------------------------------------------------------------------------------
-# Trainers
-# ---------------------------------------------------------------------------------------------------
 class _ParamsTrainer(Trainer):
     """Holds the parameters as C-ordered arrays the kernels update in place."""
 
@@ -323,17 +279,24 @@ class SerialExampleTrainer(_ParamsTrainer):
 class MatrixTrainer(_ParamsTrainer):
     """The minibatch matrix form, its examples split across ``groups`` workers with ``blas`` BLAS threads each.
 
-    One step, per worker on its rows of the minibatch (Z_l = A_{l-1}W_l is one GEMM per layer):
+    One step. First, each worker on its rows of the minibatch (Z_l = A_{l-1}W_l is one GEMM per layer):
       forward    A_l ← σ(A_{l-1}W_l + b_l)                      GEMM + fused kernel
       backward   Δ_L ← 2/B (A_L − Y)∘σ',  Δ_{l-1} ← (Δ_l W_lᵀ)∘σ'   GEMM + fused kernel
-    then the weights, with every delta computed from the old weights:
-      gradient       each worker writes its partial gradient G_k = A_kᵀΔ_k (one GEMM per layer)
-      update         W ← W − lr·Σ_k G_k, the reduction and the update in one pass over W,
-                     with the rows of W split across the workers.
-    Subclasses fix ``groups`` and ``blas`` from their options.
+    Then, once every delta has been computed from the old weights, the update W_l ← W_l − lr·A_{l-1}ᵀΔ_l,
+    which sums over all the examples. Two ways to share it among workers (``update``):
+      "rows"      worker k owns a block of rows of every W (and entries of every b) and updates it from the
+                  whole minibatch, W[r] ← W[r] − lr·A[:, r]ᵀΔ: one GEMM with beta = 1 per layer. The sum over
+                  examples happens inside the GEMM, and no gradient is ever stored.
+      "partials"  the paper's pthreads design: worker k writes the partial gradient of its own examples,
+                  G_k = A_kᵀΔ_k, then W ← W − lr·Σ_k G_k in one pass that reduces and updates, its rows split
+                  across the workers. That pass reads p + 1 weight-sized arrays per step; at small batches
+                  it is what limits the speedup.
+    With one worker both are the single GEMM W ← W − lr·AᵀΔ. Subclasses fix ``groups``, ``blas`` and
+    ``update`` from their options.
     """
 
     name = "matrix"
+    UPDATES = ("rows", "partials")
 
     def _workers(self) -> tuple[int, int]:
         """(groups of examples, BLAS threads per group)."""
@@ -341,6 +304,9 @@ class MatrixTrainer(_ParamsTrainer):
 
     def _setup(self, params):
         self.groups, self.blas = self._workers()
+        self.update = self.opts.get("update", "rows")
+        if self.update not in self.UPDATES:
+            raise ValueError(f"trainer {self.name!r}: update must be one of {self.UPDATES}, got {self.update!r}")
         super()._setup(params)
         self._capacity = 0
         self._partials = None
@@ -389,13 +355,6 @@ class MatrixTrainer(_ParamsTrainer):
             hidden_delta(d, acts[l - 1][r0:r1])
         return sse
 
-    def _partial_gradients(self, X, r0, r1, k, acts, deltas):
-        """Group k's G_k = A_kᵀΔ_k and bias sums, into the partial buffers."""
-        for l in range(len(self.W)):
-            a = X[r0:r1] if l == 0 else acts[l - 1][r0:r1]
-            gemm_into(a, deltas[l][r0:r1], self._partials[l][k], trans_a=True)
-            column_sums(deltas[l][r0:r1], self._partial_b[l][k])
-
     def _run(self, task, n):
         """task(0..n-1) with task 0 on the calling thread; re-raises the first worker error."""
         futures = [self._pool.submit(task, k) for k in range(1, n)] if n > 1 else []
@@ -406,67 +365,76 @@ class MatrixTrainer(_ParamsTrainer):
             raise
         return [first, *(f.result() for f in futures)]
 
-    def _start(self, X):
+    def _prepare(self, X):
+        """(B, each worker's rows, activation buffers, delta buffers) for a minibatch X."""
         if self._closed:
             raise RuntimeError(f"trainer {self.name!r} was closed; make a new one")
         B = X.shape[0]
-        return B, split_rows(B, self.groups), self._buffers(B)
+        return B, split_rows(B, self.groups), *self._buffers(B)
+
+    def _start(self, X, Y):
+        """Forward and backward on every worker's rows: (B, workers, layer inputs A_{l-1}, deltas, Σ(A − Y)²)."""
+        B, rows, acts, deltas = self._prepare(X)
+        scale = self.dtype.type(2.0 / B)
+        partials = self.update == "partials" and len(rows) > 1
+
+        def forward_backward(k):
+            r0, r1 = rows[k]
+            sse = self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
+            for l in range(len(self.W)) if partials else ():  # the paper: each worker's partial gradient
+                a = X[r0:r1] if l == 0 else acts[l - 1][r0:r1]
+                gemm_into(a, deltas[l][r0:r1], self._partials[l][k], trans_a=True)
+                column_sums(deltas[l][r0:r1], self._partial_b[l][k])
+            return sse
+
+        if partials:
+            self._partial_buffers(len(rows))
+        sse = sum(self._run(forward_backward, len(rows)))
+        return B, len(rows), [X, *acts[:-1]], deltas, sse
 
     # -- the interface -----------------------------------------------------------------------------
     def _step(self, X, Y, lr):
-        B, rows, (acts, deltas) = self._start(X)
-        t = self.dtype.type
-        scale, lr = t(2.0 / B), t(lr)
+        lr = self.dtype.type(lr)
         with blas_threads(self.blas):
-            self._partial_buffers(len(rows))
+            B, parts, inputs, deltas, sse = self._start(X, Y)
 
-            def gradients(k):
-                r0, r1 = rows[k]
-                sse = self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
-                self._partial_gradients(X, r0, r1, k, acts, deltas)
-                return sse
+            def update_rows(k):  # worker k: its rows of every W, its entries of every b
+                for A, D, W, b in zip(inputs, deltas, self.W, self.b):
+                    r0, r1 = share(W.shape[0], parts, k)
+                    gemm_update(A[:, r0:r1], D, W[r0:r1], lr)
+                    c0, c1 = share(b.shape[0], parts, k)
+                    bias_update(b[c0:c1], D[:, c0:c1], lr)
 
-            sse = sum(self._run(gradients, len(rows)))
-            parts = len(rows)
-
-            def update(k):  # worker k reduces and updates its share of every layer's rows
+            def reduce_partials(k):  # worker k: Σ of the partial gradients over its rows, and the update
                 for W, G in zip(self.W, self._partials):
                     reduce_update(W, G[:parts], lr, *share(W.shape[0], parts, k))
 
-            self._run(update, parts)
-            for b, gb in zip(self.b, self._partial_b):
-                b -= lr * gb[:parts].sum(axis=0)
-            return sse / B
+            if self.update == "partials" and parts > 1:
+                self._run(reduce_partials, parts)
+                for b, gb in zip(self.b, self._partial_b):
+                    b -= lr * gb[:parts].sum(axis=0)
+            else:
+                self._run(update_rows, parts)
+        return sse / B
 
     def _gradients(self, X, Y):
-        B, rows, (acts, deltas) = self._start(X)
-        scale = self.dtype.type(2.0 / B)
-        parts = len(rows)
         grads = [(np.empty_like(W), np.empty_like(b)) for W, b in zip(self.W, self.b)]
         with blas_threads(self.blas):
-            if parts == 1:
-                sse = self._forward_backward(X, Y, 0, B, acts, deltas, scale)
-                for l, (gW, gb) in enumerate(grads):
-                    gemm_into(X if l == 0 else acts[l - 1], deltas[l], gW, trans_a=True)
-                    column_sums(deltas[l], gb)
-                return sse / B, grads
-            self._partial_buffers(parts)
+            B, parts, inputs, deltas, sse = self._start(X, Y)
 
-            def gradients(k):
-                r0, r1 = rows[k]
-                sse = self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
-                self._partial_gradients(X, r0, r1, k, acts, deltas)
-                return sse
+            def gradient_rows(k):  # as update_rows, the gradient stored instead of applied
+                for A, D, (gW, gb) in zip(inputs, deltas, grads):
+                    r0, r1 = share(gW.shape[0], parts, k)
+                    gemm_into(A[:, r0:r1], D, gW[r0:r1], trans_a=True)
+                    c0, c1 = share(gb.shape[0], parts, k)
+                    column_sums(D[:, c0:c1], gb[c0:c1])
 
-            sse = sum(self._run(gradients, parts))
-
-            def reduce(k):
-                for (gW, _), G in zip(grads, self._partials):
-                    reduce_into(gW, G[:parts], *share(gW.shape[0], parts, k))
-
-            self._run(reduce, parts)
-        for (_, gb), pb in zip(grads, self._partial_b):
-            gb[...] = pb[:parts].sum(axis=0)
+            if self.update == "partials" and parts > 1:
+                for (gW, gb), G, Gb in zip(grads, self._partials, self._partial_b):
+                    np.sum(G[:parts], axis=0, out=gW)
+                    np.sum(Gb[:parts], axis=0, out=gb)
+            else:
+                self._run(gradient_rows, parts)
         return sse / B, grads
 
     def _apply_gradients(self, grads, lr):
@@ -476,7 +444,8 @@ class MatrixTrainer(_ParamsTrainer):
 
         def update(k):
             for W, (gW, _) in zip(self.W, grads):
-                axpy_rows(W, gW, lr, *share(W.shape[0], parts, k))
+                r0, r1 = share(W.shape[0], parts, k)
+                axpy(W[r0:r1], gW[r0:r1], lr)
 
         self._run(update, parts)
         for b, (_, gb) in zip(self.b, grads):
@@ -497,12 +466,13 @@ class SerialBlasTrainer(MatrixTrainer):
 
 
 class ThreadsTrainer(MatrixTrainer):
-    """The paper's pthreads design: the minibatch split across ``threads`` workers, each computing the
-    partial gradient of its examples with single-threaded BLAS (which releases the GIL), then one
-    reduction and one update."""
+    """The paper's pthreads design: the minibatch split across ``threads`` workers, each running forward
+    and backward on its examples with single-threaded BLAS (which releases the GIL). The update is
+    shared by rows of W (``update="rows"``, the default) or, as in the paper, by summing the workers'
+    partial gradients (``update="partials"``); see ``MatrixTrainer``."""
 
     name = "threads"
-    options = {"threads": CORES}
+    options = {"threads": CORES, "update": "rows"}
 
     def _workers(self):
         return _check_count(self, "threads", self.opts["threads"]), 1
@@ -528,7 +498,7 @@ class HybridTrainer(MatrixTrainer):
     """
 
     name = "hybrid"
-    options = {"threads": CORES, "groups": None}
+    options = {"threads": CORES, "groups": None, "update": "rows"}
 
     def _workers(self):
         threads = _check_count(self, "threads", self.opts["threads"])
@@ -559,22 +529,20 @@ class HogwildTrainer(MatrixTrainer):
         return _check_count(self, "threads", self.opts["threads"]), 1
 
     def _step(self, X, Y, lr):
-        B, rows, (acts, deltas) = self._start(X)
+        B, rows, acts, deltas = self._prepare(X)
         t = self.dtype.type
         scale, lr = t(2.0 / B), t(lr)
-        L = len(self.W)
-        partials, _ = self._partial_buffers(len(rows))
+        inputs = [X, *acts[:-1]]
 
         def worker(k):
             sse = 0.0
             for r0 in range(rows[k][0], rows[k][1], self.microbatch):
                 r1 = min(r0 + self.microbatch, rows[k][1])
                 sse += self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
-                for l in range(L):  # racy on purpose: other workers read and write these same weights
-                    a = X[r0:r1] if l == 0 else acts[l - 1][r0:r1]
-                    gemm_into(a, deltas[l][r0:r1], partials[l][k], trans_a=True)
-                    reduce_update(self.W[l], partials[l][k : k + 1], lr, 0, self.W[l].shape[0])
-                    bias_update(self.b[l], deltas[l][r0:r1], lr)
+                for A, D, W, b in zip(inputs, deltas, self.W, self.b):
+                    # racy on purpose: other workers read and write these same weights meanwhile
+                    gemm_update(A[r0:r1], D[r0:r1], W, lr)
+                    bias_update(b, D[r0:r1], lr)
             return sse
 
         with blas_threads(1):

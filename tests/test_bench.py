@@ -27,8 +27,23 @@ def test_run_returns_one_row_per_configuration():
     np.testing.assert_allclose(df.s_per_epoch, df.ms_per_step / 1e3 * np.ceil(bench.EPOCH_EXAMPLES / df.batch))
     np.testing.assert_allclose(df.vs_sgemm, df.gflops / df.sgemm_gflops)
     assert "torch" not in set(df.impl)  # timed alongside for vs_torch, returned only if asked
+    # efficiency: the same trainer's one-thread time over threads × this time
+    threads = df[df.impl == "threads"].set_index(["threads", "batch"]).ms_per_step
+    for b in (8, 16):
+        eff = df[(df.impl == "threads") & (df.threads == 2) & (df.batch == b)].efficiency.item()
+        assert eff == pytest.approx(threads[1, b] / (2 * threads[2, b]))
+    assert (df[df.threads == 1].efficiency == 1).all() and (df[df.threads == 1].sgemm_efficiency == 1).all()
+    assert ((df[df.threads == 2].sgemm_efficiency > 0) & (df[df.threads == 2].sgemm_efficiency < 3)).all()
     if not bench.trainers.why_unavailable("torch"):
         assert np.isfinite(df.vs_torch).all()
+
+
+def test_variants_are_timed_as_rows_of_their_own():
+    df = bench.run(["threads", "threads:update=partials"], batches=[16], threads=[2], compare_torch=False, **TINY)
+    assert list(df.impl) == ["threads", "threads:update=partials"]
+    assert bench.variant("hybrid:groups=2:update=rows") == ("hybrid", {"groups": 2, "update": "rows"})
+    with pytest.raises(ValueError, match="update must be one of"):  # values are checked by the trainer
+        bench.run(["threads:update=sum"], batches=[16], threads=[2], compare_torch=False, **TINY)
 
 
 def test_run_with_torch_asked_has_ratio_one_for_itself():
@@ -69,6 +84,7 @@ def test_measure_and_sgemm():
 @pytest.mark.parametrize("call, message", [
     (lambda: bench.run([], batches=[8], **TINY), "no implementations"),
     (lambda: bench.run(["no-such-trainer"], batches=[8], **TINY), "unknown trainer"),
+    (lambda: bench.run(["hybrid:group=2"], batches=[8], **TINY), r"OPTION one of \['groups', 'update'\]"),
     (lambda: bench.run(["serial-blas"], batches=[0], **TINY), "must be positive"),
     (lambda: bench.run(["serial-blas"], batches=[8], threads=[], **TINY), "threads is empty"),
     (lambda: bench.run(["serial-blas"], batches=[8], device="tpu", **TINY), "device must be"),
@@ -96,7 +112,10 @@ def test_cli_writes_a_well_formed_csv(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--impl", "nope"], "invalid choice: 'nope'"),
+    (["--impl", "nope"], "unknown trainer 'nope'; registered trainers are: reference, numpy"),
+    (["--impl", "threads:update"], "expected threads:OPTION=VALUE with OPTION one of ['update']"),
+    (["--impl", "threads:threads=2"], "OPTION one of ['update']"),
+    (["--impl", "numpy:x=1"], "OPTION one of none (it takes no options)"),
     (["--batch", "0"], "expected a positive integer, got 0"),
     (["--threads", "two"], "expected a positive integer, got 'two'"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
@@ -110,3 +129,12 @@ def test_cli_rejects_bad_arguments(args, message, capsys):
         bench.parse_args(args)
     assert exit.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_gemm_fixed_cost_fits_a_line():
+    table, fit = bench.gemm_fixed_cost(rows=(4, 8, 16), n=64, repeats=2)
+    assert list(table.rows) == [4, 8, 16] and (table.ms > 0).all()
+    # the fit is the least-squares line through the measured points
+    np.testing.assert_allclose(np.polyfit(table.rows, table.ms, 1), [fit["per_row_ms"], fit["fixed_ms"]])
+    with pytest.raises(ValueError, match="at least two positive sizes"):
+        bench.gemm_fixed_cost(rows=(8,), n=64)

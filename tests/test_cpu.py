@@ -4,7 +4,7 @@ import threading
 import numpy as np
 import pytest
 
-from parbp import cpu, reference, trainers
+from parbp import blas, cpu, reference, trainers
 
 N_IN, N_OUT, NET = 53, 7, [37, 29]
 B = 23  # odd, so the examples split unevenly across workers
@@ -16,6 +16,8 @@ SYNCHRONOUS = [
     ("threads", {"threads": 1}),
     ("threads", {"threads": 2}),
     ("threads", {"threads": 3}),
+    ("threads", {"threads": 2, "update": "partials"}),  # the paper's reduction of partial gradients
+    ("threads", {"threads": 3, "update": "partials"}),
     ("blas-parallel", {"threads": 1}),
     ("blas-parallel", {"threads": 2}),
     ("hybrid", {"groups": 2, "threads": 2}),
@@ -125,7 +127,7 @@ def test_more_workers_than_examples():
 def test_kernels_release_the_gil():
     # the threads trainers run these from several Python threads at once: they must not hold the GIL
     for kernel in (cpu.bias_sigmoid, cpu.output_delta, cpu.hidden_delta, cpu.column_sums, cpu.bias_update,
-                   cpu.reduce_update, cpu.reduce_into, cpu.axpy_rows, cpu.example_by_example_step):
+                   cpu.reduce_update, blas.axpy, cpu.example_by_example_step):
         assert kernel.targetoptions.get("nogil") is True, kernel
 
 
@@ -156,7 +158,9 @@ def test_hogwild_has_no_whole_batch_gradient():
     ("hybrid", {"threads": 3, "groups": 2}, r"groups \(2\) must divide threads \(3\)"),
     ("hogwild", {"microbatch": 0}, "microbatch must be a positive integer"),
     ("serial-blas", {"threads": 2}, "unknown option"),
-    ("threads", {"thread": 2}, "accepts: threads"),
+    ("threads", {"thread": 2}, "accepts: threads, update"),
+    ("threads", {"update": "sum"}, r"update must be one of \('rows', 'partials'\)"),
+    ("hybrid", {"update": None}, "update must be one of"),
 ])
 def test_bad_options_raise(name, options, message):
     with pytest.raises(ValueError, match=message):
