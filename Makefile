@@ -36,7 +36,7 @@ test: install
 	PARBP_FIGURES=$(CURDIR)/build/test-figures $(BIN)/python -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks tests
 
 bench: install
-	$(MEASURE) $(BIN)/python -m parbp.bench --net 2h --batch 100 1000 --impl all --threads 1 2
+	$(MEASURE) $(BIN)/python -m parbp.bench --net 2h --batch 100 1000 --impl all threads:update=partials --threads 1 2 --repeats 11
 
 lab: install
 	$(MEASURE) $(BIN)/jupyter lab notebooks/

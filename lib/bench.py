@@ -13,8 +13,8 @@ Columns: ms_per_step; s_per_epoch (``EPOCH_EXAMPLES`` examples); gflops (``parbp
 over the time); vs_sgemm (gflops ÷ numpy's 2048³ sgemm at the same number of threads, this run);
 vs_torch (PyTorch's ms per step ÷ this one, same batch and threads, this run: above 1 is faster);
 efficiency (parallel efficiency: the same trainer's one-thread time ÷ (this time × threads));
-sgemm_efficiency (the machine's own ceiling for it, this run: ``threads`` independent one-thread
-sgemms at once against one alone, see ``_IndependentSgemms``).
+sgemm_efficiency and stream_efficiency (the machine's own ceilings for it, this run: ``threads``
+independent one-thread sgemms, or memory streams, at once against one alone; see ``_Independent``).
 """
 from __future__ import annotations
 
@@ -34,10 +34,12 @@ from .nets import flops_per_step, layer_sizes
 EPOCH_EXAMPLES = 50_000  # the paper's MNIST training split
 MIN_SAMPLE_S = 0.02  # a sample lasts at least this long, so timer resolution and jitter stay small
 MAX_CONFIG_S = 20.0  # stop sampling a configuration (after 3 samples) once it has taken this long
-REWARM_S = 0.15  # untimed running before each sample (see _time_side_by_side)
+REWARM_S = 0.15
+STREAM_MB = 64  # per worker: well past the caches  # untimed running before each sample (see _time_side_by_side)
 SGEMM_N = 2048
 COLUMNS = ["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch",
-           "efficiency", "net", "n_in", "n_out", "dtype", "device", "samples", "sgemm_gflops", "sgemm_efficiency"]
+           "efficiency", "net", "n_in", "n_out", "dtype", "device", "samples", "sgemm_gflops", "sgemm_efficiency", "stream_efficiency"]
+CEILINGS = ("sgemm", "stream")
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures" / "bench_cpu.csv"
 SKIP_IN_ALL = ("reference",)  # the float64 source of truth is for checking, not racing
 
@@ -96,25 +98,28 @@ class _Sgemm:
             self._run()
 
 
-class _IndependentSgemms:
-    """``workers`` single-threaded sgemms at once, one per thread, each on its own matrices.
+class _Independent:
+    """``workers`` one-thread copies of a kernel at once, each on its own arrays, in its own thread.
 
-    This is the machine's ceiling for parallel efficiency with no sharing at all (no data, no
-    synchronization inside a product): what two cores deliver together against one alone, with the
-    shared cache, memory bandwidth and clock limits as they are. Compare ``efficiency`` with it.
+    They share nothing but the machine (caches, memory bandwidth, clock), so their parallel efficiency
+    (one copy's time ÷ the time of ``workers`` copies at once) is this machine's ceiling for any
+    program. Two kernels bound it from both sides: "sgemm", an n×n matmul (compute-bound), and
+    "stream", ``a + 1`` over STREAM_MB-sized arrays (memory-bound). A trainer's step mixes both.
     """
 
-    def __init__(self, workers, n=SGEMM_N):
+    def __init__(self, workers, kind, n=SGEMM_N):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.threads, self.flops = workers, workers * 2 * n**3
         rng = np.random.default_rng(0)
-        self._pairs = [(a, np.empty_like(a)) for a in (rng.random((n, n), dtype=np.float32) for _ in range(workers))]
+        self.threads = workers
+        shape = (n, n) if kind == "sgemm" else (STREAM_MB * 2**20 // 4,)
+        self._data = [(rng.random(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)) for _ in range(workers)]
+        self._kernel = (lambda a, out: np.matmul(a, a, out=out)) if kind == "sgemm" else \
+                       (lambda a, out: np.add(a, 1.0, out=out))
         self._pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
 
     def _one(self, k):
-        a, out = self._pairs[k]
-        np.matmul(a, a, out=out)
+        self._kernel(*self._data[k])
 
     def __call__(self):
         with blas_threads(1):
@@ -242,18 +247,18 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
                     if impl in impls:
                         wanted.add(plan[-1])
 
-    fns, rows, sgemms = [], [], {}
+    fns, rows, references = [], [], {}
     counts = sorted({t for _, _, _, t in plan})
     try:
-        # references timed in the same rounds: sgemm at every thread count (and at 1, for the ceiling),
-        # and on the CPU, p independent one-thread sgemms: the machine's ceiling for parallel efficiency
-        for t in sorted({*counts, 1} if device == "cpu" and max(counts, default=1) > 1 else counts):
+        # references timed in the same rounds: sgemm at every thread count, and on the CPU the
+        # machine's ceilings for parallel efficiency (see _Independent) at every thread count and at 1
+        for t in counts:
             try:
-                sgemms[t] = _Sgemm(t, sgemm_n, device)
+                references[t] = _Sgemm(t, sgemm_n, device)
             except Exception as e:  # e.g. --device gpu without a GPU: ratios to sgemm become NaN
                 say(f"sgemm on {device} unavailable: {e}")
-        if device == "cpu":
-            sgemms.update({("independent", t): _IndependentSgemms(t, sgemm_n) for t in counts if t > 1})
+        if device == "cpu" and max(counts, default=1) > 1:
+            references.update({(kind, t): _Independent(t, kind, sgemm_n) for kind in CEILINGS for t in {1, *counts}})
         for impl, net, batch, t in plan:
             accepted = {k: v for k, v in options.items() if k in trainers.get(variant(impl)[0]).options}
             try:
@@ -262,16 +267,16 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
             except (trainers.TrainerUnavailable, RuntimeError, ImportError) as e:
                 say(f"skipping {impl} (net {net}, batch {batch}, threads {t}): {e}")
         say(f"timing {len(fns)} configurations + sgemm, {repeats} rounds")
-        sg_keys = list(sgemms)
-        samples = _time_side_by_side([*fns, *(sgemms[k] for k in sg_keys)], repeats, warmup, rewarm_s)
+        ref_keys = list(references)
+        samples = _time_side_by_side([*fns, *(references[k] for k in ref_keys)], repeats, warmup, rewarm_s)
     finally:
-        for fn in [*fns, *sgemms.values()]:
+        for fn in [*fns, *references.values()]:
             if hasattr(fn, "close"):
                 fn.close()
 
-    sgemm = {k: sgemms[k].flops / np.median(s) / 1e9 for k, s in zip(sg_keys, samples[len(fns):])}
-    ceiling = {t: sgemm[("independent", t)] / (t * sgemm[1]) for t in counts if ("independent", t) in sgemm}
-    ceiling[1] = 1.0
+    times = {k: float(np.median(s)) for k, s in zip(ref_keys, samples[len(fns):])}
+    sgemm = {t: references[t].flops / times[t] / 1e9 for t in counts if t in times}
+    ceiling = {(kind, t): times[kind, 1] / times[kind, t] for kind in CEILINGS for t in counts if (kind, t) in times}
     table = []
     for (impl, net, batch, t), fn, s in zip(rows, fns, samples):
         sec = float(np.median(s))
@@ -282,7 +287,7 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
                           net=net if isinstance(net, str) else "-".join(map(str, layer_sizes(net, n_in, n_out))),
                           n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s),
                           sgemm_gflops=sgemm.get(t, np.nan), efficiency=np.nan,
-                          sgemm_efficiency=ceiling.get(t, np.nan) if device == "cpu" else np.nan,
+                          **{f"{kind}_efficiency": ceiling.get((kind, t), np.nan) for kind in CEILINGS},
                           _keep=(impl, net, batch, t) in wanted))
     df = pd.DataFrame(table, columns=[*COLUMNS, "_keep"]).astype({"_keep": bool})
     torch_ms = {(net, batch, t): ms for impl, net, batch, t, ms in
@@ -433,10 +438,11 @@ def main(argv=None) -> pd.DataFrame:
               f"{args.device}); sgemm {SGEMM_N}³: " +
               ", ".join(f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in
                         sub.groupby("threads").sgemm_gflops.first().items()))
-        ceilings = sub[sub.threads > 1].groupby("threads").sgemm_efficiency.first().dropna()
-        if len(ceilings):
-            print("parallel efficiency of independent one-thread sgemms (the machine's ceiling): " +
-                  ", ".join(f"{e:.3f} at {t} threads" for t, e in ceilings.items()))
+        for kind, what in (("sgemm", "compute-bound"), ("stream", "memory-bound")):
+            ceilings = sub[sub.threads > 1].groupby("threads")[f"{kind}_efficiency"].first().dropna()
+            if len(ceilings):
+                print(f"the machine's ceiling for parallel efficiency, {what} (independent one-thread {kind}s): " +
+                      ", ".join(f"{e:.3f} at {t} threads" for t, e in ceilings.items()))
         print(format_table(sub))
     print(f"wrote {out}")
     return df
