@@ -418,10 +418,8 @@ def main(argv=None) -> pd.DataFrame:
     from .data import dims
 
     args = parse_args(argv)
-    if "all" in args.impl:
-        impls = gpu_impls() if args.device == "gpu" else cpu_impls()
-    else:
-        impls = list(dict.fromkeys(args.impl))
+    everything = gpu_impls() if args.device == "gpu" else cpu_impls()
+    impls = list(dict.fromkeys(i for impl in args.impl for i in (everything if impl == "all" else [impl])))
     n_in, n_out = dims(args.dataset)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     df = run(impls, args.net, args.batch, args.threads, n_in=n_in, n_out=n_out, dtype=args.dtype,

@@ -492,6 +492,7 @@ class HybridTrainer(MatrixTrainer):
     """``threads`` threads in all: the examples split across ``groups`` workers, each running its matrix
     products on ``threads // groups`` BLAS threads. ``groups=None`` picks 2 groups when ``threads`` is
     even, else 1 (pure BLAS parallelism), so ``threads`` means the same as for the other trainers.
+    ``update`` shares the update among the groups as for ``threads``.
 
     Note: OpenBLAS serializes multi-threaded GEMMs issued by different threads at once (one
     level-3 lock), so with OpenBLAS, groups overlap only outside their GEMMs when each has > 1 thread.
