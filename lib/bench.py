@@ -34,8 +34,8 @@ from .nets import flops_per_step, layer_sizes
 EPOCH_EXAMPLES = 50_000  # the paper's MNIST training split
 MIN_SAMPLE_S = 0.02  # a sample lasts at least this long, so timer resolution and jitter stay small
 MAX_CONFIG_S = 20.0  # stop sampling a configuration (after 3 samples) once it has taken this long
-REWARM_S = 0.15
-STREAM_MB = 64  # per worker: well past the caches  # untimed running before each sample (see _time_side_by_side)
+REWARM_S = 0.15  # untimed running before each sample (see _time_side_by_side)
+STREAM_MB = 64  # array size of the memory-bound ceiling, per worker: well past the caches
 SGEMM_N = 2048
 COLUMNS = ["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch",
            "efficiency", "net", "n_in", "n_out", "dtype", "device", "samples", "sgemm_gflops", "sgemm_efficiency", "stream_efficiency"]

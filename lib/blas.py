@@ -10,36 +10,33 @@ several threads at once (measured: two workers on two cores ran at 0.87× one; n
 and two OpenBLAS thread pools in one process spin against each other on a small machine. numpy's
 matmul has no ``beta``, so ``gemm_update`` calls numpy's own library through ctypes (which releases
 the GIL during the call), found with threadpoolctl. Where that library has no CBLAS GEMM under a name
-we know, it falls back to a matmul into a scratch buffer and a second pass over W.
+we know, it falls back to a matmul into a temporary and a second pass over W.
 """
 from __future__ import annotations
 
 import ctypes
-import threading
+import functools
 from pathlib import Path
 
 import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-_lock = threading.RLock()
-_pools = {}  # built once: building a ThreadpoolController scans every loaded library (~1 ms)
+
+@functools.cache  # built once: building a ThreadpoolController scans every loaded library (~1 ms)
+def _all_blas() -> ThreadpoolController:
+    return ThreadpoolController().select(user_api="blas")
 
 
-def _threadpools(numpy_only: bool = False) -> ThreadpoolController:
-    """threadpoolctl's view of every loaded BLAS, or of numpy's alone (numpy_only=True)."""
-    with _lock:
-        if False not in _pools:
-            _pools[False] = ThreadpoolController().select(user_api="blas")
-        if numpy_only and True not in _pools:
-            path = _numpy_blas_path()
-            _pools[True] = _pools[False].select(filepath=path) if path else _pools[False]
-        return _pools[numpy_only]
+@functools.cache
+def _numpy_blas() -> ThreadpoolController:
+    path = _numpy_blas_path()
+    return _all_blas().select(filepath=path) if path else _all_blas()
 
 
 def blas_threads(n: int):
     """Context manager: numpy's BLAS uses ``n`` threads inside it (other libraries keep their own)."""
-    return _threadpools(numpy_only=True).limit(limits=n)
+    return _numpy_blas().limit(limits=n)
 
 
 def gemm_into(A, B, out, trans_a=False, trans_b=False):
@@ -58,13 +55,10 @@ _SYMBOLS = {
     np.float32: [("scipy_cblas_sgemm64_", ctypes.c_int64), ("cblas_sgemm64_", ctypes.c_int64), ("cblas_sgemm", ctypes.c_int32)],
     np.float64: [("scipy_cblas_dgemm64_", ctypes.c_int64), ("cblas_dgemm64_", ctypes.c_int64), ("cblas_dgemm", ctypes.c_int32)],
 }
-_gemms: dict = {}
-
-
 def _numpy_blas_path() -> str | None:
     """The file of the BLAS numpy uses: the one threadpoolctl finds next to numpy (wheels ship it in
     numpy.libs) or, failing that, the only BLAS loaded."""
-    libs = [c.filepath for c in _threadpools().lib_controllers]
+    libs = [c.filepath for c in _all_blas().lib_controllers]
     numpy_dir = Path(np.__file__).resolve().parent
     for path in libs:
         if any(Path(path).resolve().is_relative_to(d) for d in (numpy_dir, numpy_dir.with_name("numpy.libs"))):
@@ -74,13 +68,10 @@ def _numpy_blas_path() -> str | None:
 
 def cblas_gemm(dtype):
     """numpy's CBLAS ``?gemm`` for ``dtype`` as a ctypes function, or None where it cannot be found."""
-    dtype = np.dtype(dtype).type
-    with _lock:
-        if dtype not in _gemms:
-            _gemms[dtype] = _load_gemm(dtype)
-        return _gemms[dtype]
+    return _load_gemm(np.dtype(dtype).type)
 
 
+@functools.cache
 def _load_gemm(dtype):
     path = _numpy_blas_path()
     if path is None or dtype not in _SYMBOLS:
@@ -114,12 +105,12 @@ def axpy(W, G, lr):
             W[i, j] -= lr * G[i, j]
 
 
-def gemm_update(A, D, W, lr, scratch=None):
+def gemm_update(A, D, W, lr):
     """W ← W − lr·AᵀD in one GEMM: alpha = −lr, beta = 1, so the gradient AᵀD is never stored.
 
     A is (B, m), D is (B, n), W is (m, n), all of one float dtype, each a row-major view with unit
     column stride (a block of columns ``A[:, r0:r1]`` with its rows ``W[r0:r1]`` is fine: that is how
-    workers split the update). Without numpy's CBLAS, AᵀD goes to ``scratch`` (allocated if None)
+    workers split the update). Without numpy's CBLAS (or for other layouts), AᵀD goes to a temporary
     and a second pass subtracts it.
     """
     (B, m), n = A.shape, D.shape[1]
@@ -132,6 +123,6 @@ def gemm_update(A, D, W, lr, scratch=None):
         gemm(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, B, -lr, A.ctypes.data, lds[0], D.ctypes.data, lds[1],
              1.0, W.ctypes.data, lds[2])
         return
-    G = np.empty_like(W) if scratch is None else scratch
+    G = np.empty_like(W)
     gemm_into(A, D, G, trans_a=True)
     axpy(W, G, W.dtype.type(lr))

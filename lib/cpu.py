@@ -365,6 +365,10 @@ class MatrixTrainer(_ParamsTrainer):
             raise
         return [first, *(f.result() for f in futures)]
 
+    def _sums_partials(self, parts: int) -> bool:
+        """Whether a step over ``parts`` workers goes through the paper's partial gradients."""
+        return self.update == "partials" and parts > 1
+
     def _prepare(self, X):
         """(B, each worker's rows, activation buffers, delta buffers) for a minibatch X."""
         if self._closed:
@@ -376,7 +380,7 @@ class MatrixTrainer(_ParamsTrainer):
         """Forward and backward on every worker's rows: (B, workers, layer inputs A_{l-1}, deltas, Σ(A − Y)²)."""
         B, rows, acts, deltas = self._prepare(X)
         scale = self.dtype.type(2.0 / B)
-        partials = self.update == "partials" and len(rows) > 1
+        partials = self._sums_partials(len(rows))
 
         def forward_backward(k):
             r0, r1 = rows[k]
@@ -409,7 +413,7 @@ class MatrixTrainer(_ParamsTrainer):
                 for W, G in zip(self.W, self._partials):
                     reduce_update(W, G[:parts], lr, *share(W.shape[0], parts, k))
 
-            if self.update == "partials" and parts > 1:
+            if self._sums_partials(parts):
                 self._run(reduce_partials, parts)
                 for b, gb in zip(self.b, self._partial_b):
                     b -= lr * gb[:parts].sum(axis=0)
@@ -429,7 +433,7 @@ class MatrixTrainer(_ParamsTrainer):
                     c0, c1 = share(gb.shape[0], parts, k)
                     column_sums(D[:, c0:c1], gb[c0:c1])
 
-            if self.update == "partials" and parts > 1:
+            if self._sums_partials(parts):
                 for (gW, gb), G, Gb in zip(grads, self._partials, self._partial_b):
                     np.sum(G[:parts], axis=0, out=gW)
                     np.sum(Gb[:parts], axis=0, out=gb)
