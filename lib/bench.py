@@ -14,7 +14,11 @@ over the time); vs_sgemm (gflops ÷ numpy's 2048³ sgemm at the same number of t
 vs_torch (PyTorch's ms per step ÷ this one, same batch and threads, this run: above 1 is faster);
 efficiency (parallel efficiency: the same trainer's one-thread time ÷ (this time × threads));
 sgemm_efficiency and stream_efficiency (the machine's own ceilings for it, this run: ``threads``
-independent one-thread sgemms, or memory streams, at once against one alone; see ``_Independent``).
+independent one-thread sgemms, or memory streams, at once against one alone; see ``_Independent``);
+sgemm_efficiency_low and rounds_core_lost (the compute-bound ceiling round by round: its lowest value,
+and how many rounds it fell below ``1 − CORE_LOST/threads``, i.e. closer to having one core fewer than
+to having them all; on a shared virtual machine a core is sometimes taken away for a while, and every
+multi-threaded sample of such a round runs at the speed of fewer threads).
 """
 from __future__ import annotations
 
@@ -37,8 +41,10 @@ MAX_CONFIG_S = 20.0  # stop sampling a configuration (after 3 samples) once it h
 REWARM_S = 0.15  # untimed running before each sample (see _time_side_by_side)
 STREAM_MB = 64  # array size of the memory-bound ceiling, per worker: well past the caches
 SGEMM_N = 2048
+CORE_LOST = 0.5  # a round's compute ceiling below 1 − CORE_LOST/threads: a core was missing (see rounds_core_lost)
 COLUMNS = ["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch",
-           "efficiency", "net", "n_in", "n_out", "dtype", "device", "samples", "sgemm_gflops", "sgemm_efficiency", "stream_efficiency"]
+           "efficiency", "net", "n_in", "n_out", "dtype", "device", "samples", "sgemm_gflops", "sgemm_efficiency",
+           "stream_efficiency", "sgemm_efficiency_low", "rounds_core_lost"]
 CEILINGS = ("sgemm", "stream")
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures" / "bench_cpu.csv"
 SKIP_IN_ALL = ("reference",)  # the float64 source of truth is for checking, not racing
@@ -277,6 +283,8 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
     times = {k: float(np.median(s)) for k, s in zip(ref_keys, samples[len(fns):])}
     sgemm = {t: references[t].flops / times[t] / 1e9 for t in counts if t in times}
     ceiling = {(kind, t): times[kind, 1] / times[kind, t] for kind in CEILINGS for t in counts if (kind, t) in times}
+    by_round = {t: np.divide(samples[len(fns) + ref_keys.index(("sgemm", 1))],
+                             samples[len(fns) + ref_keys.index(("sgemm", t))]) for t in counts if ("sgemm", t) in times}
     table = []
     for (impl, net, batch, t), fn, s in zip(rows, fns, samples):
         sec = float(np.median(s))
@@ -288,6 +296,8 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
                           n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s),
                           sgemm_gflops=sgemm.get(t, np.nan), efficiency=np.nan,
                           **{f"{kind}_efficiency": ceiling.get((kind, t), np.nan) for kind in CEILINGS},
+                          sgemm_efficiency_low=by_round[t].min() if t in by_round else np.nan,
+                          rounds_core_lost=int((by_round[t] < 1 - CORE_LOST / t).sum()) if t in by_round else 0,
                           _keep=(impl, net, batch, t) in wanted))
     df = pd.DataFrame(table, columns=[*COLUMNS, "_keep"]).astype({"_keep": bool})
     torch_ms = {(net, batch, t): ms for impl, net, batch, t, ms in
@@ -441,6 +451,10 @@ def main(argv=None) -> pd.DataFrame:
             if len(ceilings):
                 print(f"the machine's ceiling for parallel efficiency, {what} (independent one-thread {kind}s): " +
                       ", ".join(f"{e:.3f} at {t} threads" for t, e in ceilings.items()))
+        for t, row in sub[sub.threads > 1].groupby("threads").first().iterrows():
+            if row.rounds_core_lost:
+                print(f"at {t} threads a core was missing in {row.rounds_core_lost} of {args.repeats} rounds (the round's "
+                      f"compute-bound ceiling fell as low as {row.sgemm_efficiency_low:.2f}): medians absorb fewer than half")
         print(format_table(sub))
     print(f"wrote {out}")
     return df

@@ -36,6 +36,11 @@ def test_run_returns_one_row_per_configuration():
     for ceiling in ("sgemm_efficiency", "stream_efficiency"):
         assert (df[df.threads == 1][ceiling] == 1).all()
         assert ((df[df.threads == 2][ceiling] > 0) & (df[df.threads == 2][ceiling] < 3)).all()
+    # the round-by-round ceiling: its lowest round can be no higher than the ratio of the medians
+    assert (df[df.threads == 1].sgemm_efficiency_low == 1).all() and (df[df.threads == 1].rounds_core_lost == 0).all()
+    two = df[df.threads == 2]
+    assert ((two.sgemm_efficiency_low > 0) & (two.sgemm_efficiency_low <= two.sgemm_efficiency + 1e-12)).all()
+    assert two.rounds_core_lost.between(0, two.samples.max()).all()
     if not bench.trainers.why_unavailable("torch"):
         assert np.isfinite(df.vs_torch).all()
 
