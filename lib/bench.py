@@ -280,11 +280,11 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
             if hasattr(fn, "close"):
                 fn.close()
 
-    times = {k: float(np.median(s)) for k, s in zip(ref_keys, samples[len(fns):])}
+    ref_samples = dict(zip(ref_keys, samples[len(fns):]))
+    times = {k: float(np.median(s)) for k, s in ref_samples.items()}
     sgemm = {t: references[t].flops / times[t] / 1e9 for t in counts if t in times}
     ceiling = {(kind, t): times[kind, 1] / times[kind, t] for kind in CEILINGS for t in counts if (kind, t) in times}
-    by_round = {t: np.divide(samples[len(fns) + ref_keys.index(("sgemm", 1))],
-                             samples[len(fns) + ref_keys.index(("sgemm", t))]) for t in counts if ("sgemm", t) in times}
+    by_round = {t: np.divide(ref_samples["sgemm", 1], ref_samples["sgemm", t]) for t in counts if ("sgemm", t) in times}
     table = []
     for (impl, net, batch, t), fn, s in zip(rows, fns, samples):
         sec = float(np.median(s))
