@@ -16,46 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+from .profiles import PROFILES
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 EXECUTED = ROOT / "build" / "executed"
-
-_DEFAULT = {
-    "02_serial.ipynb": dict(NET="2h", BATCHES=[1, 10, 100, 1000], REPEATS=5, TRAIN_NET="1h",
-                            TRAIN_EXAMPLES=50_000, EPOCHS=5, BATCH_SIZE=50, LR=0.1),
-    "03_threads.ipynb": dict(BATCHES=[10, 100, 1000], THREADS=[1, 2], REPEATS=5, HOGWILD_EXAMPLES=20_000,
-                             HOGWILD_EPOCHS=5),
-    "06_mpi_sgd.ipynb": dict(processes=[1, 2, 3, 4], subset=5000, epochs=5, bench_steps=10,
-                             measure_nets=["1h", "2h"]),
-    # Net-1h: with sigmoid + MSE, Net-2h at lr 0.1 sits on a plateau (10% accuracy) for several epochs,
-    # which would make "epochs to reach the threshold" meaningless; Net-1h crosses 0.6 in about 3 epochs
-    "07_data_vs_model_parallel.ipynb": dict(net="1h", subset=5000, epochs=5, batch_size=50,
-                                            val_loss_threshold=0.6, sweep_batch=1000),
-    "05_speedup.ipynb": [
-        dict(net="1h", dataset="mnist", batch_sizes=[1, 10, 100, 1000], threads=[1, 2], n_steps=5, label="full"),
-        dict(net="2h", dataset="mnist", batch_sizes=[10, 100, 1000], threads=[1, 2], n_steps=5, label="full"),
-        dict(net="1h", dataset="kddcup99", batch_sizes=[10, 100, 1000], threads=[1, 2], n_steps=5, label="full"),
-    ],
-    # the paper's setting on all of MNIST: grid search on the validation split, then 45 epochs (>= 97.5%)
-    "08_accuracy.ipynb": dict(train_examples=50_000, grid_examples=50_000, lrs=[0.03, 0.1, 0.2], grid_epochs=1,
-                              batch_size=10, epochs=45, expect_test_acc=0.975),
-}
-
-_PAPER = {
-    **_DEFAULT,
-    "02_serial.ipynb": dict(_DEFAULT["02_serial.ipynb"], REPEATS=7, EPOCHS=20),
-    "03_threads.ipynb": dict(_DEFAULT["03_threads.ipynb"], REPEATS=7, HOGWILD_EXAMPLES=50_000, HOGWILD_EPOCHS=10),
-    "06_mpi_sgd.ipynb": dict(_DEFAULT["06_mpi_sgd.ipynb"], subset=None, bench_steps=20),
-    "07_data_vs_model_parallel.ipynb": dict(_DEFAULT["07_data_vs_model_parallel.ipynb"], subset=None, epochs=5),
-    "05_speedup.ipynb": [
-        dict(run, batch_sizes=[1, 10, 100, 1000, 10_000] if run["net"] == "1h" else [10, 100, 1000, 10_000],
-             n_steps=7, label="paper")
-        for run in _DEFAULT["05_speedup.ipynb"]
-    ],
-    "08_accuracy.ipynb": dict(_DEFAULT["08_accuracy.ipynb"], lrs=[0.01, 0.03, 0.1, 0.2], grid_epochs=2, epochs=60),
-}
-
-PROFILES: dict[str, dict[str, dict | list[dict]]] = {"default": _DEFAULT, "paper": _PAPER}
 
 
 def notebooks() -> list[Path]:
