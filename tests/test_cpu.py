@@ -105,12 +105,72 @@ def test_predict_and_params_round_trip():
             assert_params_close(t.params, params, atol=0)
 
 
+TINY = np.finfo(np.float32).tiny  # float32's smallest normal number, 2**-126 ≈ 1.18e-38
+
+
+def sigmoid_inputs():
+    """The usual range, and a fine grid where σ(z) crosses float32's smallest normal (z ≈ −87.34) down
+    to where even its subnormals end (z ≈ −103.3), plus the edges of the exp polynomial's clamp."""
+    return np.concatenate([np.linspace(-120, 120, 20001), np.linspace(-103.5, -87.0, 4001),
+                           [0.0, -1e-8, 1e-8, 88.5, -88.5, -87.0, 88.0, -87.3365, -87.3366]]).astype(np.float32)
+
+
+def check_sigmoid_semantics(z, out):
+    """The stated semantics (parbp.cpu.sigmoid): σ(z) to float32 rounding where it is a normal float32,
+    exactly 0 below; inside the rounding band around 2**-126, either — but never a subnormal."""
+    want = reference.sigmoid(z.astype(np.float64))
+    normal, below = want >= TINY * (1 + 1e-6), want < TINY * (1 - 1e-6)
+    assert normal.sum() > 15000 and below.sum() > 3000  # both sides are really exercised
+    np.testing.assert_allclose(out[normal], want[normal], rtol=1e-6, atol=0)
+    assert not out[below].any(), f"nonzero below 2**-126 at z = {z[below][out[below] != 0][:5]}"
+    assert not ((out > 0) & (out < TINY)).any(), "a subnormal result"
+
+
 def test_fused_sigmoid_matches_float64():
-    z = np.concatenate([np.linspace(-120, 120, 20001), [0.0, -1e-8, 1e-8, 88.5, -88.5]]).astype(np.float32)
+    z = sigmoid_inputs()
     out = z[None, :].copy()
     cpu.bias_sigmoid(out, np.zeros(z.size, np.float32))
-    want = reference.sigmoid(z.astype(np.float64))
-    np.testing.assert_allclose(out[0], want, rtol=1e-6, atol=1e-38)
+    check_sigmoid_semantics(z, out[0])
+
+
+# LLVM targets whose code for the sigmoid differs (the Intel failure was skylake-avx512/sapphirerapids
+# tuning: a reciprocal estimate), with the /proc/cpuinfo flags this CPU needs to run their code
+CODEGEN_TARGETS = {"x86-64": [], "haswell": ["avx2", "fma"], "skylake-avx512": ["avx512f", "avx512bw", "avx512vl"],
+                   "znver4": ["avx512f", "avx512bw", "avx512vl", "sse4a"],
+                   "sapphirerapids": ["avx512f", "avx512bw", "avx512vl", "avx512_fp16", "amx_tile"]}
+
+
+def cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def test_fused_sigmoid_is_the_same_for_every_cpu_target(tmp_path):
+    """The kernel compiled by numba for each x86-64 CPU type this machine can run gives the stated semantics
+    (numba compiles for the CPU it finds; NUMBA_CPU_NAME makes it compile for another one here)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 code generation only")
+    flags = cpu_flags()
+    targets = [t for t, need in CODEGEN_TARGETS.items() if set(need) <= flags]
+    z = sigmoid_inputs()
+    np.save(tmp_path / "z.npy", z)
+    code = ("import sys, numpy as np; from parbp import cpu; z = np.load(sys.argv[1]); o = z[None].copy(); "
+            "cpu.bias_sigmoid(o, np.zeros(z.size, np.float32)); np.save(sys.argv[2], o[0])")
+    runs = {t: subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "z.npy"), str(tmp_path / f"{t}.npy")],
+                                env={**os.environ, "NUMBA_CPU_NAME": t, "NUMBA_CACHE_DIR": str(tmp_path / t)},
+                                stderr=subprocess.PIPE, text=True) for t in targets}
+    for t, p in runs.items():
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, f"{t}: {err[-2000:]}"
+        check_sigmoid_semantics(z, np.load(tmp_path / f"{t}.npy"))
 
 
 def test_more_workers_than_examples():
