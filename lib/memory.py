@@ -1,0 +1,249 @@
+"""The memory footprint of training (seed 002's "VGG memory footprint" slides), per trainer and network.
+
+Seed 002 counts what training must keep: the weights, the outputs of every layer from the forward pass
+(they cannot be freed once the next layer has consumed them: the backward pass reads them), the gradients
+of those outputs, the per-weight gradients, optionally momentum ("multiply by 3"), all activations times
+the minibatch size. Here each trainer of this study gets its own formula, read from its code, because
+they keep different things:
+
+    serial-example   weights + one gradient accumulator per weight + one example's vectors: no B term
+    serial-blas, blas-parallel, threads, hybrid, hogwild
+                     weights + activations and deltas of the whole minibatch (buffers sized to the largest
+                     B seen); no gradient, because the update W ← W − lr·AᵀΔ is one GEMM into W
+    threads/hybrid with update="partials"
+                     + p partial gradients, one weight-sized copy per worker (the paper's pthreads design)
+    numpy            weights + activations + every layer's gradient (kept until the update) + the
+                     temporaries numpy's expressions create, phase by phase
+    reference        as numpy, in float64, with the temporaries of its overflow-safe sigmoid
+    numba-cuda, cupy (device memory, by formula only) weights + device copies of X and Y + activations
+                     and deltas (+ small reduction buffers); kept per batch size, up to 4 sizes
+
+``footprint(trainer, sizes, B)`` lists the terms in bytes; ``measure_peak`` measures the same thing: the
+peak of the bytes a trainer holds during one step (its weights, the minibatch and everything the step
+allocates), traced with ``tracemalloc``, to which numpy reports every array it allocates. BLAS's own
+scratch (OpenBLAS allocates it once per thread, outside numpy) is not the trainer's and is not counted.
+"""
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .nets import n_params
+
+#: numpy operates in place on a temporary operand (``t * A`` writes into ``t``) from this size up
+#: (NPY_MIN_ELIDE_BYTES in numpy's temp_elide.c); below it every operator allocates a new array
+ELIDE_BYTES = 256 * 1024
+
+#: trainers whose allocations numpy reports to tracemalloc (the library baselines allocate through
+#: torch's or PyTensor's own allocators and the GPU trainers on the device)
+CPU_TRAINERS = ("reference", "numpy", "serial-example", "serial-blas", "threads", "blas-parallel", "hybrid",
+                "hogwild")
+GPU_TRAINERS = ("numba-cuda", "cupy")
+_MATRIX = ("serial-blas", "threads", "blas-parallel", "hybrid", "hogwild")
+
+
+@dataclass(frozen=True)
+class Term:
+    """One thing a trainer keeps during a step, in bytes at a given batch size."""
+
+    what: str
+    nbytes: int
+    scales_with_batch: bool
+
+
+def _check(sizes, batch):
+    sizes = [int(s) for s in sizes]
+    if len(sizes) < 2 or any(s < 1 for s in sizes):
+        raise ValueError(f"sizes must be at least two positive layer widths, got {sizes}")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    return sizes, int(batch)
+
+
+def _groups(trainer: str, options: dict) -> int:
+    """Workers that split the minibatch (the trainers' own defaults: 2 on 2 cores)."""
+    from .cpu import CORES
+
+    threads = int(options.get("threads", CORES))
+    if trainer in ("threads", "hogwild"):
+        return threads
+    if trainer == "hybrid":
+        groups = options.get("groups")
+        return (2 if threads % 2 == 0 else 1) if groups is None else int(groups)
+    return 1
+
+
+def footprint(trainer: str, sizes, batch: int, dtype=None, **options) -> list[Term]:
+    """What ``trainer`` holds at its peak during one SGD step on a minibatch of ``batch`` examples.
+
+    ``sizes`` are the layer widths [n_0, ..., n_L]; ``dtype`` defaults to the trainer's (float64 for
+    "reference", float32 otherwise); ``options`` are the trainer's (threads, update, groups).
+    """
+    known = CPU_TRAINERS + GPU_TRAINERS
+    if trainer not in known:
+        raise ValueError(f"no footprint formula for trainer {trainer!r}; formulas exist for {list(known)}")
+    sizes, B = _check(sizes, batch)
+    dtype = np.dtype(dtype or ("float64" if trainer == "reference" else "float32"))
+    s = dtype.itemsize
+    n = sizes
+    P = n_params(n)
+    outputs = sum(n[1:])  # activations per example, every layer but the input
+    terms = [Term("weights and biases", P * s, False),
+             Term("minibatch X, Y", B * (n[0] + n[-1]) * s, True)]
+    if trainer == "serial-example":
+        terms += [Term("gradient accumulators", P * s, False),
+                  Term("one example's activations and deltas", (sum(n) + outputs) * s, False)]
+    elif trainer in _MATRIX:
+        terms += [Term("activations A_1..A_L", B * outputs * s, True),
+                  Term("deltas Δ_1..Δ_L", B * outputs * s, True)]
+        p = min(_groups(trainer, options), B)
+        if options.get("update", "rows") == "partials" and trainer in ("threads", "hybrid") and p > 1:
+            terms.append(Term(f"{p} partial gradients", p * P * s, False))
+    elif trainer in ("numpy", "reference"):
+        terms += _expression_peak(trainer, n, B, s)
+    else:  # GPU: device memory
+        terms += [Term("device activations A_1..A_L", B * outputs * s, True),
+                  Term("device deltas Δ_1..Δ_L", B * outputs * s, True)]
+        if trainer == "cupy":
+            terms.append(Term("bias-gradient buffers", outputs * s, False))
+        else:
+            from .cuda import reduce_blocks
+
+            terms.append(Term("loss partial sums (float64)", reduce_blocks(B, n[-1]) * 8, False))
+    return terms
+
+
+def _expression_peak(trainer, n, B, s) -> list[Term]:
+    """The numpy and reference trainers write a step as array expressions: every operator returns a new
+    array (or, from ELIDE_BYTES up, reuses a temporary operand). Their peak is the largest of the phases
+    below, each listing what is alive at its highest point (read from ``numpy_trainer`` / ``reference``)."""
+    L = len(n) - 1
+    A = [B * w * s for w in n]      # bytes of each layer's activations (A[0] is the minibatch X)
+    W = [n[l] * n[l + 1] * s + n[l + 1] * s for l in range(L)]  # bytes of each layer's (dW, db)
+
+    def new(nbytes):  # arrays one elementwise operator on a temporary of nbytes leaves alive
+        return 1 if nbytes >= ELIDE_BYTES else 2
+
+    phases = []
+    for l in range(1, L + 1):  # forward through layer l
+        if trainer == "numpy":  # 1/(1 + exp(-(A W + b))): exp is a call, never elided, so 2 alive
+            temps = 2 * A[l]
+        else:  # sigmoid(z): z, out, the mask pos (1 byte per entry), then the negative branch
+            # ez = exp(z[~pos]); out[~pos] = ez / (1 + ez): 3 arrays of the (1 - f) negatives alive,
+            # with f = 1/2, the share of positive pre-activations at a symmetric initialization
+            temps = 2 * A[l] + 2 * (A[l] // s) + 3 * A[l] // 2
+        phases.append((f"forward layer {l}", sum(A[1:l]) + temps))
+    kept = sum(A[1:]) + A[L]  # all activations + err = A_L − Y, alive to the end of the backward pass
+    for l in range(L, 0, -1):  # backward: grads[l] = (A_{l-1}ᵀ Δ_l, Σ Δ_l), then Δ_{l-1}
+        grads = sum(W[l - 1:])
+        phases.append((f"gradient of layer {l}", kept + A[l] + grads))
+        if l > 1:  # Δ_{l-1} = (Δ_l W_lᵀ) ∘ A ∘ (1 − A): the old Δ, (Δ W)∘A and (1 − A), + one more if small
+            phases.append((f"delta of layer {l - 1}", kept + A[l] + grads + (1 + new(A[l - 1])) * A[l - 1]))
+    # update W -= lr * dW: every gradient and one weight-sized temporary (lr * dW)
+    phases.append(("update", sum(W) + max(W)))
+    name, nbytes = max(phases, key=lambda p: p[1])
+    return [Term(f"step temporaries at their peak ({name})", nbytes, True)]
+
+
+def footprint_bytes(trainer: str, sizes, batch: int, dtype=None, **options) -> int:
+    return sum(t.nbytes for t in footprint(trainer, sizes, batch, dtype, **options))
+
+
+def footprint_table(trainer: str, sizes, batches, dtype=None, **options) -> pd.DataFrame:
+    """One row per term and batch size: the footprint's anatomy."""
+    rows = []
+    for B in batches:
+        for t in footprint(trainer, sizes, B, dtype, **options):
+            rows.append({"trainer": trainer, "batch": B, "term": t.what, "bytes": t.nbytes,
+                         "scales_with_batch": t.scales_with_batch})
+    return pd.DataFrame(rows)
+
+
+def layer_table(sizes, batch: int, dtype="float32") -> pd.DataFrame:
+    """Seed 002's VGG table for an MLP: per layer the weights' memory, the output size per example, its
+    memory per example and at ``batch``, and what training adds (output gradients Δ, weight gradients)."""
+    sizes, B = _check(sizes, batch)
+    s = np.dtype(dtype).itemsize
+    rows = [{"layer": f"input ({sizes[0]})", "weights_bytes": 0, "output_per_example": sizes[0],
+             "output_bytes_per_example": sizes[0] * s, "outputs_bytes_at_batch": B * sizes[0] * s,
+             "deltas_bytes_at_batch": 0, "weight_gradient_bytes": 0}]
+    for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        w = (a * b + b) * s
+        rows.append({"layer": f"fully-connected {a}x{b}", "weights_bytes": w, "output_per_example": b,
+                     "output_bytes_per_example": b * s, "outputs_bytes_at_batch": B * b * s,
+                     "deltas_bytes_at_batch": B * b * s, "weight_gradient_bytes": w})
+    df = pd.DataFrame(rows)
+    total = df.drop(columns="layer").sum()
+    df.loc[len(df)] = {"layer": "total", **total.to_dict()}
+    return df
+
+
+def max_batch(trainer: str, sizes, memory_bytes: int, dtype=None, limit: int = 1 << 40, **options) -> int:
+    """The largest minibatch whose footprint fits in ``memory_bytes`` (0 if not even one example fits).
+    Every footprint grows with B, so a bisection finds it."""
+    if memory_bytes <= 0:
+        raise ValueError(f"memory_bytes must be positive, got {memory_bytes}")
+    fits = lambda B: footprint_bytes(trainer, sizes, B, dtype, **options) <= memory_bytes
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi < limit and fits(hi):
+        lo, hi = hi, hi * 2
+    if hi >= limit and fits(limit):
+        return limit  # no B term: any batch fits (serial-example keeps one example at a time)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def measure_peak(trainer: str, net, batch: int, n_in: int = 784, n_out: int = 10, dtype=None, seed: int = 0,
+                 **options) -> int:
+    """Peak bytes traced during one step of a fresh ``trainer`` on a random minibatch of ``batch`` examples:
+    its weights, the minibatch and everything the step allocates (what ``footprint`` predicts).
+
+    The trainer is built and the minibatch made while tracing (so both count), then the peak is reset:
+    building casts float64 initial weights, a transient that is not part of training. A warm-up step on
+    another instance first loads the numba kernels, whose compilation would otherwise be traced.
+    """
+    from . import trainers
+
+    _, B = _check([n_in, n_out], batch)
+    cls = trainers.get(trainer)
+    with cls(net=net, n_in=n_in, n_out=n_out, dtype=dtype, seed=seed, **options) as warm:
+        rng = np.random.default_rng(seed)
+        X = rng.random((2, n_in)).astype(warm.dtype)
+        warm.step(X, X[:, :n_out], 0.1)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        t = cls(net=net, n_in=n_in, n_out=n_out, dtype=dtype, seed=seed, **options)
+        X = rng.random((B, n_in), dtype=np.float64).astype(t.dtype)
+        Y = np.eye(n_out, dtype=t.dtype)[rng.integers(0, n_out, B)]
+        gc.collect()
+        tracemalloc.reset_peak()
+        t.step(X, Y, 0.1)
+        peak = tracemalloc.get_traced_memory()[1]
+        t.close()
+    finally:
+        tracemalloc.stop()
+    return peak
+
+
+def compare(trainer: str, net, batches, n_in: int = 784, n_out: int = 10, dtype=None, **options) -> pd.DataFrame:
+    """Formula against measurement at each batch size (``ratio`` = formula / measured)."""
+    from .nets import layer_sizes
+
+    sizes = layer_sizes(net, n_in, n_out)
+    rows = []
+    for B in batches:
+        formula = footprint_bytes(trainer, sizes, B, dtype, **options)
+        measured = measure_peak(trainer, net, B, n_in, n_out, dtype, **options)
+        rows.append({"trainer": trainer + "".join(f" {k}={v}" for k, v in options.items()), "net": str(net),
+                     "batch": B, "formula_bytes": formula, "measured_bytes": measured,
+                     "ratio": formula / measured})
+    return pd.DataFrame(rows)
