@@ -1,98 +1,209 @@
-"""Data and model parallelism on ipyparallel engines (seed 004), driven from a notebook.
+"""Data and model parallelism on ipyparallel engines that form one MPI world (seed 004).
 
-    with Engines(n=2) as eng:                                  # starts ipp.Cluster(n=2) on this machine
-        dp = DataParallel(eng, ds, net="1h")                   # engines hold shards, the client reduces
-        mp = ModelParallel(eng, ds, net="2h", micro_batches=4) # consecutive layers on different engines
-        history = mp.fit(epochs=2, batch_size=100, lr=0.1)
+    with Engines(n=2) as eng:                        # ipp.Cluster(engines="mpi", n=2): ranks 0..n-1 of one world
+        dp = DataParallel(eng, ds, net="2h")         # shards on the engines, one Allreduce per step
+        mp = ModelParallel(eng, ds, net="2h", schedule="1f1b", micro_batches=8)
+        history = mp.fit(epochs=2, batch_size=1000, lr=0.1)
 
-An existing cluster (say ``ipcluster start -n 2 --profile=parbp``) is used with ``Engines(n=2, profile="parbp")``;
-``Engines`` then only connects, and leaves the cluster running when it is closed.
+A cluster you started yourself is found by its profile and only connected to (it keeps running when closed):
 
-Data parallel: every engine holds a shard of the training set and a replica of the network. Each step
-the client sends every engine the reduced gradient of the previous step (the engines apply it) and the
-indices of its slice of the next minibatch; the engines return their partial gradients, weighted by
-slice size, packed in one vector; the client sums them. One round trip per step.
+    ipcluster start --engines=MPI -n 2 --profile=parbp      # then Engines(n=2, profile="parbp")
 
-Model parallel: the layers are split into consecutive stages, one per engine. ipyparallel engines do not
-talk to each other, so activations go stage -> client -> next stage, and deltas come back the same way.
-With ``micro_batches=m`` > 1 the minibatch is cut into m micro-batches and the client submits them as
-soon as their input is ready (GPipe): stage 0 works on micro-batch 2 while stage 1 works on micro-batch 1,
-all forwards first, then all backwards, gradients accumulated and applied once per minibatch, so the
-update is exactly the serial trainer's. Every stage records when it was busy; the idle ("bubble")
-fraction of a step is compared with the GPipe theory (p - 1) / (m + p - 1).
+The client never carries a tensor while training. It ships each engine its data and layers once, then
+submits coarse pieces of work (an epoch, or a block of steps) and collects metrics; the engines exchange
+tensors with mpi4py:
 
-Faults: every wait on an engine has a deadline (``timeout``); an engine that dies or stops answering
-raises ``EngineFailure`` naming it, instead of hanging the notebook.
+  data parallel   each engine holds a shard of the training set and a replica of the network, computes
+                  the gradient of its slice of every minibatch with the best single-core trainer, and joins
+                  one Allreduce of one packed buffer: ``parbp.mpi.allreduce_step``, the same code as
+                  ``mpiexec python -m parbp.mpi --mode allreduce``.
+  model parallel  consecutive layers per engine (``parbp.pipeline``: split to balance FLOPs, schedules
+                  plain / GPipe / 1F1B); activations go forward and deltas backward point to point, sent
+                  with Isend so a stage computes its next task while its message travels.
+
+Faults: every MPI wait on an engine has a deadline (``timeout``): a rank whose peer died or stopped raises
+instead of blocking forever. The client polls its results and the engine processes, and raises
+``EngineFailure`` naming the engine within a few seconds; the MPI world is then broken, and ``Engines``
+says so if used again (start new ones).
 """
 from __future__ import annotations
 
 import concurrent.futures
 import itertools
 import logging
+import re
+import socket
 import time
+from itertools import islice
 
 import numpy as np
 import pandas as pd
 
-from .mpi import Flat, epoch_order, evaluate, lr_at, minibatches
+from . import pipeline
+from .mpi import Flat, allreduce_step, default_impl, epoch_order, evaluate, lr_at, minibatches
 
 
 class EngineFailure(RuntimeError):
     """An engine died, raised, or did not answer in time; the message says which and what it was doing."""
 
 
+class PeerTimeout(RuntimeError):
+    """Raised on an engine whose MPI wait passed its deadline: a peer has died or stopped."""
+
+
 # --------------------------------------------------------------------------------------------
-# The engines
+# The engines (client side)
 
 
 class Engines:
-    """``n`` ipyparallel engines: started here with ``ipp.Cluster(n=n)``, or those of a running cluster
-    found through ``profile``. Each engine pins its BLAS to one thread (one engine per core)."""
+    """``n`` ipyparallel engines forming one MPI world: started here with ``ipp.Cluster(engines="mpi")``,
+    or those of a running cluster found through ``profile``. Each engine pins its BLAS to one thread.
 
-    def __init__(self, n: int = 2, profile: str | None = None, timeout: float = 20.0, start_timeout: float = 120.0):
+    ``timeout`` bounds every MPI wait on the engines and every client wait that is not a training piece;
+    ``mpi=False`` starts plain engines (enough for ``parbp.ipp_relay``, which does not use MPI)."""
+
+    def __init__(self, n: int = 2, profile: str | None = None, timeout: float = 10.0, start_timeout: float = 120.0,
+                 mpi: bool = True):
         import ipyparallel as ipp
 
-        if n < 1:
-            raise ValueError(f"need at least 1 engine, got n={n}")
-        self.timeout, self.cluster = timeout, None
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"need at least 1 engine, got n={n!r}")
+        self.n, self.timeout, self.mpi, self.cluster, self.broken = int(n), timeout, mpi, None, None
         if profile is None:
+            from traitlets.config import Config
+
+            from .mpi import mpiexec
+
+            config = Config()
+            config.MPIEngineSetLauncher.mpi_cmd = [mpiexec()]  # the venv's MPICH, whatever PATH says
             # ERROR: stopping engines makes them exit non-zero, and the launcher would dump their logs as warnings
-            self.cluster = ipp.Cluster(n=n, log_level=logging.ERROR)
+            self.cluster = ipp.Cluster(n=self.n, engines="mpi" if mpi else "local", log_level=logging.ERROR,
+                                       config=config)
             self.rc = self.cluster.start_and_connect_sync()
         else:
             self.rc = ipp.Client(profile=profile)
         try:
-            self.rc.wait_for_engines(n, timeout=start_timeout)
+            self.rc.wait_for_engines(self.n, timeout=start_timeout)
         except TimeoutError:
             self.close()
             raise EngineFailure(f"only {len(self.rc.ids)} of {n} engines came up within {start_timeout:g} s") from None
-        self.ids = sorted(self.rc.ids)[:n]
-        self.pids = self.get([self.submit(e, _engine_init) for e in self.ids], "starting up")
+        ids = sorted(self.rc.ids)[:self.n]
+        self.ids, self.pids, self.local = ids, [], []
+        info = self._wait([self.submit(e, _engine_init, timeout, mpi) for e in ids], "starting up", self.timeout + 20)
+        if not mpi:  # no ranks: number the engines in id order
+            info = [{**i, "rank": r} for r, i in enumerate(info)]
+        self.rank_of = {e: i["rank"] for e, i in zip(ids, info)}
+        if mpi:
+            sizes = {i["size"] for i in info}
+            if sizes != {self.n} or sorted(self.rank_of.values()) != list(range(self.n)):
+                self.close()
+                raise EngineFailure(f"the {self.n} engines are not one MPI world of {self.n} ranks (MPI sizes {sorted(sizes)}); "
+                                    f"start them with: ipcluster start --engines=MPI -n {self.n} --profile=NAME")
+        self.ids = sorted(ids, key=self.rank_of.get)  # self.ids[r] is the engine of MPI rank r
+        self.pids = [i["pid"] for i in sorted(info, key=lambda i: i["rank"])]
+        self.local = [i["host"] == socket.gethostname() for i in sorted(info, key=lambda i: i["rank"])]
 
+    # -- submitting and waiting ---------------------------------------------------------------
     def submit(self, engine: int, fn, *args):
         ar = self.rc[engine].apply_async(fn, *args)
         ar.parbp_engine = engine  # for error messages: which engine this result is waiting on
         return ar
 
-    def get(self, results, what: str):
-        """The values of ``results`` (AsyncResults), or EngineFailure after ``timeout`` seconds."""
-        done, pending = concurrent.futures.wait(results, timeout=self.timeout)
-        if pending:
-            alive = set(self.rc.ids)
-            lost = [e for e in self.ids if e not in alive]
-            who = f"engine(s) {lost} died" if lost else f"engine(s) {sorted({r.parbp_engine for r in pending})} stopped answering"
-            raise EngineFailure(f"{who}: no answer while {what} within {self.timeout:g} s")
-        out = []
-        for r in results:
-            try:
-                out.append(r.get(0))
-            except Exception as e:  # EngineError (engine died), RemoteError (it raised), ...
-                raise EngineFailure(f"engine {r.parbp_engine} failed while {what}: {type(e).__name__}: {e}") from e
-        return out
+    def run(self, calls, what: str, deadline: float | None = None):
+        """Submit ``calls`` ([(engine, fn, args), ...]) at once, return their values in order. Raises
+        EngineFailure when an engine fails, dies, is stopped, or (``deadline`` seconds) does not answer."""
+        if self.broken:
+            raise EngineFailure(f"these engines are unusable after an earlier failure ({self.broken}); "
+                                f"close them and start new Engines")
+        return self._wait([self.submit(e, fn, *args) for e, fn, args in calls], what, deadline)
 
+    def get(self, results, what: str):
+        """The values of already submitted ``results``, within ``timeout`` seconds (parbp.ipp_relay)."""
+        return self._wait(results, what, self.timeout)
+
+    def _wait(self, results, what, deadline):
+        t_end = None if deadline is None else time.monotonic() + deadline
+        while True:
+            done, pending = concurrent.futures.wait(results, timeout=0.2, return_when=concurrent.futures.FIRST_EXCEPTION)
+            failed = [r for r in done if r.exception() is not None]
+            if failed:
+                self._fail(failed, [r for r in results if not r.done()], what)
+            if not pending:
+                return [r.get(0) for r in results]
+            gone = self._lost_engines()
+            if gone:
+                self._break(f"{gone} while {what}")
+            if t_end is not None and time.monotonic() > t_end:
+                self._break(f"engine(s) {sorted({r.parbp_engine for r in pending})} stopped answering: "
+                            f"no answer while {what} within {deadline:g} s")
+
+    def _lost_engines(self) -> str:
+        """'engine(s) [..] died' / 'stopped' from the engine processes we can see, '' if all look alive."""
+        import psutil
+
+        dead, stopped = [], []
+        for e, pid, local in zip(self.ids, self.pids, self.local):
+            if not local:
+                continue
+            try:
+                status = psutil.Process(pid).status()
+            except psutil.NoSuchProcess:
+                status = psutil.STATUS_DEAD
+            if status in (psutil.STATUS_DEAD, psutil.STATUS_ZOMBIE):
+                dead.append(e)
+            elif status == psutil.STATUS_STOPPED:
+                stopped.append(e)
+        if self.cluster is None or not self.cluster.engines or not (dead or stopped):
+            return " and ".join(filter(None, [f"engine(s) {dead} died" if dead else "",
+                                              f"engine(s) {stopped} stopped answering (the process is stopped)" if stopped else ""]))
+        if len(dead) > 1:  # mpiexec ends the whole world when one rank dies: its log says which one it was
+            first = self._first_dead()
+            if first is not None:
+                return f"engine {first} died (MPI rank {self.rank_of[first]}; mpiexec then ended the others: {dead})"
+        return " and ".join(filter(None, [f"engine(s) {dead} died" if dead else "",
+                                          f"engine(s) {stopped} stopped answering (the process is stopped)" if stopped else ""]))
+
+    def _first_dead(self):
+        try:
+            out = "".join(es.get_output() or "" for es in self.cluster.engines.values())
+        except Exception:  # the log is a convenience; never let it hide the failure itself
+            return None
+        for pid in re.findall(r"PID (\d+) RUNNING AT", out):
+            if int(pid) in self.pids:
+                return self.ids[self.pids.index(int(pid))]
+        return None
+
+    def _fail(self, failed, pending, what):
+        r = failed[0]
+        err = r.exception()
+        ename = getattr(err, "ename", type(err).__name__)
+        message = getattr(err, "evalue", str(err))
+        if ename == "PeerTimeout":
+            # the rank that timed out is a victim; the culprits are the ranks that are still busy (or named)
+            culprits = sorted({p.parbp_engine for p in pending})
+            if not culprits:
+                m = re.search(r"rank (\d+)", message)
+                culprits = [self.ids[int(m.group(1))]] if m and int(m.group(1)) < len(self.ids) else []
+            gone = self._lost_engines()
+            who = gone or f"engine(s) {culprits} stopped answering"
+            self._break(f"{who} while {what}: engine {r.parbp_engine} reports {message}")
+        if ename in ("EngineError", "CompositeError") or "died" in message or "unregistered" in message:
+            self._break(f"engine {r.parbp_engine} died while {what}: {ename}: {message}")
+        if self.mpi and len(self.ids) > 1:
+            self.broken = f"engine {r.parbp_engine} raised {ename} while {what}"  # its peers may wait on it now
+        raise EngineFailure(f"engine {r.parbp_engine} failed while {what}: {ename}: {message}") from err
+
+    def _break(self, message):
+        self.broken = message
+        raise EngineFailure(message)
+
+    # -- lifetime -----------------------------------------------------------------------------
     def close(self):
         if self.cluster is not None:
-            self.cluster.stop_cluster_sync()  # ours: stop it
+            try:
+                self.cluster.stop_cluster_sync()  # ours: stop it
+            except Exception:  # engines that were killed make the launcher's stop complain; they are gone either way
+                pass
         else:
             self.rc.close()  # somebody else's: just disconnect
 
@@ -103,323 +214,397 @@ class Engines:
         self.close()
 
 
-# Engine-side state and functions. The engines import this module, so the functions travel by reference.
-# Every model object keeps its state under its own key, so several can share the same engines.
+# --------------------------------------------------------------------------------------------
+# Engine side: state, MPI with deadlines. The engines import this module, so functions travel by reference;
+# every model object keeps its state under its own key, so several can share the same engines.
+
 _state: dict = {}
 _keys = itertools.count()
 
 
-def _engine_init():
+def _engine_init(timeout, mpi: bool):
     import os
 
     from threadpoolctl import threadpool_limits
 
     _state.clear()
     _state["blas"] = threadpool_limits(1)  # kept alive: the limit holds for the engine's lifetime
-    return os.getpid()
+    rank, size = 0, 1
+    if mpi:  # ipyparallel's MPI engines have initialized MPI already
+        from mpi4py import MPI
+
+        _state["comm"] = BoundedComm(MPI.COMM_WORLD, timeout)
+        rank, size = MPI.COMM_WORLD.rank, MPI.COMM_WORLD.size
+    return {"rank": rank, "size": size, "pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _comm() -> "BoundedComm":
+    if "comm" not in _state:
+        raise RuntimeError("this engine is not part of an MPI world; start the engines with ipp.Cluster(engines='mpi') "
+                           "or ipcluster start --engines=MPI")
+    return _state["comm"]
+
+
+class BoundedComm:
+    """An MPI communicator whose every wait has a deadline: non-blocking calls polled with ``Test``.
+
+    It also stands in for ``parbp.mpi``'s communicator and watchdog in ``allreduce_step`` (``Allreduce``
+    and ``wait(what)``), so the data-parallel step is that function, unchanged."""
+
+    def __init__(self, comm, timeout: float):
+        self.comm, self.timeout, self.rank, self.size = comm, timeout, comm.rank, comm.size
+        self._what = "an MPI exchange"
+
+    def complete(self, request, what: str, peer: int | None = None):
+        """Wait for ``request``: spin briefly (a message is often microseconds away), then poll with
+        short sleeps (a waiting rank must not take the core of the rank it waits for), up to the deadline."""
+        if request.Test():
+            return
+        t0 = time.monotonic()
+        spins = 0
+        while not request.Test():
+            spins += 1
+            if spins > 200:
+                time.sleep(50e-6)
+                if time.monotonic() - t0 > self.timeout:
+                    request.Cancel()  # a receive can be cancelled; for other requests this is a no-op
+                    from_whom = f"rank {peer}" if peer is not None else "its peers"
+                    raise PeerTimeout(f"rank {self.rank}: {what} got nothing from {from_whom} for {self.timeout:g} s")
+
+    # the two calls parbp.mpi.allreduce_step makes
+    def wait(self, what: str):
+        import contextlib
+
+        self._what = what
+        return contextlib.nullcontext()
+
+    def Allreduce(self, sendbuf, recvbuf):
+        self.complete(self.comm.Iallreduce(sendbuf, recvbuf), self._what)
+
+    def Isend(self, buf, dest, tag):
+        return self.comm.Isend(buf, dest=dest, tag=tag)
+
+    def recv(self, buf, source, tag, what):
+        self.complete(self.comm.Irecv(buf, source=source, tag=tag), what, peer=source)
+        return buf
+
+    def barrier(self, what):
+        self.complete(self.comm.Ibarrier(), what)
 
 
 # --------------------------------------------------------------------------------------------
-# Data parallel: shards on the engines, the reduction on the client
+# Data parallel: shards on the engines, one Allreduce per step
 
 
-def _dp_setup(key, impl, net, n_in, n_out, seed, X, Y):
+def shard_batches(shard_sizes, rank: int, epoch: int, batch_size: int, seed: int):
+    """Rank ``rank``'s local row indices, step by step: it takes its share of every B-example minibatch
+    from its own shuffled shard. Every rank takes the same number of steps."""
+    p = len(shard_sizes)
+    share = [len(a) for a in np.array_split(np.arange(batch_size), p)]
+    steps = min(n // b for n, b in zip(shard_sizes, share))
+    order = epoch_order(shard_sizes[rank], epoch, seed + 1000 * rank)
+    b = share[rank]
+    for k in range(steps):
+        yield order[k * b:(k + 1) * b]
+
+
+def _dp_setup(key, impl, net, n_in, n_out, seed, X, Y, shard_sizes):
     from . import trainers
 
     t = trainers.get(impl)(net=net, n_in=n_in, n_out=n_out, seed=seed)
-    flat = Flat(t.sizes, t.dtype, extra=1)
-    _state[key] = dict(trainer=t, flat=flat, X=X, Y=Y, buf=flat.empty())
+    flat = Flat(t.sizes, t.dtype, extra=1)  # the extra slot carries the loss
+    buf = flat.empty()
+    _state[key] = dict(trainer=t, flat=flat, buf=buf, grads=flat.views(buf), X=X, Y=Y, shard_sizes=shard_sizes,
+                       seed=seed)
+    t.gradients(X[:2], Y[:2])  # warm-up (numba kernels compile here), not timed
     return len(X)
 
 
-def _dp_step(key, reduced, lr, idx, B):
-    """Apply the previous step's reduced gradient (if any), then return this slice's weighted gradient."""
+def _dp_run(key, epoch, batch_size, lr, first, count):
+    """Steps ``first`` .. ``first + count - 1`` of an epoch (count None: to its end). Returns metrics only."""
+    st, comm = _state[key], _comm()
+    t, X, Y = st["trainer"], st["X"], st["Y"]
+    steps = shard_batches(st["shard_sizes"], comm.rank, epoch, batch_size, st["seed"])
+    losses = []
+    comm.barrier("the start of a block of steps")  # time the block from a common start
     t0 = time.perf_counter()
-    st = _state[key]
-    t, flat, buf = st["trainer"], st["flat"], st["buf"]
-    if reduced is not None:
-        t.apply_gradients(flat.views(reduced), lr)
-    if idx is None:
-        return None, (t0, time.perf_counter())
-    loss, g = t.gradients(st["X"][idx], st["Y"][idx])
-    flat.pack(g, buf, scale=len(idx) / B)
-    buf[-1] = loss * len(idx) / B
-    return buf, (t0, time.perf_counter())
+    for idx in islice(steps, first, None if count is None else first + count):
+        losses.append(allreduce_step(t, st["flat"], st["buf"], st["grads"], X[idx], Y[idx], batch_size, lr, comm, comm))
+    return {"rank": comm.rank, "steps": len(losses), "loss_sum": float(np.sum(losses)),
+            "seconds": time.perf_counter() - t0}
 
 
-def _get_params(key):
+def _dp_params(key):
     return _state[key]["trainer"].params
 
 
 class DataParallel:
-    """Synchronous data-parallel SGD: engines compute partial gradients on their shards, the client reduces."""
+    """Synchronous data-parallel SGD on MPI engines: shards, partial gradients, one Allreduce per step."""
 
     name = "data parallel"
 
-    def __init__(self, engines: Engines, ds, net="1h", impl="numpy", seed: int = 0):
+    def __init__(self, engines: Engines, ds, net="2h", impl: str | None = None, seed: int = 0):
+        if not engines.mpi:
+            raise ValueError("DataParallel needs MPI engines (Engines(mpi=True)); parbp.ipp_relay works without")
         self.eng, self.ds, self.seed, self.key = engines, ds, seed, next(_keys)
+        self.impl = impl or default_impl()
         self.workers = p = len(engines.ids)
-        n = len(ds.X_train)
-        self.shards = np.array_split(np.arange(n), p)
-        self.eval = _local_trainer(net, ds, seed)
-        self.flat = Flat(self.eval.sizes, self.eval.dtype, extra=1)
-        engines.get([engines.submit(e, _dp_setup, self.key, impl, net, ds.n_in, ds.n_out, seed,
-                                    ds.X_train[s], ds.Y_train[s]) for e, s in zip(engines.ids, self.shards)],
-                    "receiving its shard")
+        self.shards = np.array_split(np.arange(len(ds.X_train)), p)
+        self.eval = local_trainer(net, ds, seed)
+        sizes = [len(s) for s in self.shards]
+        engines.run([(e, _dp_setup, (self.key, self.impl, net, ds.n_in, ds.n_out, seed, ds.X_train[s], ds.Y_train[s], sizes))
+                     for e, s in zip(engines.ids, self.shards)], "receiving its shard", engines.timeout + 60)
 
     def batches(self, epoch: int, B: int):
-        """Per step, the local row indices each engine uses: engine i takes its share of the B examples
-        from its own shuffled shard. (``self.shards[i][local]`` are the global rows, for checks.)"""
-        p = len(self.shards)
-        share = [len(a) for a in np.array_split(np.arange(B), p)]
-        orders = [epoch_order(len(s), epoch, self.seed + 1000 * i) for i, s in enumerate(self.shards)]
-        steps = min(len(s) // b for s, b in zip(self.shards, share))
-        for k in range(steps):
-            yield [o[k * b:(k + 1) * b] for o, b in zip(orders, share)]
+        """Per step, every rank's local row indices (``self.shards[r][local]`` are the global rows, for checks)."""
+        sizes = [len(s) for s in self.shards]
+        return zip(*[shard_batches(sizes, r, epoch, B, self.seed) for r in range(self.workers)])
+
+    def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
+        if B < self.workers:
+            raise ValueError(f"batch_size {B} is smaller than the {self.workers} engines; use at least {self.workers}")
+        out = self.eng.run([(e, _dp_run, (self.key, epoch, B, lr, first, count)) for e in self.eng.ids],
+                           "training (data parallel)")
+        r0 = out[0]
+        return {"train_loss": r0["loss_sum"] / max(r0["steps"], 1), "seconds": max(o["seconds"] for o in out),
+                "steps": r0["steps"]}
 
     def train_epoch(self, epoch, B, lr) -> dict:
-        eng, reduced, losses, busy = self.eng, None, [], []
-        t0 = time.perf_counter()
-        for local in self.batches(epoch, B):
-            out = eng.get([eng.submit(e, _dp_step, self.key, reduced, lr, idx, B) for e, idx in zip(eng.ids, local)],
-                          "computing a partial gradient")
-            reduced = np.sum([g for g, _ in out], axis=0)  # the reduction, on the client
-            losses.append(float(reduced[-1]))
-            busy.append([t for _, t in out])
-        eng.get([eng.submit(e, _dp_step, self.key, reduced, lr, None, B) for e in eng.ids], "applying the last gradient")
-        return {"train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, "steps": len(losses)}
+        return self.run_steps(epoch, B, lr)
 
     @property
     def params(self):
-        return self.eng.get([self.eng.submit(self.eng.ids[0], _get_params, self.key)], "sending its parameters")[0]
+        return self.eng.run([(self.eng.ids[0], _dp_params, (self.key,))], "sending its parameters", self.eng.timeout)[0]
 
     def fit(self, epochs, batch_size, lr, lr_decay=0.0):
-        return _fit(self, epochs, batch_size, lr, lr_decay)
+        return fit_history(self, epochs, batch_size, lr, lr_decay)
 
 
 # --------------------------------------------------------------------------------------------
-# Model parallel: consecutive layers on different engines, optionally pipelined
+# Model parallel: consecutive layers per engine, point to point, plain / GPipe / 1F1B
+
+_FORWARD, _BACKWARD = 0, 1
 
 
-def split_layers(sizes, parts: int) -> list[list[int]]:
-    """Consecutive layer indices for each of ``parts`` stages, balancing the weights (~ the FLOPs) per stage."""
-    n_layers = len(sizes) - 1
-    if not 1 <= parts <= n_layers:
-        raise ValueError(f"cannot split {n_layers} layers into {parts} stages; use 1 to {n_layers} engines "
-                         f"(a deeper net, e.g. net='2h', has more layers)")
-    cost = [sizes[l] * sizes[l + 1] for l in range(n_layers)]
-    # try every placement of the cuts (nets here have a handful of layers) and keep the most even one
-    from itertools import combinations
-
-    best = None
-    for cuts in combinations(range(1, n_layers), parts - 1):
-        bounds = [0, *cuts, n_layers]
-        worst = max(sum(cost[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
-        if best is None or worst < best[0]:
-            best = (worst, bounds)
-    bounds = best[1]
-    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+def _tag(kind: int, j: int) -> int:
+    return 2 * j + kind
 
 
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
+def _mp_setup(key, params, layers, sizes, stages, schedule, m, X, Y, n_train, seed):
+    comm = _comm()
+    s = comm.rank
+    _state[key] = dict(stage=pipeline.Stage(params, first=s == 0, last=s == stages - 1), layers=layers, sizes=sizes,
+                       p=stages, m=m, X=X, Y=Y, n=n_train, seed=seed,
+                       tasks=pipeline.stage_tasks(schedule, stages, m, s))
+    # warm-up: compile the numba kernels before anything is timed
+    st = _state[key]["stage"]
+    acts = st.forward(np.zeros((2, sizes[layers[0]]), np.float32))
+    st.backward(acts, np.zeros((2, sizes[layers[-1] + 1]), np.float32))
+    st.gW = [np.zeros_like(W) for W in st.W]
+    st.gb = [np.zeros_like(b) for b in st.b]
+    return s
 
 
-def _stage_setup(key, params, last: bool):
-    _state[key] = dict(params=[(np.array(W, np.float32), np.array(b, np.float32)) for W, b in params],
-                       last=last, acts={}, grads=None, busy=[])
-
-
-def _stage_forward(key, mid, X, Y=None, B=None):
-    """Forward through this stage's layers for micro-batch ``mid`` (eq. 4-5), keeping the activations.
-    The last stage goes on: loss, output delta (scaled by 2/B for the whole minibatch, eq. 7) and its
-    own backward pass; it returns (loss, dA_in) instead of its output."""
+def _mp_step(key, comm, idx, B, lr):
+    """One minibatch on this stage: its tasks in schedule order, messages to and from the neighbours.
+    Returns (sse of the minibatch or 0, busy intervals [(kind, j, start, end)], peak stash bytes, peak count)."""
+    S = _state[key]
+    st, p, m, s, sizes, layers = S["stage"], S["p"], S["m"], comm.rank, S["sizes"], S["layers"]
+    micro = np.array_split(idx, m)
+    acts, sends, busy = {}, [], []
+    sse, stash, peak, peak_n = 0.0, 0, 0, 0
+    width_in, width_out = sizes[layers[0]], sizes[layers[-1] + 1]
+    for kind, j in S["tasks"]:
+        rows = micro[j]
+        if kind == "F":
+            if s == 0:
+                x = S["X"][rows]
+            else:
+                x = comm.recv(np.empty((len(rows), width_in), np.float32), s - 1, _tag(_FORWARD, j),
+                              f"receiving the activations of micro-batch {j} from stage {s - 1}")
+            t0 = time.perf_counter()
+            a = st.forward(x)
+            if s < p - 1:
+                sends.append((comm.Isend(a[-1], s + 1, _tag(_FORWARD, j)), a[-1]))
+            acts[j] = a
+            stash += sum(v.nbytes for v in a)
+            peak, peak_n = max(peak, stash), max(peak_n, len(acts))
+            busy.append(("F", j, t0, time.perf_counter()))
+        else:
+            if s == p - 1:
+                t0 = time.perf_counter()
+                e, delta = st.output_delta(acts[j][-1], S["Y"][rows], B)
+                sse += e
+            else:
+                g = comm.recv(np.empty((len(rows), width_out), np.float32), s + 1, _tag(_BACKWARD, j),
+                              f"receiving the deltas of micro-batch {j} from stage {s + 1}")
+                t0 = time.perf_counter()
+                delta = st.input_delta(g, acts[j][-1])
+            below = st.backward(acts[j], delta)
+            a = acts.pop(j)
+            stash -= sum(v.nbytes for v in a)
+            if below is not None:
+                sends.append((comm.Isend(below, s - 1, _tag(_BACKWARD, j)), below))
+            busy.append(("B", j, t0, time.perf_counter()))
+        sends = [(r, b) for r, b in sends if not r.Test()]  # let finished sends go
+    for r, _ in sends:
+        comm.complete(r, "sending to a neighbouring stage")
     t0 = time.perf_counter()
-    st = _state[key]
-    A = [np.asarray(X, np.float32)]
-    for W, b in st["params"]:
-        A.append(_sigmoid(A[-1] @ W + b))
-    if not st["last"]:
-        st["acts"][mid] = A
-        out = A[-1]
-    else:
-        err = A[-1] - Y
-        loss = float(np.einsum("ij,ij->", err, err, dtype=np.float64)) / B
-        delta = np.float32(2.0 / B) * err * A[-1] * (1.0 - A[-1])
-        out = (loss, _stage_backprop(st, A, delta))
-    st["busy"].append((t0, time.perf_counter()))
-    return out
+    st.update(lr)
+    busy.append(("U", -1, t0, time.perf_counter()))
+    return sse, busy, peak, peak_n
 
 
-def _stage_backward(key, mid, dA, first: bool):
-    """Backward through this stage for micro-batch ``mid``, given dL/d(output activations)."""
+def _mp_run(key, epoch, batch_size, lr, first, count, keep_intervals):
+    """Steps ``first`` .. ``first + count - 1`` of an epoch on this stage; metrics and busy intervals only."""
+    S, comm = _state[key], _comm()
+    batches = islice(minibatches(S["n"], batch_size, epoch, S["seed"]), first, None if count is None else first + count)
+    comm.barrier("the start of a block of steps")
     t0 = time.perf_counter()
-    st = _state[key]
-    A = st["acts"].pop(mid)
-    out = _stage_backprop(st, A, dA * A[-1] * (1.0 - A[-1]), need_input_grad=not first)
-    st["busy"].append((t0, time.perf_counter()))
-    return out
+    sse, steps, busy, peak, peak_n = 0.0, 0, [], 0, 0
+    for idx in batches:
+        e, b, pk, pn = _mp_step(key, comm, idx, batch_size, lr)
+        sse, steps, peak, peak_n = sse + e, steps + 1, max(peak, pk), max(peak_n, pn)
+        if keep_intervals:
+            busy.append(b)
+    return {"rank": comm.rank, "steps": steps, "loss_sum": sse / batch_size, "seconds": time.perf_counter() - t0,
+            "busy": busy, "peak_stash_bytes": peak, "peak_stash_micro_batches": peak_n}
 
 
-def _stage_backprop(st, A, delta, need_input_grad=True):
-    """eqs. 8-9 through this stage's layers, accumulating the weight gradients over micro-batches;
-    returns dL/d(stage input) for the stage before, or None."""
-    params = st["params"]
-    if st["grads"] is None:
-        st["grads"] = [(np.zeros_like(W), np.zeros_like(b)) for W, b in params]
-    for l in range(len(params) - 1, -1, -1):
-        gW, gb = st["grads"][l]
-        gW += A[l].T @ delta
-        gb += delta.sum(axis=0)
-        if l > 0:
-            delta = (delta @ params[l][0].T) * A[l] * (1.0 - A[l])
-    return delta @ params[0][0].T if need_input_grad else None
-
-
-def _stage_update(key, lr):
-    """Apply the accumulated gradient; return this stage's busy intervals of the step."""
-    st = _state[key]
-    for (W, b), (gW, gb) in zip(st["params"], st["grads"]):
-        W -= np.float32(lr) * gW
-        b -= np.float32(lr) * gb
-    st["grads"] = None
-    busy, st["busy"] = st["busy"], []
-    return busy
-
-
-def _stage_params(key):
-    return [(W.copy(), b.copy()) for W, b in _state[key]["params"]]
+def _mp_params(key):
+    return _state[key]["stage"].params
 
 
 class ModelParallel:
-    """Layers split over the engines; ``micro_batches`` = 1 runs the stages strictly in turn, more pipelines."""
+    """The network's layers split over the MPI engines, run with ``schedule`` on ``micro_batches`` per minibatch.
 
-    def __init__(self, engines: Engines, ds, net="2h", micro_batches: int = 1, seed: int = 0):
-        if micro_batches < 1:
-            raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
-        self.eng, self.ds, self.seed, self.m, self.key = engines, ds, seed, micro_batches, next(_keys)
-        self.workers = len(engines.ids)
-        self.name = "model parallel" if micro_batches == 1 else f"pipelined (m={micro_batches})"
-        self.eval = _local_trainer(net, ds, seed)
-        self.stages = split_layers(self.eval.sizes, len(engines.ids))
+    ``schedule``: "plain" (one micro-batch), "gpipe" or "1f1b" (``parbp.pipeline``). Every schedule sums the
+    micro-batch gradients and updates once per minibatch: the serial algorithm, on ``minibatches``' order."""
+
+    def __init__(self, engines: Engines, ds, net="2h", schedule: str = "1f1b", micro_batches: int = 1, seed: int = 0):
+        pipeline.check_schedule(schedule, micro_batches)
+        if not engines.mpi:
+            raise ValueError("ModelParallel needs MPI engines (Engines(mpi=True)); parbp.ipp_relay works without")
+        self.eng, self.ds, self.seed, self.key = engines, ds, seed, next(_keys)
+        self.schedule, self.m = schedule, int(micro_batches)
+        self.eval = local_trainer(net, ds, seed)
+        self.sizes = self.eval.sizes
+        self.stages = pipeline.split_layers(self.sizes, len(engines.ids))  # raises: more stages than layers
+        self.workers = p = len(self.stages)
+        self.name = "model parallel" if schedule == "plain" else f"{'GPipe' if schedule == 'gpipe' else '1F1B'} m={self.m}"
         params = self.eval.params
-        engines.get([engines.submit(e, _stage_setup, self.key, [params[l] for l in layers], s == len(self.stages) - 1)
-                     for s, (e, layers) in enumerate(zip(engines.ids, self.stages))], "receiving its layers")
-        self.bubbles = []
+        n = len(ds.X_train)
+        engines.run([(e, _mp_setup, (self.key, [params[l] for l in layers], layers, self.sizes, p, schedule, self.m,
+                                     ds.X_train if s == 0 else None, ds.Y_train if s == p - 1 else None, n, seed))
+                     for s, (e, layers) in enumerate(zip(engines.ids, self.stages))], "receiving its layers",
+                    engines.timeout + 60)
+        self.steps: list[dict] = []  # per step: measured and predicted idle fraction, per-stage task times
 
-    def step(self, X, Y, lr) -> float:
-        """One SGD step on a minibatch, micro-batches scheduled as soon as their inputs are ready."""
-        eng, p, B = self.eng, len(self.stages), len(X)
+    def _check_batch(self, B):
         if self.m > B:
-            raise ValueError(f"micro_batches={self.m} is larger than the minibatch ({B} examples)")
-        micro = np.array_split(np.arange(B), self.m)
-        # what is in flight: future -> (kind, stage, micro-batch)
-        key = self.key
-        inflight = {eng.submit(eng.ids[0], _stage_forward, key, j, X[micro[j]]) if p > 1 else
-                    eng.submit(eng.ids[0], _stage_forward, key, j, X[micro[j]], Y[micro[j]], B): ("f", 0, j)
-                    for j in range(self.m)}
-        loss, remaining = 0.0, self.m * p  # every micro-batch finishes once per stage going backwards
-        while remaining:
-            done, _ = concurrent.futures.wait(list(inflight), timeout=eng.timeout,
-                                              return_when=concurrent.futures.FIRST_COMPLETED)
-            if not done:
-                eng.get(list(inflight), "running a pipeline stage")  # raises EngineFailure naming the engine
-            for fut in done:
-                kind, s, j = inflight.pop(fut)
-                out = eng.get([fut], f"running stage {s} on micro-batch {j}")[0]
-                if kind == "f" and s + 1 < p - 1:  # a middle stage is next
-                    nxt = eng.submit(eng.ids[s + 1], _stage_forward, key, j, out)
-                    inflight[nxt] = ("f", s + 1, j)
-                elif kind == "f" and s + 1 == p - 1:  # the last stage: forward + loss + its backward
-                    nxt = eng.submit(eng.ids[s + 1], _stage_forward, key, j, out, Y[micro[j]], B)
-                    inflight[nxt] = ("b", s + 1, j)
-                else:  # kind "b" (or a 1-stage "f"): stage s finished backward for j
-                    remaining -= 1
-                    if s == p - 1:
-                        d_loss, dA = out
-                        loss += d_loss
-                    else:
-                        dA = out
-                    if s > 0:
-                        nxt = eng.submit(eng.ids[s - 1], _stage_backward, key, j, dA, s - 1 == 0)
-                        inflight[nxt] = ("b", s - 1, j)
-        busy = eng.get([eng.submit(e, _stage_update, key, lr) for e in eng.ids], "applying its gradient")
-        self.bubbles.append(bubble(busy))
-        return loss
+            raise ValueError(f"micro_batches={self.m} is larger than the minibatch ({B} examples); choose 1 to {B}")
+
+    def run_steps(self, epoch, B, lr, first=0, count=None, intervals=True) -> dict:
+        self._check_batch(B)
+        out = self.eng.run([(e, _mp_run, (self.key, epoch, B, lr, first, count, intervals)) for e in self.eng.ids],
+                           f"training ({self.name})")
+        r = {"train_loss": sum(o["loss_sum"] for o in out) / max(out[0]["steps"], 1),
+             "seconds": max(o["seconds"] for o in out), "steps": out[0]["steps"],
+             "peak_stash_bytes": [o["peak_stash_bytes"] for o in out],
+             "peak_stash_micro_batches": [o["peak_stash_micro_batches"] for o in out]}
+        if intervals:
+            new = [step_timing([o["busy"][k] for o in out], self.schedule, self.m) for k in range(out[0]["steps"])]
+            self.steps += new
+            if new:
+                r["idle_fraction"] = float(np.mean([t["idle_fraction"] for t in new]))
+                r["idle_predicted"] = float(np.mean([t["idle_predicted"] for t in new]))
+        return r
 
     def train_epoch(self, epoch, B, lr) -> dict:
-        X, Y = self.ds.X_train, self.ds.Y_train
-        t0, losses = time.perf_counter(), []
-        start = len(self.bubbles)
-        for idx in minibatches(len(X), B, epoch, self.seed):
-            losses.append(self.step(X[idx], Y[idx], lr))
-        return {"train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, "steps": len(losses),
-                "idle_fraction": float(np.mean(self.bubbles[start:])),
-                "idle_theory": (len(self.stages) - 1) / (self.m + len(self.stages) - 1)}
+        r = self.run_steps(epoch, B, lr)
+        r["idle_theory"] = pipeline.bubble_theory(self.workers, self.m)
+        r.pop("peak_stash_bytes"), r.pop("peak_stash_micro_batches")
+        return r
+
+    def activation_memory(self, B: int) -> pd.DataFrame:
+        """Per stage: the formula's peak stash (micro-batches and bytes) for this schedule at minibatch B."""
+        self._check_batch(B)
+        mb = -(-B // self.m)  # array_split: the largest micro-batch
+        return pd.DataFrame([{"stage": s, "micro_batches_formula": pipeline.activations_kept(self.schedule, self.workers, self.m, s),
+                              "bytes_formula": pipeline.activations_kept(self.schedule, self.workers, self.m, s)
+                              * pipeline.activation_bytes(self.sizes, layers, mb)}
+                             for s, layers in enumerate(self.stages)])
 
     @property
     def params(self):
-        return [wb for stage in self.eng.get([self.eng.submit(e, _stage_params, self.key) for e in self.eng.ids],
-                                             "sending its layers") for wb in stage]
+        parts = self.eng.run([(e, _mp_params, (self.key,)) for e in self.eng.ids], "sending its layers", self.eng.timeout)
+        return [wb for stage in parts for wb in stage]
 
     def fit(self, epochs, batch_size, lr, lr_decay=0.0):
-        return _fit(self, epochs, batch_size, lr, lr_decay)
+        self._check_batch(batch_size)
+        return fit_history(self, epochs, batch_size, lr, lr_decay)
 
 
-def bubble(busy: list[list[tuple[float, float]]]) -> float:
-    """Idle fraction of one pipelined step: 1 - (time the stages computed) / (stages x the step's span).
+def step_timing(busy, schedule: str, m: int) -> dict:
+    """One step's measured idle fraction (forward and backward tasks; the update after the flush is left
+    out) and the idle fraction ``pipeline.simulate`` predicts for the same schedule from the same step's
+    mean task times per stage, with free messages."""
+    tasks = [[(a, z) for kind, _, a, z in stage if kind in "FB"] for stage in busy]
+    fwd = [float(np.mean([z - a for kind, _, a, z in stage if kind == "F"])) for stage in busy]
+    bwd = [float(np.mean([z - a for kind, _, a, z in stage if kind == "B"])) for stage in busy]
+    upd = [sum(z - a for kind, _, a, z in stage if kind == "U") for stage in busy]
+    predicted = pipeline.simulate(schedule, m, fwd, bwd)["idle_fraction"]
+    return {"idle_fraction": pipeline.idle_fraction(tasks), "idle_predicted": predicted,
+            "forward_s": fwd, "backward_s": bwd, "update_s": upd,
+            "span_s": max(z for t in tasks for _, z in t) - min(a for t in tasks for a, _ in t)}
 
-    ``busy[s]`` holds stage s's (start, end) compute intervals, on the machine-wide monotonic clock
-    (time.perf_counter is CLOCK_MONOTONIC on Linux, the same in every process). Communication through
-    the client counts as idle: that is what a stage waiting for its input is.
-    """
-    starts = [a for b in busy for a, _ in b]
-    ends = [z for b in busy for _, z in b]
-    span = max(ends) - min(starts)
-    work = sum(z - a for b in busy for a, z in b)
-    return 1.0 - work / (len(busy) * span)
+
+# --------------------------------------------------------------------------------------------
+# The serial baseline and the shared training loop
 
 
 class Serial:
-    """The baseline in this process (BLAS on one thread), on ModelParallel's minibatch order, same ``fit``."""
+    """The baseline in this process: the best single-core trainer (BLAS on one thread), same ``fit``."""
 
     name = "serial"
 
-    def __init__(self, ds, net="2h", impl="numpy", seed: int = 0):
+    def __init__(self, ds, net="2h", impl: str | None = None, seed: int = 0):
         from . import trainers
 
-        self.ds, self.seed = ds, seed
-        self.trainer = trainers.get(impl)(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
+        self.ds, self.seed, self.impl = ds, seed, impl or default_impl()
+        self.trainer = trainers.get(self.impl)(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
         self.eval, self.workers = self.trainer, 1
+        self.trainer.gradients(ds.X_train[:2], ds.Y_train[:2])  # warm-up (numba kernels compile here)
 
-    def train_epoch(self, epoch, B, lr) -> dict:
+    def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
         from threadpoolctl import threadpool_limits
 
         X, Y = self.ds.X_train, self.ds.Y_train
+        batches = islice(minibatches(len(X), B, epoch, self.seed), first, None if count is None else first + count)
         t0 = time.perf_counter()
         with threadpool_limits(1):  # one core, like each engine
-            losses = [self.trainer.step(X[idx], Y[idx], lr) for idx in minibatches(len(X), B, epoch, self.seed)]
+            losses = [self.trainer.step(X[idx], Y[idx], lr) for idx in batches]
         return {"train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, "steps": len(losses)}
+
+    def train_epoch(self, epoch, B, lr) -> dict:
+        return self.run_steps(epoch, B, lr)
 
     @property
     def params(self):
         return self.trainer.params
 
     def fit(self, epochs, batch_size, lr, lr_decay=0.0):
-        return _fit(self, epochs, batch_size, lr, lr_decay)
+        return fit_history(self, epochs, batch_size, lr, lr_decay)
 
 
-# --------------------------------------------------------------------------------------------
-
-
-def _local_trainer(net, ds, seed):
+def local_trainer(net, ds, seed):
     """A trainer on the client: the starting parameters, and evaluation of what the engines learned."""
     from . import trainers
 
     return trainers.get("numpy")(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
 
 
-def _fit(model, epochs, batch_size, lr, lr_decay) -> pd.DataFrame:
+def fit_history(model, epochs, batch_size, lr, lr_decay) -> pd.DataFrame:
     """Train and return one row per epoch (row 0: the untrained network, so every curve starts at the
     same point): losses, validation accuracy, training seconds and examples per second."""
     if batch_size < model.workers:

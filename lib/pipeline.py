@@ -1,0 +1,232 @@
+"""Pipelined model parallelism: the split, the schedules, their bubble, their memory, and one stage's math.
+
+A network of L layers is cut into p stages of consecutive layers; a minibatch of B examples into m
+micro-batches. Each stage runs forward (F) and backward (B) tasks on micro-batches in the order its
+schedule gives:
+
+  plain   m = 1: one stage works at a time, the others wait.
+  gpipe   GPipe (Huang et al., NeurIPS 2019): all m forwards, then all m backwards. A stage keeps the
+          activations of all m micro-batches until their backward.
+  1f1b    PipeDream-flush (Narayanan et al., ICML 2021): stage s runs p - s - 1 warm-up forwards, then
+          alternates one forward and one backward, then drains the backwards. It keeps at most p - s
+          micro-batches of activations (at most p), whatever m is.
+
+Both pipelines flush at the end of every minibatch and apply the summed micro-batch gradients once,
+so they compute the serial trainer's update exactly. With equal stages and free communication their
+idle ("bubble") fraction is (p - 1) / (m + p - 1); ``simulate`` gives it for unequal stages and for
+messages that cost time, from per-stage task times.
+
+Nothing here talks to other processes: ``parbp.ipp`` runs ``Stage`` on MPI engines.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+
+SCHEDULES = ("plain", "gpipe", "1f1b")
+
+
+def check_schedule(schedule: str, micro_batches: int) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    if not isinstance(micro_batches, (int, np.integer)) or micro_batches < 1:
+        raise ValueError(f"micro_batches must be an integer >= 1, got {micro_batches!r}")
+    if schedule == "plain" and micro_batches != 1:
+        raise ValueError(f"schedule 'plain' runs one micro-batch (micro_batches=1), got micro_batches="
+                         f"{micro_batches}; use 'gpipe' or '1f1b' to pipeline")
+
+
+# --------------------------------------------------------------------------------------------
+# The split
+
+
+def layer_flops(sizes) -> list[float]:
+    """FLOPs per example of each layer in one training step: forward 2ab, backward 4ab (the weight
+    gradient and the delta for the layer below), except the first layer, which needs no delta below."""
+    return [2 * a * b * (2 if l == 0 else 3) for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+
+
+def split_layers(sizes, parts: int) -> list[list[int]]:
+    """Consecutive layer indices for each of ``parts`` stages, minimizing the most expensive stage's FLOPs."""
+    n_layers = len(sizes) - 1
+    if not isinstance(parts, (int, np.integer)) or not 1 <= parts <= n_layers:
+        raise ValueError(f"cannot split {n_layers} layers into {parts} stages; use 1 to {n_layers} stages "
+                         f"(a deeper net, e.g. net='2h', has more layers)")
+    cost = layer_flops(sizes)
+    best = None
+    for cuts in combinations(range(1, n_layers), parts - 1):  # nets here have a handful of layers
+        bounds = [0, *cuts, n_layers]
+        worst = max(sum(cost[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
+        if best is None or worst < best[0]:
+            best = (worst, bounds)
+    bounds = best[1]
+    return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def stage_flops(sizes, stages) -> list[float]:
+    cost = layer_flops(sizes)
+    return [sum(cost[l] for l in layers) for layers in stages]
+
+
+# --------------------------------------------------------------------------------------------
+# Schedules, simulated
+
+
+def stage_tasks(schedule: str, stages: int, micro_batches: int, stage: int) -> list[tuple[str, int]]:
+    """The order of stage ``stage``'s tasks in one minibatch: ("F", j) and ("B", j) for micro-batch j."""
+    check_schedule(schedule, micro_batches)
+    m, p = micro_batches, stages
+    if schedule in ("plain", "gpipe"):
+        return [("F", j) for j in range(m)] + [("B", j) for j in range(m)]
+    warm = min(p - stage - 1, m)
+    tasks = [("F", j) for j in range(warm)]
+    for j in range(m - warm):  # steady state: one forward, one backward
+        tasks += [("F", warm + j), ("B", j)]
+    return tasks + [("B", j) for j in range(m - warm, m)]
+
+
+def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s=0.0) -> dict:
+    """Run a schedule on paper: stage s takes ``forward_s[s]`` per forward and ``backward_s[s]`` per backward
+    of one micro-batch; a message between neighbours takes ``message_s``. Returns the step's span, each
+    stage's busy time, the idle fraction 1 - Σ busy / (p · span), and each task's (start, end)."""
+    p = len(forward_s)
+    if len(backward_s) != p:
+        raise ValueError("forward_s and backward_s need one time per stage each")
+    tasks = [stage_tasks(schedule, p, micro_batches, s) for s in range(p)]
+    end: dict[tuple[str, int, int], float] = {}
+    timeline: dict[tuple[str, int, int], tuple[float, float]] = {}
+    clock, nxt = [0.0] * p, [0] * p
+    while any(nxt[s] < len(tasks[s]) for s in range(p)):
+        progressed = False
+        for s in range(p):
+            if nxt[s] == len(tasks[s]):
+                continue
+            kind, j = tasks[s][nxt[s]]
+            # inputs: the forward of the stage before, or the backward of the stage after
+            dep = ("F", s - 1, j) if kind == "F" and s > 0 else ("B", s + 1, j) if kind == "B" and s < p - 1 else None
+            if dep is not None and dep not in end:
+                continue
+            ready = end[dep] + message_s if dep is not None else 0.0
+            start = max(clock[s], ready)
+            clock[s] = start + (forward_s[s] if kind == "F" else backward_s[s])
+            end[(kind, s, j)] = clock[s]
+            timeline[(kind, s, j)] = (start, clock[s])
+            nxt[s] += 1
+            progressed = True
+        if not progressed:  # pragma: no cover - every schedule above is deadlock-free
+            raise RuntimeError(f"schedule {schedule!r} deadlocked")
+    span = max(clock)
+    busy = [micro_batches * (f + b) for f, b in zip(forward_s, backward_s)]
+    return {"span_s": span, "busy_s": busy, "idle_fraction": 1.0 - sum(busy) / (p * span), "timeline": timeline}
+
+
+def bubble_theory(stages: int, micro_batches: int) -> float:
+    """GPipe's idle fraction with equal stages and free messages: (p - 1) / (m + p - 1)."""
+    return (stages - 1) / (micro_batches + stages - 1)
+
+
+def idle_fraction(busy) -> float:
+    """Measured idle fraction of one step: 1 - (time the stages computed) / (stages x the step's span).
+
+    ``busy[s]`` holds stage s's (start, end) compute intervals on one clock (time.perf_counter is
+    CLOCK_MONOTONIC on Linux, the same in every process of a machine). Waiting for a message counts as idle.
+    """
+    starts = [a for b in busy for a, _ in b]
+    ends = [z for b in busy for _, z in b]
+    span = max(ends) - min(starts)
+    work = sum(z - a for b in busy for a, z in b)
+    return 1.0 - work / (len(busy) * span)
+
+
+def activations_kept(schedule: str, stages: int, micro_batches: int, stage: int) -> int:
+    """The most micro-batches whose activations stage ``stage`` holds at once: m for GPipe, p - s for 1F1B."""
+    check_schedule(schedule, micro_batches)
+    if schedule == "1f1b":
+        return min(stages - stage, micro_batches)
+    return micro_batches
+
+
+def activation_bytes(sizes, layers, micro_batch: int, itemsize: int = 4) -> int:
+    """Bytes one micro-batch leaves on a stage until its backward: the stage's input and each layer's output."""
+    return micro_batch * itemsize * (sizes[layers[0]] + sum(sizes[l + 1] for l in layers))
+
+
+# --------------------------------------------------------------------------------------------
+# One stage's math: the serial-blas trainer's kernels, on this stage's layers only
+
+
+class Stage:
+    """Layers ``layers`` of a network (float32), forward and backward per micro-batch, gradients summed
+    over the micro-batches of a minibatch and applied once by ``update``.
+
+    Between stages travels dL/dA: stage s + 1 sends Δ W_firstᵀ for its first layer, stage s multiplies
+    by σ' of its output, exactly the serial trainer's ``(Δ_l W_lᵀ)∘σ'`` split across the boundary."""
+
+    def __init__(self, params, first: bool, last: bool):
+        self.W = [np.ascontiguousarray(W, np.float32) for W, _ in params]
+        self.b = [np.ascontiguousarray(b, np.float32) for _, b in params]
+        self.first, self.last = first, last
+        self.gW = [np.zeros_like(W) for W in self.W]
+        self.gb = [np.zeros_like(b) for b in self.b]
+
+    @property
+    def params(self):
+        return [(W.copy(), b.copy()) for W, b in zip(self.W, self.b)]
+
+    def forward(self, x) -> list[np.ndarray]:
+        """[input, output of each layer]: what the backward of this micro-batch needs."""
+        from .blas import gemm_into
+        from .cpu import bias_sigmoid
+
+        acts = [x]
+        for W, b in zip(self.W, self.b):
+            z = np.empty((x.shape[0], W.shape[1]), np.float32)
+            gemm_into(acts[-1], W, z)
+            bias_sigmoid(z, b)
+            acts.append(z)
+        return acts
+
+    def output_delta(self, out, Y, B: int) -> tuple[float, np.ndarray]:
+        """The last stage: Σ(A − Y)² of this micro-batch and Δ_L = 2/B (A − Y)∘σ' (the whole minibatch's mean)."""
+        from .cpu import output_delta
+
+        delta = np.empty_like(out)
+        sse = output_delta(out, np.ascontiguousarray(Y, np.float32), delta, np.float32(2.0 / B))
+        return float(sse), delta
+
+    def backward(self, acts, delta) -> np.ndarray | None:
+        """Accumulate this micro-batch's weight gradients from Δ of the stage's last layer; return
+        dL/d(input) for the stage before (None on the first stage, which has nobody to send it to)."""
+        from .blas import gemm_into, gemm_update
+        from .cpu import bias_update, hidden_delta
+
+        minus_one = np.float32(-1.0)  # gemm_update computes W − lr·AᵀΔ: lr = −1 accumulates
+        for l in range(len(self.W) - 1, -1, -1):
+            gemm_update(acts[l], delta, self.gW[l], minus_one)
+            bias_update(self.gb[l], delta, minus_one)
+            if l == 0 and self.first:
+                return None
+            below = np.empty((delta.shape[0], self.W[l].shape[0]), np.float32)
+            gemm_into(delta, self.W[l], below, trans_b=True)
+            if l == 0:
+                return below  # the stage before applies σ' of its own output
+            hidden_delta(below, acts[l])
+            delta = below
+
+    def input_delta(self, grad_out, out) -> np.ndarray:
+        """Δ of this stage's last layer from dL/d(output) sent by the next stage: grad∘σ'(output)."""
+        from .cpu import hidden_delta
+
+        hidden_delta(grad_out, out)
+        return grad_out
+
+    def update(self, lr: float) -> None:
+        from .blas import axpy
+
+        lr = np.float32(lr)
+        for W, b, gW, gb in zip(self.W, self.b, self.gW, self.gb):
+            axpy(W, gW, lr)
+            b -= lr * gb
+            gW[...] = 0
+            gb[...] = 0
