@@ -12,6 +12,14 @@ With N parameters of 4 bytes and p workers, one synchronous step costs compute p
 Step time is T_comp + T_comm (no overlap), and the parallel efficiency is E(p) = T(1) / (p·T(p)) for a
 fixed global batch (strong scaling) or T_comp / T(p) for a fixed batch per worker (weak scaling).
 
+Model parallelism as a pipeline (``pipeline_step``; GPipe and 1F1B have the same span): p stages, the
+minibatch of B examples in m micro-batches, every boundary carrying a micro-batch's activations
+(B/m × width floats) forward and its deltas back:
+
+  pipeline            T = (m + p − 1)·(k·T_comp(B)/(p·m) + 2(α + 4·width·B/m·β)) + t_update/p
+                      (k: the slowest stage over the mean, 1 for equal stages; the messages of one
+                      micro-batch are on the critical path, none overlap)
+
     mpiexec -n 2 python -m parbp.costmodel --out messages.csv   # ping-pong and Allreduce, several sizes
     df = measure_messages()                                    # the same from Python (runs mpiexec)
     model = fit(df[df.op == "pingpong"])                       # AlphaBeta(alpha, beta)
@@ -68,6 +76,14 @@ def parameter_server(model: AlphaBeta, nbytes, p):
 
 COMM = {"ring all-reduce": ring_allreduce, "parameter server": parameter_server}
 
+# A published datacenter interconnect, for projections past one machine: InfiniBand HDR as NVIDIA's
+# ConnectX-6 adapters give it, 200 Gb/s per port (25 GB/s) and "sub-600ns latency"
+# (https://docs.nvidia.com/networking/display/ConnectX6EN/Introduction). The adapter's latency is a lower
+# bound on MPI's α: the software adds a few hundred ns more.
+INFINIBAND_HDR = AlphaBeta(alpha=0.6e-6, beta=1 / 25e9)
+INFINIBAND_HDR_SOURCE = ("InfiniBand HDR, NVIDIA ConnectX-6: 200 Gb/s per port, sub-600 ns latency "
+                         "(docs.nvidia.com/networking/display/ConnectX6EN/Introduction)")
+
 
 @dataclass(frozen=True)
 class Compute:
@@ -119,6 +135,36 @@ def project(model: AlphaBeta, compute: Compute, n_params: int, workers, batch_si
         rows += [{"scheme": scheme, "scaling": scaling, "workers": int(p), "batch_size": batch_size,
                   "compute_s": c, "comm_s": m, "step_s": s, "efficiency": e}
                  for p, c, m, s, e in zip(workers, t_comp, t_comm, step, eff)]
+    return pd.DataFrame(rows)
+
+
+def pipeline_step(model: AlphaBeta, compute: "Compute", stages, micro_batches, batch_size: int, width: int,
+                  imbalance: float = 1.0):
+    """Step time of a p-stage pipeline (the formula in the module docstring); arrays broadcast."""
+    p = np.asarray(stages, dtype=float)
+    m = np.asarray(micro_batches, dtype=float)
+    work = compute.t_example * batch_size * np.where(p > 1, imbalance, 1.0) / (p * m)
+    message = np.where(p > 1, 2 * (model.alpha + 4 * width * batch_size / m * model.beta), 0.0)
+    return (m + p - 1) * (work + message) + compute.t_update / p
+
+
+def project_parallelism(model: AlphaBeta, compute: "Compute", n_params: int, width: int, workers,
+                        batch_size: int = 1000, micro_per_stage: int = 4, imbalance: float = 1.0) -> pd.DataFrame:
+    """Data parallelism (ring all-reduce of 4N bytes) against a pipeline of as many stages as workers, for a
+    fixed global batch (strong scaling). The pipeline gets m = ``micro_per_stage``·p micro-batches (GPipe's
+    rule of thumb m ≥ 4p), at most one example each; its stages are the same work cut in p (``imbalance``:
+    the slowest stage over the mean), boundaries ``width`` activations wide."""
+    workers = np.asarray([p for p in workers if p <= batch_size])
+    t1 = compute.time(batch_size)
+    m = np.minimum(micro_per_stage * workers, batch_size)
+    dp = compute.time(batch_size / workers) + ring_allreduce(model, 4 * n_params, workers)
+    pp = pipeline_step(model, compute, workers, m, batch_size, width, imbalance)
+    rows = []
+    for scheme, step, comm, micro in (("data parallel (ring all-reduce)", dp, ring_allreduce(model, 4 * n_params, workers), np.ones_like(m)),
+                                      ("model parallel (pipeline)", pp, pp - pipeline_step(AlphaBeta(0.0, 0.0), compute, workers, m, batch_size, width, imbalance), m)):
+        rows += [{"scheme": scheme, "workers": int(p), "micro_batches": int(k), "batch_size": batch_size,
+                  "step_s": s, "comm_s": c, "efficiency": t1 / (p * s)}
+                 for p, s, c, k in zip(workers, step, comm, micro)]
     return pd.DataFrame(rows)
 
 

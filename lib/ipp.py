@@ -400,8 +400,7 @@ def _mp_setup(key, params, layers, sizes, stages, schedule, m, X, Y, n_train, se
     st = _state[key]["stage"]
     acts = st.forward(np.zeros((2, sizes[layers[0]]), np.float32))
     st.backward(acts, np.zeros((2, sizes[layers[-1] + 1]), np.float32))
-    st.gW = [np.zeros_like(W) for W in st.W]
-    st.gb = [np.zeros_like(b) for b in st.b]
+    st.fresh = True  # forget the warm-up's gradient
     return s
 
 

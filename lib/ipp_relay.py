@@ -87,9 +87,12 @@ class RelayDataParallel:
             yield [o[k * b:(k + 1) * b] for o, b in zip(orders, share)]
 
     def train_epoch(self, epoch, B, lr) -> dict:
+        return self.run_steps(epoch, B, lr)
+
+    def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
         eng, reduced, losses, busy = self.eng, None, [], []
         t0 = time.perf_counter()
-        for local in self.batches(epoch, B):
+        for local in itertools.islice(self.batches(epoch, B), first, None if count is None else first + count):
             out = eng.get([eng.submit(e, _dp_step, self.key, reduced, lr, idx, B) for e, idx in zip(eng.ids, local)],
                           "computing a partial gradient")
             reduced = np.sum([g for g, _ in out], axis=0)  # the reduction, on the client
@@ -237,10 +240,13 @@ class RelayModelParallel:
         return loss
 
     def train_epoch(self, epoch, B, lr) -> dict:
+        return self.run_steps(epoch, B, lr)
+
+    def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
         X, Y = self.ds.X_train, self.ds.Y_train
         t0, losses = time.perf_counter(), []
         start = len(self.bubbles)
-        for idx in minibatches(len(X), B, epoch, self.seed):
+        for idx in itertools.islice(minibatches(len(X), B, epoch, self.seed), first, None if count is None else first + count):
             losses.append(self.step(X[idx], Y[idx], lr))
         return {"train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, "steps": len(losses),
                 "idle_fraction": float(np.mean(self.bubbles[start:])),

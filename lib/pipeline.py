@@ -169,6 +169,7 @@ class Stage:
         self.first, self.last = first, last
         self.gW = [np.zeros_like(W) for W in self.W]
         self.gb = [np.zeros_like(b) for b in self.b]
+        self.fresh = True  # no gradient summed yet this minibatch: the first product overwrites gW
 
     @property
     def params(self):
@@ -199,12 +200,17 @@ class Stage:
         """Accumulate this micro-batch's weight gradients from Δ of the stage's last layer; return
         dL/d(input) for the stage before (None on the first stage, which has nobody to send it to)."""
         from .blas import gemm_into, gemm_update
-        from .cpu import bias_update, hidden_delta
+        from .cpu import bias_update, column_sums, hidden_delta
 
         minus_one = np.float32(-1.0)  # gemm_update computes W − lr·AᵀΔ: lr = −1 accumulates
+        fresh, self.fresh = self.fresh, False
         for l in range(len(self.W) - 1, -1, -1):
-            gemm_update(acts[l], delta, self.gW[l], minus_one)
-            bias_update(self.gb[l], delta, minus_one)
+            if fresh:
+                gemm_into(acts[l], delta, self.gW[l], trans_a=True)
+                column_sums(delta, self.gb[l])
+            else:
+                gemm_update(acts[l], delta, self.gW[l], minus_one)
+                bias_update(self.gb[l], delta, minus_one)
             if l == 0 and self.first:
                 return None
             below = np.empty((delta.shape[0], self.W[l].shape[0]), np.float32)
@@ -228,5 +234,4 @@ class Stage:
         for W, b, gW, gb in zip(self.W, self.b, self.gW, self.gb):
             axpy(W, gW, lr)
             b -= lr * gb
-            gW[...] = 0
-            gb[...] = 0
+        self.fresh = True

@@ -59,3 +59,28 @@ def test_measure_messages_with_mpiexec():
 def test_measure_compute():
     c = cm.measure_compute([8], batch_size=50, impl="numpy", repeat=2)
     assert c.t_example > 0 and c.t_update >= 0
+
+
+def test_pipeline_step_formula():
+    m, c = cm.AlphaBeta(1e-5, 1e-9), cm.Compute(t_example=1e-4, t_update=2e-3)
+    # one stage: the serial step, whatever m
+    assert cm.pipeline_step(m, c, 1, 4, 1000, 1024) == pytest.approx(c.time(1000))
+    # free messages, equal stages: the work spread over p, stretched by the bubble (m + p - 1)/m
+    free = cm.AlphaBeta(0.0, 0.0)
+    assert cm.pipeline_step(free, c, 4, 8, 1000, 1024) == pytest.approx(11 / 8 * 0.1 / 4 + 2e-3 / 4)
+    # each micro-batch slot pays one activation forward and one delta back: 2(α + 4·width·B/m·β)
+    slot = 2 * (1e-5 + 4 * 1024 * 125 * 1e-9)
+    assert cm.pipeline_step(m, c, 2, 8, 1000, 1024) == pytest.approx(9 * (0.1 / 16 + slot) + 1e-3)
+    # an unequal split slows the whole pipeline by the slowest stage
+    assert cm.pipeline_step(free, c, 2, 8, 1000, 1024, imbalance=1.5) > cm.pipeline_step(free, c, 2, 8, 1000, 1024)
+
+
+def test_projection_data_against_model_parallel():
+    c = cm.Compute(t_example=1e-4, t_update=2e-3)
+    df = cm.project_parallelism(cm.INFINIBAND_HDR, c, n_params=1_000_000, width=1024, workers=[1, 2, 8, 4096])
+    assert set(df.workers) == {1, 2, 8} and set(df.scheme) == {"data parallel (ring all-reduce)", "model parallel (pipeline)"}
+    assert np.allclose(df[df.workers == 1].efficiency, 1.0)
+    pp = df[df.scheme.str.startswith("model")].set_index("workers")
+    assert pp.micro_batches[8] == 32 and (pp.comm_s[1] == 0) and (pp.comm_s[8] > 0)
+    assert (df.efficiency <= 1 + 1e-9).all()
+    assert cm.INFINIBAND_HDR.bandwidth_gbs == pytest.approx(25.0)

@@ -1,0 +1,185 @@
+"""Issue 10's goals in one run: serial, data parallel and model parallel (plain, GPipe, 1F1B) side by side.
+
+    env -u OPENBLAS_CORETYPE python -m parbp.ipp_bench              # Net-2h, MNIST, batch 1000, 2 MPI engines
+    python -m parbp.ipp_bench --steps 5 --rounds 1 --subset 10000    # a quick look
+
+Everything runs on the same engines in one process tree, configuration after configuration, for
+``--rounds`` rounds (interleaved, so a slow stretch of a shared machine hits all of them); each round trains
+``--steps`` minibatches per configuration, timed on the client from submission to the last engine's answer.
+The CSV (``--out``, default figures/07_goals.csv, written atomically) has one row per configuration: median
+throughput and its ratio to serial, the pipeline's measured idle fraction next to the one ``parbp.pipeline``
+predicts from the same steps' per-stage task times, the activations each stage kept against the formula,
+the goal a row checks and whether it was met, and the machine (CPU, BLAS, load average before and after).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from . import pipeline
+from .results import FIGURES, write_csv
+
+GOAL_DP, GOAL_MP = 1.6, 1.3  # throughput over serial, issue 10
+IDLE_TOLERANCE = 0.05
+
+
+def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batches=(2, 4, 8), engines=2, steps=10,
+            rounds=3, lr=0.1, relay=False, seed=0) -> pd.DataFrame:
+    from . import envinfo
+    from . import ipp as pipp
+    from .mpi import load_data
+
+    ds = load_data(dataset, subset, seed)
+    load_before = os.getloadavg()
+    with pipp.Engines(n=engines) as eng:
+        models = {("serial", "", 1): pipp.Serial(ds, net=net, seed=seed),
+                  ("data parallel", "", 1): pipp.DataParallel(eng, ds, net=net, seed=seed),
+                  ("model parallel", "plain", 1): pipp.ModelParallel(eng, ds, net=net, schedule="plain", seed=seed)}
+        for schedule in ("gpipe", "1f1b"):
+            for m in micro_batches:
+                models[("model parallel", schedule, m)] = pipp.ModelParallel(eng, ds, net=net, schedule=schedule,
+                                                                             micro_batches=m, seed=seed)
+        if relay:
+            from . import ipp_relay
+
+            models[("data parallel (client relay)", "", 1)] = ipp_relay.RelayDataParallel(eng, ds, net=net, seed=seed)
+            models[("model parallel (client relay)", "gpipe", 4)] = ipp_relay.RelayModelParallel(eng, ds, net=net, micro_batches=4, seed=seed)
+        steps_per_epoch = len(ds.X_train) // batch_size
+        times = {k: [] for k in models}
+        extra = {k: {} for k in models}
+        for r in range(rounds + 1):  # round 0 warms every configuration up and is not counted
+            first = (r * steps) % max(steps_per_epoch - steps + 1, 1)
+            for key, model in models.items():
+                t0 = time.perf_counter()
+                out = _run(model, batch_size, lr, first, steps)
+                dt = time.perf_counter() - t0
+                if r == 0:
+                    continue
+                times[key].append(out["steps"] * batch_size / dt)
+                for k in ("peak_stash_micro_batches", "peak_stash_bytes"):
+                    if k in out:
+                        extra[key][k] = out[k]
+        load_after = os.getloadavg()
+        rows = []
+        for (method, schedule, m), model in models.items():
+            row = {"method": method, "schedule": schedule, "micro_batches": m, "engines": 1 if method == "serial" else engines,
+                   "examples_per_s": float(np.median(times[(method, schedule, m)])),
+                   "examples_per_s_min": float(np.min(times[(method, schedule, m)])),
+                   "examples_per_s_max": float(np.max(times[(method, schedule, m)]))}
+            if isinstance(model, pipp.ModelParallel):
+                row.update(_pipeline_columns(model, batch_size, extra[(method, schedule, m)]))
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    serial = df.loc[df.method == "serial", "examples_per_s"].iloc[0]
+    df["vs_serial"] = df.examples_per_s / serial
+    df["efficiency"] = df.vs_serial / df.engines
+    df = _goals(df, engines)
+    env = envinfo.summary()
+    meta = {"net": net, "dataset": dataset, "train_examples": len(ds.X_train), "batch_size": batch_size,
+            "steps_per_round": steps, "rounds": rounds, "cpu": env["cpu"], "cores": env["cores_logical"],
+            "blas": env["blas"], "openblas_coretype": env["openblas_coretype"], "impl": models[("serial", "", 1)].impl,
+            "loadavg_before": round(load_before[0], 2), "loadavg_after": round(load_after[0], 2)}
+    for i, (k, v) in enumerate(meta.items()):
+        df.insert(i, k, v)
+    return df
+
+
+def _run(model, B, lr, first, steps):
+    return model.run_steps(0, B, lr, first=first, count=steps)
+
+
+def _pipeline_columns(model, B, extra) -> dict:
+    """Idle fractions (measured, predicted from the measured task times, equal-stage theory), per-stage
+    task times and how unequal the stages are, activations kept (measured and formula)."""
+    steps = model.steps[-50:]  # the counted rounds' steps (warm-up excluded when there are enough)
+    fwd = np.mean([t["forward_s"] for t in steps], axis=0)
+    bwd = np.mean([t["backward_s"] for t in steps], axis=0)
+    stage_s = model.m * (fwd + bwd)
+    mem = model.activation_memory(B)
+    return {"idle_measured": float(np.mean([t["idle_fraction"] for t in steps])),
+            "idle_predicted": float(np.mean([t["idle_predicted"] for t in steps])),
+            "idle_theory": pipeline.bubble_theory(model.workers, model.m),
+            "stage_ms": ";".join(f"{1e3 * s:.1f}" for s in stage_s),
+            "stage_imbalance": float(stage_s.max() / stage_s.min()),
+            "stage_layers": ";".join("-".join(map(str, l)) for l in model.stages),
+            "acts_kept_measured": ";".join(map(str, extra.get("peak_stash_micro_batches", []))),
+            "acts_kept_formula": ";".join(map(str, mem.micro_batches_formula)),
+            "acts_mib_measured": ";".join(f"{b / 2**20:.2f}" for b in extra.get("peak_stash_bytes", [])),
+            "acts_mib_formula": ";".join(f"{b / 2**20:.2f}" for b in mem.bytes_formula)}
+
+
+def _goals(df, p) -> pd.DataFrame:
+    df = df.copy()
+    df["goal"], df["met"] = "", pd.NA
+    dp = df.method == "data parallel"
+    df.loc[dp, "goal"] = f"throughput >= {GOAL_DP}x serial"
+    df.loc[dp, "met"] = df.loc[dp, "vs_serial"] >= GOAL_DP
+    mp = (df.method == "model parallel") & (df.micro_batches == 8)
+    if mp.any():
+        best = df[mp].vs_serial.idxmax()
+        df.loc[best, "goal"] = f"best schedule at m=8: throughput >= {GOAL_MP}x serial"
+        df.loc[best, "met"] = df.loc[best, "vs_serial"] >= GOAL_MP
+    piped = (df.method == "model parallel") & df.schedule.isin(["gpipe", "1f1b"])
+    for i in df[piped].index:
+        checks = [f"|idle - predicted| <= {IDLE_TOLERANCE}"]
+        ok = abs(df.loc[i, "idle_measured"] - df.loc[i, "idle_predicted"]) <= IDLE_TOLERANCE
+        kept = [int(k) for k in str(df.loc[i, "acts_kept_measured"]).split(";") if k]
+        if kept:
+            limit = p if df.loc[i, "schedule"] == "1f1b" else df.loc[i, "micro_batches"]
+            checks.append(f"activations kept <= {'p' if df.loc[i, 'schedule'] == '1f1b' else 'm'} = {limit}"
+                          f" (kept {kept}, formula {df.loc[i, 'acts_kept_formula']})")
+            ok = ok and max(kept) <= limit and ";".join(map(str, kept)) == df.loc[i, "acts_kept_formula"]
+        df.loc[i, "goal"] = "; ".join(filter(None, [df.loc[i, "goal"], *checks]))
+        df.loc[i, "met"] = bool(ok) if pd.isna(df.loc[i, "met"]) else bool(df.loc[i, "met"]) and bool(ok)
+    return df
+
+
+def report(df) -> str:
+    cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "idle_measured",
+            "idle_predicted", "idle_theory", "stage_ms", "acts_kept_measured", "acts_kept_formula", "met"]
+    head = (f"Net-{df.net.iloc[0]}, {df.dataset.iloc[0]} ({df.train_examples.iloc[0]} examples), batch "
+            f"{df.batch_size.iloc[0]}, {df.rounds.iloc[0]} rounds x {df.steps_per_round.iloc[0]} steps | {df.cpu.iloc[0]} | "
+            f"{df.blas.iloc[0]} | OPENBLAS_CORETYPE={df.openblas_coretype.iloc[0]} | load "
+            f"{df.loadavg_before.iloc[0]} -> {df.loadavg_after.iloc[0]}")
+    body = df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.3f}")
+    goals = "\n".join(f"  {'MET   ' if m else 'MISSED'} {r.method} {r.schedule} m={r.micro_batches}: {r.goal} "
+                      f"(x{r.vs_serial:.2f} serial" + (f", idle {r.idle_measured:.3f} vs predicted {r.idle_predicted:.3f}"
+                                                       if isinstance(r.idle_measured, float) and not np.isnan(r.idle_measured) else "") + ")"
+                      for r in df.itertuples() for m in [r.met] if r.goal)
+    return f"{head}\n{body}\ngoals:\n{goals}"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m parbp.ipp_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--net", default="2h")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--subset", type=int, default=None, help="first N training examples (default: all)")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--micro-batches", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--engines", type=int, default=2)
+    p.add_argument("--steps", type=int, default=10, help="minibatches per configuration and round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--relay", action="store_true", help="also time the client-relay versions (parbp.ipp_relay)")
+    p.add_argument("--out", default=str(FIGURES / "07_goals.csv"))
+    args = p.parse_args(argv)
+    for name in ("batch_size", "engines", "steps", "rounds"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if any(m < 1 or m > args.batch_size for m in args.micro_batches):
+        p.error(f"--micro-batches must be between 1 and the batch size ({args.batch_size})")
+    df = measure(net=args.net, dataset=args.dataset, subset=args.subset, batch_size=args.batch_size,
+                 micro_batches=args.micro_batches, engines=args.engines, steps=args.steps, rounds=args.rounds,
+                 relay=args.relay)
+    path = write_csv(df, args.out)
+    print(report(df))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
