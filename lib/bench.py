@@ -10,7 +10,10 @@ steps (the previous configuration's idle BLAS threads spin that long) and times 
 if one step is shorter than ``MIN_SAMPLE_S``); a configuration's time is the median of its samples.
 
 Columns: ms_per_step; s_per_epoch (``EPOCH_EXAMPLES`` examples); gflops (``parbp.nets.flops_per_step``
-over the time); vs_sgemm (gflops ÷ numpy's 2048³ sgemm at the same number of threads, this run);
+over the time); vs_sgemm (gflops ÷ the best 2048³ float32 GEMM this machine offers at the same number
+of threads, this run: the fastest of numpy's (OpenBLAS), PyTorch's (its own MKL) and MKL's through
+``parbp.blas`` when installed, each in its own sgemm_*_gflops column, the winner in sgemm_best);
+gemm_backend and gemm_reason (the BLAS the trainer's products ran on, and why: ``parbp.blas.decide``);
 vs_torch (PyTorch's ms per step ÷ this one, same batch and threads, this run: above 1 is faster);
 efficiency (parallel efficiency: the same trainer's one-thread time ÷ (this time × threads));
 sgemm_efficiency and stream_efficiency (the machine's own ceilings for it, this run: ``threads``
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import envinfo, results, trainers
+from . import blas, envinfo, results, trainers
 from .blas import blas_threads
 from .nets import flops_per_step, layer_sizes
 
@@ -42,9 +46,11 @@ REWARM_S = 0.15  # untimed running before each sample (see _time_side_by_side)
 STREAM_MB = 64  # array size of the memory-bound ceiling, per worker: well past the caches
 SGEMM_N = 2048
 CORE_LOST = 0.5  # a round's compute ceiling below 1 − CORE_LOST/threads: a core was missing (see rounds_core_lost)
+SGEMM_LIBRARIES = ("numpy", "torch", "mkl")  # whose float32 GEMM the best sgemm is taken from, where present
 COLUMNS = ["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch",
-           "efficiency", "net", "n_in", "n_out", "dtype", "device", "samples", "sgemm_gflops", "sgemm_efficiency",
-           "stream_efficiency", "sgemm_efficiency_low", "rounds_core_lost"]
+           "efficiency", "gemm_backend", "gemm_reason", "net", "n_in", "n_out", "dtype", "device", "samples",
+           "sgemm_gflops", "sgemm_best", *(f"sgemm_{lib}_gflops" for lib in SGEMM_LIBRARIES), "sgemm_efficiency",
+           "stream_efficiency", "sgemm_efficiency_low", "rounds_core_lost", "loadavg"]
 CEILINGS = ("sgemm", "stream")
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures" / "bench_cpu.csv"
 SKIP_IN_ALL = ("reference",)  # the float64 source of truth is for checking, not racing
@@ -83,11 +89,32 @@ def takes_threads(impl: str) -> bool:
 # What one sample times
 # ---------------------------------------------------------------------------------------------------
 class _Sgemm:
-    """numpy's matmul of two n×n float32 matrices at a given number of BLAS threads."""
+    """A product of two n×n float32 matrices at a given number of threads, by one library: numpy's
+    matmul (OpenBLAS), PyTorch's (the MKL linked into it) or MKL's through ``parbp.blas``."""
 
-    def __init__(self, threads, n=SGEMM_N, device="cpu"):
+    def __init__(self, threads, n=SGEMM_N, device="cpu", library="numpy"):
         self.threads, self.flops = threads, 2 * n**3
-        if device == "gpu":
+        if library not in SGEMM_LIBRARIES:
+            raise ValueError(f"sgemm library must be one of {SGEMM_LIBRARIES}, got {library!r}")
+        if device == "cpu" and library == "torch":
+            import torch
+
+            a = torch.rand(n, n)
+            out = torch.empty(n, n)
+
+            def run():
+                if torch.get_num_threads() != threads:
+                    torch.set_num_threads(threads)
+                torch.mm(a, a, out=out)
+
+            self._run = run
+        elif device == "cpu" and library == "mkl":
+            if "mkl" not in blas.available_backends():
+                raise RuntimeError("MKL is not installed (pip install 'parbp[mkl]')")
+            a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+            out = np.empty_like(a)
+            self._run = lambda: blas.gemm_into(a, a, out, backend="mkl")
+        elif device == "gpu":
             import torch
 
             if not torch.cuda.is_available():
@@ -165,6 +192,14 @@ class _Steps:
                 return self.trainer.step(self.X, self.Y, 1e-3)
         return self.trainer.step(self.X, self.Y, 1e-3)
 
+    def gemm_backend(self) -> tuple[str, str]:
+        """(the BLAS this trainer's products ran on, why) as of its last step."""
+        if hasattr(self.trainer, "gemm_backend"):
+            return self.trainer.gemm_backend, self.trainer.gemm_reason
+        return {"torch": ("torch", "PyTorch's own (MKL, linked into it)"), "numpy": ("openblas", "numpy's matmul"),
+                "serial-example": ("none", "numba matrix-vector loops")}.get(
+                    self.trainer.name, ("own", f"{self.trainer.name}'s own BLAS"))
+
     def close(self):
         self.trainer.close()
 
@@ -207,9 +242,10 @@ def _time_side_by_side(fns: list, repeats: int, warmup: int, rewarm_s: float = R
 # ---------------------------------------------------------------------------------------------------
 # The Python API
 # ---------------------------------------------------------------------------------------------------
-def sgemm_gflops(threads: int = 1, n: int = SGEMM_N, repeats: int = 5, device: str = "cpu") -> float:
-    """This machine's float32 GEMM speed: numpy matmul of n×n matrices (median of ``repeats``)."""
-    s = _Sgemm(threads, n, device)
+def sgemm_gflops(threads: int = 1, n: int = SGEMM_N, repeats: int = 5, device: str = "cpu",
+                 library: str = "numpy") -> float:
+    """This machine's float32 GEMM speed through ``library`` (``SGEMM_LIBRARIES``): n×n matrices, median of ``repeats``."""
+    s = _Sgemm(threads, n, device, library)
     return s.flops / np.median(_time_side_by_side([s], repeats, warmup=1)[0]) / 1e9
 
 
@@ -259,10 +295,11 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
         # references timed in the same rounds: sgemm at every thread count, and on the CPU the
         # machine's ceilings for parallel efficiency (see _Independent) at every thread count and at 1
         for t in counts:
-            try:
-                references[t] = _Sgemm(t, sgemm_n, device)
-            except Exception as e:  # e.g. --device gpu without a GPU: ratios to sgemm become NaN
-                say(f"sgemm on {device} unavailable: {e}")
+            for lib in SGEMM_LIBRARIES if device == "cpu" else ["numpy"]:
+                try:
+                    references["library", lib, t] = _Sgemm(t, sgemm_n, device, lib)
+                except (ImportError, RuntimeError) as e:  # no torch, no MKL, --device gpu without a GPU
+                    say(f"{lib}'s sgemm on {device} unavailable: {e}")
         if device == "cpu" and max(counts, default=1) > 1:
             references.update({(kind, t): _Independent(t, kind, sgemm_n) for kind in CEILINGS for t in {1, *counts}})
         for impl, net, batch, t in plan:
@@ -282,7 +319,12 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
 
     ref_samples = dict(zip(ref_keys, samples[len(fns):]))
     times = {k: float(np.median(s)) for k, s in ref_samples.items()}
-    sgemm = {t: references[t].flops / times[t] / 1e9 for t in counts if t in times}
+    library_gflops = {(lib, t): references[k].flops / times[k] / 1e9 for k in times if k[0] == "library"
+                      for _, lib, t in [k]}
+    best = {t: max((g, lib) for (lib, tt), g in library_gflops.items() if tt == t) for t in counts
+            if any(tt == t for _, tt in library_gflops)}
+    sgemm = {t: g for t, (g, _) in best.items()}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else np.nan
     ceiling = {(kind, t): times[kind, 1] / times[kind, t] for kind in CEILINGS for t in counts if (kind, t) in times}
     by_round = {t: np.divide(ref_samples["sgemm", 1], ref_samples["sgemm", t]) for t in counts if ("sgemm", t) in times}
     table = []
@@ -294,7 +336,9 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
                           vs_sgemm=gflops / sgemm[t] if t in sgemm else np.nan, vs_torch=np.nan,
                           net=net if isinstance(net, str) else "-".join(map(str, layer_sizes(net, n_in, n_out))),
                           n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s),
-                          sgemm_gflops=sgemm.get(t, np.nan), efficiency=np.nan,
+                          sgemm_gflops=sgemm.get(t, np.nan), sgemm_best=best[t][1] if t in best else "",
+                          **{f"sgemm_{lib}_gflops": library_gflops.get((lib, t), np.nan) for lib in SGEMM_LIBRARIES},
+                          efficiency=np.nan, loadavg=load, **dict(zip(("gemm_backend", "gemm_reason"), fn.gemm_backend())),
                           **{f"{kind}_efficiency": ceiling.get((kind, t), np.nan) for kind in CEILINGS},
                           sgemm_efficiency_low=by_round[t].min() if t in by_round else np.nan,
                           rounds_core_lost=int((by_round[t] < 1 - CORE_LOST / t).sum()) if t in by_round else 0,
@@ -443,9 +487,11 @@ def main(argv=None) -> pd.DataFrame:
     for net in args.net:
         sub = df[df.net == net]
         print(f"net {net} ({'-'.join(map(str, layer_sizes(net, n_in, n_out)))}, {args.dataset}, {args.dtype}, "
-              f"{args.device}); sgemm {SGEMM_N}³: " +
-              ", ".join(f"{g:.0f} GFLOP/s at {t} thread(s)" for t, g in
-                        sub.groupby("threads").sgemm_gflops.first().items()))
+              f"{args.device}); the best sgemm {SGEMM_N}³: " + ", ".join(
+                  f"{r.sgemm_gflops:.0f} GFLOP/s at {t} thread(s) ({r.sgemm_best}; " + ", ".join(
+                      f"{lib} {r[f'sgemm_{lib}_gflops']:.0f}" for lib in SGEMM_LIBRARIES
+                      if r[f"sgemm_{lib}_gflops"] == r[f"sgemm_{lib}_gflops"]) + ")"
+                  for t, r in sub.groupby("threads").first().iterrows()))
         for kind, what in (("sgemm", "compute-bound"), ("stream", "memory-bound")):
             ceilings = sub[sub.threads > 1].groupby("threads")[f"{kind}_efficiency"].first().dropna()
             if len(ceilings):

@@ -1,26 +1,45 @@
-"""numpy's BLAS: how many threads it uses, and the two matrix products the CPU trainers need.
+"""The BLAS the CPU trainers multiply with: numpy's OpenBLAS, or Intel's MKL where it is faster here.
 
-    gemm_into(A, B, out)        out ← op(A)·op(B)             numpy's matmul, written in place
+    gemm_into(A, B, out)        out ← op(A)·op(B)             written in place
     gemm_update(A, D, W, lr)    W ← W − lr·AᵀD                one GEMM with beta = 1: the weight update
     axpy(W, G, lr)              W ← W − lr·G                  an update from a gradient already summed
+    backend_for(rows, threads)  "openblas" or "mkl": the one measured fastest here for a step's GEMMs
 
-One BLAS for everything, the one numpy is linked to. Not scipy's, although ``scipy.linalg.blas.sgemm``
-has the ``alpha``/``beta`` the update needs: the OpenBLAS bundled with scipy serializes calls made from
-several threads at once (measured: two workers on two cores ran at 0.87× one; numpy's ran at 1.80×),
-and two OpenBLAS thread pools in one process spin against each other on a small machine. numpy's
-matmul has no ``beta``, so ``gemm_update`` calls numpy's own library through ctypes (which releases
-the GIL during the call), found with threadpoolctl. Where that library has no CBLAS GEMM under a name
-we know, it falls back to a matmul into a temporary and a second pass over W.
+Two libraries, each reached through its own CBLAS. numpy's OpenBLAS is always there. MKL (the optional
+``mkl`` wheel, ``pip install parbp[mkl]``) is loaded privately (``RTLD_LOCAL``, so its symbols clash with
+neither numpy's OpenBLAS nor the MKL linked statically into PyTorch) on GNU OpenMP threads. Which one
+runs a step's products is decided on each machine by timing the GEMMs of a Net-2h step with each, side
+by side, at a few batch sizes and thread counts (``choice``); the decision is cached per CPU model and
+library versions in ``build/blas_choice.json`` and can be forced with ``PARBP_BLAS=openblas|mkl``.
+On the AMD EPYC the study was built on OpenBLAS and MKL are close; on Intel Xeons, MKL is much faster
+at small batches (it is what makes PyTorch fast there).
+
+Not scipy's BLAS, although ``scipy.linalg.blas.sgemm`` has the ``alpha``/``beta`` the update needs: the
+OpenBLAS bundled with scipy serializes calls made from several threads at once (measured: two workers
+on two cores ran at 0.87× one; numpy's ran at 1.80×). numpy's matmul has no ``beta``, so ``gemm_update``
+calls numpy's own library through ctypes (which releases the GIL during the call), found with
+threadpoolctl. Where that library has no CBLAS GEMM under a name we know, it falls back to a matmul
+into a temporary and a second pass over W.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import importlib.metadata
+import json
+import math
+import os
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
+
+BACKENDS = ("openblas", "mkl")
 
 
 @functools.cache  # built once: building a ThreadpoolController scans every loaded library (~1 ms)
@@ -34,14 +53,35 @@ def _numpy_blas() -> ThreadpoolController:
     return _all_blas().select(filepath=path) if path else _all_blas()
 
 
+@contextlib.contextmanager
 def blas_threads(n: int):
-    """Context manager: numpy's BLAS uses ``n`` threads inside it (other libraries keep their own)."""
-    return _numpy_blas().limit(limits=n)
+    """Context manager: numpy's BLAS, and MKL if it is loaded, use ``n`` threads inside it (other
+    libraries, PyTorch's own MKL among them, keep their own)."""
+    mkl = _mkl()
+    before = mkl.MKL_Get_Max_Threads() if mkl else None
+    with _numpy_blas().limit(limits=n):
+        if mkl:
+            mkl.MKL_Set_Num_Threads(int(n))
+        try:
+            yield
+        finally:
+            if mkl:
+                mkl.MKL_Set_Num_Threads(before)
 
 
-def gemm_into(A, B, out, trans_a=False, trans_b=False):
-    """out ← op(A)·op(B), nothing copied when the operands are row-major with unit column stride
-    (numpy hands transposed views to BLAS as flags), the result written in place."""
+def gemm_into(A, B, out, trans_a=False, trans_b=False, backend="openblas"):
+    """out ← op(A)·op(B), the result written in place, nothing copied when the operands are row-major
+    with unit column stride (transposed operands go to BLAS as flags). ``backend`` (see ``BACKENDS``)
+    picks the library; numpy's matmul runs OpenBLAS, and any layout CBLAS cannot take."""
+    if backend != "openblas":
+        gemm = cblas_gemm(out.dtype, backend)
+        lds = [_ld(M) for M in (A, B, out)]
+        if gemm is not None and None not in lds and A.dtype == B.dtype == out.dtype and out.size:
+            m, n = out.shape
+            k = A.shape[0] if trans_a else A.shape[1]
+            gemm(_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS, m, n, k, 1.0,
+                 A.ctypes.data, lds[0], B.ctypes.data, lds[1], 0.0, out.ctypes.data, lds[2])
+            return
     np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
 
 
@@ -66,9 +106,19 @@ def _numpy_blas_path() -> str | None:
     return libs[0] if len(libs) == 1 else None
 
 
-def cblas_gemm(dtype):
-    """numpy's CBLAS ``?gemm`` for ``dtype`` as a ctypes function, or None where it cannot be found."""
+def cblas_gemm(dtype, backend="openblas"):
+    """The CBLAS ``?gemm`` for ``dtype`` of ``backend`` (numpy's OpenBLAS, or MKL) as a ctypes function,
+    or None where it cannot be found."""
+    if backend == "mkl":
+        return _mkl_gemm(np.dtype(dtype).type)
+    if backend != "openblas":
+        raise ValueError(f"unknown BLAS backend {backend!r}: expected one of {BACKENDS}")
     return _load_gemm(np.dtype(dtype).type)
+
+
+def _gemm_argtypes(real, integer):
+    p = ctypes.c_void_p
+    return [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, real, p, integer, p, integer, real, p, integer]
 
 
 @functools.cache
@@ -81,10 +131,7 @@ def _load_gemm(dtype):
     for symbol, integer in _SYMBOLS[dtype]:
         fn = getattr(lib, symbol, None)
         if fn is not None:
-            p = ctypes.c_void_p
-            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer,
-                           real, p, integer, p, integer, real, p, integer]
-            fn.restype = None
+            fn.argtypes, fn.restype = _gemm_argtypes(real, integer), None
             return fn
     return None
 
@@ -105,19 +152,19 @@ def axpy(W, G, lr):
             W[i, j] -= lr * G[i, j]
 
 
-def gemm_update(A, D, W, lr):
+def gemm_update(A, D, W, lr, backend="openblas"):
     """W ← W − lr·AᵀD in one GEMM: alpha = −lr, beta = 1, so the gradient AᵀD is never stored.
 
     A is (B, m), D is (B, n), W is (m, n), all of one float dtype, each a row-major view with unit
     column stride (a block of columns ``A[:, r0:r1]`` with its rows ``W[r0:r1]`` is fine: that is how
-    workers split the update). Without numpy's CBLAS (or for other layouts), AᵀD goes to a temporary
-    and a second pass subtracts it.
+    workers split the update). ``backend`` picks the library (``BACKENDS``). Without a CBLAS (or for
+    other layouts), AᵀD goes to a temporary and a second pass subtracts it.
     """
     (B, m), n = A.shape, D.shape[1]
     if D.shape[0] != B or W.shape != (m, n) or not (A.dtype == D.dtype == W.dtype):
         raise ValueError(f"gemm_update: expected A (B, m), D (B, n), W (m, n) of one dtype, got "
                          f"A{A.shape} {A.dtype}, D{D.shape} {D.dtype}, W{W.shape} {W.dtype}")
-    gemm = cblas_gemm(W.dtype)
+    gemm = cblas_gemm(W.dtype, backend)
     lds = [_ld(M) for M in (A, D, W)]
     if gemm is not None and None not in lds and B > 0:
         gemm(_ROW_MAJOR, _TRANS, _NO_TRANS, m, n, B, -lr, A.ctypes.data, lds[0], D.ctypes.data, lds[1],
@@ -126,3 +173,234 @@ def gemm_update(A, D, W, lr):
     G = np.empty_like(W)
     gemm_into(A, D, G, trans_a=True)
     axpy(W, G, W.dtype.type(lr))
+
+
+# ---------------------------------------------------------------------------------------------------
+# MKL, when the optional wheel is installed
+# ---------------------------------------------------------------------------------------------------
+_MKL_THREADING = {"gnu": 3, "sequential": 1}  # MKL_Set_Threading_Layer's codes
+_MKL_LP64 = 0
+
+
+def mkl_path() -> str | None:
+    """The file of MKL's single dynamic library (``libmkl_rt``) from the ``mkl`` wheel, or None."""
+    try:
+        files = importlib.metadata.files("mkl") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name.startswith("libmkl_rt.so") or f.name in ("libmkl_rt.dylib", "mkl_rt.2.dll"):
+            path = Path(f.locate()).resolve()
+            if path.exists():
+                return str(path)
+    return None
+
+
+@functools.cache
+def _mkl():
+    """MKL loaded privately (RTLD_LOCAL: its CBLAS symbols must not replace numpy's OpenBLAS ones, nor
+    meet the copy linked into PyTorch), threaded with GNU OpenMP, or None where it is not installed."""
+    path = mkl_path()
+    if path is None:
+        return None
+    try:
+        ctypes.CDLL("libgomp.so.1")  # MKL's GNU threading layer needs it; without it MKL would exit the process
+        layer = "gnu"
+    except OSError:
+        layer = "sequential"
+    lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_LOCAL", 0))
+    # both must come before MKL's first computation: 32-bit integers (LP64), GNU OpenMP threads, whose
+    # idle threads sleep after a short spin (Intel's OpenMP spins 200 ms, stealing the cores of the
+    # worker threads and of OpenBLAS on a small machine)
+    lib.MKL_Set_Threading_Layer.argtypes = lib.MKL_Set_Interface_Layer.argtypes = [ctypes.c_int]
+    lib.MKL_Set_Interface_Layer(_MKL_LP64)
+    lib.MKL_Set_Threading_Layer(_MKL_THREADING[layer])
+    lib.MKL_Get_Max_Threads.restype = ctypes.c_int
+    lib.MKL_Set_Num_Threads.argtypes = [ctypes.c_int]
+    for dtype, real in ((np.float32, ctypes.c_float), (np.float64, ctypes.c_double)):
+        fn = getattr(lib, "cblas_sgemm" if dtype is np.float32 else "cblas_dgemm")
+        fn.argtypes, fn.restype = _gemm_argtypes(real, ctypes.c_int32), None
+    lib.threading_layer = layer
+    return lib
+
+
+def _mkl_gemm(dtype):
+    lib = _mkl()
+    if lib is None or dtype not in (np.float32, np.float64):
+        return None
+    return lib.cblas_sgemm if dtype is np.float32 else lib.cblas_dgemm
+
+
+def mkl_version() -> str | None:
+    lib = _mkl()
+    if lib is None:
+        return None
+    buf = ctypes.create_string_buffer(256)
+    lib.MKL_Get_Version_String(buf, len(buf))
+    return buf.value.decode(errors="replace").strip()
+
+
+def available_backends() -> list[str]:
+    """The backends that can run here: OpenBLAS always, MKL where its wheel is installed."""
+    return ["openblas", *(["mkl"] if _mkl() is not None else [])]
+
+
+def library(backend: str) -> str:
+    """The library behind a backend, with its version and kernels (what a result should record)."""
+    if backend == "mkl":
+        return f"{mkl_version()} ({_mkl().threading_layer} threads)"
+    info = [c.info() for c in _numpy_blas().lib_controllers]
+    return "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip() for i in info)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which backend, decided on this machine by timing a step's GEMMs with each
+# ---------------------------------------------------------------------------------------------------
+CHOICE_FILE = Path(__file__).resolve().parent.parent / "build" / "blas_choice.json"
+CHOICE_ROWS = (10, 100, 1000)  # examples per worker at which the step's GEMMs are timed
+CHOICE_SIZES = (784, 1024, 1024, 10)  # Net-2h on MNIST, the study's main network
+CHOICE_MARGIN = 0.05  # MKL replaces OpenBLAS (the default) only when it is this much faster: noise is not a reason
+CHOICE_SAMPLE_S, CHOICE_ROUNDS = 0.01, 7
+_choice_lock = threading.Lock()
+
+
+def choice_threads() -> list[int]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return sorted({1, min(2, cores), cores})
+
+
+def machine_key() -> str:
+    """What the decision depends on: the CPU model and the libraries' versions."""
+    from .envinfo import cpu_name
+
+    return " | ".join([cpu_name(), f"numpy {np.__version__}", library("openblas"),
+                       *([library("mkl")] if _mkl() is not None else [])])
+
+
+class StepGemms:
+    """The GEMMs of one SGD step (forward, backward, update of every layer) at ``rows`` examples, through
+    one backend: what a trainer's worker multiplies. Calling it runs them once."""
+
+    def __init__(self, backend, rows, sizes=CHOICE_SIZES, seed=0):
+        rng = np.random.default_rng(seed)
+        self.backend = backend
+        self.flops = 6 * rows * sum(m * n for m, n in zip(sizes, sizes[1:])) - 2 * rows * sizes[0] * sizes[1]
+        self.W = [rng.random((m, n), dtype=np.float32) * 0.01 for m, n in zip(sizes, sizes[1:])]
+        self.A = [rng.random((rows, n), dtype=np.float32) for n in sizes]
+        self.D = [rng.random((rows, n), dtype=np.float32) for n in sizes[1:]]
+
+    def __call__(self):
+        L = len(self.W)
+        for l in range(L):
+            gemm_into(self.A[l], self.W[l], self.A[l + 1], backend=self.backend)
+        for l in range(L - 1, 0, -1):
+            gemm_into(self.D[l], self.W[l], self.D[l - 1], trans_b=True, backend=self.backend)
+        for l in range(L):
+            gemm_update(self.A[l], self.D[l], self.W[l], 1e-9, backend=self.backend)
+
+
+def time_backends(rows: int, threads: int = 1, backends=None, rounds: int = CHOICE_ROUNDS) -> dict[str, float]:
+    """Milliseconds for a step's GEMMs (``StepGemms``) with each backend, timed side by side: in each round
+    every backend runs briefly untimed (its threads wake, the other's go idle) and then is timed once."""
+    backends = list(backends or available_backends())
+    fns = [StepGemms(b, rows) for b in backends]
+    samples = {b: [] for b in backends}
+    with blas_threads(threads):
+        for fn in fns:
+            fn()
+        per_sample = []
+        for fn in fns:
+            t0 = time.perf_counter()
+            fn()
+            per_sample.append(max(1, math.ceil(CHOICE_SAMPLE_S / max(time.perf_counter() - t0, 1e-9))))
+        for _ in range(rounds):
+            for b, fn, n in zip(backends, fns, per_sample):
+                for _ in range(n):
+                    fn()
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                samples[b].append((time.perf_counter() - t0) / n)
+    return {b: float(np.median(s)) * 1e3 for b, s in samples.items()}
+
+
+def measure_choice() -> dict:
+    """Time every backend on a step's GEMMs at ``CHOICE_ROWS`` × ``choice_threads()`` and pick one for each."""
+    decisions = []
+    for threads in choice_threads():
+        for rows in CHOICE_ROWS:
+            ms = time_backends(rows, threads)
+            best = min(ms, key=ms.get)
+            backend = best if ms[best] < (1 - CHOICE_MARGIN) * ms["openblas"] else "openblas"
+            decisions.append({"threads": threads, "rows": rows, "ms": ms, "backend": backend})
+    return {"key": machine_key(), "backends": available_backends(), "decisions": decisions,
+            "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def choice(path=None, remeasure: bool = False) -> dict:
+    """This machine's decision: read from ``path`` (default ``CHOICE_FILE``) when it was made for this CPU
+    and these libraries, else measured (a few seconds) and written there atomically."""
+    from .results import atomic_write
+
+    path = Path(path or CHOICE_FILE)
+    with _choice_lock:
+        key = machine_key()
+        try:
+            saved = json.loads(path.read_text())  # {machine key: decision}, one per CPU and library set
+            saved = saved if isinstance(saved, dict) else {}
+        except (OSError, ValueError):
+            saved = {}
+        made = saved.get(key)
+        if made and made.get("backends") == available_backends() and not remeasure:
+            return made
+        made = saved[key] = measure_choice()
+        try:
+            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(saved, indent=1)))
+        except OSError as e:  # a read-only checkout: decide again next time
+            print(f"parbp.blas: could not cache the BLAS choice in {path}: {e}", file=sys.stderr)
+        return made
+
+
+@functools.cache
+def _choice() -> dict:
+    return choice()
+
+
+def forced_backend() -> str | None:
+    """``PARBP_BLAS`` when it names a backend; None for ``auto`` or unset."""
+    forced = os.environ.get("PARBP_BLAS", "auto").strip().lower()
+    if forced == "auto":
+        return None
+    if forced not in BACKENDS:
+        raise ValueError(f"PARBP_BLAS={forced!r}: expected one of auto, {', '.join(BACKENDS)}")
+    if forced not in available_backends():
+        raise RuntimeError(f"PARBP_BLAS={forced}: not installed here (pip install 'parbp[mkl]'); "
+                           f"available: {', '.join(available_backends())}")
+    return forced
+
+
+def backend_for(rows: int, threads: int = 1) -> str:
+    """The backend for GEMMs over ``rows`` examples at ``threads`` BLAS threads: ``PARBP_BLAS`` if set,
+    OpenBLAS if it is the only one, else this machine's measured choice for the nearest measured case."""
+    return decide(rows, threads)[0]
+
+
+def decide(rows: int, threads: int = 1) -> tuple[str, str]:
+    """(backend, the reason) for ``backend_for``: what a result records beside its timings."""
+    return _decide(int(rows), int(threads), os.environ.get("PARBP_BLAS"))
+
+
+@functools.lru_cache(maxsize=256)  # trainers ask at every step
+def _decide(rows, threads, _forced_env):
+    forced = forced_backend()
+    if forced:
+        return forced, "PARBP_BLAS"
+    if available_backends() == ["openblas"]:
+        return "openblas", "the only BLAS installed"
+    made = _choice()
+    near = min(made["decisions"], key=lambda d: (abs(math.log(d["threads"] / max(threads, 1))),
+                                                  abs(math.log(d["rows"] / max(rows, 1)))))
+    ms = near["ms"]
+    others = ", ".join(f"{b} {v:.3g} ms" for b, v in ms.items())
+    return near["backend"], f"measured: step GEMMs at {near['rows']} rows, {near['threads']} thread(s): {others}"

@@ -9,8 +9,9 @@
 
 Everything that is not a matrix product runs in small fused numba kernels (bias + sigmoid, the deltas, the
 bias gradient), so a step makes no temporaries and touches each activation once. The matrix products go to
-numpy's BLAS (``parbp.blas``), transposed operands passed as views (BLAS takes them as flags, nothing is
-copied) and every output written in place; the weight update W ← W − lr·AᵀΔ is itself one GEMM (beta = 1),
+BLAS (``parbp.blas``: numpy's OpenBLAS, or MKL where this machine's measurements chose it for the
+step's shapes), transposed operands passed as views (BLAS takes them as flags, nothing is copied) and
+every output written in place; the weight update W ← W − lr·AᵀΔ is itself one GEMM (beta = 1),
 so the gradient is never stored.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from .base import Trainer
+from . import blas as _blas
 from .blas import axpy, blas_threads, gemm_into, gemm_update
 
 #: cores this process may run on: the default number of workers
@@ -367,19 +369,24 @@ class MatrixTrainer(_ParamsTrainer):
         return self._partials, self._partial_b
 
     # -- the work of one group of rows ------------------------------------------------------------
+    def _choose_backend(self, rows: int) -> str:
+        """The BLAS for GEMMs over ``rows`` examples per worker (``parbp.blas.decide``), kept with its reason."""
+        self.gemm_backend, self.gemm_reason = _blas.decide(rows, self.blas)
+        return self.gemm_backend
+
     def _forward_backward(self, X, Y, r0, r1, acts, deltas, scale):
         """Activations and deltas of rows r0:r1 into the shared buffers; returns their Σ(A − Y)²."""
-        L = len(self.W)
+        L, backend = len(self.W), self.gemm_backend
         a = X[r0:r1]
         for l in range(L):
             z = acts[l][r0:r1]
-            gemm_into(a, self.W[l], z)
+            gemm_into(a, self.W[l], z, backend=backend)
             bias_sigmoid(z, self.b[l])
             a = z
         sse = output_delta(a, Y[r0:r1], deltas[L - 1][r0:r1], scale)
         for l in range(L - 1, 0, -1):
             d = deltas[l - 1][r0:r1]
-            gemm_into(deltas[l][r0:r1], self.W[l], d, trans_b=True)
+            gemm_into(deltas[l][r0:r1], self.W[l], d, trans_b=True, backend=backend)
             hidden_delta(d, acts[l - 1][r0:r1])
         return sse
 
@@ -402,7 +409,9 @@ class MatrixTrainer(_ParamsTrainer):
         if self._closed:
             raise RuntimeError(f"trainer {self.name!r} was closed; make a new one")
         B = X.shape[0]
-        return B, split_rows(B, self.groups), *self._buffers(B)
+        rows = split_rows(B, self.groups)
+        self._choose_backend(rows[0][1] - rows[0][0])
+        return B, rows, *self._buffers(B)
 
     def _start(self, X, Y):
         """Forward and backward on every worker's rows: (B, workers, layer inputs A_{l-1}, deltas, Σ(A − Y)²)."""
@@ -415,7 +424,7 @@ class MatrixTrainer(_ParamsTrainer):
             sse = self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
             for l in range(len(self.W)) if partials else ():  # the paper: each worker's partial gradient
                 a = X[r0:r1] if l == 0 else acts[l - 1][r0:r1]
-                gemm_into(a, deltas[l][r0:r1], self._partials[l][k], trans_a=True)
+                gemm_into(a, deltas[l][r0:r1], self._partials[l][k], trans_a=True, backend=self.gemm_backend)
                 column_sums(deltas[l][r0:r1], self._partial_b[l][k])
             return sse
 
@@ -433,7 +442,7 @@ class MatrixTrainer(_ParamsTrainer):
             def update_rows(k):  # worker k: its rows of every W, its entries of every b
                 for A, D, W, b in zip(inputs, deltas, self.W, self.b):
                     r0, r1 = share(W.shape[0], parts, k)
-                    gemm_update(A[:, r0:r1], D, W[r0:r1], lr)
+                    gemm_update(A[:, r0:r1], D, W[r0:r1], lr, backend=self.gemm_backend)
                     c0, c1 = share(b.shape[0], parts, k)
                     bias_update(b[c0:c1], D[:, c0:c1], lr)
 
@@ -457,7 +466,7 @@ class MatrixTrainer(_ParamsTrainer):
             def gradient_rows(k):  # as update_rows, the gradient stored instead of applied
                 for A, D, (gW, gb) in zip(inputs, deltas, grads):
                     r0, r1 = share(gW.shape[0], parts, k)
-                    gemm_into(A[:, r0:r1], D, gW[r0:r1], trans_a=True)
+                    gemm_into(A[:, r0:r1], D, gW[r0:r1], trans_a=True, backend=self.gemm_backend)
                     c0, c1 = share(gb.shape[0], parts, k)
                     column_sums(D[:, c0:c1], gb[c0:c1])
 
@@ -563,6 +572,7 @@ class HogwildTrainer(MatrixTrainer):
 
     def _step(self, X, Y, lr):
         B, rows, acts, deltas = self._prepare(X)
+        self._choose_backend(self.microbatch)
         t = self.dtype.type
         scale, lr = t(2.0 / B), t(lr)
         inputs = [X, *acts[:-1]]
@@ -574,7 +584,7 @@ class HogwildTrainer(MatrixTrainer):
                 sse += self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
                 for A, D, W, b in zip(inputs, deltas, self.W, self.b):
                     # racy on purpose: other workers read and write these same weights meanwhile
-                    gemm_update(A[r0:r1], D[r0:r1], W, lr)
+                    gemm_update(A[r0:r1], D[r0:r1], W, lr, backend=self.gemm_backend)
                     bias_update(b, D[r0:r1], lr)
             return sse
 

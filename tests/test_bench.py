@@ -26,6 +26,14 @@ def test_run_returns_one_row_per_configuration():
     np.testing.assert_allclose(df.gflops, [flops_per_step(sizes, b) / (ms / 1e3) / 1e9 for b, ms in zip(df.batch, df.ms_per_step)])
     np.testing.assert_allclose(df.s_per_epoch, df.ms_per_step / 1e3 * np.ceil(bench.EPOCH_EXAMPLES / df.batch))
     np.testing.assert_allclose(df.vs_sgemm, df.gflops / df.sgemm_gflops)
+    # the reference is the best sgemm of the libraries here, each recorded beside it
+    libraries = df[[f"sgemm_{lib}_gflops" for lib in bench.SGEMM_LIBRARIES]]
+    np.testing.assert_allclose(df.sgemm_gflops, libraries.max(axis=1))
+    assert (df.sgemm_numpy_gflops > 0).all()
+    assert all(df.sgemm_gflops == df[[f"sgemm_{lib}_gflops" for lib in df.sgemm_best]].to_numpy().diagonal())
+    assert set(df.gemm_backend) <= set(bench.blas.available_backends()) and df.gemm_reason.str.len().gt(0).all()
+    assert set(df[df.impl == "numpy"].gemm_backend) == {"openblas"}
+    assert (df.loadavg >= 0).all()
     assert "torch" not in set(df.impl)  # timed alongside for vs_torch, returned only if asked
     # efficiency: the same trainer's one-thread time over threads × this time
     threads = df[df.impl == "threads"].set_index(["threads", "batch"]).ms_per_step

@@ -21,7 +21,7 @@ def test_numpy_blas_is_found():
 @pytest.mark.parametrize("path", ["cblas", "fallback"])
 def test_gemm_update(dtype, tol, path, monkeypatch):
     if path == "fallback":
-        monkeypatch.setattr(blas, "cblas_gemm", lambda dtype: None)
+        monkeypatch.setattr(blas, "cblas_gemm", lambda dtype, backend="openblas": None)
     A, D, W = operands(dtype)
     want = W.astype(np.float64) - 0.3 * A.astype(np.float64).T @ D.astype(np.float64)
     blas.gemm_update(A, D, W, 0.3)
@@ -62,3 +62,115 @@ def test_blas_threads_limits_numpy_blas():
     path = blas._numpy_blas_path()
     with blas.blas_threads(1):
         assert [i["num_threads"] for i in threadpool_info() if i["filepath"] == path] == [1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The backends (numpy's OpenBLAS; MKL where the optional wheel is installed) and the measured choice
+# ---------------------------------------------------------------------------------------------------
+def backend_or_skip(backend):
+    if backend not in blas.available_backends():
+        pytest.skip(f"{backend} is not installed here (pip install 'parbp[mkl]')")
+    return backend
+
+
+@pytest.mark.parametrize("backend", blas.BACKENDS)
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False)])
+def test_gemm_into_each_backend(backend, dtype, tol, trans_a, trans_b):
+    backend_or_skip(backend)
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((37, 23) if trans_a else (23, 37)).astype(dtype)
+    B = rng.standard_normal((29, 37) if trans_b else (37, 29)).astype(dtype)
+    out = np.full((23, 29), np.nan, dtype)
+    blas.gemm_into(A, B, out, trans_a=trans_a, trans_b=trans_b, backend=backend)
+    want = (A.T if trans_a else A).astype(np.float64) @ (B.T if trans_b else B).astype(np.float64)
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+    # a block of columns of a wider array (the threads trainers' row blocks): a leading dimension > n
+    wide = np.zeros((23, 40), dtype)
+    blas.gemm_into(A, B, wide[:, 5:34], trans_a=trans_a, trans_b=trans_b, backend=backend)
+    np.testing.assert_allclose(wide[:, 5:34], want, rtol=tol, atol=tol)
+    assert not wide[:, :5].any() and not wide[:, 34:].any()
+
+
+@pytest.mark.parametrize("backend", blas.BACKENDS)
+def test_gemm_update_each_backend(backend):
+    backend_or_skip(backend)
+    A, D, W = operands(np.float32)
+    want = W.astype(np.float64) - 0.3 * A.astype(np.float64).T @ D.astype(np.float64)
+    blas.gemm_update(A, D, W, 0.3, backend=backend)
+    np.testing.assert_allclose(W, want, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="unknown BLAS backend 'atlas': expected one of"):
+        blas.cblas_gemm(np.float32, "atlas")
+
+
+def test_blas_threads_limits_mkl():
+    mkl = blas._mkl() if "mkl" in blas.available_backends() else pytest.skip("MKL is not installed here")
+    before = mkl.MKL_Get_Max_Threads()
+    with blas.blas_threads(1):
+        assert mkl.MKL_Get_Max_Threads() == 1
+    assert mkl.MKL_Get_Max_Threads() == before
+
+
+@pytest.fixture
+def quick_choice(monkeypatch):
+    """The choice measured on tiny shapes (a real measurement, in milliseconds), nothing cached between tests."""
+    monkeypatch.setattr(blas, "CHOICE_ROWS", (4, 64))
+    monkeypatch.setattr(blas, "CHOICE_SIZES", (30, 20, 5))
+    monkeypatch.setattr(blas, "CHOICE_ROUNDS", 2)
+    monkeypatch.setattr(blas, "CHOICE_SAMPLE_S", 0.001)
+    monkeypatch.delenv("PARBP_BLAS", raising=False)
+    caches = (blas._decide, blas._choice)  # the originals: a test may monkeypatch them
+    for cached in caches:
+        cached.cache_clear()
+    yield
+    for cached in caches:
+        cached.cache_clear()
+
+
+def test_choice_is_measured_cached_and_remade_for_another_machine(quick_choice, tmp_path, monkeypatch):
+    path = tmp_path / "choice.json"
+    made = blas.choice(path)
+    assert made["key"] == blas.machine_key() and made["backends"] == blas.available_backends()
+    cases = {(d["threads"], d["rows"]) for d in made["decisions"]}
+    assert cases == {(t, r) for t in blas.choice_threads() for r in (4, 64)}
+    for d in made["decisions"]:
+        assert set(d["ms"]) == set(made["backends"]) and all(v > 0 for v in d["ms"].values())
+        best = min(d["ms"], key=d["ms"].get)  # the fastest, unless it is not faster than OpenBLAS by the margin
+        assert d["backend"] == (best if d["ms"][best] < (1 - blas.CHOICE_MARGIN) * d["ms"]["openblas"] else "openblas")
+    assert blas.choice(path) == made  # read back, not measured again
+    monkeypatch.setattr(blas, "machine_key", lambda: "another CPU")
+    other = blas.choice(path)
+    assert other["key"] == "another CPU"
+    import json
+    assert set(json.loads(path.read_text())) == {made["key"], "another CPU"}  # both kept
+
+
+def test_decide_takes_the_nearest_measured_case(quick_choice, monkeypatch):
+    if blas.available_backends() == ["openblas"]:
+        assert blas.decide(100, 1) == ("openblas", "the only BLAS installed")
+        return
+    decisions = [{"threads": 1, "rows": 10, "ms": {"openblas": 2.0, "mkl": 1.0}, "backend": "mkl"},
+                 {"threads": 1, "rows": 1000, "ms": {"openblas": 1.0, "mkl": 2.0}, "backend": "openblas"}]
+    monkeypatch.setattr(blas, "_choice", lambda: {"decisions": decisions})
+    assert blas.backend_for(20, 1) == "mkl" and blas.backend_for(500, 2) == "openblas"
+    assert "1000 rows" in blas.decide(500, 2)[1]
+
+
+def test_without_mkl_only_openblas(quick_choice, monkeypatch):
+    monkeypatch.setattr(blas, "_mkl", lambda: None)
+    assert blas.available_backends() == ["openblas"]
+    assert blas.decide(100, 2) == ("openblas", "the only BLAS installed")
+    monkeypatch.setenv("PARBP_BLAS", "mkl")
+    with pytest.raises(RuntimeError, match="not installed here"):
+        blas.backend_for(100)
+
+
+def test_parbp_blas_forces_a_backend(quick_choice, monkeypatch):
+    monkeypatch.setenv("PARBP_BLAS", "openblas")
+    assert blas.decide(100, 1) == ("openblas", "PARBP_BLAS")
+    monkeypatch.setenv("PARBP_BLAS", "atlas")
+    with pytest.raises(ValueError, match="PARBP_BLAS='atlas': expected one of auto, openblas, mkl"):
+        blas.backend_for(100)
