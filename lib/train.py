@@ -1,12 +1,15 @@
 """One training loop for every trainer: seeded shuffles, minibatch SGD, evaluation, a pandas history."""
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import checkpoint as ckpt
 from .base import Trainer
 
 
@@ -36,25 +39,48 @@ def minibatches(n: int, batch_size: int, rng: np.random.Generator):
 
 
 def fit(trainer: Trainer, dataset, epochs: int, batch_size: int, lr: float, lr_decay: float = 0.0,
-        seed: int = 0, progress: bool = True, eval_train: bool = True) -> pd.DataFrame:
+        seed: int = 0, progress: bool = True, eval_train: bool = True, checkpoint=None,
+        resume: bool = False) -> pd.DataFrame:
     """Train ``trainer`` on ``dataset`` with minibatch SGD and return the per-epoch history.
 
     The learning rate of epoch e (from 0) is ``lr * (1 - lr_decay) ** e`` (seed 003 decays it 1% per epoch).
     ``seconds`` is the training time of the epoch alone; evaluation is not counted.
     Row 0 is the untrained network, so every curve starts at the same point for every trainer.
+
+    ``checkpoint``: a path; after every epoch the parameters, the history so far, the epoch and the state
+    of the shuffle's RNG are written there atomically (``parbp.checkpoint``). ``resume=True`` continues
+    from that file if it exists (and starts afresh if it does not); a checkpoint of another run (net,
+    trainer, options, dataset, seed, batch size, learning rate) is refused, naming what differs. Resumed,
+    a run ends with the parameters of an uninterrupted one, bit for bit, for every trainer whose step is
+    deterministic: all CPU trainers except ``hogwild``, whose workers race on the weights by design.
+    Without ``resume`` an existing checkpoint is never overwritten: FileExistsError.
     """
     if epochs < 0 or batch_size <= 0:
         raise ValueError(f"epochs must be >= 0 and batch_size > 0, got epochs={epochs}, batch_size={batch_size}")
     if not 0.0 <= lr_decay < 1.0:
         raise ValueError(f"lr_decay must be in [0, 1), got {lr_decay}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr}")
     if (trainer.n_in, trainer.n_out) != (dataset.n_in, dataset.n_out):
         raise ValueError(f"trainer is {trainer.n_in}->{trainer.n_out} but dataset {dataset.name} is "
                          f"{dataset.n_in}->{dataset.n_out}")
     rng = np.random.default_rng(seed)
     X, Y = dataset.X_train, dataset.Y_train
-    history = [_evaluate(trainer, dataset, 0, float("nan"), 0.0, lr, eval_train)]
-    bar = tqdm(total=epochs * -(-len(X) // batch_size), disable=not progress, unit="step", leave=False)
-    for epoch in range(1, epochs + 1):
+    history, done = None, 0
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        identity = run_identity(trainer, dataset, batch_size, lr, lr_decay, seed, eval_train)
+        if checkpoint.exists():
+            if not resume:
+                raise FileExistsError(f"checkpoint {checkpoint} exists; resume it (resume=True, --resume) "
+                                      f"or delete it to start over")
+            history, done, rng = _restore(trainer, checkpoint, identity, epochs)
+    if history is None:
+        history = [_evaluate(trainer, dataset, 0, float("nan"), 0.0, lr, eval_train)]
+    steps_per_epoch = -(-len(X) // batch_size)
+    bar = tqdm(total=epochs * steps_per_epoch, initial=done * steps_per_epoch, disable=not progress,
+               unit="step", leave=False)
+    for epoch in range(done + 1, epochs + 1):
         lr_epoch = lr * (1.0 - lr_decay) ** (epoch - 1)
         losses = []
         start = time.perf_counter()
@@ -64,8 +90,29 @@ def fit(trainer: Trainer, dataset, epochs: int, batch_size: int, lr: float, lr_d
         seconds = time.perf_counter() - start
         history.append(_evaluate(trainer, dataset, epoch, float(np.mean(losses)), seconds, lr_epoch, eval_train))
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", val_acc=f"{history[-1]['val_acc']:.4f}")
+        if checkpoint is not None:
+            ckpt.save(checkpoint, trainer.params, {"identity": identity, "epoch": epoch, "history": history,
+                                                   "rng": ckpt.rng_state(rng)})
     bar.close()
     return pd.DataFrame(history)
+
+
+def run_identity(trainer, dataset, batch_size, lr, lr_decay, seed, eval_train) -> dict:
+    """What a checkpoint must agree on to be resumed by this run (the epoch count may grow)."""
+    return {"trainer": trainer.name, "sizes": list(trainer.sizes), "dtype": str(trainer.dtype),
+            "options": {k: v for k, v in trainer.opts.items()}, "init_seed": trainer.seed,
+            "dataset": ckpt.data_fingerprint(dataset), "batch_size": batch_size, "lr": lr, "lr_decay": lr_decay,
+            "seed": seed, "eval_train": eval_train}
+
+
+def _restore(trainer, path, identity, epochs):
+    """Load ``path`` into ``trainer``: (history, epochs done, the shuffle RNG as it was)."""
+    params, state = ckpt.load(path)
+    ckpt.check_identity(state, identity, path)
+    if state["epoch"] > epochs:
+        raise ValueError(f"checkpoint {path} is at epoch {state['epoch']}, beyond the {epochs} epochs asked for")
+    trainer.params = params
+    return state["history"], state["epoch"], ckpt.rng_from_state(state["rng"])
 
 
 def _evaluate(trainer, ds, epoch, train_loss, seconds, lr, eval_train) -> dict:
@@ -84,29 +131,66 @@ def _evaluate(trainer, ds, epoch, train_loss, seconds, lr, eval_train) -> dict:
     }
 
 
-def main(argv=None) -> int:
-    """``python -m parbp.train --impl numpy --net 1h --dataset mnist --epochs 5 --batch-size 100 --lr 0.1``"""
+def _net(text: str):
+    """--net: "1h", "2h" or comma-separated hidden widths."""
     import argparse
 
+    from .nets import HIDDEN
+
+    if text in HIDDEN:
+        return text
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"expected one of {sorted(HIDDEN)} or comma-separated positive "
+                                         f"hidden widths like 64,32, got {text!r}")
+    return widths
+
+
+def parser():
+    from . import data, trainers
+    from .cli import Parser, fraction, nonnegative_int, positive_float, positive_int
+
+    p = Parser(prog="python -m parbp.train", description="Train one trainer and print its history.")
+    p.add_argument("--impl", default="numpy", choices=trainers.names())
+    p.add_argument("--net", default="1h", type=_net, help="1h, 2h or comma-separated hidden widths")
+    p.add_argument("--dataset", default="mnist", choices=data.NAMES)
+    p.add_argument("--epochs", type=nonnegative_int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=100)
+    p.add_argument("--lr", type=positive_float, default=0.1)
+    p.add_argument("--lr-decay", type=fraction, default=0.0, help="the lr shrinks by this fraction each epoch")
+    p.add_argument("--threads", type=positive_int, help="for trainers that take a threads option")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--subset", type=positive_int, help="train on the first N training examples only")
+    p.add_argument("--out", help="write the history as CSV here")
+    p.add_argument("--checkpoint", help="write the run's state here after every epoch (atomically)")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    return p
+
+
+def main(argv=None) -> int:
+    """``python -m parbp.train --impl numpy --net 1h --dataset mnist --epochs 5 --batch-size 100 --lr 0.1``"""
     from . import data, trainers
 
-    p = argparse.ArgumentParser(prog="python -m parbp.train", description="Train one trainer and print its history.")
-    p.add_argument("--impl", default="numpy", choices=trainers.names())
-    p.add_argument("--net", default="1h", help="1h, 2h or comma-separated hidden widths")
-    p.add_argument("--dataset", default="mnist", choices=data.NAMES)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--lr-decay", type=float, default=0.0)
-    p.add_argument("--threads", type=int, help="for trainers that take a threads option")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="write the history as CSV here")
+    p = parser()
     args = p.parse_args(argv)
-    net = args.net if args.net in ("1h", "2h") else [int(w) for w in args.net.split(",")]
+    if args.resume and not args.checkpoint:
+        p.error("--resume needs --checkpoint PATH")
+    T = trainers.get(args.impl)
+    if args.threads is not None and "threads" not in T.options:
+        p.error(f"--threads: trainer {args.impl!r} takes no threads option; trainers that do: "
+                f"{', '.join(n for n in trainers.names() if 'threads' in trainers.get(n).options)}")
     ds = data.load(args.dataset)
+    if args.subset:
+        if args.subset > len(ds.X_train):
+            p.error(f"--subset {args.subset} is larger than {ds.name}'s {len(ds.X_train)} training examples")
+        ds = ds.take(args.subset, min(args.subset // 5, len(ds.X_val)), len(ds.X_test))
     options = {} if args.threads is None else {"threads": args.threads}
-    with trainers.get(args.impl)(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=args.seed, **options) as t:
-        history = fit(t, ds, args.epochs, args.batch_size, args.lr, args.lr_decay, args.seed)
+    with T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, seed=args.seed, **options) as t:
+        history = fit(t, ds, args.epochs, args.batch_size, args.lr, args.lr_decay, args.seed,
+                      checkpoint=args.checkpoint, resume=args.resume)
     print(f"{t!r} on {ds.name}, batch {args.batch_size}, lr {args.lr}")
     print(history.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.out:
@@ -117,4 +201,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from .cli import run
+
+    raise SystemExit(run(main, prog="python -m parbp.train"))
