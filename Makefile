@@ -13,7 +13,7 @@ MEASURE ?= env -u OPENBLAS_CORETYPE
 THEANO_ENV ?= .theano-env
 THEANO_PY  ?= python3.11
 
-.PHONY: install study test bench lab theano-env clean
+.PHONY: install study test bench lab book theano-env clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: install
 
 lab: install
 	$(MEASURE) $(BIN)/jupyter lab notebooks/
+
+# The study as a static HTML site (build/book/index.html, works offline): the executed notebooks of the
+# last `make study` (build/executed/), or the stored ones when there are none
+book: install
+	$(BIN)/python -m parbp.book
 
 # Theano (theano-pymc 1.1.2) needs numpy < 1.24: it lives in its own pinned venv and runs out of process.
 theano-env: $(THEANO_ENV)/.installed
