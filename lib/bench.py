@@ -420,6 +420,47 @@ def with_environment(df: pd.DataFrame) -> pd.DataFrame:
     return df.assign(**env)
 
 
+def keep_other_machines(df: pd.DataFrame, path) -> pd.DataFrame:
+    """This run's rows, then the rows ``path`` already holds from other CPU models (``env_cpu``): one CSV
+    keeps the latest run of every machine type measured (an Intel run does not erase the AMD one)."""
+    path = results.redirect(path)
+    try:
+        old = pd.read_csv(path)
+    except (OSError, ValueError):
+        return df
+    if "env_cpu" not in old.columns or "env_cpu" not in df.columns:
+        return df
+    others = old[~old.env_cpu.isin(set(df.env_cpu))]
+    return pd.concat([df, others], ignore_index=True) if len(others) else df
+
+
+#: the trainers of this study that run on one node's CPU with BLAS (the "best trainer" of ``by_machine``)
+MATRIX_TRAINERS = ("serial-blas", "threads", "threads:update=partials", "blas-parallel", "hybrid")
+
+
+def by_machine(df: pd.DataFrame) -> pd.DataFrame:
+    """Per CPU model, batch and thread count: the best matrix trainer against PyTorch and against the
+    best sgemm, and the parallel efficiency of ``threads`` (the paper's design), with the BLAS each used."""
+    rows = []
+    cpu = df.env_cpu if "env_cpu" in df.columns else pd.Series("this machine", index=df.index)
+    for (machine, net, batch, t), g in df.assign(env_cpu=cpu).groupby(["env_cpu", "net", "batch", "threads"]):
+        ours = g[g.impl.isin(MATRIX_TRAINERS)]
+        if ours.empty:
+            continue
+        best = ours.loc[ours.ms_per_step.idxmin()]
+        torch = g[g.impl == "torch"].ms_per_step
+        threads = g[g.impl == "threads"]
+        rows.append({"cpu": machine, "net": net, "batch": batch, "threads": t, "best": best.impl,
+                     "best_ms": best.ms_per_step, "torch_ms": torch.iloc[0] if len(torch) else np.nan,
+                     "best_over_torch_time": best.ms_per_step / torch.iloc[0] if len(torch) else np.nan,
+                     "best_vs_sgemm": best.vs_sgemm, "sgemm_best": best.get("sgemm_best", ""),
+                     "sgemm_gflops": best.sgemm_gflops,
+                     "threads_efficiency": threads.efficiency.iloc[0] if len(threads) else np.nan,
+                     "gemm_backend": best.get("gemm_backend", ""), "blas": best.get("env_blas_kernels", ""),
+                     "loadavg": best.get("loadavg", np.nan)})
+    return pd.DataFrame(rows)
+
+
 def format_table(df: pd.DataFrame) -> str:
     show = df[["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch", "efficiency"]]
     show = show.rename(columns={"ms_per_step": "ms/step", "s_per_epoch": "s/epoch", "gflops": "GFLOP/s",
@@ -483,7 +524,7 @@ def main(argv=None) -> pd.DataFrame:
         return df
     df.insert(df.columns.get_loc("net") + 1, "dataset", args.dataset)
     out = args.out or (DEFAULT_OUT if args.device == "cpu" else DEFAULT_OUT.with_name("bench_gpu.csv"))
-    results.write_csv(with_environment(df), out)
+    results.write_csv(keep_other_machines(with_environment(df), out), out)
     for net in args.net:
         sub = df[df.net == net]
         print(f"net {net} ({'-'.join(map(str, layer_sizes(net, n_in, n_out)))}, {args.dataset}, {args.dtype}, "

@@ -153,3 +153,16 @@ def test_gemm_fixed_cost_fits_a_line():
     np.testing.assert_allclose(np.polyfit(table.rows, table.ms, 1), [fit["per_row_ms"], fit["fixed_ms"]])
     with pytest.raises(ValueError, match="at least two positive sizes"):
         bench.gemm_fixed_cost(rows=(8,), n=64)
+
+
+def test_keep_other_machines_and_by_machine(tmp_path):
+    old = pd.DataFrame({"impl": ["torch", "threads"], "env_cpu": ["Intel Xeon", "AMD EPYC"], "ms_per_step": [5.0, 9.0]})
+    old.to_csv(tmp_path / "b.csv", index=False)
+    new = pd.DataFrame({"impl": ["threads", "torch"], "env_cpu": ["AMD EPYC", "AMD EPYC"], "ms_per_step": [4.0, 8.0]})
+    both = bench.keep_other_machines(new, tmp_path / "b.csv")
+    assert list(both.env_cpu) == ["AMD EPYC", "AMD EPYC", "Intel Xeon"] and list(both.ms_per_step) == [4.0, 8.0, 5.0]
+    assert bench.keep_other_machines(new, tmp_path / "missing.csv") is new
+    table = new.assign(net="2h", batch=100, threads=2, vs_sgemm=0.5, sgemm_gflops=300.0, efficiency=0.9)
+    summary = bench.by_machine(table)
+    assert len(summary) == 1 and summary.best.item() == "threads"
+    assert summary.best_over_torch_time.item() == pytest.approx(0.5) and summary.threads_efficiency.item() == 0.9
