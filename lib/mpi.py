@@ -22,6 +22,15 @@ Rank 0 gathers per-epoch loss/accuracy/time plus each rank's CPU use and peak me
 CSV (a row per epoch and rank; ``epoch`` counts epochs completed, from 1) atomically with ``--out``.
 ``run(...)`` below is the driver the notebooks use.
 
+Checkpoints (allreduce and average): with ``--checkpoint PATH`` rank 0 writes the parameters, the rows so
+far and the epoch there after every epoch (atomically, ``parbp.checkpoint``); rerun the same command with
+``--resume`` and the job continues from it. Every rank's minibatch order is a function of (seed, epoch,
+rank) alone, so nothing else needs saving, and a resumed run ends with the parameters of an uninterrupted
+one, bit for bit. The world size is part of the run's identity (it decides the shards and how every
+minibatch is split, so a different one would be another run); a checkpoint of another world size, net,
+dataset, mode, seed, ... is refused, naming the field. ``async`` has no checkpoint: when the server closes
+an epoch the workers are already into the next one, so there is no consistent state to save.
+
 Failure handling: mpich's mpiexec (hydra) kills the job when a rank dies. For the cases it cannot see (a
 rank that hangs or is stopped), every rank runs a watchdog thread: if a blocking communication call
 waits longer than ``--timeout`` seconds, the rank prints which call and aborts the whole job.
@@ -223,10 +232,68 @@ def _setup(args, comm):
     trainer = T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, dtype=args.dtype, seed=args.seed)
     flat = Flat(trainer.sizes, trainer.dtype, extra=1)  # the extra slot carries the loss
     buf = flat.pack(trainer.params, flat.empty())
+    resumed = _restore(args, comm, ds, trainer, flat, buf)
     comm.Bcast(buf, root=0)  # identical starting point everywhere, whatever each rank's RNG did
     trainer.params = flat.views(buf)
     trainer.gradients(ds.X_train[:2], ds.Y_train[:2])  # warm-up (numba trainers compile here), not timed
-    return ds, trainer, flat
+    return ds, trainer, flat, resumed
+
+
+class Refused(Exception):
+    """A checkpoint this run cannot use; every rank raises it together, rank 0 says why."""
+
+
+def _identity(args, comm, ds, trainer) -> dict:
+    from .checkpoint import data_fingerprint
+
+    return {"mode": args.mode, "processes": comm.size, "impl": args.impl, "sizes": list(trainer.sizes),
+            "dtype": str(trainer.dtype), "dataset": data_fingerprint(ds), "subset": args.subset,
+            "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay,
+            "sync_every": args.sync_every, "seed": args.seed}
+
+
+def _restore(args, comm, ds, trainer, flat, buf) -> dict:
+    """Rank 0 reads ``--checkpoint`` (if resuming) into ``buf``; every rank gets the saved progress
+    ({} for a fresh run) or raises Refused together with the others."""
+    if not args.checkpoint:
+        return {}
+    from . import checkpoint
+
+    state, problem = {}, None
+    if comm.rank == 0:
+        path = Path(args.checkpoint)
+        try:
+            if path.exists() and not args.resume:
+                raise FileExistsError(f"checkpoint {path} exists; add --resume to continue it, or delete it to start over")
+            if path.exists():
+                params, state = checkpoint.load(path)
+                try:
+                    checkpoint.check_identity(state, _identity(args, comm, ds, trainer), path)
+                except checkpoint.CheckpointMismatch as e:
+                    n = state.get("identity", {}).get("processes")
+                    raise checkpoint.CheckpointMismatch(
+                        f"{e}{f'. It was written by {n} processes: resume it with mpiexec -n {n}' if n != comm.size else ''}"
+                    ) from None
+                if state["epoch"] > args.epochs:
+                    raise ValueError(f"checkpoint {path} is at epoch {state['epoch']}, beyond --epochs {args.epochs}")
+                trainer.params = params
+                flat.pack(trainer.params, buf)
+        except (ValueError, FileExistsError) as e:
+            problem = str(e)
+    problem, state = comm.bcast((problem, state), root=0)
+    if problem:
+        raise Refused(problem)
+    return state
+
+
+def _save(args, comm, ds, trainer, epoch, rows, elapsed, **extra) -> None:
+    """Rank 0: the state after ``epoch`` (0-based) epochs, atomically."""
+    if args.checkpoint and comm.rank == 0:
+        from . import checkpoint
+
+        checkpoint.save(args.checkpoint, trainer.params,
+                        {"identity": _identity(args, comm, ds, trainer), "epoch": epoch + 1, "rows": rows,
+                         "elapsed": elapsed, **extra})
 
 
 def _epoch_rows(comm, epoch, usage, shared: dict) -> list[dict]:
@@ -237,14 +304,14 @@ def _epoch_rows(comm, epoch, usage, shared: dict) -> list[dict]:
 
 
 def train_allreduce(args, comm, dog):
-    ds, trainer, flat = _setup(args, comm)
+    ds, trainer, flat, resumed = _setup(args, comm)
     size, rank, B = comm.size, comm.rank, args.batch_size
     if len(ds.X_train) < B:  # every rank has the same data, so every rank stops here together
         raise SystemExit(f"error: --batch-size {B} is larger than the {len(ds.X_train)} training examples")
     buf = flat.empty()
     grads = flat.views(buf)  # the reduced gradient is read in place from the receive buffer
-    usage, rows, elapsed = Usage(), [], 0.0
-    for epoch in range(args.epochs):
+    usage, rows, elapsed = Usage(), resumed.get("rows", []), resumed.get("elapsed", 0.0)
+    for epoch in range(resumed.get("epoch", 0), args.epochs):
         lr = lr_at(args.lr, args.lr_decay, epoch)
         usage.mark()
         t0, loss_sum, steps = time.perf_counter(), 0.0, 0
@@ -256,6 +323,7 @@ def train_allreduce(args, comm, dog):
         elapsed += dt
         shared = _summary(args, trainer, ds, epoch, lr, loss_sum / steps, dt, elapsed) if rank == 0 else {}
         rows += _epoch_rows(comm, epoch, usage, shared)
+        _save(args, comm, ds, trainer, epoch, rows, elapsed)
     return rows, trainer
 
 
@@ -273,7 +341,7 @@ def allreduce_step(trainer, flat, buf, grads, X, Y, B, lr, comm, dog) -> float:
 
 
 def train_average(args, comm, dog):
-    ds, trainer, flat = _setup(args, comm)
+    ds, trainer, flat, resumed = _setup(args, comm)
     size, rank, B = comm.size, comm.rank, args.batch_size
     shard = np.array_split(np.arange(len(ds.X_train)), size)[rank]
     # every rank must take the same number of steps or the averaging collectives would not match up
@@ -282,7 +350,7 @@ def train_average(args, comm, dog):
         raise SystemExit(f"error: {len(ds.X_train)} examples over {size} ranks leave fewer than "
                          f"--batch-size {B} per shard; use fewer ranks, a smaller batch or more data")
     buf = flat.empty()
-    usage, rows, elapsed, syncs = Usage(), [], 0.0, 0
+    usage, rows, elapsed, syncs = Usage(), resumed.get("rows", []), resumed.get("elapsed", 0.0), resumed.get("syncs", 0)
 
     def average():
         flat.pack(trainer.params, buf)
@@ -291,7 +359,7 @@ def train_average(args, comm, dog):
         buf[:] /= size
         trainer.params = flat.views(buf)
 
-    for epoch in range(args.epochs):
+    for epoch in range(resumed.get("epoch", 0), args.epochs):
         lr = lr_at(args.lr, args.lr_decay, epoch)
         usage.mark()
         t0, loss_sum = time.perf_counter(), 0.0
@@ -311,6 +379,7 @@ def train_average(args, comm, dog):
         elapsed += dt
         shared = _summary(args, trainer, ds, epoch, lr, loss, dt, elapsed) if rank == 0 else {}
         rows += _epoch_rows(comm, epoch, usage, {**shared, "syncs": syncs})
+        _save(args, comm, ds, trainer, epoch, rows, elapsed, syncs=syncs)
     return rows, trainer
 
 
@@ -323,7 +392,7 @@ def train_async(args, comm, dog):
 
     if comm.size < 2:
         raise SystemExit("error: --mode async needs at least 2 processes (rank 0 is the parameter server)")
-    ds, trainer, flat = _setup(args, comm)
+    ds, trainer, flat, _ = _setup(args, comm)
     if comm.rank == 0:
         return _server(args, comm, ds, trainer, flat, MPI), trainer
     _worker(args, comm, dog, ds, trainer, flat)
@@ -447,15 +516,39 @@ TRAIN = {"allreduce": train_allreduce, "average": train_average, "async": train_
 # Command line
 
 
+def _rank_from_launcher() -> int:
+    """This process's rank as mpiexec announced it (before MPI is initialized; 0 outside mpiexec)."""
+    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def _Parser(**kwargs):
+    from .cli import Parser
+
+    class RankZeroParser(Parser):
+        """Every rank checks the command line and exits 2; only rank 0 says why, once."""
+
+        def error(self, message):
+            self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if _rank_from_launcher() == 0 else None)
+
+    return RankZeroParser(**kwargs)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mpiexec -n N python -m parbp.mpi", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="mpiexec -n N python -m parbp.mpi", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--net", default="1h", help='"1h", "2h" or hidden widths like 64,32')
     p.add_argument("--dataset", default="mnist", help=f'mnist, fashion-mnist, kddcup99 or "{TOY}" (synthetic)')
     p.add_argument("--subset", type=int, default=None, help="use only the first N training examples")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=10, help="global minibatch (default 10, the paper's)")
+    p.add_argument("--lr", type=float, default=0.05,
+                   help="learning rate (default 0.05: notebook 08's grid picks 0.1 for serial SGD at batch 10, but "
+                        "async applies N-1 workers' updates computed on stale parameters and saturates at 0.1 "
+                        "on MNIST; seed 003's 1.0 saturates this study's sigmoid + MSE outputs in every mode: "
+                        "val loss 1.0, chance accuracy)")
     p.add_argument("--lr-decay", type=float, default=0.01, help="fraction the lr shrinks after each epoch")
     p.add_argument("--sync-every", type=int, default=1,
                    help="average/async: local SGD steps between exchanges (0 = once per epoch)")
@@ -468,6 +561,10 @@ def parser() -> argparse.ArgumentParser:
                         "silent) before the job is aborted; raise it for long epochs with --sync-every 0")
     p.add_argument("--out", default=None, help="CSV written by rank 0 (atomically)")
     p.add_argument("--params-out", default=None, help="rank 0 saves the final parameters here (.npz)")
+    p.add_argument("--checkpoint", default=None,
+                   help="allreduce/average: rank 0 saves the run's state here after every epoch (atomically)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint (same command, same -n); without it an existing checkpoint is refused")
     return p
 
 
@@ -479,12 +576,31 @@ def parse_args(argv=None):
               (args.lr > 0, "--lr must be > 0"), (0 <= args.lr_decay < 1, "--lr-decay must be in [0, 1)"),
               (args.sync_every >= 0, "--sync-every must be >= 0"), (args.timeout > 0, "--timeout must be > 0"),
               (args.threads >= 1, "--threads must be >= 1"),
-              (args.subset is None or args.subset >= 1, "--subset must be >= 1")]
+              (args.subset is None or args.subset >= 1, "--subset must be >= 1"),
+              (args.dataset in (*_dataset_names(), TOY), f"--dataset {args.dataset!r} is not one of {[*_dataset_names(), TOY]}"),
+              (not args.resume or args.checkpoint, "--resume needs --checkpoint PATH"),
+              (args.impl is None or args.impl in _trainer_names(),
+               f"--impl {args.impl!r} is not a trainer; choose one of {_trainer_names()}"),
+              (args.mode != "async" or not args.checkpoint,
+               "--checkpoint works with --mode allreduce and average, not async: when the parameter server closes "
+               "an epoch the workers are already into the next one, so there is no consistent state to save")]
     for ok, msg in checks:
         if not ok:
             parser().error(msg)
     args.impl = args.impl or default_impl()
     return args
+
+
+def _trainer_names():
+    from .trainers import names
+
+    return names()
+
+
+def _dataset_names():
+    from .data import NAMES
+
+    return NAMES
 
 
 def default_impl() -> str:
@@ -510,8 +626,13 @@ def main(argv=None) -> int:
         print("error: --mode async needs at least 2 processes (rank 0 is the parameter server)", file=sys.stderr)
         return 2
     dog = Watchdog(comm, args.timeout)
-    with threadpool_limits(args.threads):
-        rows, trainer = TRAIN[args.mode](args, comm, dog)
+    try:
+        with threadpool_limits(args.threads):
+            rows, trainer = TRAIN[args.mode](args, comm, dog)
+    except Refused as e:  # raised on every rank together
+        if comm.rank == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     if comm.rank == 0:
         import pandas as pd
 
@@ -596,4 +717,6 @@ def run_command(cmd, timeout):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run as _run
+
+    sys.exit(_run(main, prog="parbp.mpi"))
