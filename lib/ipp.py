@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import logging
+import os
 import re
 import socket
 import time
@@ -223,8 +224,6 @@ _keys = itertools.count()
 
 
 def _engine_init(timeout, mpi: bool):
-    import os
-
     from threadpoolctl import threadpool_limits
 
     _state.clear()
@@ -256,20 +255,19 @@ class BoundedComm:
         self._what = "an MPI exchange"
 
     def complete(self, request, what: str, peer: int | None = None):
-        """Wait for ``request``: spin briefly (a message is often microseconds away), then poll with
-        short sleeps (a waiting rank must not take the core of the rank it waits for), up to the deadline."""
+        """Wait for ``request`` by polling ``Test`` (which is also what moves a non-blocking collective
+        along), yielding the core between polls so that a waiting rank does not starve the rank it waits
+        for when ranks outnumber cores, and raise PeerTimeout at the deadline."""
         if request.Test():
             return
-        t0 = time.monotonic()
-        spins = 0
+        deadline = time.monotonic() + self.timeout
         while not request.Test():
-            spins += 1
-            if spins > 200:
-                time.sleep(50e-6)
-                if time.monotonic() - t0 > self.timeout:
-                    request.Cancel()  # a receive can be cancelled; for other requests this is a no-op
-                    from_whom = f"rank {peer}" if peer is not None else "its peers"
-                    raise PeerTimeout(f"rank {self.rank}: {what} got nothing from {from_whom} for {self.timeout:g} s")
+            os.sched_yield()
+            if time.monotonic() > deadline:
+                if peer is not None:  # a receive can be cancelled (collectives cannot)
+                    request.Cancel()
+                from_whom = f"rank {peer}" if peer is not None else "its peers"
+                raise PeerTimeout(f"rank {self.rank}: {what} got nothing from {from_whom} for {self.timeout:g} s")
 
     # the two calls parbp.mpi.allreduce_step makes
     def wait(self, what: str):
