@@ -1,0 +1,408 @@
+"""Every checkable claim of the seeds, as data, with the rule that judges it from the committed CSVs.
+
+A claim names its seed, where the seed says it, the seed's number (when it gives one), the figure whose CSV holds
+ours, and a ``check`` that reads that CSV and returns our number and a verdict:
+
+* ``reproduced``: ours agrees with the seed within the stated tolerance;
+* ``differs``: it does not, and the verdict says by how much and why;
+* ``not measurable here``: this machine cannot measure it (no GPU, 2 cores); the verdict says what would;
+* ``not measured yet``: the CSV is not in figures/; the verdict names the command that makes it.
+
+``table()`` runs every check; notebook 10 writes the result. No number of ours is typed here: each comes from
+a CSV in ``figures/`` (the ``paper`` profile's file when there is one, else the default profile's) or, for the
+network sizes, from ``parbp.nets``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import nets, seed003
+from .results import FIGURES
+
+LABELS = ("paper", "full")  # the profile labels in figure names, the paper profile's first
+STUDY = "make study (or: python -m parbp.study --only {nb})"
+
+
+class Missing(Exception):
+    """A CSV that is not in figures/ yet; the message says what makes it."""
+
+
+@dataclass
+class Outcome:
+    ours: float | None
+    verdict: str    # reproduced, differs, not measurable here, not measured yet
+    why: str
+    source: str = ""
+
+
+class Figures:
+    """The committed CSVs, each found by its stem: ``stem_paper.csv``, else ``stem_full.csv``, else ``stem.csv``."""
+
+    def __init__(self, root: Path | str = FIGURES):
+        self.root = Path(root)
+
+    def path(self, stem: str, notebook: str) -> Path:
+        for name in [f"{stem}_{label}.csv" for label in LABELS] + [f"{stem}.csv"]:
+            if (self.root / name).exists():
+                return self.root / name
+        raise Missing(f"not measured yet: no figures/{stem}_{{paper,full}}.csv; run {STUDY.format(nb=notebook)}")
+
+    def read(self, stem: str, notebook: str) -> tuple[pd.DataFrame, str]:
+        path = self.path(stem, notebook)
+        return pd.read_csv(path), f"figures/{path.name}"
+
+
+@dataclass
+class Claim:
+    seed: str
+    where: str
+    claim: str
+    claimed: float | None
+    figure: str
+    tolerance: str
+    check: Callable[[Figures], Outcome]
+
+
+def within(ours: float, claimed: float, tol: float, unit: str = "") -> tuple[str, str]:
+    ok = abs(ours - claimed) <= tol
+    return ("reproduced" if ok else "differs",
+            f"|{ours:.4g} - {claimed:.4g}|{unit} = {abs(ours - claimed):.3g} {'<=' if ok else '>'} {tol:g}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# seeds 000 (slides) and 001 (paper): the network sizes, threads, BLAS, CUDA, Theano
+
+
+def n_params(net: str, claimed: float) -> Callable[[Figures], Outcome]:
+    def check(fig):
+        ours = nets.n_params(nets.layer_sizes(net, 784, 10))
+        verdict, why = within(ours / claimed, 1.0, 0.02, " (ratio)")
+        return Outcome(ours, verdict, f"{why}; the seed rounds (weights + biases)", "parbp.nets")
+    return check
+
+
+def training_examples(fig):
+    df, src = fig.read("02_training", "02")
+    ours = float(df.n_train.max())
+    verdict, why = within(ours, 50_000, 0, " examples")
+    return Outcome(ours, verdict, why, src)
+
+
+def _speedups(fig, impl: str, stem="05_speedup_threads_1h_mnist") -> tuple[pd.DataFrame, str]:
+    df, src = fig.read(stem, "05")
+    df = df[df.impl == impl]
+    if df.empty:
+        raise Missing(f"not measured yet: no {impl} rows in {src}; run {STUDY.format(nb='05')}")
+    one = df[df.threads == 1].set_index("batch").s_per_epoch
+    top = df[df.threads == df.threads.max()].set_index("batch").s_per_epoch
+    return pd.DataFrame({"speedup": one / top, "threads": df.threads.max(), "s_top": top}).dropna(), src
+
+
+def threads_10x(fig):
+    s, src = _speedups(fig, "threads")
+    ours, t = float(s.speedup.mean()), int(s.threads.iloc[0])
+    if t < 10:
+        return Outcome(ours, "not measurable here",
+                       f"a 10x speedup needs >= 10 cores; this machine ran {t} threads (ours {ours:.2f}x, "
+                       f"efficiency {ours / t:.0%}); make study on a >= 10-core machine measures it", src)
+    verdict, why = within(ours, 10, 2, "x")
+    return Outcome(ours, verdict, why, src)
+
+
+def time_falls_with_smaller_batch(fig):
+    df, src = fig.read("05_time_per_epoch_1h_mnist", "05")
+    df = df[(df.impl == "threads") & (df.threads == df.threads.max())].sort_values("batch")
+    rho = float(pd.Series(df.batch.values).corr(pd.Series(df.s_per_epoch.values), method="spearman"))
+    if rho > 0:
+        return Outcome(rho, "reproduced", f"time per epoch rises with the batch (Spearman {rho:+.2f})", src)
+    return Outcome(rho, "differs", f"time per epoch falls as the batch grows (Spearman {rho:+.2f}): here a batch "
+                   "is one GEMM, which gets more efficient with size; the seed's per-example loops did not", src)
+
+
+def blas_faster(fig):
+    df, src = fig.read("05_time_per_epoch_1h_mnist", "05")
+    top = df.threads.max()
+    t = df[df.threads == top].pivot_table(index="batch", columns="impl", values="s_per_epoch")
+    ratio = (t["threads"] / t["blas-parallel"]).dropna()
+    ours = float(ratio.median())
+    verdict = "reproduced" if ours > 1 else "differs"
+    return Outcome(ours, verdict, f"blas-parallel is {ours:.2f}x as fast as threads at {top} threads "
+                   f"(median over batches {[int(b) for b in ratio.index]})" + ("" if ours > 1 else "; here the threads "
+                   "trainer also runs each thread's slice as a GEMM"), src)
+
+
+def blas_flat(fig):
+    blas, src = _speedups(fig, "blas-parallel")
+    spread = float(blas.speedup.max() / blas.speedup.min())
+    verdict = "reproduced" if spread <= 1.25 else "differs"
+    return Outcome(spread, verdict, f"blas-parallel speedup over its 1 thread ranges {blas.speedup.min():.2f}-"
+                   f"{blas.speedup.max():.2f}x over batches {[int(b) for b in blas.index]} (max/min {spread:.2f}, tolerance 1.25)"
+                   + ("" if verdict == "reproduced" else ": small batches leave a GEMM too small to split"), src)
+
+
+def blas_less_than_threads(fig):
+    blas, src = _speedups(fig, "blas-parallel")
+    thr, _ = _speedups(fig, "threads")
+    ours = float(blas.speedup.mean() / thr.speedup.mean())
+    verdict = "reproduced" if ours < 1 else "differs"
+    return Outcome(ours, verdict, f"mean speedup blas-parallel {blas.speedup.mean():.2f}x vs threads "
+                   f"{thr.speedup.mean():.2f}x at {int(thr.threads.iloc[0])} threads (ratio {ours:.2f})", src)
+
+
+def gpu_rows(fig) -> pd.DataFrame:
+    """Rows of any committed CSV measured on a GPU (device == gpu)."""
+    rows = []
+    for path in sorted(fig.root.glob("*.csv")):
+        df = pd.read_csv(path, nrows=2000, low_memory=False)
+        if "device" in df and (df.device == "gpu").any():
+            rows.append(df[df.device == "gpu"].assign(file=path.name))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+GPU_COMMAND = ("python -m parbp.bench --device gpu --net 1h --batch 100 1000 10000 on a machine with an NVIDIA GPU "
+               "(then make study there: notebooks 04 and 05)")
+
+
+def cuda_20x(fig):
+    gpu = gpu_rows(fig)
+    if gpu.empty:
+        return Outcome(None, "not measurable here", f"no GPU on this machine; {GPU_COMMAND}")
+    ours = float(gpu.speedup.max()) if "speedup" in gpu else np.nan
+    verdict, why = within(ours, 20, 5, "x")
+    return Outcome(ours, verdict, why, ", ".join(f"figures/{f}" for f in gpu.file.unique()))
+
+
+def theano_cuda_batch(fig):
+    gpu = gpu_rows(fig)
+    if gpu.empty or not gpu.impl.isin(["theano", "pytensor"]).any():
+        return Outcome(None, "not measurable here", f"no GPU on this machine; {GPU_COMMAND}")
+    return Outcome(None, "not measurable here", "GPU rows exist but not for Theano; run the Theano GPU baseline")
+
+
+def idle_threads(fig):
+    df, src = fig.read("04_tiling", "04")
+    odd = df[(df.out_cols % 32 != 0)]
+    even = df[(df.out_cols % 32 == 0) & (df.out_rows % 32 == 0)]
+    ours = float(odd.idle.mean())
+    ok = len(odd) and ours > 0.5 and (even.empty or ours > even.idle.mean())
+    return Outcome(ours, "reproduced" if ok else "differs",
+                   f"layers with {sorted(int(c) for c in odd.out_cols.unique())} outputs (not multiples of 32) leave {ours:.0%} of the "
+                   f"launched threads idle on average" + ("" if even.empty else
+                   f"; tiles of multiples of 32 leave {even.idle.mean():.0%}"), src)
+
+
+def theano_both(fig):
+    s, src = _speedups(fig, "theano")
+    ours = float(s.speedup.median())
+    verdict = "reproduced" if ours > 1.2 else "differs"
+    return Outcome(ours, verdict, f"Theano's CPU graph runs {ours:.2f}x faster on {int(s.threads.iloc[0])} threads "
+                   "than on 1 (median over batches): its GEMMs split the work within each matrix product and across "
+                   "the batch's rows at once, i.e. both kinds (tolerance: > 1.2x)", src)
+
+
+def parallel_same_accuracy(fig):
+    t, src = fig.read("06_seed003_table", "06")
+    serial = float(t[t.method == "serial"].test_acc.iloc[0])
+    ar = t[t.method == "allreduce"]
+    if ar.empty:
+        raise Missing(f"not measured yet: no allreduce rows in {src}; run {STUDY.format(nb='06')}")
+    ours = float((ar.test_acc - serial).abs().max())
+    verdict = "reproduced" if ours <= 0.005 else "differs"
+    return Outcome(ours, verdict, f"all-reduce on {sorted(ar.processes)} processes ends within {ours:.4f} of the "
+                   f"serial test accuracy {serial:.4f} (tolerance 0.005)", src)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# seed 003: the two tables
+
+
+def seed003_accuracy(method: str, p: int, tol: float = 0.02) -> Callable[[Figures], Outcome]:
+    def check(fig):
+        t, src = fig.read("06_seed003_table", "06")
+        row = t[(t.method == method) & (t.processes == p)]
+        if row.empty:
+            raise Missing(f"not measured yet: no {method} x{p} row in {src}; run {STUDY.format(nb='06')}")
+        ours = float(row.test_acc.iloc[0])
+        claimed = float(seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy[(method, p)])
+        verdict, why = within(ours, claimed, tol)
+        if verdict == "differs" and method == "sync":
+            why += ("; averaging p models each trained on 1/p of the data takes 1/p as many steps per epoch, so in "
+                    "5 epochs it trails serial (the seed's sync beat its serial run)")
+        if verdict == "differs" and method == "async":
+            why += "; with one core per rank missing here, the workers' interleaving (and staleness) differs"
+        return Outcome(ours, verdict, f"lr {row.lr.iloc[0]:g} (grid search); {why}", src)
+    return check
+
+
+def seed003_time(fig):
+    t, src = fig.read("06_seed003_table", "06")
+    at = t.set_index(["method", "processes"]).time_s
+    ours = float(at[("sync", 2)] / at[("serial", 1)])
+    verdict = "reproduced" if ours > 1 else "differs"
+    return Outcome(ours, verdict, f"sync on 2 processes takes {ours:.2f}x the serial time (seed: "
+                   f"{10.8651 / 9.0821:.2f}x); timings on a shared 2-core machine are noisy", src)
+
+
+def seed003_async_faster(fig):
+    t, src = fig.read("06_seed003_table", "06")
+    at = t.set_index(["method", "processes"]).time_s
+    ours = float(at[("async", 2)] / at[("serial", 1)])
+    verdict = "reproduced" if ours < 1 else "differs"
+    return Outcome(ours, verdict, f"async on 2 processes takes {ours:.2f}x the serial time (seed 0.83x)"
+                   + ("" if ours < 1 else ": here rank 0 only serves, so 2 processes are one worker plus a round "
+                      "trip per step"), src)
+
+
+def seed003_async_degrades(fig):
+    t, src = fig.read("06_seed003_table", "06")
+    a = t[t.method == "async"].set_index("processes").test_acc
+    if not {2, 4} <= set(a.index):
+        raise Missing(f"not measured yet: async x2 and x4 in {src}; run {STUDY.format(nb='06')}")
+    ours = float(a[2] - a[4])
+    verdict = "reproduced" if ours > 0 else "differs"
+    return Outcome(ours, verdict, f"test accuracy async x2 {a[2]:.4f}, x4 {a[4]:.4f} (seed: 0.9111, 0.8596)", src)
+
+
+def seed003_grows(column: str, what: str) -> Callable[[Figures], Outcome]:
+    def check(fig):
+        u, src = fig.read("06_seed003_usage", "06")
+        sync = u[u.method.isin(["serial", "sync"])].sort_values("processes").set_index("processes")[column]
+        if len(sync) < 3:
+            raise Missing(f"not measured yet: sync on 1-4 processes in {src}; run {STUDY.format(nb='06')}")
+        ours = float(sync.iloc[-1] / sync.iloc[0])
+        rising = bool(np.all(np.diff(sync.values) > 0))
+        verdict = "reproduced" if rising else "differs"
+        why = (f"{what} of the machine, serial then sync x2..x{sync.index.max()}: "
+               + ", ".join(f"{v:.1f}%" for v in sync.values))
+        if not rising and column.startswith("cpu"):
+            why += " (this machine has 2 cores: beyond 2 processes the CPU is full)"
+        return Outcome(ours, verdict, why, src)
+    return check
+
+
+# ---------------------------------------------------------------------------------------------------------
+# seed 004 (data vs model parallelism) and seed 002 (CMU lecture: compression)
+
+
+def epochs_to_converge(fig):
+    s, src = fig.read("07_summary", "07")
+    e = s.set_index("method").epochs_to_threshold
+    same = e.nunique() == 1
+    return Outcome(float(e.max()), "reproduced" if same else "differs",
+                   "epochs for the validation loss to reach the threshold: "
+                   + ", ".join(f"{m} {int(v)}" for m, v in e.items())
+                   + (" (the methods compute the same gradient)" if same else ""), src)
+
+
+def _goal(fig, starts: str) -> tuple[pd.Series, str]:
+    g, src = fig.read("09_goals", "09")
+    row = g[g.goal.str.startswith(starts)]
+    if row.empty:
+        raise Missing(f"not measured yet: no goal '{starts}...' in {src}; run {STUDY.format(nb='09')}")
+    return row.iloc[0], src
+
+
+def pruning_90(fig):
+    removed, src = _goal(fig, "Net-1h: >= 90 % of weights removed")
+    lost, _ = _goal(fig, "Net-1h: accuracy lost by P ")
+    ok = removed.value >= 90 and lost.value <= 1.0
+    return Outcome(float(removed.value), "reproduced" if ok else "differs",
+                   f"{removed.value:.1f}% of Net-1h's weights removed, {lost.value:.2f} accuracy points lost "
+                   "(tolerance: >= 90 %, <= 1 point)", src)
+
+
+def deep_compression(fig):
+    row, src = _goal(fig, "Net-1h: P+Q+H times smaller")
+    ours = float(row.value)
+    ok = 49 / 2 <= ours <= 49 * 2
+    return Outcome(ours, "reproduced" if ok else "differs",
+                   f"Net-1h {ours:.0f}x smaller than float32 (VGG-16: 49x; tolerance: within 2x)", src)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+CLAIMS = [
+    Claim("000", "slide 'Experiments', network table", "Network1 (784-1024-10) has 800,000 parameters", 800_000,
+          "-", "2 %", n_params("1h", 800_000)),
+    Claim("000", "slide 'Experiments', network table", "Network2 (784-1024-1024-10) has 1,860,000 parameters",
+          1_860_000, "-", "2 %", n_params("2h", 1_860_000)),
+    Claim("000", "slide 'MNIST dataset'", "50,000 training examples", 50_000, "02_training.png", "exact",
+          training_examples),
+    Claim("000", "slide 'Results - Speedup'", "our implementation (threads): average speedup ≈ 10", 10,
+          "05_speedup_threads_1h_mnist_{label}.png", "±2x", threads_10x),
+    Claim("000", "slide 'Results - Speedup'", "training time decreases as minibatch size decreases", None,
+          "05_time_per_epoch_1h_mnist_{label}.png", "sign", time_falls_with_smaller_batch),
+    Claim("000", "slide 'Results - Speedup'", "BLAS: parallelizing each matrix product gives even faster results",
+          None, "05_time_per_epoch_1h_mnist_{label}.png", "> 1x", blas_faster),
+    Claim("000", "slide 'Results - Speedup'", "BLAS: speedup independent of batch size", None,
+          "05_speedup_threads_1h_mnist_{label}.png", "max/min <= 1.25", blas_flat),
+    Claim("000", "slide 'Results - Speedup'", "BLAS: speedup less than our implementation's", None,
+          "05_speedup_threads_1h_mnist_{label}.png", "< 1x", blas_less_than_threads),
+    Claim("000", "slide 'Results - Speedup'", "CUDA implementation ≈ 20x speedup", 20, "05_speedup_batch_1h_mnist_{label}.png",
+          "±5x", cuda_20x),
+    Claim("000", "slide 'Results - Speedup'", "neurons not a multiple of 32: some threads do not participate", None,
+          "04_tiling.png", "> 50 % idle", idle_threads),
+    Claim("000", "slide 'Results - Speedup'", "Theano apparently combines both types of parallelization", None,
+          "05_speedup_threads_1h_mnist_{label}.png", "> 1.2x", theano_both),
+    Claim("000", "slide 'Results - Speedup'", "Theano CUDA scales very fast with batch size", None, "-", "-",
+          theano_cuda_batch),
+    Claim("001", "section 7", "parallel training without significant loss of accuracy", None,
+          "06_loss_curves_{label}.png", "0.005", parallel_same_accuracy),
+    *[Claim("003", "slide 'Experiment', table 1", f"{m} x{p}: accuracy {a:.4f} after 5 epochs", a,
+            "06_loss_curves_{label}.png", "±0.02", seed003_accuracy(m, p))
+      for m, p, a in seed003.SEED_RESULTS[["method", "processes", "accuracy"]].itertuples(index=False)],
+    Claim("003", "slide 'Conclusion'", "sync is slower than serial (communication overhead)", 10.8651 / 9.0821,
+          "06_loss_curves_{label}.png", "> 1x", seed003_time),
+    Claim("003", "slide 'Experiment', table 1", "async x2 is faster than serial", 7.5638 / 9.0821,
+          "06_loss_curves_{label}.png", "< 1x", seed003_async_faster),
+    Claim("003", "slide 'Conclusion'", "async loses accuracy as processes are added", 0.9111 - 0.8596,
+          "06_loss_curves_{label}.png", "> 0", seed003_async_degrades),
+    Claim("003", "slide 'Experiment', table 2", "memory use grows with the process count (12 % -> 43.3 %)",
+          43.3 / 12, "-", "rising", seed003_grows("memory_percent_of_machine", "memory")),
+    Claim("003", "slide 'Experiment', table 2", "CPU use grows with the process count (35-40 % -> 65-70 %)",
+          67.5 / 37.5, "-", "rising", seed003_grows("cpu_percent_of_machine", "CPU")),
+    Claim("004", "section 3", "data and model parallelism: epochs for the loss to hit a threshold", None,
+          "07_throughput_{label}.png", "equal", epochs_to_converge),
+    Claim("002", "slide 'Compressing a network'", "over 90 % of weights can be removed without significant loss",
+          90, "09_accuracy_vs_sparsity_{label}.png", ">= 90 %, <= 1 pt", pruning_90),
+    Claim("002", "slide 'VGG-16 compression'", "pruning + quantization + Huffman: 49x smaller (VGG-16)", 49,
+          "09_compression_table_{label}.csv", "within 2x", deep_compression),
+]
+
+
+def evaluate(claim: Claim, fig: Figures) -> Outcome:
+    try:
+        return claim.check(fig)
+    except Missing as e:
+        return Outcome(None, "not measured yet", str(e))
+    except KeyError as e:  # the CSV is there but lacks the row the claim needs
+        return Outcome(None, "not measured yet", f"not measured yet: no row {e} in the CSV; run make study")
+
+
+def table(root: Path | str = FIGURES) -> pd.DataFrame:
+    """One row per claim: the seed's words and number, ours, the verdict and why, the CSV it came from."""
+    fig = Figures(root)
+    rows = []
+    for c in CLAIMS:
+        o = evaluate(c, fig)
+        label = next((lb for lb in LABELS if o.source.endswith(f"_{lb}.csv")), "full")
+        rows.append({"seed": c.seed, "where": c.where, "claim": c.claim, "claimed": c.claimed, "ours": o.ours,
+                     "tolerance": c.tolerance, "verdict": o.verdict, "why": o.why,
+                     "figure": c.figure.format(label=label), "source": o.source})
+    return pd.DataFrame(rows)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """The table for the README: seed, claim, theirs, ours, verdict (the reasons stay in the CSV and notebook 10)."""
+    def num(v):
+        return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:,.4g}"
+    lines = ["| seed | claim | seed's number | ours | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {r.seed} | {r.claim} | {num(r.claimed)} | {num(r.ours)} | {r.verdict} |" for r in df.itertuples()]
+    counts = df.verdict.value_counts()
+    lines += ["", "; ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(df)} claims."]
+    return "\n".join(lines) + "\n"
