@@ -28,8 +28,10 @@ install: $(VENV)/.installed
 
 # Runs every numbered notebook in order with papermill (PROFILE=default: < 30 min on 2 cores;
 # PROFILE=paper: the paper-scale experiments). Executed copies go to build/executed/, figures to figures/.
+# A rerun skips the runs that finished and have not changed (and resumes 08's training where it
+# stopped); FORCE=1 reruns everything.
 study: install
-	$(MEASURE) $(BIN)/python -m parbp.study --profile $(PROFILE)
+	$(MEASURE) $(BIN)/python -m parbp.study --profile $(PROFILE) $(if $(FORCE),--force)
 
 # nbval re-executes the notebooks; their figures go to build/ so committed results stay as the study made them
 test: install

@@ -1,17 +1,35 @@
-"""Run the whole study: every numbered notebook, in order, with papermill.
+"""Run the whole study: every numbered notebook, in order, with papermill; rerun only what changed.
 
     python -m parbp.study                    # the default profile (< 30 min on 2 cores)
     python -m parbp.study --profile paper    # the paper-scale experiments
     python -m parbp.study --only 05 06       # a few notebooks
+    python -m parbp.study --force            # rerun everything (make study FORCE=1)
 
 Executed copies go to ``build/executed/`` (gitignored); the experiment notebooks write ``figures/``.
-A profile maps notebook names to the papermill parameters that override the stored (quick) defaults,
-or to a list of such dicts to run one notebook several times (05 runs once per network and dataset);
-a notebook a profile does not name runs once with its stored defaults.
+A profile (``parbp.profiles``) maps notebook names to the papermill parameters that override the stored
+(quick) defaults, or to a list of such dicts to run one notebook several times (05 runs once per network
+and dataset); a notebook a profile does not name runs once with its stored defaults.
+
+**Reruns.** Beside each executed copy lies ``NAME.record.json``: what produced it, as hashes of the
+notebook's code (cell sources, not outputs), its parameters, the profile and the ``parbp`` source (every
+module but this runner and the profiles, which run no notebook code). A run whose record matches is
+skipped and the log says so; anything else, a run that failed or was interrupted included (its record is
+removed before it starts and written only when it succeeds), runs again.
+
+**Resuming inside a notebook.** A notebook whose parameters include ``checkpoint_dir`` (08) is given a
+folder under ``build/checkpoints/`` named after the run and its record's hash; it checkpoints its long
+training there (``parbp.train.fit(..., checkpoint=..., resume=True)``), so an interrupted study picks up
+where the training stopped, and a change of code or parameters starts afresh in a new folder. The folder
+is deleted when the run succeeds, and before it starts with ``--force``.
+
+**Failures** are reported as the notebook, the cell and the error (the executed copy keeps the full
+traceback); the other notebooks still run, and the exit status is 1.
 """
 from __future__ import annotations
 
-import argparse
+import hashlib
+import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,52 +39,156 @@ from .profiles import PROFILES
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 EXECUTED = ROOT / "build" / "executed"
+CHECKPOINTS = ROOT / "build" / "checkpoints"
+LIB = Path(__file__).resolve().parent
+#: modules that run no notebook code: editing them must not make every notebook stale
+NOT_NOTEBOOK_CODE = ("study.py", "profiles.py")
 
 
-def notebooks() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+def notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
+    return sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
 
 
-def run(profile: str = "default", only: list[str] | None = None, out_dir: Path = EXECUTED) -> list[dict]:
+def _sha(obj) -> str:
+    data = obj if isinstance(obj, bytes) else json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def notebook_code(path: Path) -> str:
+    """A hash of what a notebook runs: its cells' types and sources, not their outputs."""
+    cells = json.loads(Path(path).read_text())["cells"]
+    return _sha([(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+                 for c in cells])
+
+
+def library_code() -> str:
+    """A hash of the parbp source the notebooks import."""
+    return _sha(b"".join(p.name.encode() + b"\0" + p.read_bytes()
+                         for p in sorted(LIB.glob("*.py")) if p.name not in NOT_NOTEBOOK_CODE))
+
+
+def record_key(nb: Path, params: dict, profile: str, parbp: str) -> dict:
+    return {"notebook": notebook_code(nb), "parameters": json.loads(json.dumps(params, default=str)),
+            "profile": profile, "parbp": parbp}
+
+
+class NotebookFailed(RuntimeError):
+    """One notebook run failed; the message names the notebook, the cell and the error."""
+
+
+def describe_failure(out: Path, error: Exception) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(error, PapermillExecutionError):
+        first = next((line for line in error.source.splitlines() if line.strip()), "")
+        return (f"{out.name} failed in cell {error.cell_index} (In [{error.exec_count}]: {first.strip()[:80]}): "
+                f"{error.ename}: {error.evalue}\n   the executed copy with the full traceback: {out}")
+    return f"{out.name} failed: {type(error).__name__}: {error}"
+
+
+def run(profile: str = "default", only: list[str] | None = None, out_dir: Path = EXECUTED, force: bool = False,
+        notebooks_dir: Path = NOTEBOOKS, checkpoints: Path = CHECKPOINTS, log=None) -> list[dict]:
+    """Run (or skip) every chosen notebook run; one row per run with its status and seconds.
+
+    Raises NotebookFailed, after running everything else, if any notebook failed.
+    """
     import papermill as pm
 
+    from .results import write_text
+
+    log = log or (lambda message: print(message, flush=True))
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
-    chosen = [nb for nb in notebooks() if not only or any(nb.name.startswith(o) for o in only)]
+    every = notebooks(notebooks_dir)
+    chosen = [nb for nb in every if not only or any(nb.name.startswith(o) for o in only)]
     if only and not chosen:
-        raise ValueError(f"no notebook matches {only}; notebooks are {[nb.name for nb in notebooks()]}")
+        raise ValueError(f"no notebook matches {only}; notebooks are {[nb.name for nb in every]}")
+    out_dir, checkpoints = Path(out_dir), Path(checkpoints)
     out_dir.mkdir(parents=True, exist_ok=True)
-    times = []
+    parbp = library_code()
+    rows, failures = [], []
     for nb in chosen:
         runs = PROFILES[profile].get(nb.name, {})
         runs = runs if isinstance(runs, list) else [runs]
+        declared = None
         for i, params in enumerate(runs):
             out = out_dir / (nb.name if len(runs) == 1 else f"{nb.stem}_{i + 1}.ipynb")
-            print(f"== {out.name} {params or '(stored defaults)'}", flush=True)
+            record = out.with_suffix(".record.json")
+            key = record_key(nb, params, profile, parbp)
+            row = {"notebook": out.name, "profile": profile}
+            previous = _read_record(record)
+            if not force and previous.get("key") == key and out.is_file():
+                log(f"== {out.name} skipped: done and unchanged since {previous.get('finished', '?')}")
+                rows.append({**row, "status": "skipped", "seconds": previous.get("seconds")})
+                continue
+            record.unlink(missing_ok=True)  # from here on, this run is not done until it succeeds
+            ckpt_dir = checkpoints / out.stem
+            if force:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+            declared = pm.inspect_notebook(str(nb)) if declared is None else declared
+            run_params = dict(params)
+            if "checkpoint_dir" in declared:
+                run_params["checkpoint_dir"] = str(ckpt_dir / _sha(key)[:16])
+            log(f"== {out.name} {params or '(stored defaults)'}")
             start = time.perf_counter()
-            pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(NOTEBOOKS),
-                                progress_bar=False, log_output=False)
-            times.append({"notebook": out.name, "profile": profile, "seconds": round(time.perf_counter() - start, 1)})
-            print(f"   done in {times[-1]['seconds']} s", flush=True)
-    return times
+            try:
+                pm.execute_notebook(str(nb), str(out), parameters=run_params, cwd=str(notebooks_dir),
+                                    progress_bar=False, log_output=False)
+            except Exception as e:  # a failing notebook must not stop the others
+                failures.append(describe_failure(out, e))
+                log(f"   FAILED: {failures[-1]}")
+                rows.append({**row, "status": "failed", "seconds": round(time.perf_counter() - start, 1)})
+                continue
+            seconds = round(time.perf_counter() - start, 1)
+            write_text(json.dumps({"key": key, "seconds": seconds,
+                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, indent=1), record)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            rows.append({**row, "status": "ran", "seconds": seconds})
+            log(f"   done in {seconds} s")
+    if failures:
+        raise NotebookFailed(f"{len(failures)} notebook run(s) failed:\n  " + "\n  ".join(failures))
+    return rows
+
+
+def _read_record(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parbp.study", description=__doc__.split("\n\n")[0])
+    from .cli import Parser
+
+    parser = Parser(prog="python -m parbp.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="default", choices=list(PROFILES))
     parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 05 06")
-    parser.add_argument("--out", type=Path, default=EXECUTED, help="where executed copies go")
+    parser.add_argument("--force", action="store_true", help="rerun every notebook, done or not")
+    parser.add_argument("--out", type=Path, default=EXECUTED, help="where executed copies and their records go")
+    parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="the folder of numbered notebooks to run")
+    parser.add_argument("--checkpoints", type=Path, default=CHECKPOINTS,
+                        help="where notebooks that take a checkpoint_dir keep their checkpoints")
     args = parser.parse_args(argv)
+    if not args.notebooks.is_dir():
+        parser.error(f"--notebooks {args.notebooks} is not a folder")
     start = time.perf_counter()
-    times = run(args.profile, args.only, args.out)
     import pandas as pd
 
     from .results import write_csv
 
-    write_csv(pd.DataFrame(times), args.out / f"study_times_{args.profile}.csv")
-    print(f"study ({args.profile}) finished in {time.perf_counter() - start:.0f} s")
+    try:
+        rows = run(args.profile, args.only, args.out, args.force, args.notebooks, args.checkpoints)
+    except NotebookFailed as e:
+        print(f"study ({args.profile}) finished in {time.perf_counter() - start:.0f} s; {e}", file=sys.stderr)
+        return 1
+    write_csv(pd.DataFrame(rows), args.out / f"study_times_{args.profile}.csv")
+    ran = sum(r["status"] == "ran" for r in rows)
+    print(f"study ({args.profile}) finished in {time.perf_counter() - start:.0f} s: {ran} run(s), "
+          f"{len(rows) - ran} skipped as done and unchanged")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run as _run
+
+    sys.exit(_run(main, prog="python -m parbp.study"))

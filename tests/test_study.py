@@ -1,0 +1,141 @@
+"""The study runner on a folder of tiny notebooks, as real processes: interrupted with SIGKILL during a
+notebook's training and rerun, it skips what finished, resumes the training from its checkpoint, and
+ends with the CSVs of an uninterrupted run; a failing notebook is reported by notebook, cell and error."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from parbp import checkpoint
+from parbp.checkpoint import CheckpointError
+
+TESTS = os.path.dirname(__file__)
+
+FAST = """
+import pandas as pd
+from parbp import results
+results.write_csv(pd.DataFrame({"x": [1, 2, 3], "seconds": [0.1, 0.2, 0.3]}), results.FIGURES / "01_fast.csv")
+"""
+
+TRAIN = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_train import toy
+from parbp import results, train, trainers
+ds = toy(n=3000, n_in=64)
+ckpt = Path(checkpoint_dir) / "fit.npz" if checkpoint_dir else None
+with trainers.make("numpy", net=[128], n_in=ds.n_in, n_out=ds.n_out, seed=0) as t:
+    history = train.fit(t, ds, epochs=epochs, batch_size=5, lr=0.5, seed=1, progress=False, checkpoint=ckpt, resume=True)
+results.write_csv(history, results.FIGURES / "02_train.csv")
+"""
+
+
+def make_notebook(path: Path, code: str, parameters: str = ""):
+    cells = []
+    if parameters:
+        cells.append(nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]}))
+    cells.append(nbformat.v4.new_code_cell(code))
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def study(root: Path, *extra):
+    """``python -m parbp.study`` on ``root``/nb, writing under ``root`` only."""
+    env = {**os.environ, "PARBP_FIGURES": str(root / "figures")}
+    cmd = [sys.executable, "-m", "parbp.study", "--notebooks", str(root / "nb"), "--out", str(root / "executed"),
+           "--checkpoints", str(root / "checkpoints"), *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def fresh(root: Path, epochs=6) -> Path:
+    (root / "nb").mkdir(parents=True)
+    make_notebook(root / "nb" / "01_fast.ipynb", FAST)
+    make_notebook(root / "nb" / "02_train.ipynb", TRAIN.format(tests=TESTS),
+                  f"epochs = {epochs}\ncheckpoint_dir = None")
+    return root
+
+
+def csvs(root: Path) -> dict:
+    return {p.name: pd.read_csv(p).drop(columns="seconds") for p in sorted((root / "figures").glob("*.csv"))}
+
+
+def checkpoint_epoch(root: Path) -> int:
+    for p in (root / "checkpoints").glob("*/*/fit.npz"):
+        try:
+            return checkpoint.load(p)[1]["epoch"]
+        except (FileNotFoundError, CheckpointError):
+            pass
+    return 0
+
+
+def test_interrupted_study_resumes_and_skips_what_finished(tmp_path):
+    ref = fresh(tmp_path / "ref")
+    rc, log = finish(study(ref))
+    assert rc == 0, log
+    assert "2 run(s), 0 skipped" in log
+
+    run = fresh(tmp_path / "run")
+    proc = study(run)
+    deadline = time.monotonic() + 240
+    while checkpoint_epoch(run) < 2:  # killed inside 02's training, after its second epoch
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, as a closed laptop would
+    proc.communicate()
+    assert 2 <= checkpoint_epoch(run) < 6
+    assert not (run / "executed" / "02_train.record.json").exists()
+
+    rc, log = finish(study(run))
+    assert rc == 0, log
+    assert "01_fast.ipynb skipped: done and unchanged" in log and "== 02_train.ipynb" in log
+    assert "1 run(s), 1 skipped" in log
+    got, want = csvs(run), csvs(ref)
+    assert list(got) == list(want) == ["01_fast.csv", "02_train.csv"]
+    for name in want:  # the same numbers to the last digit, timing columns aside
+        pd.testing.assert_frame_equal(got[name], want[name], check_exact=True)
+    assert not list((run / "checkpoints").glob("*/*/fit.npz"))  # cleaned up once the run succeeded
+
+    rc, log = finish(study(run))
+    assert rc == 0 and "0 run(s), 2 skipped" in log
+
+    # a changed notebook reruns, the other is still skipped; --force reruns everything
+    make_notebook(run / "nb" / "01_fast.ipynb", FAST + "\n# changed\n")
+    rc, log = finish(study(run, "--only", "01"))
+    assert rc == 0 and "1 run(s), 0 skipped" in log
+    rc, log = finish(study(run, "--only", "01", "--force"))
+    assert rc == 0 and "1 run(s), 0 skipped" in log
+
+
+def test_a_failing_notebook_is_reported_by_cell_and_error_and_rerun(tmp_path):
+    (tmp_path / "nb").mkdir()
+    make_notebook(tmp_path / "nb" / "01_fails.ipynb", "x = 1\nraise ValueError('the data are missing')")
+    rc, log = finish(study(tmp_path))
+    assert rc == 1
+    assert "01_fails.ipynb failed in cell 0" in log and "ValueError: the data are missing" in log
+    assert "Traceback" not in log and "PapermillExecutionError" not in log
+    # never recorded as done, so the next study runs it again (the executed copy keeps the traceback)
+    assert not (tmp_path / "executed" / "01_fails.record.json").exists()
+    assert "ValueError" in (tmp_path / "executed" / "01_fails.ipynb").read_text()
+
+
+def test_bad_arguments_get_one_line(tmp_path):
+    rc, log = finish(study(tmp_path, "--profile", "nope"))
+    assert rc == 2 and log.count("\n") == 1 and "invalid choice: 'nope'" in log
+    (tmp_path / "nb").mkdir()
+    rc, log = finish(study(tmp_path, "--only", "42"))
+    assert rc == 2 and "error: no notebook matches ['42']" in log and "Traceback" not in log
