@@ -374,36 +374,41 @@ def measure(impl: str, net="2h", batch: int = 100, threads: int = 1, n_in: int =
 
 
 class _RowsTimesWeights:
-    """One (rows × n)·(n × n) matmul on one BLAS thread: a worker's forward product on its share."""
+    """One (rows × n)·(n × n) product on one BLAS thread (``backend``): a worker's forward product on its share."""
 
-    def __init__(self, rows, n, seed=0):
+    def __init__(self, rows, n, seed=0, backend="openblas"):
         rng = np.random.default_rng(seed)
+        self.backend = backend
         self.A, self.W = rng.random((rows, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
         self.out = np.empty((rows, n), dtype=np.float32)
 
     def __call__(self):
         with blas_threads(1):
-            np.matmul(self.A, self.W, out=self.out)
+            blas.gemm_into(self.A, self.W, self.out, backend=self.backend)
 
 
-def gemm_fixed_cost(rows=(10, 25, 50, 100, 200, 400), n: int = 1024, repeats: int = 7) -> tuple[pd.DataFrame, dict]:
+def gemm_fixed_cost(rows=(10, 25, 50, 100, 200, 400), n: int = 1024, repeats: int = 7,
+                    backend: str = "openblas") -> tuple[pd.DataFrame, dict]:
     """How a one-thread GEMM's time grows with the rows of its left operand: (table, linear fit).
 
     A worker that takes B/p examples multiplies a (B/p × n) block by the whole n × n weight matrix.
     BLAS first packs that matrix into its blocked layout, a cost that does not shrink with the rows,
     so t(rows) ≈ fixed + per_row·rows, and splitting the examples p ways pays ``fixed`` p times.
-    The fit (least squares over ``rows``) returns ``fixed_ms`` and ``per_row_ms``.
+    The fit (least squares over ``rows``) returns ``fixed_ms`` and ``per_row_ms``; ``backend`` is the
+    BLAS (``parbp.blas.BACKENDS``).
     """
     rows = [int(r) for r in rows]
     if len(rows) < 2 or min(rows) < 1:
         raise ValueError(f"rows needs at least two positive sizes to fit a line, got {rows}")
-    fns = [_RowsTimesWeights(r, n) for r in rows]
+    blas.cblas_gemm(np.float32, backend)  # an unknown backend fails here, naming the valid ones
+    fns = [_RowsTimesWeights(r, n, backend=backend) for r in rows]
     samples = _time_side_by_side(fns, repeats, warmup=2, rewarm_s=0.0)
     ms = [float(np.median(s)) * 1e3 for s in samples]
     per_row, fixed = np.polyfit(rows, ms, 1)
     table = pd.DataFrame({"rows": rows, "ms": ms, "gflops": [2 * r * n * n / (m / 1e3) / 1e9 for r, m in zip(rows, ms)],
                           "fixed_share": [fixed / m for m in ms]})
-    return table, {"fixed_ms": float(fixed), "per_row_ms": float(per_row), "n": n}
+    return table.assign(backend=backend), {"fixed_ms": float(fixed), "per_row_ms": float(per_row), "n": n,
+                                           "backend": backend}
 
 
 # ---------------------------------------------------------------------------------------------------

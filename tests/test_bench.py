@@ -153,6 +153,11 @@ def test_gemm_fixed_cost_fits_a_line():
     np.testing.assert_allclose(np.polyfit(table.rows, table.ms, 1), [fit["per_row_ms"], fit["fixed_ms"]])
     with pytest.raises(ValueError, match="at least two positive sizes"):
         bench.gemm_fixed_cost(rows=(8,), n=64)
+    for backend in bench.blas.available_backends():
+        table, fit = bench.gemm_fixed_cost(rows=(4, 8), n=64, repeats=1, backend=backend)
+        assert set(table.backend) == {backend} == {fit["backend"]} and (table.ms > 0).all()
+    with pytest.raises(ValueError, match="unknown BLAS backend 'atlas'"):
+        bench.gemm_fixed_cost(rows=(4, 8), n=64, backend="atlas")
 
 
 def test_keep_other_machines_and_by_machine(tmp_path):
