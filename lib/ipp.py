@@ -7,7 +7,10 @@
 
 A cluster you started yourself is found by its profile and only connected to (it keeps running when closed):
 
-    ipcluster start --engines=MPI -n 2 --profile=parbp      # then Engines(n=2, profile="parbp")
+    PATH=$PWD/.venv/bin:$PATH ipcluster start --engines=MPI -n 2 --profile=parbp --daemonize
+    Engines(n=2, profile="parbp")                             # ... and ipcluster stop --profile=parbp
+
+(ipcluster runs ``mpiexec`` from PATH: the venv's MPICH, the one mpi4py was built against.)
 
 The client never carries a tensor while training. It ships each engine its data and layers once, then
 submits coarse pieces of work (an epoch, or a block of steps) and collects metrics; the engines exchange
