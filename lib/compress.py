@@ -410,6 +410,96 @@ def compression_table(layers: list[SharedLayer], names=None) -> pd.DataFrame:
     t["index bits (P+Q+H)"] = raw.index_bits_pqh / raw.nonzeros
     t["compress rate (P+Q) %"] = 100 * raw.total_bits_pq / raw.original_bits
     t["compress rate (P+Q+H) %"] = 100 * raw.total_bits_pqh / raw.original_bits
+    t["index width"] = raw.index_width_pqh.astype("Int64")  # bits of the gap alphabet chosen for P+Q+H
+    t.loc["total", "index width"] = pd.NA
     t["bytes (P+Q+H)"] = raw.total_bits_pqh / 8
     t["× smaller (P+Q+H)"] = raw.original_bits / raw.total_bits_pqh
     return t
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole pipeline on one trained network
+# ---------------------------------------------------------------------------------------------------
+def deep_compression(trainer, dataset, schedule, bits, retrain_epochs: int, batch_size: int, lr: float,
+                     finetune_epochs: int, finetune_lr: float, bits_curve=(), finetune_data=None, seed: int = 0,
+                     on_round=None) -> dict:
+    """P, then Q, then H on ``trainer``'s (trained) network; the test accuracy after every stage.
+
+    ``schedule``: the pruning rounds (see ``prune_in_rounds``); ``bits``: the final cluster-index width
+    (one, or one per layer); ``bits_curve``: widths to sweep (same for every layer) for the accuracy-
+    against-bits curve, each quantized from the pruned network and fine-tuned like the final one;
+    ``finetune_data``: the examples the centroids are fine-tuned on (default: ``dataset``, which
+    retrains the pruned network); the test split is always ``dataset``'s.
+    Returns a dict of tables: ``rounds``, ``bits_curve``, ``stages``, ``table`` (seed 002's columns),
+    and the final ``masks`` and ``shared`` layers. Leaves the P+Q+H network (decoded) in the trainer.
+    """
+    acc = lambda: accuracy(trainer, dataset.X_test, dataset.y_test)
+    dense_acc = acc()
+    masks, rounds = prune_in_rounds(trainer, dataset, schedule, retrain_epochs, batch_size, lr, seed, on_round)
+    pruned = trainer.params
+    pruned_acc = acc()
+
+    def quantize(b):
+        trainer.params = pruned
+        shared = share_weights(pruned, masks, b)
+        trainer.params = dequantize(shared)
+        before = acc()
+        finetune_centroids(shared, trainer, dataset if finetune_data is None else finetune_data, finetune_epochs, batch_size, finetune_lr, seed)
+        return shared, before, acc()
+
+    curve = []
+    for b in bits_curve:
+        _, before, after = quantize(b)
+        curve.append({"bits": b, "test_acc_clustered": before, "test_acc_finetuned": after})
+    shared, clustered_acc, quantized_acc = quantize(bits)
+    table = compression_table(shared)
+    # H is lossless: the network is rebuilt from the encoded streams and evaluated again
+    trainer.params = [(decode_layer(encode_layer(L, int(row["index width"]))), L.bias)
+                      for L, (_, row) in zip(shared, table.iloc[:-1].iterrows())]
+    huffman_acc = acc()
+    total = table.loc["total"]
+    original = sum(W.size + b.size for W, b in pruned) * FLOAT_BITS / 8
+    stages = pd.DataFrame([
+        {"stage": "dense (float32)", "test_acc": dense_acc, "bytes": original, "x_smaller": 1.0},
+        {"stage": "P (pruned, retrained)", "test_acc": pruned_acc, "weights_kept": 1 - rounds.weights_removed.iloc[-1]},
+        {"stage": "P+Q (clustered)", "test_acc": clustered_acc},
+        {"stage": "P+Q (centroids fine-tuned)", "test_acc": quantized_acc,
+         "bytes": original * total["compress rate (P+Q) %"] / 100, "x_smaller": 100 / total["compress rate (P+Q) %"]},
+        {"stage": "P+Q+H (decoded from the Huffman streams)", "test_acc": huffman_acc,
+         "bytes": total["bytes (P+Q+H)"], "x_smaller": total["× smaller (P+Q+H)"]},
+    ])
+    stages["accuracy_lost_points"] = 100 * (dense_acc - stages.test_acc)
+    return {"rounds": rounds, "bits_curve": pd.DataFrame(curve), "stages": stages, "table": table,
+            "masks": masks, "shared": shared}
+
+
+def inference_speed(params, sparsities, batches, repeats: int = 7, seed: int = 0) -> pd.DataFrame:
+    """Seconds per forward pass, dense (numpy's BLAS, one thread) against CSR (scipy.sparse, which is
+    single-threaded), with every layer magnitude-pruned to each sparsity: the best of ``repeats`` runs.
+    Where does sparse start to win? CSR does 2 flops per nonzero but reads an index per nonzero and
+    cannot block for the cache as a GEMM does; at batch 1 both are memory-bound matrix-vector products."""
+    import time
+
+    from .blas import blas_threads
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    with blas_threads(1):
+        for s in sparsities:
+            pruned = apply_masks(params, magnitude_masks(params, check_sparsity(s)))
+            dense = [(np.ascontiguousarray(W, dtype=np.float32), b.astype(np.float32)) for W, b in pruned]
+            sparse = to_csr(dense)
+            for B in batches:
+                X = rng.random((B, params[0][0].shape[0]), dtype=np.float32)
+                for kind, run in (("dense", lambda: predict_dense(dense, X)), ("csr", lambda: predict_csr(sparse, X))):
+                    run()  # warm
+                    best = math.inf
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        run()
+                        best = min(best, time.perf_counter() - start)
+                    rows.append({"sparsity": s, "batch": B, "kind": kind, "seconds": best})
+    df = pd.DataFrame(rows)
+    wide = df.pivot_table(index=["sparsity", "batch"], columns="kind", values="seconds").reset_index()
+    wide["csr_speedup"] = wide.dense / wide.csr
+    return wide

@@ -31,10 +31,10 @@ _DEFAULT = {
     # compression of notebook 08's trained Net-1h (>= 97.5 %); retraining at batch 50, lr 0.5 (08's per-example step)
     "09_memory_and_compression.ipynb": dict(
         model_path="../build/models/net1h_mnist_full.npz", train_examples=50_000, train_2h_epochs=5,
-        memory_nets=["1h", "2h"], memory_batches=[10, 100, 1000], retrain_examples=50_000, retrain_epochs=1,
-        schedule_1h=[[0.5, 0.3], [0.8, 0.5], [0.9, 0.6], [0.95, 0.7], [0.95, 0.7]],
+        memory_nets=["1h", "2h"], memory_batches=[10, 100, 1000], retrain_examples=50_000, retrain_epochs=1, retrain_lr=0.5,
+        test_examples=10_000, schedule_1h=[[0.5, 0.3], [0.8, 0.5], [0.9, 0.6], [0.95, 0.7], [0.97, 0.75], [0.97, 0.75]],
         schedule_2h=[[0.5, 0.5, 0.3], [0.8, 0.8, 0.5], [0.9, 0.9, 0.6], [0.95, 0.95, 0.7]],
-        bits_1h=[5, 6], bits_2h=[5, 5, 6], bits_curve=[2, 3, 4, 5, 6, 8], finetune_examples=10_000,
+        bits_1h=[4, 5], bits_2h=[4, 4, 5], bits_curve=[2, 3, 4, 5, 6, 8], finetune_examples=10_000,
         speed_sparsities=[0.0, 0.5, 0.8, 0.9, 0.95, 0.97, 0.99], speed_batches=[1, 10, 100], speed_repeats=7,
         label="full", check_goals=True),
 }
