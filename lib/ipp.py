@@ -328,11 +328,11 @@ def _dp_run(key, epoch, batch_size, lr, first, count):
     steps = shard_batches(st["shard_sizes"], comm.rank, epoch, batch_size, st["seed"])
     losses = []
     comm.barrier("the start of a block of steps")  # time the block from a common start
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for idx in islice(steps, first, None if count is None else first + count):
         losses.append(allreduce_step(t, st["flat"], st["buf"], st["grads"], X[idx], Y[idx], batch_size, lr, comm, comm))
     return {"rank": comm.rank, "steps": len(losses), "loss_sum": float(np.sum(losses)),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
 def _dp_params(key):
@@ -368,7 +368,7 @@ class DataParallel:
                            "training (data parallel)")
         r0 = out[0]
         return {"train_loss": r0["loss_sum"] / max(r0["steps"], 1), "seconds": max(o["seconds"] for o in out),
-                "steps": r0["steps"]}
+                "steps": r0["steps"], "cpu_share": cpu_share(out)}
 
     def train_epoch(self, epoch, B, lr) -> dict:
         return self.run_steps(epoch, B, lr)
@@ -460,7 +460,7 @@ def _mp_run(key, epoch, batch_size, lr, first, count, keep_intervals):
     S, comm = _state[key], _comm()
     batches = islice(minibatches(S["n"], batch_size, epoch, S["seed"]), first, None if count is None else first + count)
     comm.barrier("the start of a block of steps")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     sse, steps, busy, peak, peak_n = 0.0, 0, [], 0, 0
     for idx in batches:
         e, b, pk, pn = _mp_step(key, comm, idx, batch_size, lr)
@@ -468,7 +468,7 @@ def _mp_run(key, epoch, batch_size, lr, first, count, keep_intervals):
         if keep_intervals:
             busy.append(b)
     return {"rank": comm.rank, "steps": steps, "loss_sum": sse / batch_size, "seconds": time.perf_counter() - t0,
-            "busy": busy, "peak_stash_bytes": peak, "peak_stash_micro_batches": peak_n}
+            "cpu_seconds": time.process_time() - c0, "busy": busy, "peak_stash_bytes": peak, "peak_stash_micro_batches": peak_n}
 
 
 def _mp_params(key):
@@ -509,7 +509,7 @@ class ModelParallel:
         out = self.eng.run([(e, _mp_run, (self.key, epoch, B, lr, first, count, intervals)) for e in self.eng.ids],
                            f"training ({self.name})")
         r = {"train_loss": sum(o["loss_sum"] for o in out) / max(out[0]["steps"], 1),
-             "seconds": max(o["seconds"] for o in out), "steps": out[0]["steps"],
+             "seconds": max(o["seconds"] for o in out), "steps": out[0]["steps"], "cpu_share": cpu_share(out),
              "peak_stash_bytes": [o["peak_stash_bytes"] for o in out],
              "peak_stash_micro_batches": [o["peak_stash_micro_batches"] for o in out]}
         if intervals:
@@ -523,7 +523,7 @@ class ModelParallel:
     def train_epoch(self, epoch, B, lr) -> dict:
         r = self.run_steps(epoch, B, lr)
         r["idle_theory"] = pipeline.bubble_theory(self.workers, self.m)
-        r.pop("peak_stash_bytes"), r.pop("peak_stash_micro_batches")
+        r.pop("peak_stash_bytes"), r.pop("peak_stash_micro_batches"), r.pop("cpu_share")
         return r
 
     def activation_memory(self, B: int) -> pd.DataFrame:
@@ -543,6 +543,12 @@ class ModelParallel:
     def fit(self, epochs, batch_size, lr, lr_decay=0.0):
         self._check_batch(batch_size)
         return fit_history(self, epochs, batch_size, lr, lr_decay)
+
+
+def cpu_share(out) -> float:
+    """CPU time over wall time of a block, averaged over the engines: about 1 when every engine had a core of
+    its own (waiting polls too), well below 1 when other work on the machine took the cores away."""
+    return float(np.mean([o["cpu_seconds"] / max(o["seconds"], 1e-9) for o in out]))
 
 
 def step_timing(busy, schedule: str, m: int) -> dict:
@@ -581,10 +587,12 @@ class Serial:
 
         X, Y = self.ds.X_train, self.ds.Y_train
         batches = islice(minibatches(len(X), B, epoch, self.seed), first, None if count is None else first + count)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with threadpool_limits(1):  # one core, like each engine
             losses = [self.trainer.step(X[idx], Y[idx], lr) for idx in batches]
-        return {"train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, "steps": len(losses)}
+        seconds = time.perf_counter() - t0
+        return {"train_loss": float(np.mean(losses)), "seconds": seconds, "steps": len(losses),
+                "cpu_share": (time.process_time() - c0) / max(seconds, 1e-9)}
 
     def train_epoch(self, epoch, B, lr) -> dict:
         return self.run_steps(epoch, B, lr)

@@ -10,6 +10,9 @@ The CSV (``--out``, default figures/07_goals.csv, written atomically) has one ro
 throughput and its ratio to serial, the pipeline's measured idle fraction next to the one ``parbp.pipeline``
 predicts from the same steps' per-stage task times, the activations each stage kept against the formula,
 the goal a row checks and whether it was met, and the machine (CPU, BLAS, load average before and after).
+``cpu_share`` is CPU time over wall time per process (serial: the client; else averaged over the engines):
+near 1 when each had a core to itself, lower when other work on a shared machine took cores away, which
+makes the ratios to serial unreliable in either direction.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
             models[("model parallel (client relay)", "gpipe", 4)] = ipp_relay.RelayModelParallel(eng, ds, net=net, micro_batches=4, seed=seed)
         steps_per_epoch = len(ds.X_train) // batch_size
         times = {k: [] for k in models}
+        shares = {k: [] for k in models}
         extra = {k: {} for k in models}
         for r in range(rounds + 1):  # round 0 warms every configuration up and is not counted
             first = (r * steps) % max(steps_per_epoch - steps + 1, 1)
@@ -61,6 +65,8 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
                 if r == 0:
                     continue
                 times[key].append(out["steps"] * batch_size / dt)
+                if "cpu_share" in out:
+                    shares[key].append(out["cpu_share"])
                 for k in ("peak_stash_micro_batches", "peak_stash_bytes"):
                     if k in out:
                         extra[key][k] = out[k]
@@ -70,7 +76,8 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
             row = {"method": method, "schedule": schedule, "micro_batches": m, "engines": 1 if method == "serial" else engines,
                    "examples_per_s": float(np.median(times[(method, schedule, m)])),
                    "examples_per_s_min": float(np.min(times[(method, schedule, m)])),
-                   "examples_per_s_max": float(np.max(times[(method, schedule, m)]))}
+                   "examples_per_s_max": float(np.max(times[(method, schedule, m)])),
+                   "cpu_share": float(np.median(shares[(method, schedule, m)])) if shares[(method, schedule, m)] else np.nan}
             if isinstance(model, pipp.ModelParallel):
                 row.update(_pipeline_columns(model, batch_size, extra[(method, schedule, m)]))
             rows.append(row)
@@ -140,7 +147,7 @@ def _goals(df, p) -> pd.DataFrame:
 
 
 def report(df) -> str:
-    cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "idle_measured",
+    cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "cpu_share", "idle_measured",
             "idle_predicted", "idle_theory", "stage_ms", "acts_kept_measured", "acts_mib_measured", "acts_mib_formula"]
     head = (f"Net-{df.net.iloc[0]}, {df.dataset.iloc[0]} ({df.train_examples.iloc[0]} examples), batch "
             f"{df.batch_size.iloc[0]}, {df.rounds.iloc[0]} rounds x {df.steps_per_round.iloc[0]} steps | {df.cpu.iloc[0]} | "
