@@ -496,8 +496,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     from .data import NAMES
     from .nets import HIDDEN
 
-    p = argparse.ArgumentParser(prog="python -m parbp.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .cli import Parser
+
+    p = Parser(prog="python -m parbp.bench", description=__doc__.split("\n\n")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", nargs="+", default=["2h"], choices=sorted(HIDDEN), help="networks (seed 001 §5.2)")
     p.add_argument("--batch", nargs="+", type=_positive, default=[100, 1000], help="minibatch sizes")
     p.add_argument("--impl", nargs="+", default=["all"], type=_impl, metavar="IMPL",
@@ -553,4 +555,6 @@ def main(argv=None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    from .cli import run as _run
+
+    sys.exit(_run(main, prog="python -m parbp.bench"))

@@ -227,7 +227,15 @@ def _setup(args, comm):
 
     # Rank 0 reads and decodes the files once and sends the arrays: p ranks decompressing the same
     # files at once would only fight over the cores.
-    ds = comm.bcast(load_data(args.dataset, args.subset, args.seed) if comm.rank == 0 else None, root=0)
+    ds, problem = None, None
+    if comm.rank == 0:
+        try:
+            ds = load_data(args.dataset, args.subset, args.seed)
+        except (ValueError, FileNotFoundError) as e:  # a missing file, a subset too large: all ranks stop
+            problem = str(e)
+    ds, problem = comm.bcast((ds, problem), root=0)
+    if problem:
+        raise Refused(problem)
     T = trainers.get(args.impl)
     trainer = T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, dtype=args.dtype, seed=args.seed)
     flat = Flat(trainer.sizes, trainer.dtype, extra=1)  # the extra slot carries the loss
@@ -240,7 +248,7 @@ def _setup(args, comm):
 
 
 class Refused(Exception):
-    """A checkpoint this run cannot use; every rank raises it together, rank 0 says why."""
+    """Data or a checkpoint this run cannot use; every rank raises it together, rank 0 says why."""
 
 
 def _identity(args, comm, ds, trainer) -> dict:

@@ -201,25 +201,32 @@ def bench(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None,
 
 
 def parser():
-    p = argparse.ArgumentParser(prog="python -m parbp.mpi_bench", description=__doc__.split("\n\n")[0])
+    from .cli import Parser, nonnegative_int, positive_float, positive_int
+
+    p = Parser(prog="python -m parbp.mpi_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--net", default="1h", choices=("1h", "2h"))
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--processes", type=int, default=2)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p.add_argument("--processes", type=positive_int, default=2)
+    p.add_argument("--steps", type=positive_int, default=30)
+    p.add_argument("--warmup", type=nonnegative_int, default=5)
     p.add_argument("--impl", default=None, help="per-rank parbp trainer (default serial-blas if available)")
-    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--timeout", type=positive_float, default=300)
     p.add_argument("--out", default=None, help="CSV of the results (written atomically)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     if args.batch_size < args.processes:
-        parser().error(f"--batch-size {args.batch_size} must be >= --processes {args.processes}")
-    if args.steps < 1 or args.warmup < 0:
-        parser().error("--steps must be >= 1 and --warmup >= 0")
+        p.error(f"--batch-size {args.batch_size} must be >= --processes {args.processes}")
+    from .trainers import names, why_unavailable
+
+    if args.impl is not None and args.impl not in names():
+        p.error(f"--impl {args.impl!r} is not a trainer; choose one of {names()}")
+    if args.impl is not None and why_unavailable(args.impl):
+        p.error(f"--impl {args.impl!r} cannot run here: {why_unavailable(args.impl)}")
     if args.worker:
         args.impl = args.impl or default_impl()
         mpi_worker(args)
@@ -233,4 +240,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run as _run
+
+    sys.exit(_run(main, prog="python -m parbp.mpi_bench"))
