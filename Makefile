@@ -33,9 +33,11 @@ install: $(VENV)/.installed
 study: install
 	$(MEASURE) $(BIN)/python -m parbp.study --profile $(PROFILE) $(if $(FORCE),--force)
 
-# nbval re-executes the notebooks; their figures go to build/ so committed results stay as the study made them
+# nbval re-executes the notebooks (notebooks/ and tests/ are pyproject's testpaths); conftest.py gives
+# nbval the sanitizer and sends the notebooks' figures to build/test-figures, so committed results stay
+# as the study made them, and a plain `pytest --nbval` at the root runs exactly this
 test: install
-	PARBP_FIGURES=$(CURDIR)/build/test-figures $(BIN)/python -m pytest --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks tests
+	$(BIN)/python -m pytest --nbval
 
 bench: install
 	$(MEASURE) $(BIN)/python -m parbp.bench --net 2h --batch 100 1000 --impl all threads:update=partials --threads 1 2 --repeats 11

@@ -65,3 +65,27 @@ def test_the_mpi_defaults_train(mode, n):
     assert rc == 0, out
     loss, acc = (float(w) for w in out.split("val loss ")[1].split(", val acc "))
     assert loss < 0.95 and acc > 0.2, out
+
+
+def test_plain_pytest_nbval_at_the_root_is_make_test(tmp_path):
+    """The user's own CI command, ``pytest --nbval``, collects the notebooks with the sanitizer and the
+    redirected figures, and ``make test`` runs that same command."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    assert re.search(r'^testpaths = \["notebooks", "tests"\]', (root / "pyproject.toml").read_text(), re.M)
+    recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", (root / "Makefile").read_text(), re.M).group(1)
+    assert recipe.strip() == "$(BIN)/python -m pytest --nbval"
+    (tmp_path / "show_nbval_setup.py").write_text(
+        "import os\n"
+        "def pytest_collection_finish(session):\n"
+        "    print('SANITIZE', session.config.option.nbval_sanitize_with, 'FIGURES', os.environ['PARBP_FIGURES'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "PARBP_FIGURES"}
+    env["PYTHONPATH"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "--collect-only", "-q", "-p", "show_nbval_setup",
+                           "notebooks/01_backprop_math.ipynb"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SANITIZE {root / 'tests' / 'nbval_sanitize.cfg'} FIGURES {root / 'build' / 'test-figures'}" in proc.stdout
+    assert "notebooks/01_backprop_math.ipynb::Cell 0" in proc.stdout
