@@ -415,3 +415,33 @@ def markdown(df: pd.DataFrame) -> str:
     counts = df.verdict.value_counts()
     lines += ["", "; ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(df)} claims."]
     return "\n".join(lines) + "\n"
+
+
+README_BEGIN, README_END = "<!-- BEGIN figures/10_against_the_seeds.md -->", "<!-- END figures/10_against_the_seeds.md -->"
+
+
+def readme_block(readme: str) -> str:
+    """The text between the README's markers (what ``sync_readme`` copied in)."""
+    start, end = readme.index(README_BEGIN) + len(README_BEGIN), readme.index(README_END)
+    return readme[start:end].strip("\n")
+
+
+def sync_readme(readme: Path | str, generated: Path | str) -> None:
+    """Copy notebook 10's markdown table into the README between its markers."""
+    readme, text = Path(readme), Path(generated).read_text().strip("\n")
+    s = readme.read_text()
+    start, end = s.index(README_BEGIN) + len(README_BEGIN), s.index(README_END)
+    readme.write_text(s[:start] + "\n" + text + "\n" + s[end:])
+
+
+if __name__ == "__main__":
+    import argparse
+
+    root = FIGURES.parent
+    parser = argparse.ArgumentParser(prog="python -m parbp.claims",
+                                     description="Copy figures/10_against_the_seeds.md into README.md")
+    parser.add_argument("--readme", type=Path, default=root / "README.md")
+    parser.add_argument("--table", type=Path, default=FIGURES / "10_against_the_seeds.md")
+    args = parser.parse_args()
+    sync_readme(args.readme, args.table)
+    print(f"{args.readme}: against-the-seeds table copied from {args.table}")

@@ -68,5 +68,13 @@ def test_readme_shows_the_generated_table():
     generated = ROOT / "figures" / "10_against_the_seeds.md"
     if not generated.exists():
         pytest.skip("figures/10_against_the_seeds.md not generated yet (python -m parbp.study --only 10)")
-    assert generated.read_text().strip() in (ROOT / "README.md").read_text(), \
-        "README.md's against-the-seeds table differs from figures/10_against_the_seeds.md: copy it in again"
+    assert claims.readme_block((ROOT / "README.md").read_text()) == generated.read_text().strip("\n"), \
+        "README.md's against-the-seeds table differs from figures/10_against_the_seeds.md: python -m parbp.claims"
+
+
+def test_sync_readme_copies_between_the_markers(tmp_path):
+    readme, table = tmp_path / "README.md", tmp_path / "t.md"
+    readme.write_text(f"# x\n{claims.README_BEGIN}\nold\n{claims.README_END}\nafter\n")
+    table.write_text("| a |\n")
+    claims.sync_readme(readme, table)
+    assert claims.readme_block(readme.read_text()) == "| a |" and readme.read_text().endswith("after\n")
