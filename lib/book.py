@@ -39,6 +39,8 @@ TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- endblock html_head_js_mathjax -%}
 {%- block body_header -%}
 {{ super() }}
+<style>nav.book-nav{font-family:system-ui,sans-serif;font-size:15px;padding:.6em 0;border-bottom:1px solid #ddd}
+nav.book-nav a{margin-right:1.5em}</style>
 <nav class="book-nav">{{ resources.book_nav }}</nav>
 {%- endblock body_header -%}
 {%- block body_footer -%}
