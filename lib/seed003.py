@@ -47,6 +47,8 @@ def test_scores(params_file, ds, net, impl=None) -> tuple[float, float]:
     from . import trainers
 
     saved = np.load(params_file)
+    if isinstance(net, str) and ("," in net or net.isdigit()):  # hidden widths, as parbp.mpi's --net takes them
+        net = [int(w) for w in net.split(",")]
     trainer = trainers.make(impl or mpi.default_impl(), net=net, n_in=ds.n_in, n_out=ds.n_out, seed=0)
     trainer.params = [(saved[f"W{i}"].astype(trainer.dtype), saved[f"b{i}"].astype(trainer.dtype))
                       for i in range(len(trainer.params))]

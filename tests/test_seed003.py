@@ -1,0 +1,57 @@
+"""parbp.seed003: the grid search, test scores of saved parameters, and the tables beside the seed's."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from parbp import mpi, seed003
+
+TINY = dict(dataset="toy", net="16", subset=400, batch_size=40, impl="numpy", epochs=2)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    ds = mpi.load_data("toy", TINY["subset"])
+    # the toy set has no test split: its validation split stands in (test_scores reads X_test/Y_test/y_test)
+    return SimpleNamespace(**vars(ds), X_test=ds.X_val, Y_test=ds.Y_val, y_test=ds.y_val)
+
+
+@pytest.fixture(scope="module")
+def runs(toy):
+    grid, lr = seed003.grid_search([0.5, 2.0], toy, **TINY)
+    sync = seed003.run("average", 2, lr, toy, **TINY)
+    return grid, lr, sync
+
+
+def test_grid_search_picks_the_best_validation_accuracy(runs):
+    grid, lr, _ = runs
+    last = grid[grid["rank"] == 0].sort_values("epoch").groupby("lr0").tail(1).set_index("lr0")
+    assert lr == last.val_acc.idxmax() and set(last.index) == {0.5, 2.0}
+    assert (grid.method == "serial").all()
+
+
+def test_test_scores_are_those_of_the_final_model(runs):
+    # evaluated on the same split, the saved model's scores equal the run's own last validation numbers
+    grid, lr, _ = runs
+    last = grid[(grid["rank"] == 0) & (grid.lr0 == lr)].sort_values("epoch").iloc[-1]
+    assert np.isclose(last.test_acc, last.val_acc) and np.isclose(last.test_loss, last.val_loss, rtol=1e-4)
+
+
+def test_tables_put_our_rows_beside_the_seeds(runs):
+    grid, lr, sync = runs
+    import pandas as pd
+
+    df = pd.concat([grid[grid.lr0 == lr], sync], ignore_index=True)
+    table = seed003.results_table(df)
+    assert set(zip(table.method, table.processes)) == {("serial", 1), ("sync", 2)}
+    both = seed003.side_by_side(table, seed003.SEED_RESULTS, ["accuracy", "test_acc"])
+    assert len(both) == len(seed003.SEED_RESULTS)  # every seed row, ours where we have it
+    assert both.test_acc.notna().sum() == 2 and list(both.method[:2]) == ["serial", "sync"]
+    usage = seed003.usage_table(df, cores=2, memory_gib=16)
+    assert (usage.memory_percent_of_machine > 0).all()
+    assert (usage.set_index("processes").peak_rss_mib_sum.sort_index().diff().dropna() > 0).all()
+
+
+def test_an_empty_grid_is_refused(toy):
+    with pytest.raises(ValueError, match="at least one"):
+        seed003.grid_search([], toy, **TINY)
