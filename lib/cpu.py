@@ -92,9 +92,10 @@ def sigmoid(z):
 
     Those results (z < −87.34) are subnormal, and whether a CPU delivers them depends on things a library
     does not control: the FTZ/DAZ bits another library may have set, and the code LLVM picks for the
-    CPU it compiles for (with fastmath, a reciprocal estimate whose refinement flushes them to 0 when
-    tuned for Intel's AVX-512 cores, an exact division for AMD's). Flushing explicitly makes the
-    result one and the same everywhere; it is off by less than 1.2e-38 from the exact one.
+    CPU it compiles for. With fastmath the division becomes a reciprocal estimate and a Newton step:
+    for Intel's AVX-512 cores (which prefer 256-bit vectors) VRCPPS, which always flushes results
+    below 2**-126 to 0; for AMD's Zen 4 (512-bit vectors) VRCP14PS, which does not. Flushing
+    explicitly makes the result one and the same everywhere, off by less than 1.2e-38 from the exact one.
     """
     return 1.0 / (1.0 + math.exp(-z))
 
