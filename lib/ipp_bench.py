@@ -12,7 +12,8 @@ predicts from the same steps' per-stage task times, the activations each stage k
 the goal a row checks and whether it was met, and the machine (CPU, BLAS, load average before and after).
 ``cpu_share`` is CPU time over wall time per process (serial: the client; else averaged over the engines):
 near 1 when each had a core to itself, lower when other work on a shared machine took cores away, which
-makes the ratios to serial unreliable in either direction.
+makes the ratios to serial unreliable in either direction. ``vs_serial_per_cpu_s`` divides that share out
+(throughput per CPU-second, over serial's): an estimate of the idle machine's ratio, never used for a goal.
 """
 from __future__ import annotations
 
@@ -85,6 +86,10 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
     serial = df.loc[df.method == "serial", "examples_per_s"].iloc[0]
     df["vs_serial"] = df.examples_per_s / serial
     df["efficiency"] = df.vs_serial / df.engines
+    # an estimate for a contended machine: per CPU-second of each process instead of per wall-second. Waiting
+    # ranks poll, so on an idle machine CPU time equals wall time and this equals vs_serial; the goals use vs_serial
+    per_cpu = df.examples_per_s / df.cpu_share
+    df["vs_serial_per_cpu_s"] = per_cpu / per_cpu[df.method == "serial"].iloc[0]
     df = _goals(df, engines)
     env = envinfo.summary()
     meta = {"net": net if isinstance(net, str) else "-".join(map(str, net)), "dataset": dataset, "train_examples": len(ds.X_train), "batch_size": batch_size,
@@ -147,7 +152,7 @@ def _goals(df, p) -> pd.DataFrame:
 
 
 def report(df) -> str:
-    cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "cpu_share", "idle_measured",
+    cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "cpu_share", "vs_serial_per_cpu_s", "idle_measured",
             "idle_predicted", "idle_theory", "stage_ms", "acts_kept_measured", "acts_mib_measured", "acts_mib_formula"]
     head = (f"Net-{df.net.iloc[0]}, {df.dataset.iloc[0]} ({df.train_examples.iloc[0]} examples), batch "
             f"{df.batch_size.iloc[0]}, {df.rounds.iloc[0]} rounds x {df.steps_per_round.iloc[0]} steps | {df.cpu.iloc[0]} | "
