@@ -29,7 +29,7 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_train import toy
 from parbp import results, train, trainers
-ds = toy(n=3000, n_in=64)
+ds = toy(n=6000, n_in=64)
 ckpt = Path(checkpoint_dir) / "fit.npz" if checkpoint_dir else None
 with trainers.make("numpy", net=[128], n_in=ds.n_in, n_out=ds.n_out, seed=0) as t:
     history = train.fit(t, ds, epochs=epochs, batch_size=5, lr=0.5, seed=1, progress=False, checkpoint=ckpt, resume=True)
@@ -61,7 +61,7 @@ def finish(proc, timeout=300):
     return proc.returncode, out
 
 
-def fresh(root: Path, epochs=6) -> Path:
+def fresh(root: Path, epochs=12) -> Path:
     (root / "nb").mkdir(parents=True)
     make_notebook(root / "nb" / "01_fast.ipynb", FAST)
     make_notebook(root / "nb" / "02_train.ipynb", TRAIN.format(tests=TESTS),
@@ -97,7 +97,7 @@ def test_interrupted_study_resumes_and_skips_what_finished(tmp_path):
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, as a closed laptop would
     proc.communicate()
-    assert 2 <= checkpoint_epoch(run) < 6
+    assert 2 <= checkpoint_epoch(run) < 12
     assert not (run / "executed" / "02_train.record.json").exists()
 
     rc, log = finish(study(run))
