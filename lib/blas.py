@@ -7,10 +7,12 @@
 
 Two libraries, each reached through its own CBLAS. numpy's OpenBLAS is always there. MKL (the optional
 ``mkl`` wheel, ``pip install parbp[mkl]``) is loaded privately (``RTLD_LOCAL``, so its symbols clash with
-neither numpy's OpenBLAS nor the MKL linked statically into PyTorch) on GNU OpenMP threads. Which one
-runs a step's products is decided on each machine by timing the GEMMs of a Net-2h step with each, side
-by side, at a few batch sizes and thread counts (``choice``); the decision is cached per CPU model and
-library versions in ``build/blas_choice.json`` and can be forced with ``PARBP_BLAS=openblas|mkl``.
+neither numpy's OpenBLAS nor the MKL linked statically into PyTorch), sequential: it serves the
+products that run on one thread (the workers of the paper's ``threads`` design among them), OpenBLAS
+the multi-threaded ones. Which one runs a step's one-thread products is decided on each machine by
+timing the GEMMs of a Net-2h step with each, side by side, at a few batch sizes (``choice``); the
+decision is cached per CPU model and library versions in ``build/blas_choice.json`` and can be forced
+with ``PARBP_BLAS=openblas|mkl``.
 On the AMD EPYC the study was built on OpenBLAS and MKL are close; on Intel Xeons, MKL is much faster
 at small batches (it is what makes PyTorch fast there).
 
@@ -55,18 +57,10 @@ def _numpy_blas() -> ThreadpoolController:
 
 @contextlib.contextmanager
 def blas_threads(n: int):
-    """Context manager: numpy's BLAS, and MKL if it is loaded, use ``n`` threads inside it (other
-    libraries, PyTorch's own MKL among them, keep their own)."""
-    mkl = _mkl()
-    before = mkl.MKL_Get_Max_Threads() if mkl else None
-    with _numpy_blas().limit(limits=n):
-        if mkl:
-            mkl.MKL_Set_Num_Threads(int(n))
-        try:
-            yield
-        finally:
-            if mkl:
-                mkl.MKL_Set_Num_Threads(before)
+    """Context manager: numpy's BLAS uses ``n`` threads inside it (other libraries, PyTorch's own MKL
+    among them, keep their own)."""
+    with _numpy_blas().limit(limits=n):  # MKL runs sequential (see _mkl): it has no threads to limit
+        yield
 
 
 def gemm_into(A, B, out, trans_a=False, trans_b=False, backend="openblas"):
@@ -178,7 +172,7 @@ def gemm_update(A, D, W, lr, backend="openblas"):
 # ---------------------------------------------------------------------------------------------------
 # MKL, when the optional wheel is installed
 # ---------------------------------------------------------------------------------------------------
-_MKL_THREADING = {"gnu": 3, "sequential": 1}  # MKL_Set_Threading_Layer's codes
+_MKL_THREADING = {"sequential": 1}  # MKL_Set_Threading_Layer's code
 _MKL_LP64 = 0
 
 
@@ -199,24 +193,21 @@ def mkl_path() -> str | None:
 @functools.cache
 def _mkl():
     """MKL loaded privately (RTLD_LOCAL: its CBLAS symbols must not replace numpy's OpenBLAS ones, nor
-    meet the copy linked into PyTorch), threaded with GNU OpenMP, or None where it is not installed."""
+    meet the copy linked into PyTorch), sequential, or None where it is not installed.
+
+    Sequential: MKL serves the products that run on one thread, the workers of ``threads`` and
+    ``hybrid`` (the paper's design) and the one-thread trainers; multi-threaded products stay on
+    OpenBLAS. A third thread pool in the process (MKL's GNU OpenMP, beside OpenBLAS's and PyTorch's)
+    made MKL's one-thread calls 10-20x slower in a full benchmark run on a 2-core machine."""
     path = mkl_path()
     if path is None:
         return None
-    try:
-        ctypes.CDLL("libgomp.so.1")  # MKL's GNU threading layer needs it; without it MKL would exit the process
-        layer = "gnu"
-    except OSError:
-        layer = "sequential"
+    layer = "sequential"
     lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_LOCAL", 0))
-    # both must come before MKL's first computation: 32-bit integers (LP64), GNU OpenMP threads, whose
-    # idle threads sleep after a short spin (Intel's OpenMP spins 200 ms, stealing the cores of the
-    # worker threads and of OpenBLAS on a small machine)
+    # both must come before MKL's first computation: 32-bit integers (LP64), no threads of its own
     lib.MKL_Set_Threading_Layer.argtypes = lib.MKL_Set_Interface_Layer.argtypes = [ctypes.c_int]
     lib.MKL_Set_Interface_Layer(_MKL_LP64)
     lib.MKL_Set_Threading_Layer(_MKL_THREADING[layer])
-    lib.MKL_Get_Max_Threads.restype = ctypes.c_int
-    lib.MKL_Set_Num_Threads.argtypes = [ctypes.c_int]
     for dtype, real in ((np.float32, ctypes.c_float), (np.float64, ctypes.c_double)):
         fn = getattr(lib, "cblas_sgemm" if dtype is np.float32 else "cblas_dgemm")
         fn.argtypes, fn.restype = _gemm_argtypes(real, ctypes.c_int32), None
@@ -266,8 +257,8 @@ _choice_lock = threading.Lock()
 
 
 def choice_threads() -> list[int]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return sorted({1, min(2, cores), cores})
+    """The BLAS thread counts at which the backends are compared: 1 (MKL runs sequential, see ``_mkl``)."""
+    return [1]
 
 
 def machine_key() -> str:
@@ -390,8 +381,9 @@ def forced_backend() -> str | None:
 
 
 def backend_for(rows: int, threads: int = 1) -> str:
-    """The backend for GEMMs over ``rows`` examples at ``threads`` BLAS threads: ``PARBP_BLAS`` if set,
-    OpenBLAS if it is the only one, else this machine's measured choice for the nearest measured case."""
+    """The backend for GEMMs over ``rows`` examples at ``threads`` BLAS threads: OpenBLAS for more than
+    one thread; else ``PARBP_BLAS`` if set, OpenBLAS if it is the only one, else this machine's measured
+    choice for the nearest measured case."""
     return decide(rows, threads)[0]
 
 
@@ -403,6 +395,8 @@ def decide(rows: int, threads: int = 1) -> tuple[str, str]:
 @functools.lru_cache(maxsize=256)  # trainers ask at every step
 def _decide(rows, threads, _forced_env):
     forced = forced_backend()
+    if threads > 1:
+        return "openblas", "multi-threaded products stay on OpenBLAS (MKL runs sequential here)"
     if forced:
         return forced, "PARBP_BLAS"
     if available_backends() == ["openblas"]:

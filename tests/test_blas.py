@@ -106,12 +106,13 @@ def test_unknown_backend_is_named():
         blas.cblas_gemm(np.float32, "atlas")
 
 
-def test_blas_threads_limits_mkl():
-    mkl = blas._mkl() if "mkl" in blas.available_backends() else pytest.skip("MKL is not installed here")
-    before = mkl.MKL_Get_Max_Threads()
-    with blas.blas_threads(1):
-        assert mkl.MKL_Get_Max_Threads() == 1
-    assert mkl.MKL_Get_Max_Threads() == before
+def test_mkl_runs_sequential_and_multithreaded_products_stay_on_openblas(monkeypatch):
+    if "mkl" not in blas.available_backends():
+        pytest.skip("MKL is not installed here")
+    assert blas._mkl().threading_layer == "sequential" and "sequential" in blas.library("mkl")
+    monkeypatch.setenv("PARBP_BLAS", "mkl")
+    assert blas.decide(100, 1) == ("mkl", "PARBP_BLAS")
+    assert blas.decide(100, 2)[0] == "openblas"
 
 
 @pytest.fixture
@@ -158,13 +159,13 @@ def test_decide_takes_the_nearest_measured_case(quick_choice, monkeypatch):
                  {"threads": 1, "rows": 1000, "ms": {"openblas": 1.0, "mkl": 2.0}, "backend": "openblas"}]
     monkeypatch.setattr(blas, "_choice", lambda: {"decisions": decisions})
     assert blas.backend_for(20, 1) == "mkl" and blas.backend_for(500, 2) == "openblas"
-    assert "1000 rows" in blas.decide(500, 2)[1]
+    assert "1000 rows" in blas.decide(500, 1)[1]
 
 
 def test_without_mkl_only_openblas(quick_choice, monkeypatch):
     monkeypatch.setattr(blas, "_mkl", lambda: None)
     assert blas.available_backends() == ["openblas"]
-    assert blas.decide(100, 2) == ("openblas", "the only BLAS installed")
+    assert blas.decide(100, 1) == ("openblas", "the only BLAS installed")
     monkeypatch.setenv("PARBP_BLAS", "mkl")
     with pytest.raises(RuntimeError, match="not installed here"):
         blas.backend_for(100)
