@@ -14,6 +14,8 @@ the goal a row checks and whether it was met, and the machine (CPU, BLAS, load a
 near 1 when each had a core to itself, lower when other work on a shared machine took cores away, which
 makes the ratios to serial unreliable in either direction. ``vs_serial_per_cpu_s`` divides that share out
 (throughput per CPU-second, over serial's): an estimate of the idle machine's ratio, never used for a goal.
+``ceiling_vs_serial`` (``ceilings``): serial's step over the slowest stage's work, timed in one process; the
+most a pipeline of this split can gain at that m before its bubble and messages.
 """
 from __future__ import annotations
 
@@ -71,6 +73,7 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
                 for k in ("peak_stash_micro_batches", "peak_stash_bytes"):
                     if k in out:
                         extra[key][k] = out[k]
+        ceiling = ceilings(ds, net, batch_size, sorted({1, *micro_batches}), engines, seed=seed)
         load_after = os.getloadavg()
         rows = []
         for (method, schedule, m), model in models.items():
@@ -81,6 +84,7 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
                    "cpu_share": float(np.median(shares[(method, schedule, m)])) if shares[(method, schedule, m)] else np.nan}
             if isinstance(model, pipp.ModelParallel):
                 row.update(_pipeline_columns(model, batch_size, extra[(method, schedule, m)]))
+                row["ceiling_vs_serial"] = ceiling[m]
             rows.append(row)
     df = pd.DataFrame(rows)
     serial = df.loc[df.method == "serial", "examples_per_s"].iloc[0]
@@ -99,6 +103,57 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
     for i, (k, v) in enumerate(meta.items()):
         df.insert(i, k, v)
     return df
+
+
+def ceilings(ds, net, batch_size, micro_batches, engines, repeats=5, seed=0) -> dict[int, float]:
+    """Per m: serial's step time over the slowest stage's work per minibatch, both timed in this one process
+    on one core, interleaved (so a busy machine slows both alike). What a pipeline could reach with free
+    messages and no bubble: the ceiling its schedule then loses the bubble from."""
+    from threadpoolctl import threadpool_limits
+
+    from . import trainers
+    from .mpi import default_impl
+
+    X, Y = ds.X_train[:batch_size], ds.Y_train[:batch_size]
+    serial = trainers.get(default_impl())(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
+    params = serial.params
+    split = pipeline.split_layers(serial.sizes, engines)
+
+    def stage_times(m):
+        stages = [pipeline.Stage([params[l] for l in layers], s == 0, s == len(split) - 1) for s, layers in enumerate(split)]
+        busy = [0.0] * len(stages)
+        for rows in np.array_split(np.arange(batch_size), m):
+            acts, x = [], X[rows]
+            for s, st in enumerate(stages):
+                t0 = time.perf_counter()
+                acts.append(st.forward(x))
+                x = acts[-1][-1]
+                busy[s] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _, delta = stages[-1].output_delta(x, Y[rows], batch_size)
+            busy[-1] += time.perf_counter() - t0
+            for s in range(len(stages) - 1, -1, -1):
+                t0 = time.perf_counter()
+                if s < len(stages) - 1:
+                    delta = stages[s].input_delta(below, acts[s][-1])
+                below = stages[s].backward(acts[s], delta)
+                busy[s] += time.perf_counter() - t0
+        for s, st in enumerate(stages):
+            t0 = time.perf_counter()
+            st.update(1e-9)
+            busy[s] += time.perf_counter() - t0
+        return max(busy)
+
+    with threadpool_limits(1):
+        serial.step(X, Y, 1e-9), stage_times(max(micro_batches))  # warm-up
+        samples = {m: [] for m in micro_batches}
+        for _ in range(repeats):
+            for m in micro_batches:
+                t0 = time.perf_counter()
+                serial.step(X, Y, 1e-9)
+                t_serial = time.perf_counter() - t0
+                samples[m].append(t_serial / stage_times(m))
+    return {m: float(np.median(v)) for m, v in samples.items()}
 
 
 def _run(model, B, lr, first, steps):
@@ -152,7 +207,7 @@ def _goals(df, p) -> pd.DataFrame:
 
 
 def report(df) -> str:
-    cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "cpu_share", "vs_serial_per_cpu_s", "idle_measured",
+    cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "cpu_share", "vs_serial_per_cpu_s", "ceiling_vs_serial", "idle_measured",
             "idle_predicted", "idle_theory", "stage_ms", "acts_kept_measured", "acts_mib_measured", "acts_mib_formula"]
     head = (f"Net-{df.net.iloc[0]}, {df.dataset.iloc[0]} ({df.train_examples.iloc[0]} examples), batch "
             f"{df.batch_size.iloc[0]}, {df.rounds.iloc[0]} rounds x {df.steps_per_round.iloc[0]} steps | {df.cpu.iloc[0]} | "

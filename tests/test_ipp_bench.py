@@ -40,4 +40,5 @@ def test_tiny_run_on_mpi_engines(tmp_path, capsys):
     assert {"serial", "data parallel", "model parallel"} == set(df.method)
     assert set(df[df.method == "model parallel"].schedule) == {"plain", "gpipe", "1f1b"}
     assert (df.examples_per_s > 0).all() and {"cpu", "blas", "loadavg_before", "met_throughput"} <= set(df.columns)
+    assert (df[df.method == "model parallel"].ceiling_vs_serial > 0).all()
     assert "goals:" in capsys.readouterr().out
