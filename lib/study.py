@@ -11,8 +11,9 @@ A profile (``parbp.profiles``) maps notebook names to the papermill parameters t
 and dataset); a notebook a profile does not name runs once with its stored defaults.
 
 **Reruns.** Beside each executed copy lies ``NAME.record.json``: what produced it, as hashes of the
-notebook's code (cell sources, not outputs), its parameters, the profile and the ``parbp`` source (every
-module but this runner and the profiles, which run no notebook code). A run whose record matches is
+notebook's code (cell sources, not outputs), its parameters, the profile, the ``parbp`` source (every
+module but this runner and the profiles, which run no notebook code) and the files its parameters name
+(09 reads the network 08 trained). A run whose record matches is
 skipped and the log says so; anything else, a run that failed or was interrupted included (its record is
 removed before it starts and written only when it succeeds), runs again.
 
@@ -67,9 +68,19 @@ def library_code() -> str:
                          for p in sorted(LIB.glob("*.py")) if p.name not in NOT_NOTEBOOK_CODE))
 
 
+def input_files(nb: Path, params: dict) -> dict:
+    """Hashes of the files a run reads that an earlier run made: string parameters naming an existing file
+    (09's ``model_path``, notebook 08's trained network), so a rerun of 08 makes 09 stale too."""
+    files = {}
+    for value in params.values():
+        if isinstance(value, str) and value and (path := nb.parent / value).is_file():
+            files[value] = _sha(path.read_bytes())
+    return files
+
+
 def record_key(nb: Path, params: dict, profile: str, parbp: str) -> dict:
     return {"notebook": notebook_code(nb), "parameters": json.loads(json.dumps(params, default=str)),
-            "profile": profile, "parbp": parbp}
+            "profile": profile, "parbp": parbp, "inputs": input_files(nb, params)}
 
 
 class NotebookFailed(RuntimeError):

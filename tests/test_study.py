@@ -139,3 +139,20 @@ def test_bad_arguments_get_one_line(tmp_path):
     (tmp_path / "nb").mkdir()
     rc, log = finish(study(tmp_path, "--only", "42"))
     assert rc == 2 and "error: no notebook matches ['42']" in log and "Traceback" not in log
+
+
+def test_a_run_is_stale_when_a_file_it_reads_changes(tmp_path):
+    """09 reads the network 08 trained (``model_path``): retraining it must make 09's record differ."""
+    from parbp import study
+
+    nb = tmp_path / "09_reader.ipynb"
+    make_notebook(nb, "print(model_path)", "model_path = None")
+    model = tmp_path / "model.npz"
+    model.write_bytes(b"first network")
+    params = {"model_path": "model.npz", "label": "full"}
+    before = study.record_key(nb, params, "default", "src")
+    assert before == study.record_key(nb, params, "default", "src")
+    model.write_bytes(b"retrained network")
+    assert study.record_key(nb, params, "default", "src") != before
+    # a parameter that names no file does not count
+    assert study.input_files(nb, {"label": "full", "net": "1h"}) == {}
