@@ -41,7 +41,8 @@ _DEFAULT = {
 
 # The paper-scale experiments only (batch 10,000; all of MNIST in 06 and 07; the longer accuracy run), within
 # 75 minutes on 2 cores. Cut: 00-04 (an empty list = not run), which have no paper-scale setting beyond the
-# default's and no profile label, so a rerun would only overwrite the default's figures with more repeats.
+# default's and no profile label, so a rerun would only overwrite the default's figures with more repeats;
+# and Hogwild in 05 (below).
 _NOT_PAPER_SCALE = ("00_setup_and_data.ipynb", "01_backprop_math.ipynb", "02_serial.ipynb", "03_threads.ipynb",
                     "04_cuda.ipynb")
 _PAPER = {
@@ -50,9 +51,13 @@ _PAPER = {
     "06_mpi_sgd.ipynb": dict(_DEFAULT["06_mpi_sgd.ipynb"], lrs=[0.03, 0.05, 0.1, 0.2, 0.3], bench_steps=20,
                              label="paper"),
     "07_data_vs_model_parallel.ipynb": dict(_DEFAULT["07_data_vs_model_parallel.ipynb"], epochs=5),
+    # the paper's implementations (and the GPU ones where there is a GPU); Hogwild is cut here: not in the
+    # paper, and at batch 10,000 its 10-example microbatches took 7 of the 22 minutes of Net-2h's run (load ~5)
     "05_speedup.ipynb": [
         dict(run, batch_sizes=[1, 10, 100, 1000, 10_000] if run["net"] == "1h" else [10, 100, 1000, 10_000],
-             n_steps=7, label="paper")
+             n_steps=7, label="paper", impls=["serial-example", "serial-blas", "numpy", "threads", "blas-parallel",
+                                              "hybrid", "torch", "pytensor", "theano", "numba-cuda", "cupy",
+                                              "torch-cuda"])
         for run in _DEFAULT["05_speedup.ipynb"]
     ],
     "08_accuracy.ipynb": dict(_DEFAULT["08_accuracy.ipynb"], lrs=[0.01, 0.03, 0.1, 0.2], grid_epochs=2, epochs=60),
