@@ -297,10 +297,20 @@ def epochs_to_converge(fig):
     s, src = fig.read("07_summary", "07")
     e = s.set_index("method").epochs_to_threshold
     same = e.nunique() == 1
-    return Outcome(float(e.max()), "reproduced" if same else "differs",
-                   "epochs for the validation loss to reach the threshold: "
-                   + ", ".join(f"{m} {int(v)}" for m, v in e.items())
-                   + (" (the methods compute the same gradient)" if same else ""), src)
+    why = ("epochs for the validation loss to reach the threshold: "
+           + ", ".join(f"{m} {int(v)}" for m, v in e.items())
+           + (" (the methods compute the same gradient)" if same else ""))
+    if not same:
+        try:  # how far each method's validation loss strays from serial's, epoch by epoch
+            h, _ = fig.read("07_history", "07")
+            curves = h.pivot_table(index="epoch", columns="method", values="val_loss")
+            gap = curves.sub(curves["serial"], axis=0).abs().max()
+            why += "; largest gap to serial's validation loss: " + ", ".join(
+                f"{m} {g:.1e}" for m, g in gap.drop("serial").items())
+            why += " (a method off serial's curve takes other steps, and the threshold sits between epochs)"
+        except (Missing, KeyError):
+            pass
+    return Outcome(float(e.max()), "reproduced" if same else "differs", why, src)
 
 
 def _goal(fig, *starts: str) -> tuple[pd.Series, str]:
