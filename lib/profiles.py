@@ -50,7 +50,7 @@ _PAPER = {
     **{name: [] for name in _NOT_PAPER_SCALE},
     "06_mpi_sgd.ipynb": dict(_DEFAULT["06_mpi_sgd.ipynb"], lrs=[0.03, 0.05, 0.1, 0.2, 0.3], bench_steps=20,
                              label="paper"),
-    "07_data_vs_model_parallel.ipynb": dict(_DEFAULT["07_data_vs_model_parallel.ipynb"], epochs=5),
+    "07_data_vs_model_parallel.ipynb": dict(_DEFAULT["07_data_vs_model_parallel.ipynb"], epochs=5, label="paper"),
     # the paper's implementations (and the GPU ones where there is a GPU); Hogwild is cut here: not in the
     # paper, and at batch 10,000 its 10-example microbatches took 7 of the 22 minutes of Net-2h's run (load ~5)
     "05_speedup.ipynb": [
@@ -60,7 +60,11 @@ _PAPER = {
                                               "torch-cuda"])
         for run in _DEFAULT["05_speedup.ipynb"]
     ],
-    "08_accuracy.ipynb": dict(_DEFAULT["08_accuracy.ipynb"], lrs=[0.01, 0.03, 0.1, 0.2], grid_epochs=2, epochs=60),
+    "08_accuracy.ipynb": dict(_DEFAULT["08_accuracy.ipynb"], lrs=[0.01, 0.03, 0.1, 0.2], grid_epochs=2, epochs=60,
+                              label="paper"),
+    # compresses the network the paper profile's 08 trained
+    "09_memory_and_compression.ipynb": dict(_DEFAULT["09_memory_and_compression.ipynb"],
+                                            model_path="../build/models/net1h_mnist_paper.npz", label="paper"),
 }
 
 PROFILES: dict[str, dict[str, dict | list[dict]]] = {"default": _DEFAULT, "paper": _PAPER}
