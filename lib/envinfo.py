@@ -63,6 +63,14 @@ def gpu() -> str:
     return ""
 
 
+def machine_label() -> str:
+    """One line naming the machine, stamped on every figure: CPU, cores, numpy's BLAS and its kernels, GPU."""
+    numpy_blas = next((b for b in blas() if b["user_api"] == "blas" and "numpy" in (b["filepath"] or "")), None)
+    kernels = f"{numpy_blas['internal_api']} {numpy_blas['version']} {numpy_blas['architecture'] or ''}".rstrip() \
+        if numpy_blas else "BLAS unknown"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {kernels}, GPU: {gpu() or 'none'}"
+
+
 def summary() -> dict:
     """One flat dict, suitable for a CSV header or a notebook table."""
     blas_libs = blas()

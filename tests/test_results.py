@@ -30,3 +30,22 @@ def test_figures_are_redirected_only_from_the_repo_figures_folder(tmp_path, monk
     assert results.redirect(tmp_path / "mine.csv") == tmp_path / "mine.csv"
     monkeypatch.delenv("PARBP_FIGURES")
     assert results.redirect(results.FIGURES / "05_x.png") == results.FIGURES / "05_x.png"
+
+
+def test_every_saved_figure_names_the_machine_once(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from parbp import envinfo, results
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    for _ in range(2):  # saving twice stamps once
+        png, _ = results.save_figure(fig, pd.DataFrame({"x": [0, 1]}), tmp_path / "f.png")
+    stamps = [t.get_text() for t in fig.texts]
+    assert stamps == [f"measured on {envinfo.machine_label()}"]
+    assert envinfo.cpu_name() in stamps[0] and png.stat().st_size > 0
+    plt.close(fig)
