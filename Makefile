@@ -40,7 +40,7 @@ test: install
 	$(BIN)/python -m pytest --nbval
 
 bench: install
-	$(MEASURE) $(BIN)/python -m parbp.bench --net 2h --batch 100 1000 --impl all threads:update=partials --threads 1 2 --repeats 11
+	$(MEASURE) $(BIN)/python -m parbp.bench --net 2h --batch 10 100 1000 --impl all threads:update=partials --threads 1 2 --repeats 11
 
 lab: install
 	$(MEASURE) $(BIN)/jupyter lab notebooks/
