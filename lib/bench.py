@@ -473,16 +473,6 @@ def format_table(df: pd.DataFrame) -> str:
     return show.to_string(index=False, float_format=lambda v: f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}")
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def _impl(text: str) -> str:
     if text != "all":
         try:
@@ -496,20 +486,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     from .data import NAMES
     from .nets import HIDDEN
 
-    from .cli import Parser
+    from .cli import Parser, positive_int
 
     p = Parser(prog="python -m parbp.bench", description=__doc__.split("\n\n")[0],
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", nargs="+", default=["2h"], choices=sorted(HIDDEN), help="networks (seed 001 §5.2)")
-    p.add_argument("--batch", nargs="+", type=_positive, default=[100, 1000], help="minibatch sizes")
+    p.add_argument("--batch", nargs="+", type=positive_int, default=[100, 1000], help="minibatch sizes")
     p.add_argument("--impl", nargs="+", default=["all"], type=_impl, metavar="IMPL",
                    help=f"trainers, from: {', '.join(trainers.names())}; 'all' = every CPU trainer (with "
                         f"--device gpu: every GPU trainer); NAME:OPTION=VALUE times a variant, e.g. "
                         f"threads:update=partials")
-    p.add_argument("--threads", nargs="+", type=_positive, default=[1], help="thread counts")
+    p.add_argument("--threads", nargs="+", type=positive_int, default=[1], help="thread counts")
     p.add_argument("--dataset", default="mnist", choices=list(NAMES), help="only its dimensions are used")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--repeats", type=_positive, default=7, help="timed rounds (the median is reported)")
+    p.add_argument("--repeats", type=positive_int, default=7, help="timed rounds (the median is reported)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     p.add_argument("--out", type=Path, default=None, help=f"CSV path (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parent.parent)}"
                                                            f", or figures/bench_gpu.csv with --device gpu)")

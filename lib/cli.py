@@ -8,6 +8,7 @@ turns those into the same kind of answer instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from .base import TrainerUnavailable
@@ -33,46 +34,21 @@ def run(main, argv=None, prog: str | None = None) -> int:
     return status if isinstance(status, int) else 0
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number_type(convert, ok, expected: str):
+    """An argparse type: ``convert(text)`` where ``ok(value)``, else an error saying what was ``expected``."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    import math
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """An argparse type: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text}")
-    return value
+#: argparse types for the command lines' numbers
+positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
+nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
+fraction = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
