@@ -9,7 +9,7 @@ from __future__ import annotations
 _DEFAULT = {
     "02_serial.ipynb": dict(NET="2h", BATCHES=[1, 10, 100, 1000], REPEATS=5, TRAIN_NET="1h",
                             TRAIN_EXAMPLES=50_000, EPOCHS=5, BATCH_SIZE=50, LR=0.1),
-    "03_threads.ipynb": dict(BATCHES=[10, 100, 1000], THREADS=[1, 2], REPEATS=5, HOGWILD_EXAMPLES=20_000,
+    "03_threads.ipynb": dict(NET="2h", BATCHES=[10, 100, 1000], THREADS=[1, 2], REPEATS=5, HOGWILD_EXAMPLES=20_000,
                              HOGWILD_EPOCHS=5),
     # seed 003's experiment at its scale: all 50,000 training images, batch 100, 5 epochs, 1-4 processes,
     # the rate by grid search on the validation split (about 13 runs of ~20-40 s on 2 quiet cores)
