@@ -25,6 +25,7 @@ results.write_csv(pd.DataFrame({"x": [1, 2, 3], "seconds": [0.1, 0.2, 0.3]}), re
 
 TRAIN = """
 import sys
+import time
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_train import toy
@@ -32,6 +33,11 @@ from parbp import results, train, trainers
 ds = toy(n=6000, n_in=64)
 ckpt = Path(checkpoint_dir) / "fit.npz" if checkpoint_dir else None
 with trainers.make("numpy", net=[128], n_in=ds.n_in, n_out=ds.n_out, seed=0) as t:
+    step = t.step
+    def paced_step(*args):  # >= 0.5 s an epoch on any machine, so the test can kill the study mid-training
+        time.sleep(0.0005)
+        return step(*args)
+    t.step = paced_step
     history = train.fit(t, ds, epochs=epochs, batch_size=5, lr=0.5, seed=1, progress=False, checkpoint=ckpt, resume=True)
 results.write_csv(history, results.FIGURES / "02_train.csv")
 """
