@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
+import psutil
 import pytest
 
 from parbp import checkpoint
@@ -101,7 +102,10 @@ def test_interrupted_study_resumes_and_skips_what_finished(tmp_path):
         assert proc.poll() is None, proc.communicate()[0]
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its kernel, as a closed laptop would
+    # the runner and its kernel at once, as a closed laptop would (the kernel runs in a session of its own,
+    # so killing the runner's process group would leave it training until it noticed its parent was gone)
+    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+        p.send_signal(signal.SIGKILL)
     proc.communicate()
     assert 2 <= checkpoint_epoch(run) < 12
     assert not (run / "executed" / "02_train.record.json").exists()
