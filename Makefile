@@ -31,7 +31,7 @@ install: $(VENV)/.installed
 # A rerun skips the runs that finished and have not changed (and resumes 08's training where it
 # stopped); FORCE=1 reruns everything.
 study: install
-	$(MEASURE) $(BIN)/python -m parbp.study --profile $(PROFILE) $(if $(FORCE),--force)
+	$(MEASURE) $(BIN)/python -m parbp.study --profile $(PROFILE) --publish $(if $(FORCE),--force)
 
 # nbval re-executes the notebooks (notebooks/ and tests/ are pyproject's testpaths); conftest.py gives
 # nbval the sanitizer and sends the notebooks' figures to build/test-figures, so committed results stay

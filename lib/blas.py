@@ -344,7 +344,9 @@ def choice(path=None, remeasure: bool = False) -> dict:
     from .results import atomic_write
 
     path = Path(path or CHOICE_FILE)
-    with _choice_lock:
+    # one measurement per machine: MPI ranks or engines starting together wait for the first one's decision
+    # (measuring side by side would load each other's timings and could decide differently per rank)
+    with _choice_lock, _file_lock(path):
         key = machine_key()
         try:
             saved = json.loads(path.read_text())  # {machine key: decision}, one per CPU and library set
@@ -360,6 +362,25 @@ def choice(path=None, remeasure: bool = False) -> dict:
         except OSError as e:  # a read-only checkout: decide again next time
             print(f"parbp.blas: could not cache the BLAS choice in {path}: {e}", file=sys.stderr)
         return made
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An inter-process lock beside ``path``. Where it cannot be taken (a read-only checkout, or another
+    process holding it for 2 minutes: filelock's Timeout is an OSError) the choice goes on unlocked."""
+    from filelock import FileLock
+
+    lock = FileLock(str(path) + ".lock", timeout=120)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @functools.cache

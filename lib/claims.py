@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import nets, seed003
+from . import nets, results, seed003
 from .results import FIGURES
 
 LABELS = ("paper", "full")  # the profile labels in figure names, the paper profile's first
@@ -433,21 +433,17 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-README_BEGIN, README_END = "<!-- BEGIN figures/10_against_the_seeds.md -->", "<!-- END figures/10_against_the_seeds.md -->"
+README_SOURCE = "figures/10_against_the_seeds.md"  # the README's block between its BEGIN/END markers
 
 
 def readme_block(readme: str) -> str:
     """The text between the README's markers (what ``sync_readme`` copied in)."""
-    start, end = readme.index(README_BEGIN) + len(README_BEGIN), readme.index(README_END)
-    return readme[start:end].strip("\n")
+    return results.readme_block(readme, README_SOURCE)
 
 
 def sync_readme(readme: Path | str, generated: Path | str) -> None:
     """Copy notebook 10's markdown table into the README between its markers."""
-    readme, text = Path(readme), Path(generated).read_text().strip("\n")
-    s = readme.read_text()
-    start, end = s.index(README_BEGIN) + len(README_BEGIN), s.index(README_END)
-    readme.write_text(s[:start] + "\n" + text + "\n" + s[end:])
+    results.sync_readme_block(readme, README_SOURCE, Path(generated).read_text())
 
 
 if __name__ == "__main__":

@@ -70,3 +70,29 @@ def save_figure(fig, df, path, dpi: int = 120) -> tuple[Path, Path]:
     png = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
     csv = write_csv(df, path.with_suffix(".csv"))
     return png, csv
+
+
+def readme_markers(source: str) -> tuple[str, str]:
+    """The README's markers around a block generated from ``source`` (a path like ``figures/x.md``)."""
+    return f"<!-- BEGIN {source} -->", f"<!-- END {source} -->"
+
+
+def readme_block(readme: str, source: str) -> str:
+    """The text between the README's markers for ``source``."""
+    begin, end = readme_markers(source)
+    return readme[readme.index(begin) + len(begin):readme.index(end)].strip("\n")
+
+
+def sync_readme_block(readme, source: str, text: str, missing_ok: bool = False) -> bool:
+    """Put ``text`` between the README's markers for ``source`` (atomically). Without the markers: False
+    when ``missing_ok``, else a ValueError naming them."""
+    readme = Path(readme)
+    s = readme.read_text()
+    begin, end = readme_markers(source)
+    if begin not in s or end not in s:
+        if missing_ok:
+            return False
+        raise ValueError(f"{readme} has no {begin} ... {end} markers to copy {source} between")
+    start, stop = s.index(begin) + len(begin), s.index(end)
+    write_text(s[:start] + "\n" + text.strip("\n") + "\n" + s[stop:], readme)
+    return True

@@ -4,6 +4,7 @@
     python -m parbp.study --profile paper    # the paper-scale experiments
     python -m parbp.study --only 05 06       # a few notebooks
     python -m parbp.study --force            # rerun everything (make study FORCE=1)
+    python -m parbp.study --publish          # also figures/study_times_PROFILE.csv and the README's table
 
 Executed copies go to ``build/executed/`` (gitignored); the experiment notebooks write ``figures/``.
 A profile (``parbp.profiles``) maps notebook names to the papermill parameters that override the stored
@@ -23,6 +24,11 @@ training there (``parbp.train.fit(..., checkpoint=..., resume=True)``), so an in
 where the training stopped, and a change of code or parameters starts afresh in a new folder. The folder
 is deleted when the run succeeds, and before it starts with ``--force``.
 
+**Times.** Every run's seconds and the load average when it started go to
+``build/executed/study_times_PROFILE.csv``; with ``--publish`` (``make study``) also to
+``figures/study_times_PROFILE.csv``, with the machine and a total row, and as a table into the README between
+``<!-- BEGIN figures/study_times_PROFILE.csv -->`` and its END marker, where the README has them.
+
 **Failures** are reported as the notebook, the cell and the error (the executed copy keeps the full
 traceback); the other notebooks still run, and the exit status is 1.
 """
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -126,7 +133,7 @@ def run(profile: str = "default", only: list[str] | None = None, out_dir: Path =
             out = out_dir / (nb.name if len(runs) == 1 else f"{nb.stem}_{i + 1}.ipynb")
             record = out.with_suffix(".record.json")
             key = record_key(nb, params, profile, parbp)
-            row = {"notebook": out.name, "profile": profile}
+            row = {"notebook": out.name, "profile": profile, "ran": describe(params)}
             previous = _read_record(record)
             if not force and previous.get("key") == key and out.is_file():
                 log(f"== {out.name} skipped: done and unchanged since {previous.get('finished', '?')}")
@@ -141,6 +148,7 @@ def run(profile: str = "default", only: list[str] | None = None, out_dir: Path =
             if "checkpoint_dir" in declared:
                 run_params["checkpoint_dir"] = str(ckpt_dir / _sha(key)[:16])
             log(f"== {out.name} {params or '(stored defaults)'}")
+            row["load_before"] = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy it was
             start = time.perf_counter()
             try:
                 pm.execute_notebook(str(nb), str(out), parameters=run_params, cwd=str(notebooks_dir),
@@ -161,6 +169,52 @@ def run(profile: str = "default", only: list[str] | None = None, out_dir: Path =
     return rows
 
 
+#: the parameters that say what a run was, in the README's table (the executed copy has them all)
+DESCRIBED = ("net", "dataset", "batch_sizes", "subset", "train_examples", "epochs", "batch_size", "processes",
+             "micro_batches", "label")
+
+
+def describe(params: dict) -> str:
+    """A short account of a run's parameters (the ones in ``DESCRIBED``), e.g. ``net 2h, epochs 5``."""
+    if not params:
+        return "stored defaults"
+    shown = [f"{k.replace('_', ' ')} {'all' if params[k] is None else params[k]}" for k in DESCRIBED if k in params]
+    return ", ".join(shown).replace("'", "") or "stored defaults"
+
+
+def times_table(rows: list[dict], total_s: float, machine: str):
+    """The runs' times as a DataFrame with the machine on every row and a last row for the whole study."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    total = {"notebook": "(whole study)", "profile": rows[0]["profile"] if rows else "", "status": "",
+             "seconds": round(total_s, 1), "ran": f"{sum(r['status'] == 'ran' for r in rows)} run(s)"}
+    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
+    df["machine"] = machine
+    return df
+
+
+def times_markdown(df) -> str:
+    """The README's table: notebook, what it ran, minutes, load; and the total with the machine."""
+    lines = ["| run | what it ran | status | minutes | load when it started |", "|---|---|---|---|---|"]
+    for r in df.iloc[:-1].itertuples():
+        load = "" if getattr(r, "load_before", None) is None or r.load_before != r.load_before else f"{r.load_before:.1f}"
+        lines.append(f"| `{r.notebook}` | {r.ran} | {r.status} | {r.seconds / 60:.1f} | {load} |")
+    total = df.iloc[-1]
+    lines += ["", f"Whole study: **{total.seconds / 60:.1f} min** ({total.ran}) on {total.machine}."]
+    return "\n".join(lines) + "\n"
+
+
+def publish_times(df, profile: str, figures: Path | None = None, readme: Path = ROOT / "README.md") -> Path:
+    """``figures/study_times_PROFILE.csv``, and its table copied into the README where it has the markers."""
+    from .results import FIGURES, sync_readme_block, write_csv
+
+    csv = write_csv(df, Path(figures or FIGURES) / f"study_times_{profile}.csv")
+    if readme.is_file():
+        sync_readme_block(readme, f"figures/study_times_{profile}.csv", times_markdown(df), missing_ok=True)
+    return csv
+
+
 def _read_record(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -179,12 +233,13 @@ def main(argv=None) -> int:
     parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="the folder of numbered notebooks to run")
     parser.add_argument("--checkpoints", type=Path, default=CHECKPOINTS,
                         help="where notebooks that take a checkpoint_dir keep their checkpoints")
+    parser.add_argument("--publish", action="store_true",
+                        help="also write figures/study_times_PROFILE.csv and copy its table into the README")
     args = parser.parse_args(argv)
     if not args.notebooks.is_dir():
         parser.error(f"--notebooks {args.notebooks} is not a folder")
     start = time.perf_counter()
-    import pandas as pd
-
+    from .envinfo import machine_label
     from .results import write_csv
 
     try:
@@ -192,7 +247,10 @@ def main(argv=None) -> int:
     except NotebookFailed as e:
         print(f"study ({args.profile}) finished in {time.perf_counter() - start:.0f} s; {e}", file=sys.stderr)
         return 1
-    write_csv(pd.DataFrame(rows), args.out / f"study_times_{args.profile}.csv")
+    times = times_table(rows, time.perf_counter() - start, machine_label())
+    write_csv(times, args.out / f"study_times_{args.profile}.csv")
+    if args.publish:
+        print(f"times: {publish_times(times, args.profile)}")
     ran = sum(r["status"] == "ran" for r in rows)
     print(f"study ({args.profile}) finished in {time.perf_counter() - start:.0f} s: {ran} run(s), "
           f"{len(rows) - ran} skipped as done and unchanged")

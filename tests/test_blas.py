@@ -1,4 +1,8 @@
 """parbp.blas: the weight update as one GEMM, through numpy's CBLAS and through the fallback."""
+import json
+import multiprocessing
+import time
+
 import numpy as np
 import pytest
 
@@ -149,6 +153,32 @@ def test_choice_is_measured_cached_and_remade_for_another_machine(quick_choice, 
     assert other["key"] == "another CPU"
     import json
     assert set(json.loads(path.read_text())) == {made["key"], "another CPU"}  # both kept
+
+
+def _choose_and_count(path, measured_log):
+    """In a child process: the choice, with each measurement logged (a line per process that measured)."""
+    def measure():
+        with open(measured_log, "a") as f:
+            f.write("measured\n")
+        time.sleep(0.5)  # long enough for the other processes to arrive while this one measures
+        return {"key": blas.machine_key(), "backends": blas.available_backends(), "decisions": []}
+
+    blas.measure_choice = measure
+    blas.choice(path)
+
+
+def test_processes_starting_together_measure_once(tmp_path):
+    # MPI ranks (or engines) all import parbp at once: one measures, the others read its decision
+    ctx = multiprocessing.get_context("fork")
+    path, log = tmp_path / "choice.json", tmp_path / "measured.log"
+    procs = [ctx.Process(target=_choose_and_count, args=(path, log)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert log.read_text().count("measured") == 1
+    assert blas.machine_key() in json.loads(path.read_text())
 
 
 def test_decide_takes_the_nearest_measured_case(quick_choice, monkeypatch):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from parbp import claims, seed003
+from parbp import claims, results, seed003
 
 ROOT = Path(__file__).resolve().parent.parent
 VERDICTS = {"reproduced", "differs", "not measurable here", "not measured yet"}
@@ -74,7 +74,8 @@ def test_readme_shows_the_generated_table():
 
 def test_sync_readme_copies_between_the_markers(tmp_path):
     readme, table = tmp_path / "README.md", tmp_path / "t.md"
-    readme.write_text(f"# x\n{claims.README_BEGIN}\nold\n{claims.README_END}\nafter\n")
+    begin, end = results.readme_markers(claims.README_SOURCE)
+    readme.write_text(f"# x\n{begin}\nold\n{end}\nafter\n")
     table.write_text("| a |\n")
     claims.sync_readme(readme, table)
     assert claims.readme_block(readme.read_text()) == "| a |" and readme.read_text().endswith("after\n")

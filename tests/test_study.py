@@ -166,3 +166,33 @@ def test_a_run_is_stale_when_a_file_it_reads_changes(tmp_path):
     assert study.record_key(nb, params, "default", "src") != before
     # a parameter that names no file does not count
     assert study.input_files(nb, {"label": "full", "net": "1h"}) == {}
+
+
+def test_published_times_name_the_machine_and_fill_the_readme(tmp_path):
+    from parbp import results, study
+
+    rows = [{"notebook": "05_speedup_1.ipynb", "profile": "paper", "status": "ran", "seconds": 90.0,
+             "ran": study.describe({"net": "1h", "batch_sizes": [10, 100], "subset": None, "n_steps": 7}),
+             "load_before": 0.5},
+            {"notebook": "06_mpi_sgd.ipynb", "profile": "paper", "status": "skipped", "seconds": 30.0,
+             "ran": study.describe({})}]
+    df = study.times_table(rows, 125.0, "a test CPU")
+    assert rows[0]["ran"] == "net 1h, batch sizes [10, 100], subset all"  # n_steps is not in the account
+    assert list(df.notebook) == ["05_speedup_1.ipynb", "06_mpi_sgd.ipynb", "(whole study)"]
+    assert set(df.machine) == {"a test CPU"} and df.seconds.iloc[-1] == 125.0 and df.ran.iloc[-1] == "1 run(s)"
+    readme = tmp_path / "README.md"
+    begin, end = results.readme_markers("figures/study_times_paper.csv")
+    readme.write_text(f"# x\n{begin}\nold\n{end}\nafter\n")
+    csv = study.publish_times(df, "paper", figures=tmp_path, readme=readme)
+    assert csv == tmp_path / "study_times_paper.csv" and len(csv.read_text().splitlines()) == 4
+    block = results.readme_block(readme.read_text(), "figures/study_times_paper.csv")
+    assert "| `05_speedup_1.ipynb` | net 1h, batch sizes [10, 100], subset all | ran | 1.5 | 0.5 |" in block
+    assert "| `06_mpi_sgd.ipynb` | stored defaults | skipped | 0.5 |  |" in block
+    assert block.endswith("Whole study: **2.1 min** (1 run(s)) on a test CPU.")
+    # a README without the markers is left alone; asked for by name, their absence is an error naming them
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("# nothing to fill\n")
+    study.publish_times(df, "paper", figures=tmp_path, readme=plain)
+    assert plain.read_text() == "# nothing to fill\n"
+    with pytest.raises(ValueError, match="no <!-- BEGIN figures/x.csv --> ... <!-- END figures/x.csv --> markers"):
+        results.sync_readme_block(plain, "figures/x.csv", "text")
