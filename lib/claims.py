@@ -68,10 +68,30 @@ class Claim:
     check: Callable[[Figures], Outcome]
 
 
-def within(ours: float, claimed: float, tol: float, unit: str = "") -> tuple[str, str]:
+#: how far repeat runs of one timing move on the shared 2-core VM (two paper-profile runs, docs/measurements.md):
+#: a timing verdict whose margin is smaller than this says so, since a rerun may flip it
+NOISE = 0.10
+BORDERLINE = "borderline"
+
+
+def within(ours: float, claimed: float, tol: float, unit: str = "", noise: float = 0.0) -> tuple[str, str]:
+    """|ours - claimed| <= tol; with ``noise`` (a timing's run-to-run spread, relative) a margin to the
+    tolerance's edge smaller than that spread is called borderline."""
     ok = abs(ours - claimed) <= tol
-    return ("reproduced" if ok else "differs",
-            f"|{ours:.4g} - {claimed:.4g}|{unit} = {abs(ours - claimed):.3g} {'<=' if ok else '>'} {tol:g}")
+    why = f"|{ours:.4g} - {claimed:.4g}|{unit} = {abs(ours - claimed):.3g} {'<=' if ok else '>'} {tol:g}"
+    if noise and abs(abs(ours - claimed) - tol) <= noise * abs(ours):
+        why += f"; {BORDERLINE}: a rerun's ±{noise:.0%} moves it across the tolerance's edge"
+    return ("reproduced" if ok else "differs"), why
+
+
+def faster(ratio: float, noise: float = NOISE) -> tuple[str, str]:
+    """A timing ratio (> 1: the claimed winner is faster) judged beyond the run-to-run spread: within
+    1 ± noise it is a tie, which does not reproduce a claim that one is faster."""
+    if ratio > 1 + noise:
+        return "reproduced", f"ratio {ratio:.2f} > {1 + noise:.2f}"
+    if ratio >= 1 - noise:
+        return "differs", f"ratio {ratio:.2f}: a tie within the ±{noise:.0%} run-to-run spread"
+    return "differs", f"ratio {ratio:.2f} < {1 - noise:.2f}: the other way round"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,7 +130,7 @@ def threads_10x(fig):
     if t.empty:
         raise Missing(f"not measured yet: no threads rows in {src}; run {STUDY.format(nb='05')}")
     ours, top = float(t[t.index.max()]), int(df.threads.max())
-    verdict, why = within(ours, 10, 2, "x")
+    verdict, why = within(ours, 10, 2, "x", noise=NOISE)
     return Outcome(ours, verdict, f"Net-2h, threads on {top} cores over the serial per-example loop at batch "
                    f"{int(t.index.max())}: {why} (mean over batches {[int(b) for b in t.index]}: {t.mean():.1f}x); "
                    f"on {top} cores most of it is batching (GEMM instead of GEMV), not the cores", src)
@@ -132,10 +152,10 @@ def blas_faster(fig):
     t = df[df.threads == top].pivot_table(index="batch", columns="impl", values="s_per_epoch")
     ratio = (t["threads"] / t["blas-parallel"]).dropna()
     ours = float(ratio.median())
-    verdict = "reproduced" if ours > 1 else "differs"
+    verdict, why = faster(ours)
     return Outcome(ours, verdict, f"blas-parallel is {ours:.2f}x as fast as threads at {top} threads "
-                   f"(median over batches {[int(b) for b in ratio.index]})" + ("" if ours > 1 else "; here the threads "
-                   "trainer also runs each thread's slice as a GEMM"), src)
+                   f"(median over batches {[int(b) for b in ratio.index]}; {why})" + ("" if ours > 1 + NOISE else
+                   "; here the threads trainer also runs each thread's slice as a GEMM"), src)
 
 
 def blas_flat(fig):
@@ -151,9 +171,10 @@ def blas_less_than_threads(fig):
     blas, src = _speedups(fig, "blas-parallel")
     thr, _ = _speedups(fig, "threads")
     ours = float(blas.speedup.mean() / thr.speedup.mean())
-    verdict = "reproduced" if ours < 1 else "differs"
+    verdict, why = faster(1 / ours)  # the claim: threads' speedup is the larger
     return Outcome(ours, verdict, f"mean speedup blas-parallel {blas.speedup.mean():.2f}x vs threads "
-                   f"{thr.speedup.mean():.2f}x at {int(thr.threads.iloc[0])} threads (ratio {ours:.2f})", src)
+                   f"{thr.speedup.mean():.2f}x at {int(thr.threads.iloc[0])} threads (ratio {ours:.2f}; threads "
+                   f"over blas-parallel: {why})", src)
 
 
 def gpu_rows(fig) -> pd.DataFrame:
@@ -175,7 +196,7 @@ def cuda_20x(fig):
     if gpu.empty:
         return Outcome(None, "not measurable here", f"no GPU on this machine; {GPU_COMMAND}")
     ours = float(gpu.speedup.max()) if "speedup" in gpu else np.nan
-    verdict, why = within(ours, 20, 5, "x")
+    verdict, why = within(ours, 20, 5, "x", noise=NOISE)
     return Outcome(ours, verdict, why, ", ".join(f"figures/{f}" for f in gpu.file.unique()))
 
 
@@ -279,12 +300,14 @@ def seed003_grows(column: str, what: str) -> Callable[[Figures], Outcome]:
         if len(sync) < 3:
             raise Missing(f"not measured yet: sync on 1-4 processes in {src}; run {STUDY.format(nb='06')}")
         ours = float(sync.iloc[-1] / sync.iloc[0])
-        rising = bool(np.all(np.diff(sync.values) > 0))
-        verdict = "reproduced" if rising else "differs"
+        # grows: never falls by more than a point, and ends >= 1.2x serial (a full CPU stays at ~100 %)
+        grows = bool(np.all(np.diff(sync.values) > -1.0)) and ours >= 1.2
+        verdict = "reproduced" if grows else "differs"
         why = (f"{what} of the machine, serial then sync x2..x{sync.index.max()}: "
-               + ", ".join(f"{v:.1f}%" for v in sync.values))
-        if not rising and column.startswith("cpu"):
-            why += " (this machine has 2 cores: beyond 2 processes the CPU is full)"
+               + ", ".join(f"{v:.1f}%" for v in sync.values) + " (tolerance: no step down of over 1 point, "
+               "the last >= 1.2x the first)")
+        if column.startswith("cpu") and sync.values.max() > 95:
+            why += "; this machine has 2 cores: from 2 processes on the CPU is full"
         return Outcome(ours, verdict, why, src)
     return check
 
@@ -427,7 +450,9 @@ def markdown(df: pd.DataFrame) -> str:
             return "–"
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
     lines = ["| seed | claim | seed's number | ours | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {r.seed} | {r.claim} | {num(r.claimed)} | {num(r.ours)} | {r.verdict} |" for r in df.itertuples()]
+    def verdict(r):  # a verdict the run-to-run spread could flip says so (its reason is in the CSV)
+        return f"{r.verdict} ({BORDERLINE})" if BORDERLINE in str(r.why) else r.verdict
+    lines += [f"| {r.seed} | {r.claim} | {num(r.claimed)} | {num(r.ours)} | {verdict(r)} |" for r in df.itertuples()]
     counts = df.verdict.value_counts()
     lines += ["", "; ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(df)} claims."]
     return "\n".join(lines) + "\n"

@@ -238,6 +238,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.notebooks.is_dir():
         parser.error(f"--notebooks {args.notebooks} is not a folder")
+    if args.publish and args.only:
+        parser.error("--publish times the whole study, so it cannot be combined with --only")
     start = time.perf_counter()
     from .envinfo import machine_label
     from .results import write_csv

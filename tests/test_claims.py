@@ -79,3 +79,31 @@ def test_sync_readme_copies_between_the_markers(tmp_path):
     table.write_text("| a |\n")
     claims.sync_readme(readme, table)
     assert claims.readme_block(readme.read_text()) == "| a |" and readme.read_text().endswith("after\n")
+
+
+def test_timing_ties_and_edges_are_named_not_flipped():
+    # two paper-profile runs measured blas-parallel against threads at 0.94x and 1.07x: a tie either way
+    assert claims.faster(1.07)[0] == claims.faster(0.94)[0] == "differs"
+    assert "tie" in claims.faster(1.07)[1] and "other way" in claims.faster(0.5)[1]
+    assert claims.faster(1.2) == ("reproduced", "ratio 1.20 > 1.10")
+    # threads over the serial loop at 8.03x and 7.98x against "≈ 10 (±2)": both sides of the edge, both borderline
+    for ours, verdict in ((8.03, "reproduced"), (7.98, "differs")):
+        v, why = claims.within(ours, 10, 2, "x", noise=claims.NOISE)
+        assert v == verdict and claims.BORDERLINE in why
+    assert claims.BORDERLINE not in claims.within(5.0, 10, 2, "x", noise=claims.NOISE)[1]
+    assert claims.BORDERLINE not in claims.within(7.98, 10, 2, "x")[1]  # not a timing: no spread to name
+
+
+def test_cpu_use_that_fills_two_cores_still_grows(tmp_path):
+    usage = pd.DataFrame({"method": ["serial", "sync", "sync", "sync"], "processes": [1, 2, 3, 4],
+                          "cpu_percent_of_machine": [50.0, 99.3, 99.3, 99.2],
+                          "memory_percent_of_machine": [3.2, 5.5, 7.8, 10.1]})
+    usage.to_csv(tmp_path / "06_seed003_usage_paper.csv", index=False)
+    t = by_claim(claims.table(tmp_path))
+    cpu = t.loc["CPU use grows with the process count (35-40 % -> 65-70 %)"]
+    assert cpu.verdict == "reproduced" and "the CPU is full" in cpu.why
+    usage.assign(cpu_percent_of_machine=[50.0, 99.3, 60.0, 99.0]).to_csv(tmp_path / "06_seed003_usage_paper.csv", index=False)
+    assert by_claim(claims.table(tmp_path)).loc[cpu.name].verdict == "differs"  # a real drop
+    md = claims.markdown(pd.DataFrame([{"seed": "000", "claim": "c", "claimed": 10, "ours": 7.98,
+                                        "verdict": "differs", "why": "x; borderline: y"}]))
+    assert "| 000 | c | 10 | 7.98 | differs (borderline) |" in md

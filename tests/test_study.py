@@ -196,3 +196,8 @@ def test_published_times_name_the_machine_and_fill_the_readme(tmp_path):
     assert plain.read_text() == "# nothing to fill\n"
     with pytest.raises(ValueError, match="no <!-- BEGIN figures/x.csv --> ... <!-- END figures/x.csv --> markers"):
         results.sync_readme_block(plain, "figures/x.csv", "text")
+
+
+def test_publish_refuses_a_partial_study(tmp_path):
+    rc, log = finish(study(fresh(tmp_path), "--only", "01", "--publish"))
+    assert rc == 2 and "--publish times the whole study" in log
