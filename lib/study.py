@@ -1,6 +1,6 @@
 """Run the whole study: every numbered notebook, in order, with papermill; rerun only what changed.
 
-    python -m parbp.study                    # the default profile (< 30 min on 2 cores)
+    python -m parbp.study                    # the default profile (26 min on 2 cores)
     python -m parbp.study --profile paper    # the paper-scale experiments
     python -m parbp.study --only 05 06       # a few notebooks
     python -m parbp.study --force            # rerun everything (make study FORCE=1)
@@ -178,8 +178,9 @@ def describe(params: dict) -> str:
     """A short account of a run's parameters (the ones in ``DESCRIBED``), e.g. ``net 2h, epochs 5``."""
     if not params:
         return "stored defaults"
-    shown = [f"{k.replace('_', ' ')} {'all' if params[k] is None else params[k]}" for k in DESCRIBED if k in params]
-    return ", ".join(shown).replace("'", "") or "stored defaults"
+    by_name = {k.lower(): v for k, v in params.items()}  # 02 and 03 name theirs in capitals
+    shown = [f"{k.replace('_', ' ')} {'all' if by_name[k] is None else by_name[k]}" for k in DESCRIBED if k in by_name]
+    return ", ".join(shown).replace("'", "") or f"{len(params)} profile parameter(s), in the executed copy"
 
 
 def times_table(rows: list[dict], total_s: float, machine: str):

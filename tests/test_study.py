@@ -178,6 +178,8 @@ def test_published_times_name_the_machine_and_fill_the_readme(tmp_path):
              "ran": study.describe({})}]
     df = study.times_table(rows, 125.0, "a test CPU")
     assert rows[0]["ran"] == "net 1h, batch sizes [10, 100], subset all"  # n_steps is not in the account
+    assert study.describe({"NET": "2h", "EPOCHS": 5, "REPEATS": 5}) == "net 2h, epochs 5"
+    assert study.describe({"REPEATS": 5}) == "1 profile parameter(s), in the executed copy"
     assert list(df.notebook) == ["05_speedup_1.ipynb", "06_mpi_sgd.ipynb", "(whole study)"]
     assert set(df.machine) == {"a test CPU"} and df.seconds.iloc[-1] == 125.0 and df.ran.iloc[-1] == "1 run(s)"
     readme = tmp_path / "README.md"
