@@ -77,10 +77,18 @@ def readme_markers(source: str) -> tuple[str, str]:
     return f"<!-- BEGIN {source} -->", f"<!-- END {source} -->"
 
 
+def _block_span(readme: str, source: str) -> tuple[int, int] | None:
+    """Where the text between the README's markers for ``source`` starts and stops; None without them."""
+    begin, end = readme_markers(source)
+    if begin not in readme or end not in readme:
+        return None
+    return readme.index(begin) + len(begin), readme.index(end)
+
+
 def readme_block(readme: str, source: str) -> str:
     """The text between the README's markers for ``source``."""
-    begin, end = readme_markers(source)
-    return readme[readme.index(begin) + len(begin):readme.index(end)].strip("\n")
+    start, stop = _block_span(readme, source)
+    return readme[start:stop].strip("\n")
 
 
 def sync_readme_block(readme, source: str, text: str, missing_ok: bool = False) -> bool:
@@ -88,11 +96,11 @@ def sync_readme_block(readme, source: str, text: str, missing_ok: bool = False) 
     when ``missing_ok``, else a ValueError naming them."""
     readme = Path(readme)
     s = readme.read_text()
-    begin, end = readme_markers(source)
-    if begin not in s or end not in s:
+    span = _block_span(s, source)
+    if span is None:
         if missing_ok:
             return False
+        begin, end = readme_markers(source)
         raise ValueError(f"{readme} has no {begin} ... {end} markers to copy {source} between")
-    start, stop = s.index(begin) + len(begin), s.index(end)
-    write_text(s[:start] + "\n" + text.strip("\n") + "\n" + s[stop:], readme)
+    write_text(s[:span[0]] + "\n" + text.strip("\n") + "\n" + s[span[1]:], readme)
     return True

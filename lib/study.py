@@ -197,9 +197,11 @@ def times_table(rows: list[dict], total_s: float, machine: str):
 
 def times_markdown(df) -> str:
     """The README's table: notebook, what it ran, minutes, load; and the total with the machine."""
+    import pandas as pd
+
     lines = ["| run | what it ran | status | minutes | load when it started |", "|---|---|---|---|---|"]
     for r in df.iloc[:-1].itertuples():
-        load = "" if getattr(r, "load_before", None) is None or r.load_before != r.load_before else f"{r.load_before:.1f}"
+        load = "" if pd.isna(getattr(r, "load_before", None)) else f"{r.load_before:.1f}"  # skipped runs: none
         lines.append(f"| `{r.notebook}` | {r.ran} | {r.status} | {r.seconds / 60:.1f} | {load} |")
     total = df.iloc[-1]
     lines += ["", f"Whole study: **{total.seconds / 60:.1f} min** ({total.ran}) on {total.machine}."]
