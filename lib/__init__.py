@@ -1,8 +1,23 @@
 """parbp: a reproducible study of parallel backpropagation (Kamra, Goyal, Seo, Zois, USC 2016).
 
-Modules, bottom to top: ``data`` and ``nets`` (definitions), ``reference`` (the equations),
-``base`` (the trainer contract), the implementation families (``numpy_trainer``, ``cpu``,
-``baselines``, ``cuda``, ``cupy_gpu``, ``mpi``, ``ipp``), ``trainers`` (the registry),
-``train`` (one training loop) and the experiments on top (``bench``, ``experiments``).
+The modules in layers, bottom to top; a module imports only from its own layer or the ones below
+(``tests/test_layers.py`` reads every import and holds the library to it).
 """
 __version__ = "0.1.0"
+
+LAYERS = {
+    # data, networks, the equations, the trainer contract and registry, the training loop, checkpoints,
+    # the command-line parser and input checks, result files and repository paths, the machine report, timing
+    # code side by side
+    "core": ("data", "nets", "reference", "base", "trainers", "train", "checkpoint", "cli", "results", "envinfo",
+             "timing"),
+    # the trainers themselves (and the kernels and BLAS calls they are built from), compressed networks
+    "implementations": ("blas", "numpy_trainer", "cpu", "cuda", "cupy_gpu", "baselines", "theano_worker",
+                        "compress"),
+    # several processes training one network: what they share, MPI, ipyparallel engines, pipelines
+    "distributed": ("distributed", "pipeline", "mpi", "ipp", "ipp_relay"),
+    # timing, memory and communication measurements
+    "measurement": ("bench", "memory", "mpi_bench", "ipp_bench", "costmodel"),
+    # the notebooks' helpers, the study runner and its profiles, the seeds' claims and the book
+    "study": ("experiments", "profiles", "study", "seed003", "claims", "book"),
+}

@@ -30,6 +30,11 @@ class Trainer:
     #: accepted keyword options and their defaults, e.g. {"threads": 1}
     options: dict = {}
     default_dtype = "float32"
+    # Facts about the implementation, read by the registry, the benchmark and the memory model:
+    device = "cpu"    # where the step runs: "cpu" or "gpu"
+    family = "numpy"  # "numpy" (array expressions), "kernels" (numba + BLAS), "library" (PyTorch, Theano, ...), "cuda"
+    matrix = False    # the step is matrix products over the whole minibatch (activations kept as B × n matrices)
+    exact = True      # the step is the serial algorithm (Hogwild's racing workers are not)
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
@@ -133,11 +138,22 @@ class Trainer:
     def _step(self, X, Y, lr):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _get_params(self):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _get_params(self):
+        """Copies of the parameters, where a trainer keeps them as ``self._params`` (override otherwise)."""
+        return [(W.copy(), b.copy()) for W, b in self._params]
 
-    def _set_params(self, params):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _set_params(self, params):
+        self._setup(params)
+
+    def _batch_buffers(self, B: int) -> dict:
+        """The work buffers for batch size B (``_make_buffers``), made on first use; at most 4 sizes are
+        kept, so a sweep over batch sizes does not hold them all."""
+        cache = self.__dict__.setdefault("_buffers", {})
+        if B not in cache:
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[B] = self._make_buffers(B)
+        return cache[B]
 
     def _predict(self, X):  # pragma: no cover - abstract
         raise NotImplementedError

@@ -24,14 +24,8 @@ import numpy as np
 
 from . import theano_worker
 from .base import Trainer, TrainerUnavailable
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"option {name} must be a positive integer, got {value!r}")
-    return int(value)
+from .cli import check_positive_int
+from .results import ROOT as REPO
 
 
 # =================================================================================================
@@ -45,6 +39,7 @@ def _installed(module: str, missing: str) -> tuple[bool, str]:
 
 class TorchTrainer(Trainer):
     name = "torch"
+    family = "library"
     options = {"threads": 1, "device": "cpu"}
     DEVICES = ("cpu", "cuda")
 
@@ -56,7 +51,7 @@ class TorchTrainer(Trainer):
         import torch
         from torch import nn
 
-        device, self.threads = self.opts["device"], _positive_int("threads", self.opts["threads"])
+        device, self.threads = self.opts["device"], check_positive_int("option threads", self.opts["threads"])
         if device not in self.DEVICES:
             raise ValueError(f"option device must be one of {self.DEVICES}, got {device!r}")
         if device == "cuda" and not torch.cuda.is_available():
@@ -128,6 +123,7 @@ class TorchTrainer(Trainer):
 
 class PyTensorTrainer(Trainer):
     name = "pytensor"
+    family = "library"
     # mode: PyTensor's compilation mode. None = its default (C code where it can, and without a BLAS
     # to link against, as after `pip install pytensor`, its GEMMs go through numpy/scipy's BLAS);
     # "NUMBA" compiles the graph with numba instead.
@@ -142,7 +138,7 @@ class PyTensorTrainer(Trainer):
 
         from threadpoolctl import ThreadpoolController
 
-        self.threads = _positive_int("threads", self.opts["threads"])
+        self.threads = check_positive_int("option threads", self.opts["threads"])
         with warnings.catch_warnings():  # "could not link to a BLAS": expected after pip install, see above
             warnings.filterwarnings("ignore", message=".*could not link to a BLAS.*")
             import pytensor
@@ -200,6 +196,7 @@ _THEANO_CHECKED: dict[str, tuple[bool, str]] = {}
 
 class TheanoTrainer(Trainer):
     name = "theano"
+    family = "library"
     # blas: which BLAS the compiled graph calls (see theano_worker.blas_ldflags): "auto" links the
     # OpenBLAS bundled with the env's scipy, "numpy" goes through numpy's C API (`blas__ldflags=`)
     options = {"threads": 1, "blas": "auto"}
@@ -223,7 +220,7 @@ class TheanoTrainer(Trainer):
         return _THEANO_CHECKED[key]
 
     def _setup(self, params):
-        threads = _positive_int("threads", self.opts["threads"])
+        threads = check_positive_int("option threads", self.opts["threads"])
         if self.opts["blas"] not in theano_worker.BLAS_CHOICES:
             raise ValueError(f"option blas must be one of {theano_worker.BLAS_CHOICES}, got {self.opts['blas']!r}")
         compiledir = theano_compiledir()

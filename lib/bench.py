@@ -37,12 +37,14 @@ import pandas as pd
 
 from . import blas, envinfo, results, trainers
 from .blas import blas_threads
+from .results import FIGURES
+from .timing import side_by_side
 from .nets import flops_per_step, layer_sizes
 
 EPOCH_EXAMPLES = 50_000  # the paper's MNIST training split
 MIN_SAMPLE_S = 0.02  # a sample lasts at least this long, so timer resolution and jitter stay small
 MAX_CONFIG_S = 20.0  # stop sampling a configuration (after 3 samples) once it has taken this long
-REWARM_S = 0.15  # untimed running before each sample (see _time_side_by_side)
+REWARM_S = 0.15  # untimed running before each sample (see timing.side_by_side)
 STREAM_MB = 64  # array size of the memory-bound ceiling, per worker: well past the caches
 SGEMM_N = 2048
 CORE_LOST = 0.5  # a round's compute ceiling below 1 − CORE_LOST/threads: a core was missing (see rounds_core_lost)
@@ -52,17 +54,17 @@ COLUMNS = ["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "
            "sgemm_gflops", "sgemm_best", *(f"sgemm_{lib}_gflops" for lib in SGEMM_LIBRARIES), "sgemm_efficiency",
            "stream_efficiency", "sgemm_efficiency_low", "rounds_core_lost", "loadavg"]
 CEILINGS = ("sgemm", "stream")
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures" / "bench_cpu.csv"
+DEFAULT_OUT = FIGURES / "bench_cpu.csv"
 SKIP_IN_ALL = ("reference",)  # the float64 source of truth is for checking, not racing
 
 
 def cpu_impls() -> list[str]:
     """Every registered CPU trainer, in the registry's order ('all' on the command line)."""
-    return [n for n in trainers.names() if n not in trainers.GPU and n not in SKIP_IN_ALL]
+    return [n for n in trainers.names() if trainers.get(n).device == "cpu" and n not in SKIP_IN_ALL]
 
 
 def gpu_impls() -> list[str]:
-    return [*trainers.GPU, "torch"]
+    return [*trainers.gpu(), "torch"]
 
 
 def variant(impl: str) -> tuple[str, dict]:
@@ -204,39 +206,9 @@ class _Steps:
         self.trainer.close()
 
 
-def _sample(fn, per_sample: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(per_sample):
-        fn()
-    return (time.perf_counter() - t0) / per_sample
-
-
 def _time_side_by_side(fns: list, repeats: int, warmup: int, rewarm_s: float = REWARM_S) -> list[list[float]]:
-    """Seconds per call of each fn: warm up each, then ``repeats`` interleaved rounds of one sample each.
-
-    Before each sample the fn runs untimed for ``rewarm_s``: idle BLAS threads spin for up to
-    2**28 cycles (~0.1 s) after their last call, on the cores the next configuration needs, and
-    this lets them go to sleep (and the configuration's own threads and caches wake up) first.
-    """
-    per_sample, spent = [], [0.0] * len(fns)
-    for fn in fns:
-        t = min(_sample(fn, 1) for _ in range(max(1, warmup)))
-        per_sample.append(max(1, math.ceil(MIN_SAMPLE_S / max(t, 1e-9))))
-    samples = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            if len(samples[i]) >= 3 and spent[i] > MAX_CONFIG_S:
-                continue  # slow configurations (serial-example at batch 1000) stop early
-            if len(fns) > 1:
-                start = time.perf_counter()
-                while True:
-                    fn()
-                    if time.perf_counter() - start >= rewarm_s:
-                        break
-            s = _sample(fn, per_sample[i])
-            samples[i].append(s)
-            spent[i] += s * per_sample[i]
-    return samples
+    """``timing.side_by_side`` with the benchmark's settings (slow configurations stop early)."""
+    return side_by_side(fns, repeats, warmup, MIN_SAMPLE_S, rewarm_s, MAX_CONFIG_S)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -276,19 +248,8 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
     say = progress or (lambda *a: None)
 
     nets = [n if isinstance(n, str) else tuple(int(s) for s in n) for n in nets]  # hashable keys
-    plan, wanted = [], set()
-    for impl in dict.fromkeys([*impls, *(["torch"] if compare_torch else [])]):
-        why = trainers.why_unavailable(variant(impl)[0])
-        if why:
-            say(f"skipping {impl}: {why}")
-            continue
-        for net in nets:
-            for batch in batches:
-                for t in (threads if takes_threads(impl) else [1]):
-                    plan.append((impl, net, batch, t))
-                    if impl in impls:
-                        wanted.add(plan[-1])
-
+    plan = _plan(impls, nets, batches, threads, compare_torch, say)
+    wanted = {p for p in plan if p[0] in impls}
     fns, rows, references = [], [], {}
     counts = sorted({t for _, _, _, t in plan})
     try:
@@ -317,7 +278,27 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
             if hasattr(fn, "close"):
                 fn.close()
 
-    ref_samples = dict(zip(ref_keys, samples[len(fns):]))
+    df = _table(rows, fns, samples, dict(zip(ref_keys, samples[len(fns):])), references, counts, wanted,
+                n_in, n_out, dtype, device)
+    return df[df.pop("_keep")].reset_index(drop=True)[COLUMNS]
+
+
+def _plan(impls, nets, batches, threads, compare_torch, say) -> list[tuple]:
+    """(impl, net, batch, threads) of every configuration to time: the trainers asked for that can run
+    here, and torch beside them; a trainer without a threads option runs at 1 thread only."""
+    plan = []
+    for impl in dict.fromkeys([*impls, *(["torch"] if compare_torch else [])]):
+        why = trainers.why_unavailable(variant(impl)[0])
+        if why:
+            say(f"skipping {impl}: {why}")
+            continue
+        plan += [(impl, net, batch, t) for net in nets for batch in batches
+                 for t in (threads if takes_threads(impl) else [1])]
+    return plan
+
+
+def _table(rows, fns, samples, ref_samples, references, counts, wanted, n_in, n_out, dtype, device) -> pd.DataFrame:
+    """One row per timed configuration, with the references timed in the same rounds beside it."""
     times = {k: float(np.median(s)) for k, s in ref_samples.items()}
     library_gflops = {(lib, t): references[k].flops / times[k] / 1e9 for k in times if k[0] == "library"
                       for _, lib, t in [k]}
@@ -351,7 +332,7 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
                   zip(df.impl, df.net, df.batch, df.threads, df.ms_per_step) if t == 1}
     df["efficiency"] = [one_thread.get(k, np.nan) / (ms * t) for k, ms, t in
                         zip(zip(df.impl, df.net, df.batch), df.ms_per_step, df.threads)]
-    return df[df.pop("_keep")].reset_index(drop=True)[COLUMNS]
+    return df
 
 
 def measure(impl: str, net="2h", batch: int = 100, threads: int = 1, n_in: int = 784, n_out: int = 10,
@@ -439,8 +420,14 @@ def keep_other_machines(df: pd.DataFrame, path) -> pd.DataFrame:
     return pd.concat([df, others], ignore_index=True) if len(others) else df
 
 
-#: the trainers of this study that run on one node's CPU with BLAS (the "best trainer" of ``by_machine``)
-MATRIX_TRAINERS = ("serial-blas", "threads", "threads:update=partials", "blas-parallel", "hybrid")
+def _racer(impl: str) -> bool:
+    """In the race for the best trainer of ``by_machine``: this study's matrix trainers that run the serial
+    algorithm on the CPU (variants too); baselines and Hogwild are not."""
+    name = impl.split(":")[0]
+    if name not in trainers.names():  # e.g. torch-cuda
+        return False
+    cls = trainers.get(name)
+    return cls.device == "cpu" and cls.matrix and cls.exact
 
 
 def by_machine(df: pd.DataFrame) -> pd.DataFrame:
@@ -449,7 +436,7 @@ def by_machine(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     cpu = df.env_cpu if "env_cpu" in df.columns else pd.Series("this machine", index=df.index)
     for (machine, net, batch, t), g in df.assign(env_cpu=cpu).groupby(["env_cpu", "net", "batch", "threads"]):
-        ours = g[g.impl.isin(MATRIX_TRAINERS)]
+        ours = g[g.impl.map(_racer)]
         if ours.empty:
             continue
         best = ours.loc[ours.ms_per_step.idxmin()]

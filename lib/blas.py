@@ -41,6 +41,9 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from .results import BUILD
+from .timing import side_by_side
+
 BACKENDS = ("openblas", "mkl")
 
 
@@ -247,18 +250,14 @@ def library(backend: str) -> str:
 # ---------------------------------------------------------------------------------------------------
 # Which backend, decided on this machine by timing a step's GEMMs with each
 # ---------------------------------------------------------------------------------------------------
-CHOICE_FILE = Path(__file__).resolve().parent.parent / "build" / "blas_choice.json"
+CHOICE_FILE = BUILD / "blas_choice.json"
 CHOICE_ROWS = (10, 100, 1000)  # examples per worker at which the step's GEMMs are timed
 CHOICE_SIZES = (784, 1024, 1024, 10)  # Net-2h on MNIST, the study's main network
 CHOICE_MARGIN = 0.05  # MKL replaces OpenBLAS (the default) only when this much faster, in the median and in
                       # more than 3/4 of the rounds: noise is not a reason
 CHOICE_SAMPLE_S, CHOICE_ROUNDS = 0.01, 7
+CHOICE_THREADS = 1  # the BLAS threads at which the backends are compared: MKL runs sequential (see ``_mkl``)
 _choice_lock = threading.Lock()
-
-
-def choice_threads() -> list[int]:
-    """The BLAS thread counts at which the backends are compared: 1 (MKL runs sequential, see ``_mkl``)."""
-    return [1]
 
 
 def machine_key() -> str:
@@ -295,44 +294,28 @@ def time_backends(rows: int, threads: int = 1, backends=None, rounds: int | None
     """Milliseconds for a step's GEMMs (``StepGemms``) with each backend, one sample per round, timed side by
     side: in each round every backend runs briefly untimed (its threads wake, the other's go idle) and
     then is timed once. Samples of one round were taken seconds apart, under the same load."""
-    backends, rounds = list(backends or available_backends()), rounds or CHOICE_ROUNDS
-    fns = [StepGemms(b, rows) for b in backends]
-    samples = {b: [] for b in backends}
+    backends = list(backends or available_backends())
     with blas_threads(threads):
-        for fn in fns:
-            fn()
-        per_sample = []
-        for fn in fns:
-            t0 = time.perf_counter()
-            fn()
-            per_sample.append(max(1, math.ceil(CHOICE_SAMPLE_S / max(time.perf_counter() - t0, 1e-9))))
-        for _ in range(rounds):
-            for b, fn, n in zip(backends, fns, per_sample):
-                for _ in range(n):
-                    fn()
-                t0 = time.perf_counter()
-                for _ in range(n):
-                    fn()
-                samples[b].append((time.perf_counter() - t0) / n)
-    return {b: [t * 1e3 for t in s] for b, s in samples.items()}
+        samples = side_by_side([StepGemms(b, rows) for b in backends], rounds or CHOICE_ROUNDS, warmup=1,
+                               min_sample_s=CHOICE_SAMPLE_S, rewarm_s=CHOICE_SAMPLE_S)
+    return {b: [t * 1e3 for t in s] for b, s in zip(backends, samples)}
 
 
 def measure_choice() -> dict:
-    """Time every backend on a step's GEMMs at ``CHOICE_ROWS`` × ``choice_threads()`` and pick one for each."""
+    """Time every backend on a step's GEMMs at each of ``CHOICE_ROWS`` and pick one for each."""
     decisions = []
-    for threads in choice_threads():
-        for rows in CHOICE_ROWS:
-            samples = time_backends(rows, threads)
-            ms = {b: float(np.median(s)) for b, s in samples.items()}
-            backend = "openblas"
-            for other in ms.keys() - {"openblas"}:
-                # faster by the margin in the median and in most rounds: a burst of load on one side is no reason
-                wins = sum(o < (1 - CHOICE_MARGIN) * b for o, b in zip(samples[other], samples["openblas"]))
-                if ms[other] < (1 - CHOICE_MARGIN) * ms[backend] and wins > 0.75 * len(samples[other]):
-                    backend = other
-            decisions.append({"threads": threads, "rows": rows, "ms": ms, "backend": backend,
-                              "rounds_won": {b: sum(v < (1 - CHOICE_MARGIN) * o for v, o in zip(s, samples["openblas"]))
-                                             for b, s in samples.items() if b != "openblas"}})
+    for rows in CHOICE_ROWS:
+        samples = time_backends(rows, CHOICE_THREADS)
+        ms = {b: float(np.median(s)) for b, s in samples.items()}
+        backend = "openblas"
+        for other in ms.keys() - {"openblas"}:
+            # faster by the margin in the median and in most rounds: a burst of load on one side is no reason
+            wins = sum(o < (1 - CHOICE_MARGIN) * b for o, b in zip(samples[other], samples["openblas"]))
+            if ms[other] < (1 - CHOICE_MARGIN) * ms[backend] and wins > 0.75 * len(samples[other]):
+                backend = other
+        decisions.append({"threads": CHOICE_THREADS, "rows": rows, "ms": ms, "backend": backend,
+                          "rounds_won": {b: sum(v < (1 - CHOICE_MARGIN) * o for v, o in zip(s, samples["openblas"]))
+                                         for b, s in samples.items() if b != "openblas"}})
     return {"key": machine_key(), "backends": available_backends(), "decisions": decisions,
             "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -12,18 +12,16 @@ PNGs of ``figures/`` beside the pages.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import re
 import shutil
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
-EXECUTED = ROOT / "build" / "executed"
-FIGURES = ROOT / "figures"
-OUT = ROOT / "build" / "book"
+from .results import BUILD, FIGURES, NOTEBOOKS, ROOT
+
+EXECUTED = BUILD / "executed"
+OUT = BUILD / "book"
 SOURCES = ("auto", "executed", "stored")
 
 # The lab template, minus everything it would fetch from a CDN (require.js, the widget manager), plus a
@@ -170,7 +168,9 @@ def build(out: Path = OUT, source: str = "auto") -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parbp.book", description=__doc__.split("\n\n")[0])
+    from .cli import Parser
+
+    parser = Parser(prog="python -m parbp.book", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="auto", choices=SOURCES,
                         help="auto: build/executed/ if the last study left notebooks there, else notebooks/")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -181,4 +181,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run
+
+    sys.exit(run(main, prog="python -m parbp.book"))

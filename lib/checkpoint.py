@@ -99,10 +99,8 @@ def save(path, params, state: dict) -> Path:
 
 def load(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
     """(params, state) from ``path``; CheckpointError if it is damaged, FileNotFoundError if absent."""
-    arrays, meta = _read(path)
-    if meta.get("kind") != "checkpoint":
-        raise CheckpointError(f"{path} is a saved network, not a training checkpoint")
-    return _params(arrays, path), meta["state"]
+    params, meta = _read_kind(path, "checkpoint", "a saved network, not a training checkpoint")
+    return params, meta["state"]
 
 
 def check_identity(state: dict, identity: dict, path) -> None:
@@ -149,7 +147,13 @@ def save_params(path, params, meta: dict) -> Path:
 
 def load_params(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
     """(params, meta) from a file written by ``save_params``; damaged files are refused."""
+    params, meta = _read_kind(path, "params", "a training checkpoint, not a saved network (use checkpoint.load)")
+    return params, {k: v for k, v in meta.items() if k not in ("kind", "format", "sha256")}
+
+
+def _read_kind(path, kind: str, otherwise: str):
+    """(params, meta) of a verified file of this ``kind``; CheckpointError saying it is ``otherwise``."""
     arrays, meta = _read(path)
-    if meta.get("kind") != "params":
-        raise CheckpointError(f"{path} is a training checkpoint, not a saved network (use checkpoint.load)")
-    return _params(arrays, path), {k: v for k, v in meta.items() if k not in ("kind", "format", "sha256")}
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{path} is {otherwise}")
+    return _params(arrays, path), meta

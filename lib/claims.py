@@ -471,14 +471,19 @@ def sync_readme(readme: Path | str, generated: Path | str) -> None:
     results.sync_readme_block(readme, README_SOURCE, Path(generated).read_text())
 
 
-if __name__ == "__main__":
-    import argparse
+def main(argv=None) -> int:
+    from .cli import Parser
 
-    root = FIGURES.parent
-    parser = argparse.ArgumentParser(prog="python -m parbp.claims",
-                                     description="Copy figures/10_against_the_seeds.md into README.md")
-    parser.add_argument("--readme", type=Path, default=root / "README.md")
+    parser = Parser(prog="python -m parbp.claims", description="Copy figures/10_against_the_seeds.md into README.md")
+    parser.add_argument("--readme", type=Path, default=FIGURES.parent / "README.md")
     parser.add_argument("--table", type=Path, default=FIGURES / "10_against_the_seeds.md")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sync_readme(args.readme, args.table)
     print(f"{args.readme}: against-the-seeds table copied from {args.table}")
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import run
+
+    raise SystemExit(run(main, prog="python -m parbp.claims"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import sys
 
 from .base import TrainerUnavailable
@@ -47,8 +48,26 @@ def _number_type(convert, ok, expected: str):
     return parse
 
 
+def check_positive_int(name: str, value) -> int:
+    """``value`` as an int, or ValueError naming ``name`` (a bool, a float or a string is refused too):
+    the one check of counts passed from Python (trainer options, batch sizes, process counts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 #: argparse types for the command lines' numbers
 positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
 nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
 fraction = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def net(text: str):
+    """--net: "1h", "2h" or comma-separated hidden widths."""
+    from .nets import parse_net
+
+    try:
+        return parse_net(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None

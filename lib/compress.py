@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .train import accuracy, minibatches
+from .train import accuracy, shuffled_batches
 
 FLOAT_BITS = 32  # the uncompressed network: float32
 
@@ -86,12 +86,9 @@ def train_masked(trainer, dataset, masks, epochs: int, batch_size: int, lr: floa
     """SGD with the mask held: every gradient is multiplied by the mask before the update, so pruned
     weights (zero when this starts) stay exactly zero. ``trainer`` must expose ``gradients``."""
     trainer.params = apply_masks(trainer.params, masks)
-    rng = np.random.default_rng(seed)
-    X, Y = dataset.X_train, dataset.Y_train
-    for _ in range(epochs):
-        for idx in minibatches(len(X), batch_size, rng):
-            _, grads = trainer.gradients(X[idx], Y[idx])
-            trainer.apply_gradients([(gW * M, gb) for (gW, gb), M in zip(grads, masks)], lr)
+    for Xb, Yb in shuffled_batches(dataset, epochs, batch_size, seed):
+        _, grads = trainer.gradients(Xb, Yb)
+        trainer.apply_gradients([(gW * M, gb) for (gW, gb), M in zip(grads, masks)], lr)
 
 
 def prune_in_rounds(trainer, dataset, schedule, epochs: int, batch_size: int, lr: float, seed: int = 0,
@@ -213,16 +210,13 @@ def finetune_centroids(layers: list[SharedLayer], trainer, dataset, epochs: int,
     """Deep Compression's retraining of the shared weights: the gradient of a centroid is the sum of the
     gradients of the weights that share it (``np.bincount`` over the labels); biases train as usual.
     The assignment of weights to centroids never changes. Updates ``layers`` in place."""
-    rng = np.random.default_rng(seed)
-    X, Y = dataset.X_train, dataset.Y_train
-    for _ in range(epochs):
-        for idx in minibatches(len(X), batch_size, rng):
-            trainer.params = dequantize(layers)
-            _, grads = trainer.gradients(X[idx], Y[idx])
-            for L, (gW, gb) in zip(layers, grads):
-                step = np.bincount(L.labels, weights=gW[L.mask], minlength=len(L.centroids))
-                L.centroids -= np.float32(lr) * step.astype(np.float32)
-                L.bias -= np.float32(lr) * gb
+    for Xb, Yb in shuffled_batches(dataset, epochs, batch_size, seed):
+        trainer.params = dequantize(layers)
+        _, grads = trainer.gradients(Xb, Yb)
+        for L, (gW, gb) in zip(layers, grads):
+            step = np.bincount(L.labels, weights=gW[L.mask], minlength=len(L.centroids))
+            L.centroids -= np.float32(lr) * step.astype(np.float32)
+            L.bias -= np.float32(lr) * gb
     trainer.params = dequantize(layers)
 
 

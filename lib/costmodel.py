@@ -26,7 +26,6 @@ minibatch of B examples in m micro-batches, every boundary carrying a micro-batc
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -210,7 +209,7 @@ def measure_messages(processes: int = 2, transport: str = "shm", sizes=SIZES, bu
     import tempfile
     from pathlib import Path
 
-    from .mpi import mpiexec, run_command
+    from .distributed import mpiexec, run_command
 
     if transport not in TRANSPORTS:
         raise ValueError(f"unknown transport {transport!r}; choose one of {list(TRANSPORTS)}")
@@ -222,7 +221,7 @@ def measure_messages(processes: int = 2, transport: str = "shm", sizes=SIZES, bu
         for k, v in TRANSPORTS[transport].items():
             cmd += ["-genv", k, v]
         cmd += [sys.executable, "-m", "parbp.costmodel", "--out", str(out), "--budget", str(budget),
-                "--sizes", ",".join(map(str, sizes))]
+                "--sizes", *map(str, sizes)]
         proc = run_command(cmd, timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"message measurement failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}{proc.stdout[-1000:]}")
@@ -232,16 +231,15 @@ def measure_messages(processes: int = 2, transport: str = "shm", sizes=SIZES, bu
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="mpiexec -n 2 python -m parbp.costmodel",
-                                description="Measure MPI ping-pong and Allreduce times for the alpha-beta model.")
+    from .cli import Parser, positive_float, positive_int
+
+    p = Parser(prog="mpiexec -n 2 python -m parbp.costmodel",
+               description="Measure MPI ping-pong and Allreduce times for the alpha-beta model.")
     p.add_argument("--out", required=True, help="CSV written by rank 0 (atomically)")
-    p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="message sizes in bytes, comma-separated")
-    p.add_argument("--budget", type=float, default=0.05, help="about this many seconds per size and operation")
+    p.add_argument("--sizes", type=positive_int, nargs="+", default=list(SIZES), help="message sizes in bytes")
+    p.add_argument("--budget", type=positive_float, default=0.05, help="about this many seconds per size and operation")
     args = p.parse_args(argv)
-    try:
-        sizes = [int(s) for s in args.sizes.split(",")]
-    except ValueError:
-        p.error(f"--sizes must be integers separated by commas, got {args.sizes!r}")
+    sizes = args.sizes
     if any(s < 4 for s in sizes):
         p.error("every size must be at least 4 bytes (one float32)")
     from mpi4py import MPI
@@ -257,4 +255,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run
+
+    sys.exit(run(main, prog="parbp.costmodel"))

@@ -28,6 +28,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from .base import Trainer
+from .cli import check_positive_int
 from . import blas as _blas
 from .blas import axpy, blas_threads, gemm_into, gemm_update
 
@@ -241,9 +242,7 @@ def forward_matrix(Ws, bs, X, chunk=4096):
 
 
 def _check_count(trainer, option, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"trainer {trainer.name!r}: {option} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_positive_int(f"trainer {trainer.name!r}: {option}", value)
 
 
 def split_rows(n: int, parts: int) -> list[tuple[int, int]]:
@@ -258,6 +257,8 @@ def share(n: int, parts: int, k: int) -> tuple[int, int]:
 
 class _ParamsTrainer(Trainer):
     """Holds the parameters as C-ordered arrays the kernels update in place."""
+
+    family = "kernels"
 
     def _setup(self, params):
         self.W = [np.ascontiguousarray(W) for W, _ in params]
@@ -327,6 +328,7 @@ class MatrixTrainer(_ParamsTrainer):
     """
 
     name = "matrix"
+    matrix = True
     UPDATES = ("rows", "partials")
 
     def _workers(self) -> tuple[int, int]:
@@ -565,6 +567,7 @@ class HogwildTrainer(MatrixTrainer):
     """
 
     name = "hogwild"
+    exact = False
     options = {"threads": CORES, "microbatch": 10}
 
     def _workers(self):

@@ -43,7 +43,6 @@ from .base import Trainer, TrainerUnavailable
 TILES = (8, 16, 32)        # threads per block edge and depth of a shared-memory tile
 REG_BLOCKS = (1, 2, 4, 8)  # outputs per thread along each axis (register blocking)
 MAX_SHARED = 48 * 1024     # static shared memory per block that every CUDA GPU grants
-MAX_THREADS = 1024         # threads per block
 REDUCE_THREADS = 256       # threads per block of the loss reduction (a power of two)
 REDUCE_BLOCKS = 64         # at most this many partial sums of the loss per step
 
@@ -383,6 +382,7 @@ class NumbaCudaTrainer(Trainer):
     """
 
     name = "numba-cuda"
+    device, family = "gpu", "cuda"
     options = {"tile": 16, "reg_block": 4, "simulator": False}
 
     @classmethod
@@ -413,23 +413,18 @@ class NumbaCudaTrainer(Trainer):
         self._b = [cuda.to_device(b) for _, b in params]
         self._buffers = {}
 
-    def _batch_buffers(self, B: int) -> dict:
-        """Device buffers for batch size B, allocated once: X, Y, every A_l and Δ_l, the loss partials."""
-        if B not in self._buffers:
-            if len(self._buffers) >= 4:  # a sweep over batch sizes must not hold them all
-                self._buffers.pop(next(iter(self._buffers)))
-            A = [cuda.device_array((B, n), self.dtype) for n in self.sizes]  # A[0] is X
-            self._buffers[B] = {
-                "A": A,
-                "Y": cuda.device_array((B, self.n_out), self.dtype),
-                "D": [None] + [cuda.device_array((B, n), self.dtype) for n in self.sizes[1:]],
-                "partials": cuda.device_array(reduce_blocks(B, self.n_out), np.float64),
-                "split": [
-                    1 if not self._sms else split_for(n_in, n_out, B, self.tile, self.reg_block, self._sms)
-                    for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])
-                ],
-            }
-        return self._buffers[B]
+    def _make_buffers(self, B: int) -> dict:
+        """Device buffers for batch size B: X, Y, every A_l and Δ_l, the loss partials."""
+        return {
+            "A": [cuda.device_array((B, n), self.dtype) for n in self.sizes],  # A[0] is X
+            "Y": cuda.device_array((B, self.n_out), self.dtype),
+            "D": [None] + [cuda.device_array((B, n), self.dtype) for n in self.sizes[1:]],
+            "partials": cuda.device_array(reduce_blocks(B, self.n_out), np.float64),
+            "split": [
+                1 if not self._sms else split_for(n_in, n_out, B, self.tile, self.reg_block, self._sms)
+                for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])
+            ],
+        }
 
     def _forward(self, X) -> dict:
         buf = self._batch_buffers(X.shape[0])

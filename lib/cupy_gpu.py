@@ -131,6 +131,7 @@ class CupyTrainer(Trainer):
     """cuBLAS GEMMs and fused CuPy kernels, float32 by default; see the module docstring."""
 
     name = "cupy"
+    device, family = "gpu", "cuda"
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
@@ -155,19 +156,15 @@ class CupyTrainer(Trainer):
         self._b = [self.ops.to_device(b) for _, b in params]
         self._buffers = {}
 
-    def _batch_buffers(self, B: int) -> dict:
-        """X, Y, every A_l and Δ_l for batch size B, allocated on first use (at most 4 sizes kept)."""
-        if B not in self._buffers:
-            if len(self._buffers) >= 4:
-                self._buffers.pop(next(iter(self._buffers)))
-            e = self.ops.empty
-            self._buffers[B] = {
-                "A": [e((B, n)) for n in self.sizes],  # A[0] is X
-                "Y": e((B, self.n_out)),
-                "D": [None] + [e((B, n)) for n in self.sizes[1:]],
-                "db": [e((n,)) for n in self.sizes[1:]],
-            }
-        return self._buffers[B]
+    def _make_buffers(self, B: int) -> dict:
+        """X, Y, every A_l and Δ_l and the bias gradients for batch size B, on the device."""
+        e = self.ops.empty
+        return {
+            "A": [e((B, n)) for n in self.sizes],  # A[0] is X
+            "Y": e((B, self.n_out)),
+            "D": [None] + [e((B, n)) for n in self.sizes[1:]],
+            "db": [e((n,)) for n in self.sizes[1:]],
+        }
 
     def _forward(self, X) -> dict:
         buf = self._batch_buffers(X.shape[0])

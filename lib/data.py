@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+from .results import ROOT
+
+REPO_DATA = ROOT / "data"
 SYSTEM_DATA = Path("/usr/share/datasets")
 
 
@@ -440,3 +442,36 @@ def dims(name: str, encoding: str = "onehot") -> tuple[int, int]:
         return len(_kdd_numeric_columns(encoding)) + (
             sum(len(v) for v in KDD_CATEGORIES.values()) if encoding == "onehot" else 0), 1
     return 784, 10
+
+
+TOY = "toy"  # a small synthetic set for tests and smoke runs (no files needed)
+
+
+def toy(n: int = 2000, n_in: int = 16, n_out: int = 4, seed: int = 0) -> Dataset:
+    """A learnable synthetic classification set: labels are the argmax of a random linear teacher.
+    It has no test split of its own: the validation split stands in."""
+    rng = np.random.default_rng(seed)
+    teacher = rng.normal(size=(n_in, n_out))
+
+    def split(m):
+        X = rng.uniform(0, 1, size=(m, n_in)).astype(np.float32)
+        return X, one_hot(((X - 0.5) @ teacher).argmax(axis=1), n_out)
+
+    X_train, Y_train = split(n)
+    X_val, Y_val = split(max(n // 5, 1))
+    return Dataset(TOY, X_train, Y_train, X_val, Y_val, X_val, Y_val)
+
+
+def load_first(name: str, n: int | None = None, seed: int = 0) -> Dataset:
+    """``load(name)`` (or the toy set) cut to its first ``n`` training examples: the one meaning of
+    ``--subset`` everywhere. Validation and test keep their first max(n // 5, 100) rows."""
+    if name == TOY:
+        return toy(n or 2000, seed=seed)
+    if name not in NAMES:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {[*NAMES, TOY]}")
+    ds = load(name)
+    if not n:
+        return ds
+    if n > len(ds.X_train):
+        raise ValueError(f"--subset {n} is larger than {name}'s {len(ds.X_train)} training examples")
+    return ds.take(n, max(n // 5, 100))

@@ -18,10 +18,10 @@ import pandas as pd
 import seaborn as sns
 
 from . import trainers
+from .cli import check_positive_int
 from .nets import HIDDEN, layer_sizes
+from .results import NOTEBOOKS
 
-REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = REPO / "notebooks"
 BASELINE = "serial-example"  # speedups are over the paper's serial algorithm (seed 001 §3)
 TORCH_CUDA = "torch-cuda"    # torch with device="cuda", a name of its own in the figures
 
@@ -67,10 +67,7 @@ def positive_ints(name: str, values) -> list[int]:
     return [int(v) for v in _positive_list(name, values, numbers.Integral, lambda v: v >= 1, "positive integer")]
 
 
-def positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+positive_int = check_positive_int  # the notebooks' parameter checks read as ex.positive_int(name, value)
 
 
 def positive_floats(name: str, values) -> list[float]:
@@ -126,13 +123,13 @@ def resolve_impls(impls) -> tuple[list[str], list[str], dict[str, str]]:
     if not impls or unknown:
         raise ValueError(f"unknown implementation(s) {unknown or impls!r}; choose from {impl_choices()}")
     if "auto" in impls:
-        impls = [*cpu_impls(), *trainers.GPU, TORCH_CUDA]
+        impls = [*cpu_impls(), *trainers.gpu(), TORCH_CUDA]
     cpu, gpu, skipped = [], [], {}
     for name in dict.fromkeys([BASELINE, *impls]):
         why = _why_unavailable(name)
         if why:
             skipped[name] = why
-        elif name == TORCH_CUDA or name in trainers.GPU:
+        elif name == TORCH_CUDA or name in trainers.gpu():
             gpu.append(name)
         else:
             cpu.append(name)
@@ -299,14 +296,6 @@ def plot_learning_curves(history: pd.DataFrame, title: str, target: float | None
 # ---------------------------------------------------------------------------------------------------
 # Notebook 08: learning-rate grid search (seed 001 §5.3)
 # ---------------------------------------------------------------------------------------------------
-def fastest_cpu_trainer(preference=("threads", "serial-blas", "numpy")) -> str:
-    """The first available of the CPU trainers that train fastest here (numpy works everywhere)."""
-    for name in preference:
-        if not trainers.why_unavailable(name):
-            return name
-    raise RuntimeError(f"none of {list(preference)} can run here")
-
-
 def grid_search(trainer: str, dataset, lrs, epochs: int, batch_size: int, net="1h", lr_decay: float = 0.0,
                 seed: int = 0, progress: bool = False, **options) -> tuple[float, pd.DataFrame]:
     """Train one fresh network per learning rate on the training split; pick the best by validation accuracy.

@@ -18,7 +18,7 @@ tensors with mpi4py:
 
   data parallel   each engine holds a shard of the training set and a replica of the network, computes
                   the gradient of its slice of every minibatch with the best single-core trainer, and joins
-                  one Allreduce of one packed buffer: ``parbp.mpi.allreduce_step``, the same code as
+                  one Allreduce of one packed buffer: ``parbp.distributed.allreduce_step``, the same code as
                   ``mpiexec python -m parbp.mpi --mode allreduce``.
   model parallel  consecutive layers per engine (``parbp.pipeline``: split to balance FLOPs, schedules
                   plain / GPipe / 1F1B); activations go forward and deltas backward point to point, sent
@@ -31,6 +31,7 @@ says so if used again (start new ones).
 """
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import itertools
 import logging
@@ -43,8 +44,9 @@ from itertools import islice
 import numpy as np
 import pandas as pd
 
-from . import pipeline
-from .mpi import Flat, allreduce_step, default_impl, epoch_order, evaluate, lr_at, minibatches
+from . import pipeline, trainers
+from .distributed import Flat, allreduce_step, epoch_order, mpiexec
+from .train import evaluate, lr_at, minibatches
 
 
 class EngineFailure(RuntimeError):
@@ -75,8 +77,6 @@ class Engines:
         self.n, self.timeout, self.mpi, self.cluster, self.broken = int(n), timeout, mpi, None, None
         if profile is None:
             from traitlets.config import Config
-
-            from .mpi import mpiexec
 
             config = Config()
             config.MPIEngineSetLauncher.mpi_cmd = [mpiexec()]  # the venv's MPICH, whatever PATH says
@@ -222,7 +222,7 @@ class Engines:
 # Engine side: state, MPI with deadlines. The engines import this module, so functions travel by reference;
 # every model object keeps its state under its own key, so several can share the same engines.
 
-_state: dict = {}
+_state: dict = {}  # also parbp.ipp_relay's
 _keys = itertools.count()
 
 
@@ -294,6 +294,54 @@ class BoundedComm:
 
 
 # --------------------------------------------------------------------------------------------
+# What every model on engines offers, and the training loop they share
+
+
+class EngineModel(abc.ABC):
+    """A network trained on engines (here and in ``parbp.ipp_relay``) or, as the baseline, in this process.
+
+    It has a ``name``, ``workers`` (engines used), ``ds`` and ``eval`` (a trainer on the client that
+    evaluates what was learned); it runs steps of an epoch (``run_steps``) and hands back its ``params``.
+    ``fit`` is the one training loop over all of them."""
+
+    name: str
+    workers: int
+
+    @abc.abstractmethod
+    def run_steps(self, epoch: int, B: int, lr: float, first: int = 0, count: int | None = None) -> dict:
+        """Steps ``first`` .. ``first + count`` of the epoch's minibatches: train_loss, seconds, steps, ..."""
+
+    @property
+    @abc.abstractmethod
+    def params(self) -> list:
+        """The current [(W, b), ...], gathered on the client."""
+
+    def train_epoch(self, epoch: int, B: int, lr: float) -> dict:
+        return self.run_steps(epoch, B, lr)
+
+    def fit(self, epochs: int, batch_size: int, lr: float, lr_decay: float = 0.0) -> pd.DataFrame:
+        """Train and return one row per epoch (row 0: the untrained network, so every curve starts at the
+        same point): losses, validation accuracy, training seconds and examples per second."""
+        if batch_size < self.workers:
+            raise ValueError(f"batch_size {batch_size} is smaller than the {self.workers} engines")
+        val_loss, val_acc = evaluate(self.eval, self.ds.X_val, self.ds.Y_val, self.ds.y_val)
+        rows = [{"method": self.name, "engines": self.workers, "epoch": 0, "val_loss": val_loss, "val_acc": val_acc}]
+        for epoch in range(epochs):
+            r = self.train_epoch(epoch, batch_size, lr_at(lr, lr_decay, epoch))
+            self.eval.params = self.params
+            val_loss, val_acc = evaluate(self.eval, self.ds.X_val, self.ds.Y_val, self.ds.y_val)
+            rows.append({"method": self.name, "engines": self.workers, "epoch": epoch + 1, **r,
+                         "val_loss": val_loss, "val_acc": val_acc,
+                         "examples_per_s": r["steps"] * batch_size / r["seconds"]})
+        return pd.DataFrame(rows)
+
+
+def local_trainer(net, ds, seed):
+    """A trainer on the client: the starting parameters, and evaluation of what the engines learned."""
+    return trainers.get("numpy")(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
+
+
+# --------------------------------------------------------------------------------------------
 # Data parallel: shards on the engines, one Allreduce per step
 
 
@@ -310,8 +358,6 @@ def shard_batches(shard_sizes, rank: int, epoch: int, batch_size: int, seed: int
 
 
 def _dp_setup(key, impl, net, n_in, n_out, seed, X, Y, shard_sizes):
-    from . import trainers
-
     t = trainers.get(impl)(net=net, n_in=n_in, n_out=n_out, seed=seed)
     flat = Flat(t.sizes, t.dtype, extra=1)  # the extra slot carries the loss
     buf = flat.empty()
@@ -339,7 +385,7 @@ def _dp_params(key):
     return _state[key]["trainer"].params
 
 
-class DataParallel:
+class DataParallel(EngineModel):
     """Synchronous data-parallel SGD on MPI engines: shards, partial gradients, one Allreduce per step."""
 
     name = "data parallel"
@@ -348,7 +394,7 @@ class DataParallel:
         if not engines.mpi:
             raise ValueError("DataParallel needs MPI engines (Engines(mpi=True)); parbp.ipp_relay works without")
         self.eng, self.ds, self.seed, self.key = engines, ds, seed, next(_keys)
-        self.impl = impl or default_impl()
+        self.impl = impl or trainers.fastest_cpu(threaded=False)
         self.workers = p = len(engines.ids)
         self.shards = np.array_split(np.arange(len(ds.X_train)), p)
         self.eval = local_trainer(net, ds, seed)
@@ -370,15 +416,9 @@ class DataParallel:
         return {"train_loss": r0["loss_sum"] / max(r0["steps"], 1), "seconds": max(o["seconds"] for o in out),
                 "steps": r0["steps"], "cpu_share": cpu_share(out)}
 
-    def train_epoch(self, epoch, B, lr) -> dict:
-        return self.run_steps(epoch, B, lr)
-
     @property
     def params(self):
         return self.eng.run([(self.eng.ids[0], _dp_params, (self.key,))], "sending its parameters", self.eng.timeout)[0]
-
-    def fit(self, epochs, batch_size, lr, lr_decay=0.0):
-        return fit_history(self, epochs, batch_size, lr, lr_decay)
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,7 +498,7 @@ def _mp_step(key, comm, idx, B, lr):
 def _mp_run(key, epoch, batch_size, lr, first, count, keep_intervals):
     """Steps ``first`` .. ``first + count - 1`` of an epoch on this stage; metrics and busy intervals only."""
     S, comm = _state[key], _comm()
-    batches = islice(minibatches(S["n"], batch_size, epoch, S["seed"]), first, None if count is None else first + count)
+    batches = islice(minibatches(epoch_order(S["n"], epoch, S["seed"]), batch_size, drop_last=True), first, None if count is None else first + count)
     comm.barrier("the start of a block of steps")
     t0, c0 = time.perf_counter(), time.process_time()
     sse, steps, busy, peak, peak_n = 0.0, 0, [], 0, 0
@@ -475,7 +515,7 @@ def _mp_params(key):
     return _state[key]["stage"].params
 
 
-class ModelParallel:
+class ModelParallel(EngineModel):
     """The network's layers split over the MPI engines, run with ``schedule`` on ``micro_batches`` per minibatch.
 
     ``schedule``: "plain" (one micro-batch), "gpipe" or "1f1b" (``parbp.pipeline``). Every schedule sums the
@@ -540,10 +580,6 @@ class ModelParallel:
         parts = self.eng.run([(e, _mp_params, (self.key,)) for e in self.eng.ids], "sending its layers", self.eng.timeout)
         return [wb for stage in parts for wb in stage]
 
-    def fit(self, epochs, batch_size, lr, lr_decay=0.0):
-        self._check_batch(batch_size)
-        return fit_history(self, epochs, batch_size, lr, lr_decay)
-
 
 def cpu_share(out) -> float:
     """CPU time over wall time of a block, averaged over the engines: about 1 when every engine had a core of
@@ -566,18 +602,16 @@ def step_timing(busy, schedule: str, m: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# The serial baseline and the shared training loop
+# The serial baseline
 
 
-class Serial:
+class Serial(EngineModel):
     """The baseline in this process: the best single-core trainer (BLAS on one thread), same ``fit``."""
 
     name = "serial"
 
     def __init__(self, ds, net="2h", impl: str | None = None, seed: int = 0):
-        from . import trainers
-
-        self.ds, self.seed, self.impl = ds, seed, impl or default_impl()
+        self.ds, self.seed, self.impl = ds, seed, impl or trainers.fastest_cpu(threaded=False)
         self.trainer = trainers.get(self.impl)(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
         self.eval, self.workers = self.trainer, 1
         self.trainer.gradients(ds.X_train[:2], ds.Y_train[:2])  # warm-up (numba kernels compile here)
@@ -586,7 +620,7 @@ class Serial:
         from threadpoolctl import threadpool_limits
 
         X, Y = self.ds.X_train, self.ds.Y_train
-        batches = islice(minibatches(len(X), B, epoch, self.seed), first, None if count is None else first + count)
+        batches = islice(minibatches(epoch_order(len(X), epoch, self.seed), B, drop_last=True), first, None if count is None else first + count)
         t0, c0 = time.perf_counter(), time.process_time()
         with threadpool_limits(1):  # one core, like each engine
             losses = [self.trainer.step(X[idx], Y[idx], lr) for idx in batches]
@@ -594,36 +628,6 @@ class Serial:
         return {"train_loss": float(np.mean(losses)), "seconds": seconds, "steps": len(losses),
                 "cpu_share": (time.process_time() - c0) / max(seconds, 1e-9)}
 
-    def train_epoch(self, epoch, B, lr) -> dict:
-        return self.run_steps(epoch, B, lr)
-
     @property
     def params(self):
         return self.trainer.params
-
-    def fit(self, epochs, batch_size, lr, lr_decay=0.0):
-        return fit_history(self, epochs, batch_size, lr, lr_decay)
-
-
-def local_trainer(net, ds, seed):
-    """A trainer on the client: the starting parameters, and evaluation of what the engines learned."""
-    from . import trainers
-
-    return trainers.get("numpy")(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
-
-
-def fit_history(model, epochs, batch_size, lr, lr_decay) -> pd.DataFrame:
-    """Train and return one row per epoch (row 0: the untrained network, so every curve starts at the
-    same point): losses, validation accuracy, training seconds and examples per second."""
-    if batch_size < model.workers:
-        raise ValueError(f"batch_size {batch_size} is smaller than the {model.workers} engines")
-    val_loss, val_acc = evaluate(model.eval, model.ds.X_val, model.ds.Y_val, model.ds.y_val)
-    rows = [{"method": model.name, "engines": model.workers, "epoch": 0, "val_loss": val_loss, "val_acc": val_acc}]
-    for epoch in range(epochs):
-        r = model.train_epoch(epoch, batch_size, lr_at(lr, lr_decay, epoch))
-        model.eval.params = model.params
-        val_loss, val_acc = evaluate(model.eval, model.ds.X_val, model.ds.Y_val, model.ds.y_val)
-        rows.append({"method": model.name, "engines": model.workers, "epoch": epoch + 1, **r,
-                     "val_loss": val_loss, "val_acc": val_acc,
-                     "examples_per_s": r["steps"] * batch_size / r["seconds"]})
-    return pd.DataFrame(rows)

@@ -1,4 +1,5 @@
-"""Issue 10's goals in one run: serial, data parallel and model parallel (plain, GPipe, 1F1B) side by side.
+"""Data and model parallelism on engines against their throughput goals, in one run: serial, data parallel and
+model parallel (plain, GPipe, 1F1B) side by side.
 
     env -u OPENBLAS_CORETYPE python -m parbp.ipp_bench              # Net-2h, MNIST, batch 1000, 2 MPI engines
     python -m parbp.ipp_bench --steps 5 --rounds 1 --subset 10000    # a quick look
@@ -19,7 +20,6 @@ most a pipeline of this split can gain at that m before its bubble and messages.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -27,10 +27,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from . import pipeline
+from . import pipeline, trainers
+from .data import load_first
 from .results import FIGURES, write_csv
 
-GOAL_DP, GOAL_MP = 1.6, 1.3  # throughput over serial, issue 10
+GOAL_DP, GOAL_MP = 1.6, 1.3  # the goals: throughput over serial
 IDLE_TOLERANCE = 0.05
 
 
@@ -38,41 +39,12 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
             rounds=3, lr=0.1, relay=False, seed=0) -> pd.DataFrame:
     from . import envinfo
     from . import ipp as pipp
-    from .mpi import load_data
 
-    ds = load_data(dataset, subset, seed)
+    ds = load_first(dataset, subset, seed)
     load_before = os.getloadavg()
     with pipp.Engines(n=engines) as eng:
-        models = {("serial", "-", 1): pipp.Serial(ds, net=net, seed=seed),
-                  ("data parallel", "-", 1): pipp.DataParallel(eng, ds, net=net, seed=seed),
-                  ("model parallel", "plain", 1): pipp.ModelParallel(eng, ds, net=net, schedule="plain", seed=seed)}
-        for schedule in ("gpipe", "1f1b"):
-            for m in micro_batches:
-                models[("model parallel", schedule, m)] = pipp.ModelParallel(eng, ds, net=net, schedule=schedule,
-                                                                             micro_batches=m, seed=seed)
-        if relay:
-            from . import ipp_relay
-
-            models[("data parallel (client relay)", "-", 1)] = ipp_relay.RelayDataParallel(eng, ds, net=net, seed=seed)
-            models[("model parallel (client relay)", "gpipe", 4)] = ipp_relay.RelayModelParallel(eng, ds, net=net, micro_batches=4, seed=seed)
-        steps_per_epoch = len(ds.X_train) // batch_size
-        times = {k: [] for k in models}
-        shares = {k: [] for k in models}
-        extra = {k: {} for k in models}
-        for r in range(rounds + 1):  # round 0 warms every configuration up and is not counted
-            first = (r * steps) % max(steps_per_epoch - steps + 1, 1)
-            for key, model in models.items():
-                t0 = time.perf_counter()
-                out = _run(model, batch_size, lr, first, steps)
-                dt = time.perf_counter() - t0
-                if r == 0:
-                    continue
-                times[key].append(out["steps"] * batch_size / dt)
-                if "cpu_share" in out:
-                    shares[key].append(out["cpu_share"])
-                for k in ("peak_stash_micro_batches", "peak_stash_bytes"):
-                    if k in out:
-                        extra[key][k] = out[k]
+        models = _models(eng, ds, net, micro_batches, relay, seed)
+        times, shares, extra = _rounds(models, len(ds.X_train) // batch_size, batch_size, lr, steps, rounds)
         ceiling = ceilings(ds, net, batch_size, sorted({1, *micro_batches}), engines, seed=seed)
         load_after = os.getloadavg()
         rows = []
@@ -105,17 +77,56 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
     return df
 
 
+def _models(eng, ds, net, micro_batches, relay, seed) -> dict:
+    """(method, schedule, micro-batches) -> the model, every configuration of one run."""
+    from . import ipp as pipp
+
+    models = {("serial", "-", 1): pipp.Serial(ds, net=net, seed=seed),
+              ("data parallel", "-", 1): pipp.DataParallel(eng, ds, net=net, seed=seed),
+              ("model parallel", "plain", 1): pipp.ModelParallel(eng, ds, net=net, schedule="plain", seed=seed)}
+    for schedule in ("gpipe", "1f1b"):
+        for m in micro_batches:
+            models[("model parallel", schedule, m)] = pipp.ModelParallel(eng, ds, net=net, schedule=schedule,
+                                                                         micro_batches=m, seed=seed)
+    if relay:
+        from . import ipp_relay
+
+        models[("data parallel (client relay)", "-", 1)] = ipp_relay.RelayDataParallel(eng, ds, net=net, seed=seed)
+        models[("model parallel (client relay)", "gpipe", 4)] = ipp_relay.RelayModelParallel(eng, ds, net=net, micro_batches=4, seed=seed)
+    return models
+
+
+def _rounds(models, steps_per_epoch, batch_size, lr, steps, rounds):
+    """Every model trains ``steps`` minibatches per round, interleaved; round 0 warms up and is not counted.
+    Per model: throughputs, CPU shares, and the pipeline's activation stash."""
+    times = {k: [] for k in models}
+    shares = {k: [] for k in models}
+    extra = {k: {} for k in models}
+    for r in range(rounds + 1):
+        first = (r * steps) % max(steps_per_epoch - steps + 1, 1)
+        for key, model in models.items():
+            t0 = time.perf_counter()
+            out = _run(model, batch_size, lr, first, steps)
+            dt = time.perf_counter() - t0
+            if r == 0:
+                continue
+            times[key].append(out["steps"] * batch_size / dt)
+            if "cpu_share" in out:
+                shares[key].append(out["cpu_share"])
+            for k in ("peak_stash_micro_batches", "peak_stash_bytes"):
+                if k in out:
+                    extra[key][k] = out[k]
+    return times, shares, extra
+
+
 def ceilings(ds, net, batch_size, micro_batches, engines, repeats=5, seed=0) -> dict[int, float]:
     """Per m: serial's step time over the slowest stage's work per minibatch, both timed in this one process
     on one core, interleaved (so a busy machine slows both alike). What a pipeline could reach with free
     messages and no bubble: the ceiling its schedule then loses the bubble from."""
     from threadpoolctl import threadpool_limits
 
-    from . import trainers
-    from .mpi import default_impl
-
     X, Y = ds.X_train[:batch_size], ds.Y_train[:batch_size]
-    serial = trainers.get(default_impl())(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
+    serial = trainers.get(trainers.fastest_cpu(threaded=False))(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
     params = serial.params
     split = pipeline.split_layers(serial.sizes, engines)
 
@@ -227,24 +238,22 @@ def report(df) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m parbp.ipp_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--net", default="2h", help='"1h", "2h" or hidden widths like 64,32')
-    p.add_argument("--dataset", default="mnist")
-    p.add_argument("--subset", type=int, default=None, help="first N training examples (default: all)")
-    p.add_argument("--batch-size", type=int, default=1000)
-    p.add_argument("--micro-batches", type=int, nargs="+", default=[2, 4, 8])
-    p.add_argument("--engines", type=int, default=2)
-    p.add_argument("--steps", type=int, default=10, help="minibatches per configuration and round")
-    p.add_argument("--rounds", type=int, default=3)
+    from .cli import Parser, net, positive_int
+    from .data import NAMES, TOY
+
+    p = Parser(prog="python -m parbp.ipp_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--net", default="2h", type=net, help='"1h", "2h" or hidden widths like 64,32')
+    p.add_argument("--dataset", default="mnist", choices=(*NAMES, TOY))
+    p.add_argument("--subset", type=positive_int, default=None, help="first N training examples (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p.add_argument("--micro-batches", type=positive_int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--engines", type=positive_int, default=2)
+    p.add_argument("--steps", type=positive_int, default=10, help="minibatches per configuration and round")
+    p.add_argument("--rounds", type=positive_int, default=3)
     p.add_argument("--relay", action="store_true", help="also time the client-relay versions (parbp.ipp_relay)")
     p.add_argument("--out", default=str(FIGURES / "07_goals.csv"))
     args = p.parse_args(argv)
-    if "," in args.net or args.net.isdigit():  # hidden widths, as parbp.mpi takes them
-        args.net = [int(w) for w in args.net.split(",")]
-    for name in ("batch_size", "engines", "steps", "rounds"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if any(m < 1 or m > args.batch_size for m in args.micro_batches):
+    if any(m > args.batch_size for m in args.micro_batches):
         p.error(f"--micro-batches must be between 1 and the batch size ({args.batch_size})")
     df = measure(net=args.net, dataset=args.dataset, subset=args.subset, batch_size=args.batch_size,
                  micro_batches=args.micro_batches, engines=args.engines, steps=args.steps, rounds=args.rounds,
@@ -256,4 +265,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import run
+
+    sys.exit(run(main, prog="python -m parbp.ipp_bench"))

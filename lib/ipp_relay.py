@@ -20,12 +20,11 @@ import time
 
 import numpy as np
 
-from .ipp import Engines, fit_history, local_trainer
-from .mpi import Flat, epoch_order, minibatches
+from .ipp import EngineModel, Engines, _dp_params, _keys, _state, local_trainer
+from .distributed import Flat, epoch_order
+from .train import minibatches
 from .pipeline import bubble_theory, idle_fraction, split_layers
 
-_state: dict = {}  # engine side: every model object keeps its state under its own key
-_keys = itertools.count()
 
 
 # --------------------------------------------------------------------------------------------
@@ -56,11 +55,7 @@ def _dp_step(key, reduced, lr, idx, B):
     return buf, (t0, time.perf_counter())
 
 
-def _get_params(key):
-    return _state[key]["trainer"].params
-
-
-class RelayDataParallel:
+class RelayDataParallel(EngineModel):
     """Synchronous data-parallel SGD: engines compute partial gradients on their shards, the client reduces."""
 
     name = "data parallel (client relay)"
@@ -70,7 +65,7 @@ class RelayDataParallel:
         self.workers = p = len(engines.ids)
         n = len(ds.X_train)
         self.shards = np.array_split(np.arange(n), p)
-        self.eval = _local_trainer(net, ds, seed)
+        self.eval = local_trainer(net, ds, seed)
         self.flat = Flat(self.eval.sizes, self.eval.dtype, extra=1)
         engines.get([engines.submit(e, _dp_setup, self.key, impl, net, ds.n_in, ds.n_out, seed,
                                     ds.X_train[s], ds.Y_train[s]) for e, s in zip(engines.ids, self.shards)],
@@ -86,9 +81,6 @@ class RelayDataParallel:
         for k in range(steps):
             yield [o[k * b:(k + 1) * b] for o, b in zip(orders, share)]
 
-    def train_epoch(self, epoch, B, lr) -> dict:
-        return self.run_steps(epoch, B, lr)
-
     def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
         eng, reduced, losses, busy = self.eng, None, [], []
         t0 = time.perf_counter()
@@ -103,10 +95,7 @@ class RelayDataParallel:
 
     @property
     def params(self):
-        return self.eng.get([self.eng.submit(self.eng.ids[0], _get_params, self.key)], "sending its parameters")[0]
-
-    def fit(self, epochs, batch_size, lr, lr_decay=0.0):
-        return _fit(self, epochs, batch_size, lr, lr_decay)
+        return self.eng.get([self.eng.submit(self.eng.ids[0], _dp_params, self.key)], "sending its parameters")[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,7 +172,7 @@ def _stage_params(key):
     return [(W.copy(), b.copy()) for W, b in _state[key]["params"]]
 
 
-class RelayModelParallel:
+class RelayModelParallel(EngineModel):
     """Layers split over the engines; ``micro_batches`` = 1 runs the stages strictly in turn, more pipelines."""
 
     def __init__(self, engines: Engines, ds, net="2h", micro_batches: int = 1, seed: int = 0):
@@ -192,7 +181,7 @@ class RelayModelParallel:
         self.eng, self.ds, self.seed, self.m, self.key = engines, ds, seed, micro_batches, next(_keys)
         self.workers = len(engines.ids)
         self.name = "model parallel (client relay)" if micro_batches == 1 else f"GPipe m={micro_batches} (client relay)"
-        self.eval = _local_trainer(net, ds, seed)
+        self.eval = local_trainer(net, ds, seed)
         self.stages = split_layers(self.eval.sizes, len(engines.ids))
         params = self.eval.params
         engines.get([engines.submit(e, _stage_setup, self.key, [params[l] for l in layers], s == len(self.stages) - 1)
@@ -239,14 +228,11 @@ class RelayModelParallel:
         self.bubbles.append(idle_fraction(busy))
         return loss
 
-    def train_epoch(self, epoch, B, lr) -> dict:
-        return self.run_steps(epoch, B, lr)
-
     def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
         X, Y = self.ds.X_train, self.ds.Y_train
         t0, losses = time.perf_counter(), []
         start = len(self.bubbles)
-        for idx in itertools.islice(minibatches(len(X), B, epoch, self.seed), first, None if count is None else first + count):
+        for idx in itertools.islice(minibatches(epoch_order(len(X), epoch, self.seed), B, drop_last=True), first, None if count is None else first + count):
             losses.append(self.step(X[idx], Y[idx], lr))
         return {"train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, "steps": len(losses),
                 "idle_fraction": float(np.mean(self.bubbles[start:])),
@@ -256,14 +242,3 @@ class RelayModelParallel:
     def params(self):
         return [wb for stage in self.eng.get([self.eng.submit(e, _stage_params, self.key) for e in self.eng.ids],
                                              "sending its layers") for wb in stage]
-
-    def fit(self, epochs, batch_size, lr, lr_decay=0.0):
-        return _fit(self, epochs, batch_size, lr, lr_decay)
-
-
-def _local_trainer(net, ds, seed):
-    return local_trainer(net, ds, seed)
-
-
-def _fit(model, epochs, batch_size, lr, lr_decay):
-    return fit_history(model, epochs, batch_size, lr, lr_decay)

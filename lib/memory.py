@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from . import trainers
+from .cli import check_positive_int
 from .nets import n_params
 
 #: numpy operates in place on a temporary operand (``t * A`` writes into ``t``) from this size up
@@ -40,10 +42,8 @@ ELIDE_BYTES = 256 * 1024
 
 #: trainers whose allocations numpy reports to tracemalloc (the library baselines allocate through
 #: torch's or PyTensor's own allocators and the GPU trainers on the device)
-CPU_TRAINERS = ("reference", "numpy", "serial-example", "serial-blas", "threads", "blas-parallel", "hybrid",
-                "hogwild")
-GPU_TRAINERS = ("numba-cuda", "cupy")
-_MATRIX = ("serial-blas", "threads", "blas-parallel", "hybrid", "hogwild")
+CPU_TRAINERS = tuple(n for n in trainers.names() if trainers.get(n).device == "cpu" and trainers.get(n).family != "library")
+GPU_TRAINERS = tuple(trainers.gpu())
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,12 @@ def _check(sizes, batch):
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2 or any(s < 1 for s in sizes):
         raise ValueError(f"sizes must be at least two positive layer widths, got {sizes}")
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"batch must be a positive integer, got {batch!r}")
-    return sizes, int(batch)
+    return sizes, check_positive_int("batch", batch)
 
 
 def _groups(trainer: str, options: dict) -> int:
     """Workers that split the minibatch (the trainers' own defaults: 2 on 2 cores)."""
-    from .cpu import CORES
-
-    threads = int(options.get("threads", CORES))
+    threads = int(options.get("threads", trainers.get(trainer).options.get("threads", 1)))
     if trainer in ("threads", "hogwild"):
         return threads
     if trainer == "hybrid":
@@ -97,7 +93,7 @@ def footprint(trainer: str, sizes, batch: int, dtype=None, **options) -> list[Te
     if trainer == "serial-example":
         terms += [Term("gradient accumulators", P * s, False),
                   Term("one example's activations and deltas", (sum(n) + outputs) * s, False)]
-    elif trainer in _MATRIX:
+    elif trainers.get(trainer).matrix:
         terms += [Term("activations A_1..A_L", B * outputs * s, True),
                   Term("deltas Δ_1..Δ_L", B * outputs * s, True)]
         p = min(_groups(trainer, options), B)
@@ -210,8 +206,6 @@ def measure_peak(trainer: str, net, batch: int, n_in: int = 784, n_out: int = 10
     building casts float64 initial weights, a transient that is not part of training. A warm-up step on
     another instance first loads the numba kernels, whose compilation would otherwise be traced.
     """
-    from . import trainers
-
     _, B = _check([n_in, n_out], batch)
     cls = trainers.get(trainer)
     with cls(net=net, n_in=n_in, n_out=n_out, dtype=dtype, seed=seed, **options) as warm:

@@ -45,109 +45,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
+from . import trainers
+from .cli import check_positive_int
+from .data import TOY, load_first
+from .distributed import Flat, allreduce_step, epoch_order, mpiexec, run_command
+from .train import evaluate, lr_at, minibatches
+
 MODES = ("allreduce", "average", "async")
-TOY = "toy"  # a small synthetic dataset for tests and smoke runs (no files needed)
-
-
-# --------------------------------------------------------------------------------------------
-# Data and minibatch order (shared by every rank, the serial check and the ipyparallel trainers)
-
-
-def toy_data(n: int = 2000, n_in: int = 16, n_out: int = 4, seed: int = 0) -> SimpleNamespace:
-    """A learnable synthetic classification set: labels are the argmax of a random linear teacher."""
-    rng = np.random.default_rng(seed)
-    teacher = rng.normal(size=(n_in, n_out))
-    n_val = max(n // 5, 1)
-
-    def split(m):
-        X = rng.uniform(0, 1, size=(m, n_in)).astype(np.float32)
-        y = (X - 0.5) @ teacher
-        y = y.argmax(axis=1)
-        return X, np.eye(n_out, dtype=np.float32)[y], y
-
-    X_train, Y_train, y_train = split(n)
-    X_val, Y_val, y_val = split(n_val)
-    return SimpleNamespace(name=TOY, X_train=X_train, Y_train=Y_train, y_train=y_train,
-                           X_val=X_val, Y_val=Y_val, y_val=y_val, n_in=n_in, n_out=n_out)
-
-
-def load_data(name: str, subset: int | None = None, seed: int = 0):
-    """``parbp.data.load(name)``, or the toy set; ``subset`` keeps the first rows (val gets subset // 5)."""
-    if name == TOY:
-        return toy_data(subset or 2000, seed=seed)
-    from . import data
-
-    if name not in data.NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {[*data.NAMES, TOY]}")
-    ds = data.load(name)
-    if subset:
-        if subset > len(ds.X_train):
-            raise ValueError(f"--subset {subset} is larger than {name}'s {len(ds.X_train)} training examples")
-        ds = ds.take(subset, max(subset // 5, 100))
-    return ds
-
-
-def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
-    """The shuffled example order of one epoch: the same on every rank and in the serial check."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
-def minibatches(n: int, batch_size: int, epoch: int, seed: int):
-    """Index arrays of the full minibatches of one epoch (a last partial batch is dropped, so every
-    step has exactly ``batch_size`` examples and every rank's slice is the same size each step)."""
-    order = epoch_order(n, epoch, seed)
-    for i in range(n // batch_size):
-        yield order[i * batch_size:(i + 1) * batch_size]
-
-
-def evaluate(trainer, X, Y, y) -> tuple[float, float]:
-    """(MSE loss, accuracy) over a whole split, with the study's own definitions (parbp.train)."""
-    from .train import accuracy, mse
-
-    return mse(trainer, X, Y), accuracy(trainer, X, y)
-
-
-def lr_at(lr: float, decay: float, epoch: int) -> float:
-    """Seed 003's schedule: the learning rate shrinks by ``decay`` (0.01 = 1%) after every epoch."""
-    return lr * (1.0 - decay) ** epoch
-
-
-# --------------------------------------------------------------------------------------------
-# Parameters as one flat buffer: one message per exchange instead of one per array
-
-
-class Flat:
-    """Offsets of every W and b of a network inside one contiguous vector (+ ``extra`` scalars at the end)."""
-
-    def __init__(self, sizes, dtype, extra: int = 0):
-        self.shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
-        self.n = sum(int(np.prod(s)) for s in self.shapes)
-        self.extra, self.dtype = extra, np.dtype(dtype)
-
-    def empty(self) -> np.ndarray:
-        return np.zeros(self.n + self.extra, dtype=self.dtype)
-
-    def views(self, buf):
-        """[(W, b), ...] as views into ``buf``: unpacking costs nothing."""
-        arrays, off = [], 0
-        for shape in self.shapes:
-            size = int(np.prod(shape))
-            arrays.append(buf[off:off + size].reshape(shape))
-            off += size
-        return list(zip(arrays[0::2], arrays[1::2]))
-
-    def pack(self, pairs, buf, scale=None) -> np.ndarray:
-        for (W, b), (vW, vb) in zip(pairs, self.views(buf)):
-            if scale is None:
-                vW[...], vb[...] = W, b
-            else:
-                np.multiply(W, scale, out=vW)
-                np.multiply(b, scale, out=vb)
-        return buf
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,19 +130,9 @@ def abort(comm, message: str):
 
 
 def _setup(args, comm):
-    from . import trainers
-
     # Rank 0 reads and decodes the files once and sends the arrays: p ranks decompressing the same
     # files at once would only fight over the cores.
-    ds, problem = None, None
-    if comm.rank == 0:
-        try:
-            ds = load_data(args.dataset, args.subset, args.seed)
-        except (ValueError, FileNotFoundError) as e:  # a missing file, a subset too large: all ranks stop
-            problem = str(e)
-    ds, problem = comm.bcast((ds, problem), root=0)
-    if problem:
-        raise Refused(problem)
+    ds = _from_rank_zero(comm, lambda: load_first(args.dataset, args.subset, args.seed))
     T = trainers.get(args.impl)
     trainer = T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, dtype=args.dtype, seed=args.seed)
     flat = Flat(trainer.sizes, trainer.dtype, extra=1)  # the extra slot carries the loss
@@ -249,6 +146,21 @@ def _setup(args, comm):
 
 class Refused(Exception):
     """Data or a checkpoint this run cannot use; every rank raises it together, rank 0 says why."""
+
+
+def _from_rank_zero(comm, read, default=None):
+    """``read()`` on rank 0, its value sent to every rank. A user error there (a missing file, a subset
+    too large, a checkpoint of another run) makes every rank raise Refused together."""
+    value, problem = default, None
+    if comm.rank == 0:
+        try:
+            value = read()
+        except (ValueError, FileNotFoundError, FileExistsError) as e:
+            problem = str(e)
+    value, problem = comm.bcast((value, problem), root=0)
+    if problem:
+        raise Refused(problem)
+    return value
 
 
 def _identity(args, comm, ds, trainer) -> dict:
@@ -267,31 +179,27 @@ def _restore(args, comm, ds, trainer, flat, buf) -> dict:
         return {}
     from . import checkpoint
 
-    state, problem = {}, None
-    if comm.rank == 0:
+    def read():
         path = Path(args.checkpoint)
+        if not path.exists():
+            return {}
+        if not args.resume:
+            raise FileExistsError(f"checkpoint {path} exists; add --resume to continue it, or delete it to start over")
+        params, state = checkpoint.load(path)
         try:
-            if path.exists() and not args.resume:
-                raise FileExistsError(f"checkpoint {path} exists; add --resume to continue it, or delete it to start over")
-            if path.exists():
-                params, state = checkpoint.load(path)
-                try:
-                    checkpoint.check_identity(state, _identity(args, comm, ds, trainer), path)
-                except checkpoint.CheckpointMismatch as e:
-                    n = state.get("identity", {}).get("processes")
-                    raise checkpoint.CheckpointMismatch(
-                        f"{e}{f'. It was written by {n} processes: resume it with mpiexec -n {n}' if n != comm.size else ''}"
-                    ) from None
-                if state["epoch"] > args.epochs:
-                    raise ValueError(f"checkpoint {path} is at epoch {state['epoch']}, beyond --epochs {args.epochs}")
-                trainer.params = params
-                flat.pack(trainer.params, buf)
-        except (ValueError, FileExistsError) as e:
-            problem = str(e)
-    problem, state = comm.bcast((problem, state), root=0)
-    if problem:
-        raise Refused(problem)
-    return state
+            checkpoint.check_identity(state, _identity(args, comm, ds, trainer), path)
+        except checkpoint.CheckpointMismatch as e:
+            n = state.get("identity", {}).get("processes")
+            raise checkpoint.CheckpointMismatch(
+                f"{e}{f'. It was written by {n} processes: resume it with mpiexec -n {n}' if n != comm.size else ''}"
+            ) from None
+        if state["epoch"] > args.epochs:
+            raise ValueError(f"checkpoint {path} is at epoch {state['epoch']}, beyond --epochs {args.epochs}")
+        trainer.params = params
+        flat.pack(trainer.params, buf)
+        return state
+
+    return _from_rank_zero(comm, read, {})
 
 
 def _save(args, comm, ds, trainer, epoch, rows, elapsed, **extra) -> None:
@@ -323,7 +231,7 @@ def train_allreduce(args, comm, dog):
         lr = lr_at(args.lr, args.lr_decay, epoch)
         usage.mark()
         t0, loss_sum, steps = time.perf_counter(), 0.0, 0
-        for idx in minibatches(len(ds.X_train), B, epoch, args.seed):
+        for idx in minibatches(epoch_order(len(ds.X_train), epoch, args.seed), B, drop_last=True):
             mine = np.array_split(idx, size)[rank]
             loss_sum += allreduce_step(trainer, flat, buf, grads, ds.X_train[mine], ds.Y_train[mine], B, lr, comm, dog)
             steps += 1
@@ -335,20 +243,9 @@ def train_allreduce(args, comm, dog):
     return rows, trainer
 
 
-def allreduce_step(trainer, flat, buf, grads, X, Y, B, lr, comm, dog) -> float:
-    """One synchronous data-parallel step on this rank's slice (X, Y) of a B-example minibatch;
-    returns the loss of the whole minibatch. ``grads`` are views into ``buf``."""
-    loss, g = trainer.gradients(X, Y)
-    w = len(X) / B  # the mean over B examples = Σ_r (B_r/B) · mean over the slice
-    flat.pack(g, buf, scale=w)
-    buf[-1] = loss * w  # the loss rides along in the same message
-    with dog.wait("Allreduce of the gradients"):
-        comm.Allreduce(MPI_IN_PLACE(), buf)
-    trainer.apply_gradients(grads, lr)
-    return float(buf[-1])
-
-
 def train_average(args, comm, dog):
+    from mpi4py import MPI
+
     ds, trainer, flat, resumed = _setup(args, comm)
     size, rank, B = comm.size, comm.rank, args.batch_size
     shard = np.array_split(np.arange(len(ds.X_train)), size)[rank]
@@ -363,7 +260,7 @@ def train_average(args, comm, dog):
     def average():
         flat.pack(trainer.params, buf)
         with dog.wait("Allreduce of the parameters"):
-            comm.Allreduce(MPI_IN_PLACE(), buf)
+            comm.Allreduce(MPI.IN_PLACE, buf)
         buf[:] /= size
         trainer.params = flat.views(buf)
 
@@ -504,12 +401,6 @@ def _server(args, comm, ds, trainer, flat, MPI):
     return rows
 
 
-def MPI_IN_PLACE():
-    from mpi4py import MPI
-
-    return MPI.IN_PLACE
-
-
 def _summary(args, trainer, ds, epoch, lr, train_loss, epoch_s, elapsed) -> dict:
     """The epoch-level numbers rank 0 records (evaluation is not counted in the epoch time)."""
     val_loss, val_acc = evaluate(trainer, ds.X_val, ds.Y_val, ds.y_val)
@@ -545,30 +436,34 @@ def _Parser(**kwargs):
 
 
 def parser() -> argparse.ArgumentParser:
+    from .cli import fraction, net, nonnegative_int, positive_float, positive_int
+    from .data import NAMES
+
     p = _Parser(prog="mpiexec -n N python -m parbp.mpi", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", required=True, choices=MODES)
-    p.add_argument("--net", default="1h", help='"1h", "2h" or hidden widths like 64,32')
-    p.add_argument("--dataset", default="mnist", help=f'mnist, fashion-mnist, kddcup99 or "{TOY}" (synthetic)')
-    p.add_argument("--subset", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=10, help="global minibatch (default 10, the paper's)")
-    p.add_argument("--lr", type=float, default=0.05,
+    p.add_argument("--net", default="1h", type=net, help='"1h", "2h" or hidden widths like 64,32')
+    p.add_argument("--dataset", default="mnist", choices=(*NAMES, TOY), help=f'"{TOY}" is synthetic')
+    p.add_argument("--subset", type=positive_int, default=None, help="use only the first N training examples")
+    p.add_argument("--epochs", type=positive_int, default=5)
+    p.add_argument("--batch-size", type=positive_int, default=10, help="global minibatch (default 10, the paper's)")
+    p.add_argument("--lr", type=positive_float, default=0.05,
                    help="learning rate (default 0.05: notebook 08's grid picks 0.1 for serial SGD at batch 10, but "
                         "async applies N-1 workers' updates computed on stale parameters and saturates at 0.1 "
                         "on MNIST; seed 003's 1.0 saturates this study's sigmoid + MSE outputs in every mode: "
                         "val loss 1.0, chance accuracy)")
-    p.add_argument("--lr-decay", type=float, default=0.01, help="fraction the lr shrinks after each epoch")
-    p.add_argument("--sync-every", type=int, default=1,
+    p.add_argument("--lr-decay", type=fraction, default=0.01, help="fraction the lr shrinks after each epoch")
+    p.add_argument("--sync-every", type=nonnegative_int, default=1,
                    help="average/async: local SGD steps between exchanges (0 = once per epoch)")
-    p.add_argument("--impl", default=None, help="per-rank trainer (default serial-blas if available, else numpy)")
-    p.add_argument("--threads", type=int, default=1, help="BLAS threads per rank")
+    p.add_argument("--impl", default=None, choices=trainers.names(),
+                   help="per-rank trainer (default serial-blas if available, else numpy)")
+    p.add_argument("--threads", type=positive_int, default=1, help="BLAS threads per rank")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=20.0,
+    p.add_argument("--timeout", type=positive_float, default=20.0,
                    help="seconds a blocking exchange may wait (and, for the parameter server, a worker may stay "
                         "silent) before the job is aborted; raise it for long epochs with --sync-every 0")
     p.add_argument("--out", default=None, help="CSV written by rank 0 (atomically)")
-    p.add_argument("--params-out", default=None, help="rank 0 saves the final parameters here (.npz)")
+    p.add_argument("--params-out", default=None, help="rank 0 saves the final network here (parbp.checkpoint)")
     p.add_argument("--checkpoint", default=None,
                    help="allreduce/average: rank 0 saves the run's state here after every epoch (atomically)")
     p.add_argument("--resume", action="store_true",
@@ -577,45 +472,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None):
-    args = parser().parse_args(argv)
-    if "," in args.net or args.net.isdigit():
-        args.net = [int(s) for s in args.net.split(",")]
-    checks = [(args.epochs >= 1, "--epochs must be >= 1"), (args.batch_size >= 1, "--batch-size must be >= 1"),
-              (args.lr > 0, "--lr must be > 0"), (0 <= args.lr_decay < 1, "--lr-decay must be in [0, 1)"),
-              (args.sync_every >= 0, "--sync-every must be >= 0"), (args.timeout > 0, "--timeout must be > 0"),
-              (args.threads >= 1, "--threads must be >= 1"),
-              (args.subset is None or args.subset >= 1, "--subset must be >= 1"),
-              (args.dataset in (*_dataset_names(), TOY), f"--dataset {args.dataset!r} is not one of {[*_dataset_names(), TOY]}"),
-              (not args.resume or args.checkpoint, "--resume needs --checkpoint PATH"),
-              (args.impl is None or args.impl in _trainer_names(),
-               f"--impl {args.impl!r} is not a trainer; choose one of {_trainer_names()}"),
-              (args.mode != "async" or not args.checkpoint,
-               "--checkpoint works with --mode allreduce and average, not async: when the parameter server closes "
-               "an epoch the workers are already into the next one, so there is no consistent state to save")]
-    for ok, msg in checks:
-        if not ok:
-            parser().error(msg)
-    args.impl = args.impl or default_impl()
+    p = parser()
+    args = p.parse_args(argv)
+    if args.resume and not args.checkpoint:
+        p.error("--resume needs --checkpoint PATH")
+    if args.mode == "async" and args.checkpoint:
+        p.error("--checkpoint works with --mode allreduce and average, not async: when the parameter server closes "
+                "an epoch the workers are already into the next one, so there is no consistent state to save")
+    args.impl = args.impl or trainers.fastest_cpu(threaded=False)
     return args
-
-
-def _trainer_names():
-    from .trainers import names
-
-    return names()
-
-
-def _dataset_names():
-    from .data import NAMES
-
-    return NAMES
-
-
-def default_impl() -> str:
-    """The per-rank trainer: the best single-threaded CPU trainer where it is available."""
-    from . import trainers
-
-    return "serial-blas" if not trainers.why_unavailable("serial-blas") else "numpy"
 
 
 def main(argv=None) -> int:
@@ -644,7 +509,8 @@ def main(argv=None) -> int:
     if comm.rank == 0:
         import pandas as pd
 
-        from .results import atomic_write, write_csv
+        from .checkpoint import save_params
+        from .results import write_csv
 
         df = pd.DataFrame(rows)
         meta = {"mode": args.mode, "processes": comm.size, "net": args.net if isinstance(args.net, str) else "-".join(map(str, args.net)),
@@ -655,29 +521,11 @@ def main(argv=None) -> int:
         if args.out:
             write_csv(df, args.out)
         if args.params_out:
-            arrays = {f"{k}{l}": a for l, (W, b) in enumerate(trainer.params) for k, a in (("W", W), ("b", b))}
-            atomic_write(args.params_out, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+            save_params(args.params_out, trainer.params, meta)
         last = df[df["rank"] == 0].iloc[-1]
         print(f"{args.mode} x{comm.size}: {args.epochs} epochs in {last.elapsed_s:.2f} s, "
               f"val loss {last.val_loss:.4f}, val acc {last.val_acc:.4f}", flush=True)
     return 0
-
-
-# --------------------------------------------------------------------------------------------
-# The driver: run a job under mpiexec from Python (notebooks, tests, the benchmark)
-
-
-def mpiexec() -> str:
-    """The mpiexec next to this Python (the pip ``mpich`` package puts it in the venv's bin/)."""
-    here = Path(sys.executable).parent / "mpiexec"
-    if here.exists():
-        return str(here)
-    import shutil
-
-    found = shutil.which("mpiexec")
-    if not found:
-        raise FileNotFoundError("mpiexec not found next to this Python nor on PATH; pip install mpich")
-    return found
 
 
 def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: float | None = None, **options):
@@ -693,8 +541,7 @@ def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: flo
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-    if not isinstance(processes, (int, np.integer)) or processes < 1:
-        raise ValueError(f"processes must be a positive integer, got {processes!r}")
+    check_positive_int("processes", processes)
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(out) if out else Path(tmp) / "run.csv"
         cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.mpi", "--mode", mode, "--out", str(csv)]
@@ -707,21 +554,6 @@ def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: flo
             raise RuntimeError(f"mpiexec -n {processes} parbp.mpi --mode {mode} failed (exit {proc.returncode}):\n"
                                f"{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
         return pd.read_csv(csv)
-
-
-def run_command(cmd, timeout):
-    """subprocess.run with a timeout that kills the whole process group (mpiexec and all its ranks)."""
-    import signal
-    import subprocess
-
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise RuntimeError(f"{' '.join(map(str, cmd))} did not finish within {timeout} s; killed it.\n{err[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-from .mpi import default_impl
+from . import trainers
+from .distributed import Flat, allreduce_step, mpiexec, run_command
 
 
 def _batch(n_in, n_out, rows, seed):
@@ -43,8 +44,7 @@ def mpi_worker(args) -> None:
     from mpi4py import MPI
     from threadpoolctl import threadpool_limits
 
-    from . import trainers
-    from .mpi import Flat, Watchdog, allreduce_step
+    from .mpi import Watchdog
 
     comm = MPI.COMM_WORLD
     size, rank, B = comm.size, comm.rank, args.batch_size
@@ -83,7 +83,6 @@ def mpi_worker(args) -> None:
 
 def run_parbp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None, timeout=300) -> dict:
     """Median step time (and its compute/communication split) of parbp.mpi allreduce under mpiexec."""
-    from .mpi import mpiexec, run_command
 
     cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.mpi_bench", "--worker",
            "--net", net, "--batch-size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup)]
@@ -179,7 +178,7 @@ def bench(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None,
 
     from .envinfo import cpu_name
 
-    impl = impl or default_impl()
+    impl = impl or trainers.fastest_cpu(threaded=False)
     p, kw = processes, dict(net=net, batch_size=batch_size, steps=steps, warmup=warmup, timeout=timeout)
     one, many = run_parbp(processes=1, impl=impl, **kw), run_parbp(processes=p, impl=impl, **kw)
     t1, t2 = run_ddp(processes=1, **kw), run_ddp(processes=p, **kw)
@@ -209,7 +208,8 @@ def parser():
     p.add_argument("--processes", type=positive_int, default=2)
     p.add_argument("--steps", type=positive_int, default=30)
     p.add_argument("--warmup", type=nonnegative_int, default=5)
-    p.add_argument("--impl", default=None, help="per-rank parbp trainer (default serial-blas if available)")
+    p.add_argument("--impl", default=None, choices=trainers.names(),
+                   help="per-rank parbp trainer (default serial-blas if available)")
     p.add_argument("--timeout", type=positive_float, default=300)
     p.add_argument("--out", default=None, help="CSV of the results (written atomically)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -221,14 +221,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch_size < args.processes:
         p.error(f"--batch-size {args.batch_size} must be >= --processes {args.processes}")
-    from .trainers import names, why_unavailable
-
-    if args.impl is not None and args.impl not in names():
-        p.error(f"--impl {args.impl!r} is not a trainer; choose one of {names()}")
-    if args.impl is not None and why_unavailable(args.impl):
-        p.error(f"--impl {args.impl!r} cannot run here: {why_unavailable(args.impl)}")
+    if args.impl is not None and trainers.why_unavailable(args.impl):
+        p.error(f"--impl {args.impl!r} cannot run here: {trainers.why_unavailable(args.impl)}")
     if args.worker:
-        args.impl = args.impl or default_impl()
+        args.impl = args.impl or trainers.fastest_cpu(threaded=False)
         mpi_worker(args)
         return 0
     import pandas as pd

@@ -12,17 +12,30 @@ import numpy as np
 HIDDEN = {"1h": [1024], "2h": [1024, 1024]}
 
 
+def parse_net(text: str):
+    """A net as a command line spells it: "1h", "2h", or comma-separated hidden widths ("64,32" -> [64, 32])."""
+    if text in HIDDEN:
+        return text
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
+        raise ValueError(f"unknown net {text!r}; choose one of {sorted(HIDDEN)} or comma-separated positive "
+                         f"hidden widths like 64,32")
+    return widths
+
+
 def layer_sizes(net, n_in: int, n_out: int) -> list[int]:
-    """Widths of every layer, input to output, for ``net`` = "1h", "2h" or an explicit list.
+    """Widths of every layer, input to output, for ``net`` = "1h", "2h", "64,32" or an explicit list.
 
     An explicit list may be the hidden widths alone (``[512, 256]``) or the full
     ``[n_in, ..., n_out]``; in the latter case its ends must match the dataset.
     """
     if isinstance(net, str):
-        if net not in HIDDEN:
-            raise ValueError(f"unknown net {net!r}; choose one of {sorted(HIDDEN)} or a list of layer sizes")
-        hidden = HIDDEN[net]
-        sizes = [n_in, *hidden, n_out]
+        net = parse_net(net)
+    if isinstance(net, str):
+        sizes = [n_in, *HIDDEN[net], n_out]
     else:
         try:
             sizes = [int(s) for s in net]

@@ -45,11 +45,5 @@ class NumpyTrainer(Trainer):
         self._apply_gradients(grads, lr)
         return loss
 
-    def _get_params(self):
-        return [(W.copy(), b.copy()) for W, b in self._params]
-
-    def _set_params(self, params):
-        self._setup(params)
-
     def _predict(self, X):
         return self._forward(X)[-1]

@@ -15,7 +15,7 @@ _DEFAULT = {
     # the rate by grid search on the validation split (about 13 runs of ~20-40 s on 2 quiet cores)
     "06_mpi_sgd.ipynb": dict(processes=[1, 2, 3, 4], subset=None, epochs=5, lrs=[0.05, 0.1, 0.2], bench_steps=10,
                              measure_nets=["1h", "2h"], label="full"),
-    # issue 10's setting: Net-2h, all of MNIST, batch 1000, m = 8. With sigmoid + MSE, Net-2h at lr 0.1 sits on
+    # the engine goals' setting: Net-2h, all of MNIST, batch 1000, m = 8. With sigmoid + MSE, Net-2h at lr 0.1 sits on
     # a plateau near 0.9 for its first epochs; the threshold marks leaving it (equal epochs hold at any threshold)
     "07_data_vs_model_parallel.ipynb": dict(net="2h", subset=None, epochs=3, batch_size=1000, micro_batches=8,
                                             val_loss_threshold=0.92, sweep_batch=1000, sweep_steps=5,

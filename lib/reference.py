@@ -83,11 +83,5 @@ class ReferenceTrainer(Trainer):
             W -= lr * gW
             b -= lr * gb
 
-    def _get_params(self):
-        return [(W.copy(), b.copy()) for W, b in self._params]
-
-    def _set_params(self, params):
-        self._setup(params)
-
     def _predict(self, X):
         return forward(self._params, X)[-1]

@@ -9,7 +9,10 @@ import os
 import tempfile
 from pathlib import Path
 
-FIGURES = Path(__file__).resolve().parent.parent / "figures"
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+FIGURES = ROOT / "figures"
+NOTEBOOKS = ROOT / "notebooks"
+BUILD = ROOT / "build"
 
 
 def redirect(path) -> Path:

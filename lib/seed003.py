@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import mpi
+from . import checkpoint, mpi, trainers
+from .train import evaluate
 
 SETTING = dict(dataset="mnist", batch_size=100, epochs=5, lr_decay=0.01)
 SEED_LR = 1.0
@@ -44,15 +45,10 @@ def method_of(mode: str, processes: int) -> str:
 
 def test_scores(params_file, ds, net, impl=None) -> tuple[float, float]:
     """(MSE, accuracy) on the test split of the parameters a ``parbp.mpi`` run saved with --params-out."""
-    from . import trainers
-
-    saved = np.load(params_file)
-    if isinstance(net, str) and ("," in net or net.isdigit()):  # hidden widths, as parbp.mpi's --net takes them
-        net = [int(w) for w in net.split(",")]
-    trainer = trainers.make(impl or mpi.default_impl(), net=net, n_in=ds.n_in, n_out=ds.n_out, seed=0)
-    trainer.params = [(saved[f"W{i}"].astype(trainer.dtype), saved[f"b{i}"].astype(trainer.dtype))
-                      for i in range(len(trainer.params))]
-    return mpi.evaluate(trainer, ds.X_test, ds.Y_test, ds.y_test)
+    params, _ = checkpoint.load_params(params_file)
+    trainer = trainers.make(impl or trainers.fastest_cpu(threaded=False), net=net, n_in=ds.n_in, n_out=ds.n_out, seed=0)
+    trainer.params = [(W.astype(trainer.dtype), b.astype(trainer.dtype)) for W, b in params]
+    return evaluate(trainer, ds.X_test, ds.Y_test, ds.y_test)
 
 
 def run(mode: str, processes: int, lr: float, ds, net: str = "1h", subset=None, epochs=SETTING["epochs"],

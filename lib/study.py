@@ -44,13 +44,13 @@ from pathlib import Path
 
 from .profiles import PROFILES
 
-ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ROOT / "notebooks"
-EXECUTED = ROOT / "build" / "executed"
-CHECKPOINTS = ROOT / "build" / "checkpoints"
+from .results import BUILD, NOTEBOOKS, ROOT
+
+EXECUTED = BUILD / "executed"
+CHECKPOINTS = BUILD / "checkpoints"
 LIB = Path(__file__).resolve().parent
 #: modules that run no notebook code: editing them must not make every notebook stale
-NOT_NOTEBOOK_CODE = ("study.py", "profiles.py")
+NOT_NOTEBOOK_CODE = ("study.py", "profiles.py", "book.py")
 
 
 def notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
@@ -110,10 +110,6 @@ def run(profile: str = "default", only: list[str] | None = None, out_dir: Path =
 
     Raises NotebookFailed, after running everything else, if any notebook failed.
     """
-    import papermill as pm
-
-    from .results import write_text
-
     log = log or (lambda message: print(message, flush=True))
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
@@ -128,45 +124,50 @@ def run(profile: str = "default", only: list[str] | None = None, out_dir: Path =
     for nb in chosen:
         runs = PROFILES[profile].get(nb.name, {})
         runs = runs if isinstance(runs, list) else [runs]
-        declared = None
         for i, params in enumerate(runs):
             out = out_dir / (nb.name if len(runs) == 1 else f"{nb.stem}_{i + 1}.ipynb")
-            record = out.with_suffix(".record.json")
-            key = record_key(nb, params, profile, parbp)
             row = {"notebook": out.name, "profile": profile, "ran": describe(params)}
-            previous = _read_record(record)
-            if not force and previous.get("key") == key and out.is_file():
-                log(f"== {out.name} skipped: done and unchanged since {previous.get('finished', '?')}")
-                rows.append({**row, "status": "skipped", "seconds": previous.get("seconds")})
-                continue
-            record.unlink(missing_ok=True)  # from here on, this run is not done until it succeeds
-            ckpt_dir = checkpoints / out.stem
-            if force:
-                shutil.rmtree(ckpt_dir, ignore_errors=True)
-            declared = pm.inspect_notebook(str(nb)) if declared is None else declared
-            run_params = dict(params)
-            if "checkpoint_dir" in declared:
-                run_params["checkpoint_dir"] = str(ckpt_dir / _sha(key)[:16])
-            log(f"== {out.name} {params or '(stored defaults)'}")
-            row["load_before"] = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy it was
-            start = time.perf_counter()
-            try:
-                pm.execute_notebook(str(nb), str(out), parameters=run_params, cwd=str(notebooks_dir),
-                                    progress_bar=False, log_output=False)
-            except Exception as e:  # a failing notebook must not stop the others
-                failures.append(describe_failure(out, e))
-                log(f"   FAILED: {failures[-1]}")
-                rows.append({**row, "status": "failed", "seconds": round(time.perf_counter() - start, 1)})
-                continue
-            seconds = round(time.perf_counter() - start, 1)
-            write_text(json.dumps({"key": key, "seconds": seconds,
-                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, indent=1), record)
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-            rows.append({**row, "status": "ran", "seconds": seconds})
-            log(f"   done in {seconds} s")
+            rows.append({**row, **_run_one(nb, out, params, record_key(nb, params, profile, parbp), force,
+                                           notebooks_dir, checkpoints / out.stem, failures, log)})
     if failures:
         raise NotebookFailed(f"{len(failures)} notebook run(s) failed:\n  " + "\n  ".join(failures))
     return rows
+
+
+def _run_one(nb, out, params, key, force, notebooks_dir, ckpt_dir, failures, log) -> dict:
+    """Run one parameterization of ``nb`` into ``out`` unless its record says it is done and unchanged:
+    the row's status, seconds and load; a failure is appended to ``failures``, not raised."""
+    import papermill as pm
+
+    from .results import write_text
+
+    record = out.with_suffix(".record.json")
+    previous = _read_record(record)
+    if not force and previous.get("key") == key and out.is_file():
+        log(f"== {out.name} skipped: done and unchanged since {previous.get('finished', '?')}")
+        return {"status": "skipped", "seconds": previous.get("seconds")}
+    record.unlink(missing_ok=True)  # from here on, this run is not done until it succeeds
+    if force:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    run_params = dict(params)
+    if "checkpoint_dir" in pm.inspect_notebook(str(nb)):
+        run_params["checkpoint_dir"] = str(ckpt_dir / _sha(key)[:16])
+    log(f"== {out.name} {params or '(stored defaults)'}")
+    load = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy it was
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(nb), str(out), parameters=run_params, cwd=str(notebooks_dir),
+                            progress_bar=False, log_output=False)
+    except Exception as e:  # a failing notebook must not stop the others
+        failures.append(describe_failure(out, e))
+        log(f"   FAILED: {failures[-1]}")
+        return {"load_before": load, "status": "failed", "seconds": round(time.perf_counter() - start, 1)}
+    seconds = round(time.perf_counter() - start, 1)
+    write_text(json.dumps({"key": key, "seconds": seconds,
+                           "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}, indent=1), record)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log(f"   done in {seconds} s")
+    return {"load_before": load, "status": "ran", "seconds": seconds}
 
 
 #: the parameters that say what a run was, in the README's table (the executed copy has them all)

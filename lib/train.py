@@ -32,10 +32,31 @@ def mse(trainer: Trainer, X: np.ndarray, Y: np.ndarray, batch_size: int = 10_000
     return total / max(len(X), 1)
 
 
-def minibatches(n: int, batch_size: int, rng: np.random.Generator):
-    """Index arrays of one epoch's minibatches, in a fresh random order (the last one may be short)."""
-    order = rng.permutation(n)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+def evaluate(trainer: Trainer, X: np.ndarray, Y: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(MSE loss, accuracy) over a whole split."""
+    return mse(trainer, X, Y), accuracy(trainer, X, y)
+
+
+def minibatches(order: np.ndarray, batch_size: int, drop_last: bool = False) -> list[np.ndarray]:
+    """``order`` cut into minibatches of ``batch_size`` indices. The serial loop keeps a short last one;
+    data parallelism drops it (``drop_last``), so every step splits the same number of examples."""
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+
+
+def shuffled_batches(dataset, epochs: int, batch_size: int, seed: int = 0):
+    """(X, Y) of every minibatch of ``epochs`` epochs in ``fit``'s order: one seeded RNG, a fresh shuffle
+    each epoch."""
+    rng = np.random.default_rng(seed)
+    X, Y = dataset.X_train, dataset.Y_train
+    for _ in range(epochs):
+        for idx in minibatches(rng.permutation(len(X)), batch_size):
+            yield X[idx], Y[idx]
+
+
+def lr_at(lr: float, decay: float, epoch: int) -> float:
+    """Seed 003's schedule: the rate of epoch ``epoch`` (from 0) after shrinking by ``decay`` each epoch."""
+    return lr * (1.0 - decay) ** epoch
 
 
 def fit(trainer: Trainer, dataset, epochs: int, batch_size: int, lr: float, lr_decay: float = 0.0,
@@ -81,10 +102,10 @@ def fit(trainer: Trainer, dataset, epochs: int, batch_size: int, lr: float, lr_d
     bar = tqdm(total=epochs * steps_per_epoch, initial=done * steps_per_epoch, disable=not progress,
                unit="step", leave=False)
     for epoch in range(done + 1, epochs + 1):
-        lr_epoch = lr * (1.0 - lr_decay) ** (epoch - 1)
+        lr_epoch = lr_at(lr, lr_decay, epoch - 1)
         losses = []
         start = time.perf_counter()
-        for idx in minibatches(len(X), batch_size, rng):
+        for idx in minibatches(rng.permutation(len(X)), batch_size):
             losses.append(trainer.step(X[idx], Y[idx], lr_epoch))
             bar.update()
         seconds = time.perf_counter() - start
@@ -131,31 +152,13 @@ def _evaluate(trainer, ds, epoch, train_loss, seconds, lr, eval_train) -> dict:
     }
 
 
-def _net(text: str):
-    """--net: "1h", "2h" or comma-separated hidden widths."""
-    import argparse
-
-    from .nets import HIDDEN
-
-    if text in HIDDEN:
-        return text
-    try:
-        widths = [int(w) for w in text.split(",")]
-    except ValueError:
-        widths = []
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"expected one of {sorted(HIDDEN)} or comma-separated positive "
-                                         f"hidden widths like 64,32, got {text!r}")
-    return widths
-
-
 def parser():
     from . import data, trainers
-    from .cli import Parser, fraction, nonnegative_int, positive_float, positive_int
+    from .cli import Parser, fraction, net, nonnegative_int, positive_float, positive_int
 
     p = Parser(prog="python -m parbp.train", description="Train one trainer and print its history.")
     p.add_argument("--impl", default="numpy", choices=trainers.names())
-    p.add_argument("--net", default="1h", type=_net, help="1h, 2h or comma-separated hidden widths")
+    p.add_argument("--net", default="1h", type=net, help="1h, 2h or comma-separated hidden widths")
     p.add_argument("--dataset", default="mnist", choices=data.NAMES)
     p.add_argument("--epochs", type=nonnegative_int, default=5)
     p.add_argument("--batch-size", type=positive_int, default=100)
@@ -182,11 +185,7 @@ def main(argv=None) -> int:
     if args.threads is not None and "threads" not in T.options:
         p.error(f"--threads: trainer {args.impl!r} takes no threads option; trainers that do: "
                 f"{', '.join(n for n in trainers.names() if 'threads' in trainers.get(n).options)}")
-    ds = data.load(args.dataset)
-    if args.subset:
-        if args.subset > len(ds.X_train):
-            p.error(f"--subset {args.subset} is larger than {ds.name}'s {len(ds.X_train)} training examples")
-        ds = ds.take(args.subset, min(args.subset // 5, len(ds.X_val)), len(ds.X_test))
+    ds = data.load_first(args.dataset, args.subset)
     options = {} if args.threads is None else {"threads": args.threads}
     with T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, seed=args.seed, **options) as t:
         history = fit(t, ds, args.epochs, args.batch_size, args.lr, args.lr_decay, args.seed,

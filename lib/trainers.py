@@ -31,12 +31,24 @@ _REGISTRY = {
     "cupy": "parbp.cupy_gpu:CupyTrainer",
 }
 
-#: trainers that run on a GPU (the benchmark's ``--device gpu`` set; "torch" joins with device="cuda")
-GPU = ("numba-cuda", "cupy")
 
 
 def names() -> list[str]:
     return list(_REGISTRY)
+
+
+def gpu() -> list[str]:
+    """The trainers that run on a GPU (the benchmark's ``--device gpu`` set; "torch" joins with device="cuda")."""
+    return [n for n in _REGISTRY if get(n).device == "gpu"]
+
+
+def fastest_cpu(threaded: bool = True) -> str:
+    """The first available of the CPU trainers that train fastest here: ``threads`` (when several threads
+    may be used), then ``serial-blas``, then ``numpy``, which runs everywhere."""
+    for name in ("threads", "serial-blas", "numpy")[0 if threaded else 1:]:
+        if not why_unavailable(name):
+            return name
+    raise TrainerUnavailable("no CPU trainer can run here")
 
 
 def get(name: str) -> type[Trainer]:
@@ -67,4 +79,4 @@ def make(name: str, **kwargs) -> Trainer:
     return get(name)(**kwargs)
 
 
-__all__ = ["Trainer", "TrainerUnavailable", "names", "get", "available", "why_unavailable", "make", "GPU"]
+__all__ = ["Trainer", "TrainerUnavailable", "names", "get", "available", "why_unavailable", "make", "gpu", "fastest_cpu"]

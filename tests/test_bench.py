@@ -75,15 +75,15 @@ def test_run_without_torch_alongside():
 
 def test_run_skips_unavailable_trainers_with_a_reason():
     messages = []
-    df = bench.run(["serial-blas", *bench.trainers.GPU], batches=[8], progress=messages.append, **TINY)
-    missing = [n for n in bench.trainers.GPU if bench.trainers.why_unavailable(n)]
-    assert set(df.impl) == {"serial-blas", *(set(bench.trainers.GPU) - set(missing))}
+    df = bench.run(["serial-blas", *bench.trainers.gpu()], batches=[8], progress=messages.append, **TINY)
+    missing = [n for n in bench.trainers.gpu() if bench.trainers.why_unavailable(n)]
+    assert set(df.impl) == {"serial-blas", *(set(bench.trainers.gpu()) - set(missing))}
     for name in missing:
         assert any(m.startswith(f"skipping {name}:") for m in messages)
 
 
 def test_run_with_nothing_available_returns_an_empty_table():
-    missing = [n for n in bench.trainers.GPU if bench.trainers.why_unavailable(n)]
+    missing = [n for n in bench.trainers.gpu() if bench.trainers.why_unavailable(n)]
     if not missing:
         pytest.skip("every GPU trainer is available here")
     df = bench.run(missing, batches=[8], compare_torch=False, **TINY)

@@ -102,7 +102,7 @@ def fit_small(impl, epochs, ckpt=None, resume=False, **kw):
         return t.params, h
 
 
-DETERMINISTIC = [n for n in trainers.available() if n not in trainers.GPU and n not in ("hogwild", "theano")]
+DETERMINISTIC = [n for n in trainers.available() if n not in trainers.gpu() and n not in ("hogwild", "theano")]
 
 
 @pytest.mark.parametrize("impl", DETERMINISTIC)

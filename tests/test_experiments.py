@@ -70,11 +70,11 @@ def test_resolve_impls_auto_has_the_study_and_the_baselines():
         assert name in cpu
     assert "reference" not in cpu  # the float64 checker is not raced
     everything = set(cpu) | set(gpu) | set(skipped)
-    assert {*trainers.GPU, ex.TORCH_CUDA, "theano"} <= everything
+    assert {*trainers.gpu(), ex.TORCH_CUDA, "theano"} <= everything
     for name, why in skipped.items():
         assert why, f"{name} skipped without a reason"
     for name in gpu:
-        assert name in (*trainers.GPU, ex.TORCH_CUDA)
+        assert name in (*trainers.gpu(), ex.TORCH_CUDA)
 
 
 def test_resolve_impls_adds_the_baseline_and_rejects_unknown_names():
@@ -158,10 +158,10 @@ def test_grid_search_picks_the_rate_with_the_best_validation_accuracy():
 
 
 def test_fastest_cpu_trainer_falls_back(monkeypatch):
-    name = ex.fastest_cpu_trainer()
-    assert not trainers.why_unavailable(name)
+    name = trainers.fastest_cpu()
+    assert not trainers.why_unavailable(name) and trainers.fastest_cpu(threaded=False) != "threads"
     monkeypatch.setattr(trainers, "why_unavailable", lambda n: "" if n == "numpy" else "not here")
-    assert ex.fastest_cpu_trainer() == "numpy"
+    assert trainers.fastest_cpu() == "numpy"
     monkeypatch.setattr(trainers, "why_unavailable", lambda n: "not here")
-    with pytest.raises(RuntimeError, match="none of"):
-        ex.fastest_cpu_trainer()
+    with pytest.raises(trainers.TrainerUnavailable, match="no CPU trainer"):
+        trainers.fastest_cpu()

@@ -28,6 +28,15 @@ def test_registry_lists_the_study():
     assert {"reference", "numpy"} <= set(trainers.available())
 
 
+def test_trainer_facts_live_on_the_classes():
+    """Device, family, matrix form: what the benchmark and the memory model read, set on each class."""
+    facts = {n: (trainers.get(n).device, trainers.get(n).family, trainers.get(n).matrix) for n in trainers.names()}
+    assert trainers.gpu() == ["numba-cuda", "cupy"] and facts["cupy"] == ("gpu", "cuda", False)
+    assert [n for n, f in facts.items() if f[2]] == ["serial-blas", "threads", "blas-parallel", "hybrid", "hogwild"]
+    assert {n for n, f in facts.items() if f[1] == "library"} == {"torch", "pytensor", "theano"}
+    assert [n for n in trainers.names() if not trainers.get(n).exact] == ["hogwild"]
+
+
 def test_unknown_name_lists_the_names():
     with pytest.raises(ValueError, match=r"unknown trainer 'fast'; registered trainers are: reference, numpy, "):
         trainers.get("fast")

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from parbp import ipp as pi
-from parbp import ipp_relay, mpi, pipeline, trainers
+from parbp import data, ipp_relay, pipeline, trainers
+from parbp.distributed import epoch_order
+from parbp.train import lr_at, minibatches
 
 NET = [16, 16]  # two hidden layers: three layers to split over two or three engines
 
@@ -24,18 +26,18 @@ def engines():
 
 @pytest.fixture(scope="module")
 def ds():
-    return mpi.load_data("toy", 400)
+    return data.load_first("toy", 400)
 
 
 def serial_trainer(ds, net=NET):
-    return trainers.get(mpi.default_impl())(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=0)
+    return trainers.get(trainers.fastest_cpu(threaded=False))(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=0)
 
 
 def serial_run(ds, epochs, B, lr, decay):
     serial = serial_trainer(ds)
     for epoch in range(epochs):
-        for idx in mpi.minibatches(len(ds.X_train), B, epoch, 0):
-            serial.step(ds.X_train[idx], ds.Y_train[idx], mpi.lr_at(lr, decay, epoch))
+        for idx in minibatches(epoch_order(len(ds.X_train), epoch, 0), B, drop_last=True):
+            serial.step(ds.X_train[idx], ds.Y_train[idx], lr_at(lr, decay, epoch))
     return serial
 
 

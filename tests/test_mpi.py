@@ -8,7 +8,9 @@ import numpy as np
 import psutil
 import pytest
 
-from parbp import mpi, trainers
+from parbp import checkpoint, data, mpi, trainers
+from parbp.distributed import epoch_order, mpiexec
+from parbp.train import evaluate, lr_at, minibatches
 
 TINY = dict(dataset="toy", net="16", subset=400, batch_size=40, impl="numpy")
 
@@ -18,18 +20,19 @@ def test_allreduce_equals_serial_trainer(tmp_path):
     out = tmp_path / "params.npz"
     df = mpi.run("allreduce", 2, timeout=120, epochs=2, lr=2.0, lr_decay=0.1, dtype="float64",
                  params_out=out, **TINY)
-    ds = mpi.load_data("toy", TINY["subset"])
+    ds = data.load_first("toy", TINY["subset"])
     serial = trainers.get("numpy")(net=[16], n_in=ds.n_in, n_out=ds.n_out, dtype="float64", seed=0)
     losses = []
     for epoch in range(2):
-        lr = mpi.lr_at(2.0, 0.1, epoch)
+        lr = lr_at(2.0, 0.1, epoch)
         ls = [serial.step(ds.X_train[i], ds.Y_train[i], lr)
-              for i in mpi.minibatches(len(ds.X_train), TINY["batch_size"], epoch, seed=0)]
+              for i in minibatches(epoch_order(len(ds.X_train), epoch, 0), TINY["batch_size"], drop_last=True)]
         losses.append(np.mean(ls))
-    got = np.load(out)
-    for l, (W, b) in enumerate(serial.params):
-        np.testing.assert_allclose(got[f"W{l}"], W, atol=1e-5)
-        np.testing.assert_allclose(got[f"b{l}"], b, atol=1e-5)
+    got, meta = checkpoint.load_params(out)  # hash checked
+    assert meta["mode"] == "allreduce" and meta["processes"] == 2
+    for (gW, gb), (W, b) in zip(got, serial.params):
+        np.testing.assert_allclose(gW, W, atol=1e-5)
+        np.testing.assert_allclose(gb, b, atol=1e-5)
     np.testing.assert_allclose(df[df["rank"] == 0].train_loss, losses, atol=1e-5)
     assert sorted(df["rank"].unique()) == [0, 1]  # every rank reported its CPU and memory
     assert (df.peak_rss_mib > 0).all() and df.cpu_percent.notna().all()
@@ -40,9 +43,9 @@ def test_average_and_async_lower_the_loss(mode, n):
     df = mpi.run(mode, n, timeout=120, epochs=4, lr=2.0, sync_every=2, **TINY)
     r0 = df[df["rank"] == 0]
     assert len(r0) == 4 and set(df["rank"]) == set(range(n))
-    ds = mpi.load_data("toy", TINY["subset"])
+    ds = data.load_first("toy", TINY["subset"])
     untrained = trainers.get("numpy")(net=[16], n_in=ds.n_in, n_out=ds.n_out, seed=0)
-    start, _ = mpi.evaluate(untrained, ds.X_val, ds.Y_val, ds.y_val)
+    start, _ = evaluate(untrained, ds.X_val, ds.Y_val, ds.y_val)
     assert r0.val_loss.iloc[-1] < 0.7 * start
     assert r0.train_loss.iloc[-1] < r0.train_loss.iloc[0]
 
@@ -61,7 +64,7 @@ def test_async_reports_staleness():
 
 
 def _start(mode, n, extra=()):
-    cmd = [mpi.mpiexec(), "-n", str(n), sys.executable, "-m", "parbp.mpi", "--mode", mode, "--dataset", "toy",
+    cmd = [mpiexec(), "-n", str(n), sys.executable, "-m", "parbp.mpi", "--mode", mode, "--dataset", "toy",
            "--net", "16", "--impl", "numpy", "--epochs", "100000", "--batch-size", "20", "--lr", "1", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 30
@@ -118,10 +121,10 @@ def test_bad_arguments_fail_fast():
         mpi.run("hogwild", 2)
     with pytest.raises(ValueError, match="processes must be a positive integer"):
         mpi.run("allreduce", "[1, 2]")  # e.g. a papermill parameter passed as a string
-    proc = subprocess.run([mpi.mpiexec(), "-n", "2", sys.executable, "-m", "parbp.mpi", "--mode", "gossip"],
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "parbp.mpi", "--mode", "gossip"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "invalid choice: 'gossip'" in proc.stderr
-    proc = subprocess.run([mpi.mpiexec(), "-n", "1", sys.executable, "-m", "parbp.mpi", "--mode", "async",
+    proc = subprocess.run([mpiexec(), "-n", "1", sys.executable, "-m", "parbp.mpi", "--mode", "async",
                            "--dataset", "toy"], capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "at least 2 processes" in proc.stderr
 

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from parbp import checkpoint, mpi
+from parbp import checkpoint
+from parbp.distributed import mpiexec
 from parbp.checkpoint import CheckpointError
 
 # big enough that an epoch takes a while (400 allreduce steps), small enough for a test
@@ -17,7 +18,7 @@ JOB = ["--dataset", "toy", "--net", "32", "--subset", "4000", "--batch-size", "1
 
 
 def start(*extra, n=2):
-    return subprocess.Popen([mpi.mpiexec(), "-n", str(n), sys.executable, "-m", "parbp.mpi", *JOB, *map(str, extra)],
+    return subprocess.Popen([mpiexec(), "-n", str(n), sys.executable, "-m", "parbp.mpi", *JOB, *map(str, extra)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 

@@ -1,19 +1,15 @@
 """parbp.seed003: the grid search, test scores of saved parameters, and the tables beside the seed's."""
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
-from parbp import mpi, seed003
+from parbp import data, seed003
 
 TINY = dict(dataset="toy", net="16", subset=400, batch_size=40, impl="numpy", epochs=2)
 
 
 @pytest.fixture(scope="module")
 def toy():
-    ds = mpi.load_data("toy", TINY["subset"])
-    # the toy set has no test split: its validation split stands in (test_scores reads X_test/Y_test/y_test)
-    return SimpleNamespace(**vars(ds), X_test=ds.X_val, Y_test=ds.Y_val, y_test=ds.y_val)
+    return data.load_first("toy", TINY["subset"])  # its validation split stands in for the test split
 
 
 @pytest.fixture(scope="module")

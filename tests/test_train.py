@@ -57,6 +57,8 @@ def test_binary_accuracy_uses_one_output():
 
 
 def test_minibatches_cover_the_epoch_once():
-    batches = train.minibatches(103, 10, np.random.default_rng(0))
+    batches = train.minibatches(np.random.default_rng(0).permutation(103), 10)
     assert len(batches) == 11 and len(batches[-1]) == 3
     assert sorted(np.concatenate(batches).tolist()) == list(range(103))
+    full = train.minibatches(np.arange(103), 10, drop_last=True)  # data parallelism: every step the same size
+    assert len(full) == 10 and {len(b) for b in full} == {10}

@@ -1,0 +1,91 @@
+"""What every distributed scheme shares (MPI ranks, ipyparallel engines, the relay): the per-rank epoch
+order, parameters as one flat buffer, the synchronous data-parallel step, the per-rank trainer, and
+running a job under mpiexec."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
+    """The shuffled example order of one epoch: a function of (seed, epoch) alone, so every rank, a
+    resumed run and the serial check draw the same one."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class Flat:
+    """Offsets of every W and b of a network inside one contiguous vector (+ ``extra`` scalars at the end):
+    one message per exchange instead of one per array."""
+
+    def __init__(self, sizes, dtype, extra: int = 0):
+        self.shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
+        self.n = sum(int(np.prod(s)) for s in self.shapes)
+        self.extra, self.dtype = extra, np.dtype(dtype)
+
+    def empty(self) -> np.ndarray:
+        return np.zeros(self.n + self.extra, dtype=self.dtype)
+
+    def views(self, buf):
+        """[(W, b), ...] as views into ``buf``: unpacking costs nothing."""
+        arrays, off = [], 0
+        for shape in self.shapes:
+            size = int(np.prod(shape))
+            arrays.append(buf[off:off + size].reshape(shape))
+            off += size
+        return list(zip(arrays[0::2], arrays[1::2]))
+
+    def pack(self, pairs, buf, scale=None) -> np.ndarray:
+        for (W, b), (vW, vb) in zip(pairs, self.views(buf)):
+            if scale is None:
+                vW[...], vb[...] = W, b
+            else:
+                np.multiply(W, scale, out=vW)
+                np.multiply(b, scale, out=vb)
+        return buf
+
+
+def allreduce_step(trainer, flat, buf, grads, X, Y, B, lr, comm, dog) -> float:
+    """One synchronous data-parallel step on this rank's slice (X, Y) of a B-example minibatch;
+    returns the loss of the whole minibatch. ``grads`` are views into ``buf``; ``dog.wait(what)``
+    times the blocking call."""
+    from mpi4py import MPI
+
+    loss, g = trainer.gradients(X, Y)
+    w = len(X) / B  # the mean over B examples = Σ_r (B_r/B) · mean over the slice
+    flat.pack(g, buf, scale=w)
+    buf[-1] = loss * w  # the loss rides along in the same message
+    with dog.wait("Allreduce of the gradients"):
+        comm.Allreduce(MPI.IN_PLACE, buf)
+    trainer.apply_gradients(grads, lr)
+    return float(buf[-1])
+
+
+def mpiexec() -> str:
+    """The mpiexec next to this Python (the pip ``mpich`` package puts it in the venv's bin/)."""
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.exists():
+        return str(here)
+    import shutil
+
+    found = shutil.which("mpiexec")
+    if not found:
+        raise FileNotFoundError("mpiexec not found next to this Python nor on PATH; pip install mpich")
+    return found
+
+
+def run_command(cmd, timeout):
+    """subprocess.run with a timeout that kills the whole process group (mpiexec and all its ranks)."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise RuntimeError(f"{' '.join(map(str, cmd))} did not finish within {timeout} s; killed it.\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
