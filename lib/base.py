@@ -135,8 +135,11 @@ class Trainer:
     def _setup(self, params):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _step(self, X, Y, lr):  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _step(self, X, Y, lr):
+        """The gradients, then the update (trainers that fuse the two override this)."""
+        loss, grads = self._gradients(X, Y)
+        self._apply_gradients(grads, lr)
+        return loss
 
     def _get_params(self):
         """Copies of the parameters, where a trainer keeps them as ``self._params`` (override otherwise)."""

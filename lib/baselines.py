@@ -42,10 +42,7 @@ class TorchTrainer(Trainer):
     family = "library"
     options = {"threads": 1, "device": "cpu"}
     DEVICES = ("cpu", "cuda")
-
-    @classmethod
-    def availability(cls):
-        return _installed("torch", "PyTorch is not installed (pip install torch)")
+    availability = classmethod(lambda cls: _installed("torch", "PyTorch is not installed (pip install torch)"))
 
     def _setup(self, params):
         import torch
@@ -128,10 +125,7 @@ class PyTensorTrainer(Trainer):
     # to link against, as after `pip install pytensor`, its GEMMs go through numpy/scipy's BLAS);
     # "NUMBA" compiles the graph with numba instead.
     options = {"threads": 1, "mode": None}
-
-    @classmethod
-    def availability(cls):
-        return _installed("pytensor", "PyTensor is not installed (pip install pytensor)")
+    availability = classmethod(lambda cls: _installed("pytensor", "PyTensor is not installed (pip install pytensor)"))
 
     def _setup(self, params):
         import warnings

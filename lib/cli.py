@@ -24,6 +24,12 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        if getattr(parsed, "resume", False) and not getattr(parsed, "checkpoint", None):
+            self.error("--resume needs --checkpoint PATH")  # every command line that resumes has both
+        return parsed
+
 
 def run(main, argv=None, prog: str | None = None) -> int:
     """``main(argv)``'s exit status, or 2 after printing ``error: ...`` for a user error."""

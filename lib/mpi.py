@@ -474,8 +474,6 @@ def parser() -> argparse.ArgumentParser:
 def parse_args(argv=None):
     p = parser()
     args = p.parse_args(argv)
-    if args.resume and not args.checkpoint:
-        p.error("--resume needs --checkpoint PATH")
     if args.mode == "async" and args.checkpoint:
         p.error("--checkpoint works with --mode allreduce and average, not async: when the parameter server closes "
                 "an epoch the workers are already into the next one, so there is no consistent state to save")

@@ -40,10 +40,5 @@ class NumpyTrainer(Trainer):
             W -= self.dtype.type(lr) * gW
             b -= self.dtype.type(lr) * gb
 
-    def _step(self, X, Y, lr):
-        loss, grads = self._gradients(X, Y)
-        self._apply_gradients(grads, lr)
-        return loss
-
     def _predict(self, X):
         return self._forward(X)[-1]

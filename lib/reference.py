@@ -70,11 +70,6 @@ class ReferenceTrainer(Trainer):
     def _setup(self, params):
         self._params = [(W.copy(), b.copy()) for W, b in params]
 
-    def _step(self, X, Y, lr):
-        loss, grads = self._gradients(X, Y)
-        self._apply_gradients(grads, lr)
-        return loss
-
     def _gradients(self, X, Y):
         return loss_and_gradients(self._params, X, Y)
 

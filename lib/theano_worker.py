@@ -176,10 +176,10 @@ def _die_with_parent(poll_s: float = 0.5) -> None:
 
 
 def _serve(inp, out) -> None:
-    msg = read_message(inp)
-    if msg is None:
+    requests = iter(lambda: read_message(inp), None)  # until the pipe closes
+    header, arrays = next(requests, ({"op": None}, []))
+    if header["op"] is None:
         return
-    header, arrays = msg
     if header.get("op") != "init":
         write_message(out, {"error": f"the first request must be 'init', got {header.get('op')!r}"})
         return
@@ -198,11 +198,7 @@ def _serve(inp, out) -> None:
         return
     write_message(out, {"ok": True, "theano": theano.__version__, "numpy": np.__version__,
                         "floatX": theano.config.floatX, "blas": theano.config.blas__ldflags})
-    while True:
-        msg = read_message(inp)
-        if msg is None:
-            return
-        header, arrays = msg
+    for header, arrays in requests:
         op = header.get("op")
         try:
             if op == "step":

@@ -179,8 +179,6 @@ def main(argv=None) -> int:
 
     p = parser()
     args = p.parse_args(argv)
-    if args.resume and not args.checkpoint:
-        p.error("--resume needs --checkpoint PATH")
     T = trainers.get(args.impl)
     if args.threads is not None and "threads" not in T.options:
         p.error(f"--threads: trainer {args.impl!r} takes no threads option; trainers that do: "
