@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.special import expit as sigmoid
 
 from .train import accuracy, shuffled_batches
 
@@ -115,10 +116,6 @@ def prune_in_rounds(trainer, dataset, schedule, epochs: int, batch_size: int, lr
 # ---------------------------------------------------------------------------------------------------
 # CSR storage and sparse inference
 # ---------------------------------------------------------------------------------------------------
-def sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 def to_csr(params) -> list[tuple[sp.csr_matrix, np.ndarray]]:
     """Each layer as (Wᵀ in CSR, bias): row j holds the nonzero incoming weights of unit j."""
     return [(sp.csr_matrix(np.ascontiguousarray(W.T)), b) for W, b in params]

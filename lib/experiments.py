@@ -297,10 +297,11 @@ def plot_learning_curves(history: pd.DataFrame, title: str, target: float | None
 # Notebook 08: learning-rate grid search (seed 001 §5.3)
 # ---------------------------------------------------------------------------------------------------
 def grid_search(trainer: str, dataset, lrs, epochs: int, batch_size: int, net="1h", lr_decay: float = 0.0,
-                seed: int = 0, progress: bool = False, **options) -> tuple[float, pd.DataFrame]:
+                seed: int = 0, progress: bool = False, **options) -> tuple[pd.DataFrame, float]:
     """Train one fresh network per learning rate on the training split; pick the best by validation accuracy.
 
-    Returns (chosen lr, the histories of every run stacked with an ``lr`` column). Every run starts
+    Returns (the histories of every run stacked with an ``lr`` column, the chosen lr), the order of
+    ``parbp.seed003.grid_search``'s answer. Every run starts
     from the same initial weights and sees the same minibatch order (same ``seed``), so the learning
     rate is the only difference. Ties go to the smaller rate, the safer choice.
     """
@@ -318,4 +319,4 @@ def grid_search(trainer: str, dataset, lrs, epochs: int, batch_size: int, net="1
     final = grid[grid.epoch == grid.epoch.max()]
     scores = final.val_acc.where(np.isfinite(final.loss), -np.inf)  # a diverged run never wins
     chosen = float(final.lr.to_numpy()[np.argmax(scores.to_numpy())])
-    return chosen, grid
+    return grid, chosen

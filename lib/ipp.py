@@ -319,11 +319,15 @@ class EngineModel(abc.ABC):
     def train_epoch(self, epoch: int, B: int, lr: float) -> dict:
         return self.run_steps(epoch, B, lr)
 
+    def check_batch(self, B: int) -> None:
+        """Refuse a minibatch this model cannot split, before any engine is asked."""
+        if B < self.workers:
+            raise ValueError(f"batch_size {B} is smaller than the {self.workers} engines")
+
     def fit(self, epochs: int, batch_size: int, lr: float, lr_decay: float = 0.0) -> pd.DataFrame:
         """Train and return one row per epoch (row 0: the untrained network, so every curve starts at the
         same point): losses, validation accuracy, training seconds and examples per second."""
-        if batch_size < self.workers:
-            raise ValueError(f"batch_size {batch_size} is smaller than the {self.workers} engines")
+        self.check_batch(batch_size)
         val_loss, val_acc = evaluate(self.eval, self.ds.X_val, self.ds.Y_val, self.ds.y_val)
         rows = [{"method": self.name, "engines": self.workers, "epoch": 0, "val_loss": val_loss, "val_acc": val_acc}]
         for epoch in range(epochs):
@@ -408,8 +412,7 @@ class DataParallel(EngineModel):
         return zip(*[shard_batches(sizes, r, epoch, B, self.seed) for r in range(self.workers)])
 
     def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
-        if B < self.workers:
-            raise ValueError(f"batch_size {B} is smaller than the {self.workers} engines; use at least {self.workers}")
+        self.check_batch(B)
         out = self.eng.run([(e, _dp_run, (self.key, epoch, B, lr, first, count)) for e in self.eng.ids],
                            "training (data parallel)")
         r0 = out[0]
@@ -540,12 +543,13 @@ class ModelParallel(EngineModel):
                     engines.timeout + 60)
         self.steps: list[dict] = []  # per step: measured and predicted idle fraction, per-stage task times
 
-    def _check_batch(self, B):
+    def check_batch(self, B):
         if self.m > B:
             raise ValueError(f"micro_batches={self.m} is larger than the minibatch ({B} examples); choose 1 to {B}")
+        super().check_batch(B)
 
     def run_steps(self, epoch, B, lr, first=0, count=None, intervals=True) -> dict:
-        self._check_batch(B)
+        self.check_batch(B)
         out = self.eng.run([(e, _mp_run, (self.key, epoch, B, lr, first, count, intervals)) for e in self.eng.ids],
                            f"training ({self.name})")
         r = {"train_loss": sum(o["loss_sum"] for o in out) / max(out[0]["steps"], 1),
@@ -568,7 +572,7 @@ class ModelParallel(EngineModel):
 
     def activation_memory(self, B: int) -> pd.DataFrame:
         """Per stage: the formula's peak stash (micro-batches and bytes) for this schedule at minibatch B."""
-        self._check_batch(B)
+        self.check_batch(B)
         mb = -(-B // self.m)  # array_split: the largest micro-batch
         return pd.DataFrame([{"stage": s, "micro_batches_formula": pipeline.activations_kept(self.schedule, self.workers, self.m, s),
                               "bytes_formula": pipeline.activations_kept(self.schedule, self.workers, self.m, s)

@@ -19,6 +19,7 @@ import itertools
 import time
 
 import numpy as np
+from scipy.special import expit
 
 from .ipp import EngineModel, Engines, _dp_params, _keys, _state, local_trainer
 from .distributed import Flat, epoch_order
@@ -102,10 +103,6 @@ class RelayDataParallel(EngineModel):
 # Model parallel: consecutive layers on different engines, optionally pipelined
 
 
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
 def _stage_setup(key, params, last: bool):
     _state[key] = dict(params=[(np.array(W, np.float32), np.array(b, np.float32)) for W, b in params],
                        last=last, acts={}, grads=None, busy=[])
@@ -119,7 +116,7 @@ def _stage_forward(key, mid, X, Y=None, B=None):
     st = _state[key]
     A = [np.asarray(X, np.float32)]
     for W, b in st["params"]:
-        A.append(_sigmoid(A[-1] @ W + b))
+        A.append(expit(A[-1] @ W + b))
     if not st["last"]:
         st["acts"][mid] = A
         out = A[-1]

@@ -34,6 +34,7 @@ import pandas as pd
 
 from . import trainers
 from .cli import check_positive_int
+from .cuda import reduce_blocks
 from .nets import n_params
 
 #: numpy operates in place on a temporary operand (``t * A`` writes into ``t``) from this size up
@@ -107,8 +108,6 @@ def footprint(trainer: str, sizes, batch: int, dtype=None, **options) -> list[Te
         if trainer == "cupy":
             terms.append(Term("bias-gradient buffers", outputs * s, False))
         else:
-            from .cuda import reduce_blocks
-
             terms.append(Term("loss partial sums (float64)", reduce_blocks(B, n[-1]) * 8, False))
     return terms
 

@@ -24,6 +24,8 @@ from itertools import combinations
 
 import numpy as np
 
+from . import blas, cpu
+
 SCHEDULES = ("plain", "gpipe", "1f1b")
 
 
@@ -177,61 +179,49 @@ class Stage:
 
     def forward(self, x) -> list[np.ndarray]:
         """[input, output of each layer]: what the backward of this micro-batch needs."""
-        from .blas import gemm_into
-        from .cpu import bias_sigmoid
-
         acts = [x]
         for W, b in zip(self.W, self.b):
             z = np.empty((x.shape[0], W.shape[1]), np.float32)
-            gemm_into(acts[-1], W, z)
-            bias_sigmoid(z, b)
+            blas.gemm_into(acts[-1], W, z)
+            cpu.bias_sigmoid(z, b)
             acts.append(z)
         return acts
 
     def output_delta(self, out, Y, B: int) -> tuple[float, np.ndarray]:
         """The last stage: Σ(A − Y)² of this micro-batch and Δ_L = 2/B (A − Y)∘σ' (the whole minibatch's mean)."""
-        from .cpu import output_delta
-
         delta = np.empty_like(out)
-        sse = output_delta(out, np.ascontiguousarray(Y, np.float32), delta, np.float32(2.0 / B))
+        sse = cpu.output_delta(out, np.ascontiguousarray(Y, np.float32), delta, np.float32(2.0 / B))
         return float(sse), delta
 
     def backward(self, acts, delta) -> np.ndarray | None:
         """Accumulate this micro-batch's weight gradients from Δ of the stage's last layer; return
         dL/d(input) for the stage before (None on the first stage, which has nobody to send it to)."""
-        from .blas import gemm_into, gemm_update
-        from .cpu import bias_update, column_sums, hidden_delta
-
         minus_one = np.float32(-1.0)  # gemm_update computes W − lr·AᵀΔ: lr = −1 accumulates
         fresh, self.fresh = self.fresh, False
         for l in range(len(self.W) - 1, -1, -1):
             if fresh:
-                gemm_into(acts[l], delta, self.gW[l], trans_a=True)
-                column_sums(delta, self.gb[l])
+                blas.gemm_into(acts[l], delta, self.gW[l], trans_a=True)
+                cpu.column_sums(delta, self.gb[l])
             else:
-                gemm_update(acts[l], delta, self.gW[l], minus_one)
-                bias_update(self.gb[l], delta, minus_one)
+                blas.gemm_update(acts[l], delta, self.gW[l], minus_one)
+                cpu.bias_update(self.gb[l], delta, minus_one)
             if l == 0 and self.first:
                 return None
             below = np.empty((delta.shape[0], self.W[l].shape[0]), np.float32)
-            gemm_into(delta, self.W[l], below, trans_b=True)
+            blas.gemm_into(delta, self.W[l], below, trans_b=True)
             if l == 0:
                 return below  # the stage before applies σ' of its own output
-            hidden_delta(below, acts[l])
+            cpu.hidden_delta(below, acts[l])
             delta = below
 
     def input_delta(self, grad_out, out) -> np.ndarray:
         """Δ of this stage's last layer from dL/d(output) sent by the next stage: grad∘σ'(output)."""
-        from .cpu import hidden_delta
-
-        hidden_delta(grad_out, out)
+        cpu.hidden_delta(grad_out, out)
         return grad_out
 
     def update(self, lr: float) -> None:
-        from .blas import axpy
-
         lr = np.float32(lr)
         for W, b, gW, gb in zip(self.W, self.b, self.gW, self.gb):
-            axpy(W, gW, lr)
+            blas.axpy(W, gW, lr)
             b -= lr * gb
         self.fresh = True

@@ -11,12 +11,13 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .base import Trainer
+from .data import Dataset
 
 
 def predict_labels(trainer: Trainer, X: np.ndarray, batch_size: int = 10_000) -> np.ndarray:
     """Class predictions: argmax of the outputs, or output > 0.5 for a single (binary) unit."""
     out = np.concatenate([trainer.predict(X[i:i + batch_size]) for i in range(0, len(X), batch_size)])
-    return (out[:, 0] > 0.5).astype(np.int64) if out.shape[1] == 1 else out.argmax(axis=1)
+    return Dataset.labels(out)
 
 
 def accuracy(trainer: Trainer, X: np.ndarray, y: np.ndarray) -> float:

@@ -186,3 +186,21 @@ def test_stratified_split_keeps_proportions():
     parts = data.stratified_split(y, (4 / 6, 1 / 6, 1 / 6), seed=0)
     assert sorted(np.concatenate(parts).tolist()) == list(range(900))
     assert [int(y[p].sum()) for p in parts] == [200, 50, 50]
+
+
+def test_load_first_is_the_one_meaning_of_subset():
+    """Every entry point's --subset: the first n training rows; validation and test keep max(n // 5, 100)."""
+    ds = data.load_first("toy", 400)
+    assert (len(ds.X_train), len(ds.X_val), len(ds.X_test)) == (400, 80, 80)  # the toy set's val is its test
+    assert np.array_equal(ds.y_train, ((ds.X_train - 0.5) @ np.random.default_rng(0).normal(size=(16, 4))).argmax(1))
+    with pytest.raises(ValueError, match=r"unknown dataset 'cifar'; choose one of \['mnist', .*'toy'\]"):
+        data.load_first("cifar", 10)
+
+
+@pytest.mark.skipif(not any((r / "mnist" / "train-images-idx3-ubyte.gz").exists() for r in data.search_roots()),
+                    reason="MNIST files not found; set PARBP_DATA")
+def test_load_first_cuts_a_real_dataset():
+    ds = data.load_first("mnist", 1000)
+    assert (len(ds.X_train), len(ds.X_val), len(ds.X_test)) == (1000, 200, 200)
+    with pytest.raises(ValueError, match="--subset 99999 is larger than mnist's 50000 training examples"):
+        data.load_first("mnist", 99_999)

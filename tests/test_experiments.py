@@ -149,7 +149,7 @@ def toy_dataset(n=300, seed=0):
 
 def test_grid_search_picks_the_rate_with_the_best_validation_accuracy():
     ds = toy_dataset()
-    chosen, grid = ex.grid_search("numpy", ds, [1e-4, 1.0], epochs=3, batch_size=10, net=[16])
+    grid, chosen = ex.grid_search("numpy", ds, [1e-4, 1.0], epochs=3, batch_size=10, net=[16])
     assert chosen == 1.0  # 1e-4 barely moves the weights in 3 epochs
     assert set(grid.lr) == {1e-4, 1.0}
     assert "test_acc" not in grid  # choosing a rate must not look at the test set
