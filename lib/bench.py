@@ -279,7 +279,8 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
     plan, wanted = [], set()
     for impl in dict.fromkeys([*impls, *(["torch"] if compare_torch else [])]):
         why = trainers.why_unavailable(variant(impl)[0])
-        if why:
+        if why and not (options.get("simulator") and "simulator" in trainers.get(variant(impl)[0]).options):
+            # (numba-cuda asked for its simulator stands in for a GPU: the campaign's dry run times it)
             say(f"skipping {impl}: {why}")
             continue
         for net in nets:
