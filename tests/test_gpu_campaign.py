@@ -51,3 +51,9 @@ def test_the_campaign_refuses_to_run_outside_the_repository_root(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit, match="repository root"):
         gpu_campaign.campaign(tmp_path / "out", dry_run=True)
+
+
+def test_the_readme_says_how_to_run_it_and_make_builds_the_payload():
+    readme, makefile = (ROOT / "README.md").read_text(), (ROOT / "Makefile").read_text()
+    assert "## Running the GPU campaign" in readme and "make gpu-payload" in readme and "bash gpu/campaign.sh OUT" in readme
+    assert "\ngpu-payload: install\n\t$(BIN)/python -m parbp.gpu_campaign --payload $(PAYLOAD)" in makefile
