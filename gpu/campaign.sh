@@ -7,11 +7,11 @@
 set -euo pipefail
 out=${1:?usage: bash gpu/campaign.sh OUT [--dry-run]}
 shift
+mkdir -p "$out" && out=$(cd "$out" && pwd)  # OUT as given, before the cd to the repository root
 cd "$(dirname "$0")/.."
 payload=${PARBP_PAYLOAD:-build/gpu-payload}
 python=${PYTHON:-python3}
 site=$(mktemp -d)/site
-mkdir -p "$out"
 shopt -s nullglob
 wheels=("$payload"/wheels/*.whl)
 {

@@ -354,6 +354,7 @@ def check_kernels(batch: int = 7, n_in: int = 37, n_out: int = 53, layouts=((8, 
     def record(kernel, config, got, want):
         rows.append((kernel, config, float(np.abs(got - want).max()), float(np.abs(want).max())))
 
+    outer = sum(np.outer(A[i], D[i]) for i in range(batch)).astype(float)  # eq. 9, example by example
     for tile, r in layouts:
         check_layout(tile, r)
         out = cuda.device_array((batch, n_out), np.float32)
@@ -364,7 +365,6 @@ def check_kernels(batch: int = 7, n_in: int = 37, n_out: int = 53, layouts=((8, 
         backward_delta(cuda.to_device(D), cuda.to_device(W), out, tile, r)
         record("3 backward_delta", f"tile={tile} r={r}", out.copy_to_host(), D.astype(float) @ W.T)
 
-        outer = sum(np.outer(A[i], D[i]) for i in range(batch)).astype(float)  # eq. 9, example by example
         for split in ((1,) if r == 1 else (1, 3)):
             dW, db = cuda.to_device(W), cuda.to_device(b)
             update_layer(dW, db, cuda.to_device(A), cuda.to_device(D), -0.5, tile, r, split=split)
