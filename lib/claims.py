@@ -211,13 +211,11 @@ def cuda_20x(fig):
         return Outcome(None, "not measurable here", f"no GPU measurement (figures/{GPU_CSV}); {GPU_COMMAND}")
     ours = df[(df.net == "1h") & (df.impl == CUDA_KERNELS)]
     base = df[(df.net == "1h") & (df.impl == BASELINE) & (df.threads == 1)]
-    if ours.empty or base.empty:
-        missing = [n for n, d in ((CUDA_KERNELS, ours), (BASELINE, base)) if d.empty]
-        raise KeyError(f"Net-1h {' and '.join(missing)} in figures/{GPU_CSV}")
-    s = with_speedup(pd.concat([ours, base]))
+    s = with_speedup(pd.concat([ours, base])) if len(ours) and len(base) else ours.assign(speedup=np.nan)
     s = s[(s.impl == CUDA_KERNELS) & s.speedup.notna()]
     if s.empty:
-        raise KeyError(f"Net-1h {CUDA_KERNELS} and {BASELINE} at a common batch size in figures/{GPU_CSV}")
+        return Outcome(None, "not measured yet", f"figures/{GPU_CSV} has no Net-1h {CUDA_KERNELS} and {BASELINE} rows "
+                       f"at a common batch size (the campaign times both in one run); {GPU_COMMAND}")
     best = s.loc[s.speedup.idxmax()]
     verdict, why = within(float(best.speedup), 20, 5, "x", noise=NOISE)
     return Outcome(float(best.speedup), verdict,
@@ -240,7 +238,7 @@ def theano_cuda_batch(fig):
     net = "1h" if (theano.net == "1h").any() else theano.net.iloc[0]
     t = theano[theano.net == net].groupby("batch").gflops.max().sort_index()
     if len(t) < 2:
-        raise KeyError(f"Theano GPU rows at two batch sizes (Net-{net}) in figures/{GPU_CSV}")
+        return Outcome(None, "not measured yet", f"figures/{GPU_CSV} has Theano GPU rows at one batch size only (Net-{net})")
     ours = float(t.iloc[-1] / t.iloc[0])
     grows = t.iloc[-1] / t.iloc[0] >= 10 * (1 + NOISE)  # 'very fast': ten times the throughput, beyond the spread
     return Outcome(ours, "reproduced" if grows else "differs",

@@ -131,8 +131,9 @@ def test_cuda_20x_divides_by_the_serial_loop_of_the_same_run_not_the_largest_gpu
     assert row.source == "figures/bench_gpu.csv"
 
 
-def test_cuda_20x_without_its_baseline_is_not_measured_yet(tmp_path):
-    gpu_campaign_csv(tmp_path, [("numba-cuda", "gpu", "1h", 100, 1, 8.0, 12.0)])
+@pytest.mark.parametrize("serial", [[], [("serial-example", "cpu", "1h", 1000, 1, 100.0, 1.0)]])  # none; another batch
+def test_cuda_20x_without_its_baseline_is_not_measured_yet(tmp_path, serial):
+    gpu_campaign_csv(tmp_path, [("numba-cuda", "gpu", "1h", 100, 1, 8.0, 12.0), *serial])
     row = by_claim(claims.table(tmp_path)).loc["CUDA implementation ≈ 20x speedup"]
     assert row.verdict == "not measured yet" and "serial-example" in row.why
 
