@@ -43,8 +43,7 @@ class Plan:
 
     nets: list = field(default_factory=lambda: ["1h", "2h"])
     gpu_batches: list = field(default_factory=lambda: [100, 300, 1000, 3000, 10_000])
-    cpu_batches: list = field(default_factory=lambda: [100, 1000, 10_000])
-    serial_batches: list = field(default_factory=lambda: [100, 1000])  # the per-example loop: ~1 s a step at 1000
+    cpu_batches: list = field(default_factory=lambda: [100, 1000, 10_000])  # serial-example: ~4 s a Net-2h step at 10,000
     cpu_impls: list = field(default_factory=lambda: ["threads", "blas-parallel"])  # the best CPU trainers
     threads: list = field(default_factory=lambda: [os.cpu_count() or 1])
     repeats: int = 7
@@ -60,7 +59,7 @@ class Plan:
     limits: dict = field(default_factory=lambda: {"tests": 150, "kernels": 90, "bench": 300})
 
 
-DRY = Plan(nets=[[9, 7]], gpu_batches=[8], cpu_batches=[8], serial_batches=[8],  # a simulated step: ~1 s
+DRY = Plan(nets=[[9, 7]], gpu_batches=[8], cpu_batches=[8],  # a simulated step: ~1 s
            cpu_impls=["threads"], threads=[1, 2], repeats=2, n_in=13, n_out=5,
            gpu_options={"simulator": True, "tile": 8}, kernel_batch=7, kernel_units=53, kernel_layouts=[(8, 4)],
            kernel_mnist=False,
@@ -164,13 +163,14 @@ def bench(out: Path, plan: Plan) -> None:
     say = lambda msg: print(msg, flush=True)  # noqa: E731
     save(b.run([*trainers.GPU, "torch"], plan.nets, plan.gpu_batches, [1], n_in=plan.n_in, n_out=plan.n_out,
                device="gpu", repeats=plan.repeats, progress=say, **plan.gpu_options), "GPU trainers and torch on CUDA")
-    save(b.run([experiments.BASELINE], plan.nets, plan.serial_batches, [1], n_in=plan.n_in, n_out=plan.n_out,
+    save(b.run([experiments.BASELINE], plan.nets, plan.cpu_batches, [1], n_in=plan.n_in, n_out=plan.n_out,
                repeats=max(3, plan.repeats // 2), progress=say, compare_torch=False), "the paper's baseline, on the CPU")
     save(b.run(plan.cpu_impls, plan.nets, plan.cpu_batches, plan.threads, n_in=plan.n_in, n_out=plan.n_out,
                repeats=plan.repeats, progress=say), "the best CPU trainers")
 
 
-STEPS = {"machine": machine, "tests": None, "kernels": kernels, "bench": bench}
+# in this order: the kernels' correctness first (seconds), then the measurement, then the tests with what is left
+STEPS = {"machine": machine, "kernels": kernels, "bench": bench, "tests": None}
 
 
 def _which(cmd: str) -> bool:
