@@ -9,7 +9,8 @@ out=${1:?usage: bash gpu/campaign.sh OUT [--dry-run]}
 shift
 mkdir -p "$out" && out=$(cd "$out" && pwd)  # OUT as given, before the cd to the repository root
 cd "$(dirname "$0")/.."
-payload=${PARBP_PAYLOAD:-build/gpu-payload}
+export PARBP_PAYLOAD=${PARBP_PAYLOAD:-build/gpu-payload}
+payload=$PARBP_PAYLOAD
 python=${PYTHON:-python3}
 site=$(mktemp -d)/site
 shopt -s nullglob

@@ -34,6 +34,7 @@ from pathlib import Path
 
 LIMIT_S = 440  # the whole campaign, install excluded (~20 s): under 8 min, so a rerun fits the quarter hour
 TRAVEL_LIMIT = 64 * 2**20  # the tree plus what is carried, per trip
+PAYLOAD = os.environ.get("PARBP_PAYLOAD", "build/gpu-payload")  # what travels beside the tree (make gpu-payload)
 TESTS = ["tests/test_cuda.py", "tests/test_cupy.py"]
 
 
@@ -199,6 +200,13 @@ def campaign(out: Path, dry_run: bool = False, limit_s: float = LIMIT_S) -> int:
         print(text, end="", flush=True)
 
     write(f"GPU campaign{' (DRY RUN: numba CUDA simulator, tiny sizes)' if dry_run else ''} into {out}\n")
+    if dry_run:  # the rehearsal also weighs the trip: the tree and the payload, when built
+        sizes = travel_bytes([PAYLOAD] if Path(PAYLOAD).exists() else [])
+        total = sum(sizes.values())
+        write(f"== travel: {'passed' if total <= TRAVEL_LIMIT else 'FAILED'}: " + ", ".join(
+            f"{k} {n / 2**20:.2f} MiB" for k, n in sizes.items()) + f"; {total / 2**20:.2f} of {TRAVEL_LIMIT / 2**20:.0f} MiB\n")
+        if total > TRAVEL_LIMIT:
+            failed.append("travel")
     for name in STEPS:
         left = limit_s - (time.perf_counter() - start)
         limit = min(plan.limits.get(name, 60), left)

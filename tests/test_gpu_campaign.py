@@ -23,7 +23,8 @@ def test_the_dry_run_installs_parbp_from_the_tree_and_writes_every_file(tmp_path
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert {"machine.json", "tests.log", "kernels.csv", "bench_gpu.csv", "campaign.log", "install.log"} <= \
         {p.name for p in out.iterdir()}
-    assert "DRY RUN" in (out / "campaign.log").read_text() and "all steps passed" in (out / "campaign.log").read_text()
+    log = (out / "campaign.log").read_text()
+    assert "DRY RUN" in log and "all steps passed" in log and "== travel: passed: tree " in log  # the trip weighed
     machine = json.loads((out / "machine.json").read_text())
     assert machine["numba_cuda_simulator"] and not machine["parbp_from"].startswith(str(ROOT / "lib"))  # installed
     assert " passed" in (out / "tests.log").read_text()
