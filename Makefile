@@ -13,7 +13,7 @@ MEASURE ?= env -u OPENBLAS_CORETYPE
 THEANO_ENV ?= .theano-env
 THEANO_PY  ?= python3.11
 
-.PHONY: install study test bench lab book theano-env clean
+.PHONY: install study test bench lab book theano-env clean gpu-payload
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -59,3 +59,10 @@ $(THEANO_ENV)/.installed:
 
 clean:
 	rm -rf build .pytest_cache
+
+# What the GPU campaign needs beyond the tree, for a machine with no network (README: "Running the GPU
+# campaign"): setuptools >= 77 as a wheel (to build parbp there) and the MNIST files; then the size of the
+# trip (the tree + the payload), which fails above 64 MiB. Run it there: bash gpu/campaign.sh OUT
+PAYLOAD ?= build/gpu-payload
+gpu-payload: install
+	$(BIN)/python -m parbp.gpu_campaign --payload $(PAYLOAD)

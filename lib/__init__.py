@@ -18,6 +18,6 @@ LAYERS = {
     "distributed": ("distributed", "pipeline", "mpi", "ipp", "ipp_relay"),
     # timing, memory and communication measurements
     "measurement": ("bench", "memory", "mpi_bench", "ipp_bench", "costmodel"),
-    # the notebooks' helpers, the study runner and its profiles, the seeds' claims and the book
-    "study": ("experiments", "profiles", "study", "seed003", "claims", "book"),
+    # the notebooks' helpers, the study runner and its profiles, the GPU campaign, the seeds' claims and the book
+    "study": ("experiments", "profiles", "study", "gpu_campaign", "seed003", "claims", "book"),
 }

@@ -248,7 +248,7 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
     say = progress or (lambda *a: None)
 
     nets = [n if isinstance(n, str) else tuple(int(s) for s in n) for n in nets]  # hashable keys
-    plan = _plan(impls, nets, batches, threads, compare_torch, say)
+    plan = _plan(impls, nets, batches, threads, compare_torch, say, options)
     wanted = {p for p in plan if p[0] in impls}
     fns, rows, references = [], [], {}
     counts = sorted({t for _, _, _, t in plan})
@@ -283,13 +283,14 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
     return df[df.pop("_keep")].reset_index(drop=True)[COLUMNS]
 
 
-def _plan(impls, nets, batches, threads, compare_torch, say) -> list[tuple]:
+def _plan(impls, nets, batches, threads, compare_torch, say, options) -> list[tuple]:
     """(impl, net, batch, threads) of every configuration to time: the trainers asked for that can run
     here, and torch beside them; a trainer without a threads option runs at 1 thread only."""
     plan = []
     for impl in dict.fromkeys([*impls, *(["torch"] if compare_torch else [])]):
         why = trainers.why_unavailable(variant(impl)[0])
-        if why:
+        if why and not (options.get("simulator") and "simulator" in trainers.get(variant(impl)[0]).options):
+            # (numba-cuda asked for its simulator stands in for a GPU: the campaign's dry run times it)
             say(f"skipping {impl}: {why}")
             continue
         plan += [(impl, net, batch, t) for net in nets for batch in batches

@@ -329,6 +329,61 @@ def dsigmoid(D, A):
     kernel[(_blocks(D.shape[1], 32), _blocks(D.shape[0], 8)), (32, 8)](D, A)
 
 
+def check_kernels(batch: int = 7, n_in: int = 37, n_out: int = 53, layouts=((8, 1), (8, 4)), seed: int = 0,
+                  A=None):
+    """Each kernel launched alone on device arrays, against numpy in float64: one row per (kernel, config)
+    with ``max |error|`` and ``max |value|`` (the largest expected entry, for a relative reading).
+
+    Random operands of shape (batch, n_in) → n_out, or ``A`` as the input activations (e.g. MNIST images,
+    which sets batch and n_in); every layout (tile, reg_block) runs the three products, the update also
+    split over 3 blocks of the batch when reg_block > 1. Odd sizes exercise every bounds check.
+    """
+    import pandas as pd
+
+    from .reference import mse_loss
+
+    rng = np.random.default_rng(seed)
+    f32 = lambda *s, scale=1.0: (scale * rng.standard_normal(s)).astype(np.float32)  # noqa: E731
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    A = f32(batch, n_in) if A is None else np.ascontiguousarray(A, np.float32)
+    batch, n_in = A.shape
+    W, b, D = f32(n_in, n_out, scale=0.3), f32(n_out), f32(batch, n_out)
+    rows = []
+
+    def record(kernel, config, got, want):
+        rows.append((kernel, config, float(np.abs(got - want).max()), float(np.abs(want).max())))
+
+    outer = sum(np.outer(A[i], D[i]) for i in range(batch)).astype(float)  # eq. 9, example by example
+    for tile, r in layouts:
+        check_layout(tile, r)
+        out = cuda.device_array((batch, n_out), np.float32)
+        forward_layer(cuda.to_device(A), cuda.to_device(W), cuda.to_device(b), out, tile, r)
+        record("1 forward_layer", f"tile={tile} r={r}", out.copy_to_host(), sig(A.astype(float) @ W + b))
+
+        out = cuda.device_array((batch, n_in), np.float32)
+        backward_delta(cuda.to_device(D), cuda.to_device(W), out, tile, r)
+        record("3 backward_delta", f"tile={tile} r={r}", out.copy_to_host(), D.astype(float) @ W.T)
+
+        for split in ((1,) if r == 1 else (1, 3)):
+            dW, db = cuda.to_device(W), cuda.to_device(b)
+            update_layer(dW, db, cuda.to_device(A), cuda.to_device(D), -0.5, tile, r, split=split)
+            got, want = [dW.copy_to_host(), db.copy_to_host()], [W - 0.5 * outer, b - 0.5 * D.sum(0)]
+            record("5 update_layer", f"tile={tile} r={r} split={split}", np.concatenate([g.ravel() for g in got]),
+                   np.concatenate([w.ravel() for w in want]))
+
+    Aout, Y = sig(f32(batch, 5)).astype(np.float32), np.eye(5, dtype=np.float32)[np.arange(batch) % 5]
+    dD, partials = cuda.device_array((batch, 5), np.float32), cuda.device_array(reduce_blocks(batch, 5), np.float64)
+    output_delta(cuda.to_device(Aout), cuda.to_device(Y), dD, partials)
+    record("2 output_delta", "Δ_L", dD.copy_to_host(), 2 / batch * (Aout - Y) * Aout * (1 - Aout))
+    record("2 output_delta", "loss", partials.copy_to_host().sum() / batch, mse_loss(Aout, Y))
+
+    Ah = sig(f32(batch, n_out)).astype(np.float32)
+    dD = cuda.to_device(D)
+    dsigmoid(dD, cuda.to_device(Ah))
+    record("4 dsigmoid", "", dD.copy_to_host(), D * Ah * (1 - Ah))
+    return pd.DataFrame(rows, columns=["kernel", "config", "max |error|", "max |value|"])
+
+
 # ---------------------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------------------

@@ -107,3 +107,46 @@ def test_cpu_use_that_fills_two_cores_still_grows(tmp_path):
     md = claims.markdown(pd.DataFrame([{"seed": "000", "claim": "c", "claimed": 10, "ours": 7.98,
                                         "verdict": "differs", "why": "x; borderline: y"}]))
     assert "| 000 | c | 10 | 7.98 | differs (borderline) |" in md
+
+
+def gpu_campaign_csv(path, rows, gpu="NVIDIA H200", cpu="Some CPU"):
+    """A small bench_gpu.csv: (impl, device, net, batch, threads, ms_per_step, gflops) rows of one machine."""
+    cols = ["impl", "device", "net", "batch", "threads", "ms_per_step", "gflops"]
+    pd.DataFrame(rows, columns=cols).assign(env_gpu=gpu, env_cpu=cpu).to_csv(path / claims.GPU_CSV, index=False)
+
+
+def test_cuda_20x_divides_by_the_serial_loop_of_the_same_run_not_the_largest_gpu_row(tmp_path):
+    gpu_campaign_csv(tmp_path, [
+        ("serial-example", "cpu", "1h", 100, 1, 100.0, 1.0), ("serial-example", "cpu", "1h", 1000, 1, 1000.0, 1.0),
+        ("numba-cuda", "gpu", "1h", 100, 1, 8.0, 12.0), ("numba-cuda", "gpu", "1h", 1000, 1, 50.0, 20.0),
+        ("numba-cuda", "gpu", "1h", 10000, 1, 0.5, 900.0),   # no serial row at 10,000: no speedup there
+        ("cupy", "gpu", "1h", 100, 1, 0.1, 120.0),            # 1000x, but cuBLAS is not the paper's kernels
+        ("threads", "cpu", "1h", 100, 16, 10.0, 10.0)])
+    # another CSV with a GPU row and a "speedup" column must not leak in
+    pd.DataFrame({"impl": ["numba-cuda"], "device": ["gpu"], "net": ["1h"], "batch": [100], "threads": [1],
+                  "speedup": [500.0]}).to_csv(tmp_path / "05_speedup_batch_1h_mnist_full.csv", index=False)
+    row = by_claim(claims.table(tmp_path)).loc["CUDA implementation ≈ 20x speedup"]
+    assert row.ours == pytest.approx(1000 / 50) and row.verdict == "reproduced"
+    assert "serial-example" in row.why and "per-example serial loop" in row.why and "NVIDIA H200" in row.why
+    assert row.source == "figures/bench_gpu.csv"
+
+
+@pytest.mark.parametrize("serial", [[], [("serial-example", "cpu", "1h", 1000, 1, 100.0, 1.0)]])  # none; another batch
+def test_cuda_20x_without_its_baseline_is_not_measured_yet(tmp_path, serial):
+    gpu_campaign_csv(tmp_path, [("numba-cuda", "gpu", "1h", 100, 1, 8.0, 12.0), *serial])
+    row = by_claim(claims.table(tmp_path)).loc["CUDA implementation ≈ 20x speedup"]
+    assert row.verdict == "not measured yet" and "serial-example" in row.why
+
+
+@pytest.mark.parametrize("gain,verdict", [(40.0, "reproduced"), (3.0, "differs")])
+def test_theano_cuda_batch_judges_theano_gpu_rows(tmp_path, gain, verdict):
+    gpu_campaign_csv(tmp_path, [("theano", "gpu", "1h", 100, 1, 10.0, 5.0), ("theano", "gpu", "1h", 10000, 1, 10.0, 5.0 * gain),
+                                ("numba-cuda", "gpu", "1h", 100, 1, 1.0, 50.0)])
+    row = by_claim(claims.table(tmp_path)).loc["Theano CUDA scales very fast with batch size"]
+    assert row.verdict == verdict and row.ours == pytest.approx(gain)
+
+
+def test_theano_cuda_batch_without_theano_gpu_rows_says_why(tmp_path):
+    gpu_campaign_csv(tmp_path, [("numba-cuda", "gpu", "1h", 100, 1, 1.0, 50.0), ("theano", "cpu", "1h", 100, 1, 1.0, 5.0)])
+    row = by_claim(claims.table(tmp_path)).loc["Theano CUDA scales very fast with batch size"]
+    assert row.verdict == "not measurable here" and "none for Theano" in row.why
