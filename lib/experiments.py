@@ -19,7 +19,7 @@ import seaborn as sns
 
 from . import trainers
 from .cli import check_positive_int
-from .nets import HIDDEN, layer_sizes
+from .nets import layer_sizes, parse_net
 from .results import NOTEBOOKS
 
 BASELINE = "serial-example"  # speedups are over the paper's serial algorithm (seed 001 §3)
@@ -77,12 +77,10 @@ def positive_floats(name: str, values) -> list[float]:
 
 
 def check_net(net):
-    """ "1h", "2h" (seed 001 §5.2) or a list of hidden widths."""
+    """ "1h", "2h" (seed 001 §5.2), "64,32" or a list of hidden widths."""
     net = from_cli(net)
-    if isinstance(net, str) and net not in HIDDEN:
-        raise ValueError(f"unknown net {net!r}; choose one of {sorted(HIDDEN)} or a list of hidden layer widths")
-    layer_sizes(net, 1, 1)  # raises with the reason for a malformed list
-    return net
+    layer_sizes(net, 1, 1)  # raises with the reason for an unknown name or a malformed list
+    return parse_net(net) if isinstance(net, str) else net
 
 
 def check_dataset(name: str) -> str:
