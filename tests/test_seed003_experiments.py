@@ -54,6 +54,7 @@ def test_findings_follow_the_numbers():
     assert "within 3 points of serial for every seed with: per_worker" in text
     assert "3 workers: 1.00" in text and "-5.0 pts" in text
     assert "No setting tried beats serial" in text  # serial at batch 200 is not a sync run
+    assert "averaging average 0.8500 (seeds 0.8500-0.8500) is outside the seeds' spread of serial_batch" in text
     rows[-1]["test_acc"] = 0.93
     assert "sync/average x2 (+3.0)" in " ".join(ex.findings(_frame(rows)))
     rows[3]["test_acc"] = 0.80
