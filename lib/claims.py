@@ -729,9 +729,10 @@ def too_big_for_one(fig):
                    f"{r.net}: {r.one_worker_mib:.0f} MiB to train on one worker against a {r.budget_mib:.0f} MiB "
                    f"budget; split over {int(r.stages)} stages the largest needs {r.stage_mib_max:.0f} MiB; trained "
                    f"by model parallelism to {r.test_acc:.4f} test accuracy after {int(r.epoch)} epochs (rule: does "
-                   "not fit one, fits each stage, >= 0.90)" + ("" if learned else "; the stages compute serial "
-                   "training's arithmetic (parbp.pipeline.Stage), so the network itself, 3 sigmoid hidden layers under "
-                   "MSE, had not left its plateau in that many epochs"), src)
+                   "not fit one, fits each stage, >= 0.90)" + ("" if learned else "; the memory part holds, the learning "
+                   "does not: the stages compute serial training's arithmetic (parbp.pipeline.Stage), so it is the "
+                   "network, 3 sigmoid hidden layers under MSE with the study's initialization, that stays at chance in "
+                   "that many epochs at this rate (no other initialization or rate tried)"), src)
 
 
 def _goal(fig, *starts: str) -> tuple[pd.Series, str]:
