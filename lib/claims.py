@@ -437,7 +437,7 @@ def _explained(fig, method: str, p: int, tol: float) -> str | None:
     reference = acc.get("reference")
     best = None
     for (exp, variant, procs), a in acc.items():
-        if exp != method or procs != p:
+        if exp not in (method, *(("seed_setup",) if method == "sync" else ())) or procs != p:
             continue
         base = acc.get((exp, variant, 1), reference.iloc[0] if reference is not None and len(reference) else None)
         if base is None:
@@ -465,12 +465,21 @@ def _async_workers(fig, p: int, claimed: float, tol: float) -> Outcome | None:
     gain = float(acc[("async", "delta", p)] - base)
     theirs = claimed - float(seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy[("serial", 1)])
     verdict, why = within(gain, theirs, tol, " (gain over serial)")
-    why = f"{p} workers, points over serial in the same setting: {why}"
+    ours = float(acc[("async", "delta", p)])
+    setting = f" ({e.setting.iloc[0]})" if "setting" in e else ""
+    why = (f"{p} workers reach {ours:.4f}, serial {base:.4f} in the same setting{setting}; the gain over "
+           f"serial against the seed's: {why}")
     if verdict == "differs":
         explained = _explained(fig, "async", p, tol)
         if explained:
-            return Outcome(gain, "explained", f"{why}; {explained}", src)
-    return Outcome(gain, verdict, why, src)
+            return Outcome(ours, "explained", f"{why}; {explained}", src)
+        at_p = {v: a for (x, v, n), a in acc.items() if x == "async" and n == p and v != "delta"}
+        delta = e[(e.experiment == "async") & (e.variant == "delta") & (e.processes == p)]
+        stale = f"mean staleness {delta.staleness_mean.mean():.2f}; " if "staleness_mean" in delta else ""
+        why += (f"; measured: {stale}with the difference put back, "
+                + ", ".join(f"{v} {a:.4f}" for v, a in sorted(at_p.items(), key=lambda kv: -kv[1]))
+                + ": none within the tolerance of the seed's gain") + _async_reason(fig, p + 1)
+    return Outcome(ours, verdict, why, src)
 
 
 def _sync_reason(fig, p: int) -> str:
@@ -482,8 +491,12 @@ def _sync_reason(fig, p: int) -> str:
     acc = e.groupby(["experiment", "variant", "processes"]).test_acc.mean()
     if ("sync", "serial_batch", p) not in acc.index or ("sync", "average", p) not in acc.index:
         return ""
+    setups = {v: a - acc.get((x, v, 1), np.nan) for (x, v, n), a in acc.items() if x == "seed_setup" and n == p}
     return (f"; measured: serial SGD at batch {p * 100} reaches {acc[('sync', 'serial_batch', p)]:.4f}, averaging over "
-            f"{p} ranks {acc[('sync', 'average', p)]:.4f} in the same setting ({src})")
+            f"{p} ranks {acc[('sync', 'average', p)]:.4f} in the same setting"
+            + ("" if not setups else "; the seed's possible setups, points over their own serial run: "
+               + ", ".join(f"{v} {g * 100:+.1f}" for v, g in setups.items()) + " (the seed's: sync beat serial)")
+            + f" ({src})")
 
 
 def seed003_accuracy(method: str, p: int, tol: float = 0.02) -> Callable[[Figures], Outcome]:
