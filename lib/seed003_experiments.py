@@ -52,8 +52,10 @@ def _row(df: pd.DataFrame, **fields) -> dict:
             "updates_per_epoch": last.get("updates", float("nan")), "time_s": last.elapsed_s}
 
 
-def jobs(lr: float, processes: list[int], seeds: list[int]):
-    """Every run as (fields for its row, seed003.run's arguments), async first (the issue's goal), then sync."""
+def jobs(lr: float, processes: list[int], seeds: list[int], seed_scale_workers=()):
+    """Every run as (fields for its row, seed003.run's arguments), async first (the issue's goal), then sync,
+    then ``async_seed_scale``: serial SGD at lr and at lr / w, and async at lr / w, on all the training images
+    (``subset=None``) for each of ``seed_scale_workers``."""
     for seed in seeds:
         yield dict(experiment="reference", variant="serial", processes=1, lr_rule="lr"), \
             dict(mode="allreduce", processes=1, lr=lr, seed=seed)
@@ -79,6 +81,14 @@ def jobs(lr: float, processes: list[int], seeds: list[int]):
                 yield dict(experiment="seed_setup", variant=variant, processes=p, lr_rule="1.0 (the seed's)"), \
                     dict(mode="allreduce" if p == 1 else "average", processes=p, lr=SEED_LR, seed=seed, net=net,
                          loss=loss, impl="numpy")
+    for seed in seeds if seed_scale_workers else ():
+        yield dict(experiment="async_seed_scale", variant="serial", processes=1, lr_rule="lr"), \
+            dict(mode="allreduce", processes=1, lr=lr, seed=seed, subset=None)
+        for w in seed_scale_workers:
+            yield dict(experiment="async_seed_scale", variant="serial_lr_per_worker", processes=w,
+                       lr_rule="lr / workers, serial"), dict(mode="allreduce", processes=1, lr=lr / w, seed=seed, subset=None)
+            yield dict(experiment="async_seed_scale", variant="per_worker", processes=w, lr_rule="lr / workers",
+                       async_rule="delta"), dict(mode="async", processes=w + 1, lr=lr / w, seed=seed, subset=None)
 
 
 def setting(subset, epochs, full: int) -> str:
@@ -87,22 +97,22 @@ def setting(subset, epochs, full: int) -> str:
 
 
 def run(ds, lr: float, processes=(2, 3, 4), seeds=(0, 1), subset=None, epochs=5, net="1h", out=None,
-        log=print, **common) -> pd.DataFrame:
+        log=print, seed_scale_workers=(), **common) -> pd.DataFrame:
     """Every job of ``jobs``; with ``out``, rows are appended to that CSV as they finish (and it is started
     afresh). ``common`` goes to every ``seed003.run`` (e.g. ``dataset``, ``impl``) below the job's own."""
     from .results import write_csv
 
     if not seeds or not processes:
         raise ValueError("seeds and processes must each name at least one value")
-    where = setting(subset, epochs, len(ds.X_train))
     rows = []
-    for fields, job in jobs(lr, list(processes), list(seeds)):
-        job = {"net": net, "batch_size": seed003.SETTING["batch_size"], **common, **job}
+    for fields, job in jobs(lr, list(processes), list(seeds), list(seed_scale_workers)):
+        job = {"net": net, "batch_size": seed003.SETTING["batch_size"], "subset": subset, **common, **job}
         mode, n = job.pop("mode"), job.pop("processes")
-        df = seed003.run(mode, n, ds=ds, subset=subset, epochs=epochs, **job)
+        df = seed003.run(mode, n, ds=ds, epochs=epochs, **job)
         rows.append(_row(df, **{"async_rule": "", "whole_data": False, **fields}, seed=job["seed"], net=job["net"],
                          loss=job.get("loss", "mse"), lr=job["lr"], batch_size=job["batch_size"],
-                         subset=subset or len(ds.X_train), epochs=epochs, setting=where))
+                         subset=job["subset"] or len(ds.X_train), epochs=epochs,
+                         setting=setting(job["subset"], epochs, len(ds.X_train))))
         log(f"{fields['experiment']:10s} {fields['variant']:15s} x{fields['processes']} seed {job['seed']}: "
             f"test acc {rows[-1]['test_acc']:.4f}, staleness {rows[-1]['staleness_mean']:.2f}")
         if out:
@@ -117,7 +127,9 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     ref = df[df.experiment == "reference"].set_index("seed").test_acc
     own = df[(df.experiment == "seed_setup") & (df.processes == 1)].set_index(["variant", "seed"]).test_acc
-    serial = [own.get((v, s), float("nan")) if e == "seed_setup" else ref.get(s, float("nan"))
+    full = df[(df.experiment == "async_seed_scale") & (df.variant == "serial")].set_index("seed").test_acc
+    serial = [own.get((v, s), float("nan")) if e == "seed_setup" else
+              full.get(s, float("nan")) if e == "async_seed_scale" else ref.get(s, float("nan"))
               for e, v, s in zip(df.experiment, df.variant, df.seed)]
     df["gap_points"] = 100 * (df.test_acc - pd.Series(serial, index=df.index))
     return (df.groupby(["experiment", "variant", "processes"], sort=False)
@@ -136,7 +148,9 @@ def findings(df: pd.DataFrame, tolerance_points: float = 3.0, seed_margin_points
     out.append(f"Serial SGD (the reference): test accuracy {ref.mean():.4f} over {len(ref)} seed(s) "
                f"({df.setting.iloc[0]}).")
     a = s[s.experiment == "async"]
-    for w, g in a.groupby("processes"):
+    for (experiment, w), g in s[s.experiment.isin(["async", "async_seed_scale"]) & (s.processes > 1)].groupby(
+            ["experiment", "processes"], sort=False):
+        where = "" if experiment == "async" else " on all the training images"
         g = g.set_index("variant")
         fixed = [v for v in ("staleness", "per_worker") if v in g.index and g.gap_points_min[v] >= -tolerance_points]
         parts = ", ".join(f"{v} {g.test_acc[v]:.4f} ({g.gap_points[v]:+.1f} pts"
@@ -144,17 +158,18 @@ def findings(df: pd.DataFrame, tolerance_points: float = 3.0, seed_margin_points
                           for v in g.index)
         verdict = (f"within {tolerance_points:g} points of serial for every seed with: {', '.join(fixed)}" if fixed else
                    f"no rate brings it within {tolerance_points:g} points of serial")
-        out.append(f"Async with {w} workers ({w + 1} MPI processes): {parts}; {verdict}.")
+        out.append(f"Async with {w} workers ({w + 1} MPI processes){where}: {parts}; {verdict}.")
     st = a[a.variant == "staleness"].set_index("processes")
     low = st[st.staleness_mean <= 1.5].staleness_mean
     if len(low):  # lr/τ with τ <= 1 is the full rate: the rule cannot slow those updates down
         out.append("Where the staleness-aware run's mean staleness is at most 1.5 ("
                    + ", ".join(f"{w} workers: {m:.2f}" for w, m in low.items())
                    + "), lr/τ leaves most updates at the full rate.")
-    for w, g in a.groupby("processes"):
+    for (experiment, w), g in s[s.experiment.isin(["async", "async_seed_scale"])].groupby(["experiment", "processes"]):
+        where = "" if experiment == "async" else " on all the training images"
         g = g.set_index("variant")
         if {"per_worker", "serial_lr_per_worker"} <= set(g.index):
-            out.append(f"Async with {w} workers at lr / {w}: {_versus(g, 'per_worker', 'serial_lr_per_worker')} "
+            out.append(f"Async with {w} workers at lr / {w}{where}: {_versus(g, 'per_worker', 'serial_lr_per_worker')} "
                        f"serial SGD at lr / {w}, whose gap to serial at lr is {g.gap_points['serial_lr_per_worker']:+.1f} pts "
                        f"in these epochs.")
     y = s[s.experiment == "sync"].set_index(["variant", "processes"])
@@ -191,10 +206,13 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=cli.positive_int, default=seed003.SETTING["epochs"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--processes", type=cli.positive_int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--seed-scale-workers", type=cli.positive_int, nargs="*", default=[3, 4],
+                        help="async at lr / w on all the training images for these worker counts")
     parser.add_argument("--lr", type=cli.positive_float, default=0.1, help="serial SGD's rate (06's grid picks 0.1)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    df = run(mpi.load_data("mnist"), args.lr, args.processes, args.seeds, args.subset, args.epochs, out=args.out)
+    df = run(mpi.load_data("mnist"), args.lr, args.processes, args.seeds, args.subset, args.epochs, out=args.out,
+             seed_scale_workers=args.seed_scale_workers)
     print("\n".join(findings(df)))
     return 0
 
@@ -210,9 +228,10 @@ def beside_seed(df: pd.DataFrame) -> pd.DataFrame:
     run (mean, min and max over seeds): the gap, not the accuracy, is what a different data size and loss leave
     comparable."""
     s = summary(df)
-    s = s[s.experiment.isin(["async", "sync", "seed_setup"]) & (s.processes > 1)].copy()
+    s = s[s.experiment.isin(["async", "async_seed_scale", "sync", "seed_setup"]) & (s.processes > 1)].copy()
     seed = seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy
-    claimed = [seed.get(("async" if e == "async" else "sync", p), float("nan")) for e, p in zip(s.experiment, s.processes)]
+    claimed = [seed.get(("async" if e.startswith("async") else "sync", p), float("nan"))
+               for e, p in zip(s.experiment, s.processes)]
     s["seed_gap_points"] = [100 * (c - seed["serial", 1]) for c in claimed]
     return s[["experiment", "processes", "seed_gap_points", "variant", "gap_points", "gap_points_min",
               "gap_points_max"]].reset_index(drop=True)

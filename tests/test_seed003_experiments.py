@@ -21,12 +21,17 @@ def test_jobs_cover_every_variant_for_every_seed_and_process_count():
     assert by["serial_batch", 3, 0] == dict(mode="allreduce", processes=1, lr=0.1, seed=0, batch_size=300)
     assert by["whole_data_lr_p", 3, 1]["lr"] == pytest.approx(0.3) and by["whole_data_lr_p", 3, 1]["whole_data"]
     assert by["serial_lr_per_worker", 2, 0] == dict(mode="allreduce", processes=1, lr=0.05, seed=0)
+    scale = [(f, j) for f, j in ex.jobs(0.1, [2], [0], [3]) if f["experiment"] == "async_seed_scale"]
+    assert [(f["variant"], j["mode"], j["processes"], j["lr"]) for f, j in scale] == [
+        ("serial", "allreduce", 1, 0.1), ("serial_lr_per_worker", "allreduce", 1, pytest.approx(0.1 / 3)),
+        ("per_worker", "async", 4, pytest.approx(0.1 / 3))]
+    assert all(j["subset"] is None for _, j in scale)
     assert by["xent_h100", 1, 0]["mode"] == "allreduce" and by["xent_h100", 2, 0]["loss"] == "xent"
 
 
 def test_a_run_writes_one_row_per_job(toy, tmp_path, monkeypatch):  # noqa: F811
     first = [job for i, job in enumerate(ex.jobs(2.0, [2], [0])) if i in (0, 2, 3)]  # serial, async delta, staleness
-    monkeypatch.setattr(ex, "jobs", lambda lr, processes, seeds: iter(first))
+    monkeypatch.setattr(ex, "jobs", lambda *args: iter(first))
     out = tmp_path / "explain.csv"
     df = ex.run(toy, 2.0, [2], [0], subset=TINY["subset"], epochs=2, net="16", out=out, dataset="toy",
                 impl="numpy", batch_size=TINY["batch_size"])
