@@ -12,11 +12,17 @@ Modes (every rank builds the same trainer from the same seed; rank 0 broadcasts 
   average    seed 003's synchronous method. Each rank owns a shard of the training set and runs plain
              SGD on it; every ``--sync-every`` steps (0 = once per epoch) the parameters are averaged
              with an Allreduce (v = 1/c Σ w_i), which is the reduce + broadcast of seed 003 in one call.
+             With ``--whole-data`` every rank passes over the whole training set in its own order
+             instead of its shard: p times the examples, as many steps per epoch as serial SGD.
   async      seed 003's asynchronous method as seed 002's parameter server. Rank 0 holds the
              parameters v and applies updates in the order they arrive; ranks 1..N-1 each own a shard,
              run ``--sync-every`` local SGD steps from the v they last received, send the change
              (w - v_old), and get the current v back. No global barrier. Staleness = the number of
              updates the server applied between a worker's pull and its push.
+             ``--async-rule`` says how the server takes a push: ``delta`` (v += w - v_old, above),
+             ``staleness`` (the change divided by max(1, staleness): Zhang et al. 2016's staleness-aware
+             rate, lr/τ per gradient) or ``replace`` (seed 003 read literally: the worker sends its w_i
+             and the server sets v = w_i, then returns it).
 
 Rank 0 gathers per-epoch loss/accuracy/time plus each rank's CPU use and peak memory and writes one tidy
 CSV (a row per epoch and rank; ``epoch`` counts epochs completed, from 1) atomically with ``--out``.
@@ -50,6 +56,7 @@ from types import SimpleNamespace
 import numpy as np
 
 MODES = ("allreduce", "average", "async")
+ASYNC_RULES = ("delta", "staleness", "replace")
 TOY = "toy"  # a small synthetic dataset for tests and smoke runs (no files needed)
 
 
@@ -237,7 +244,7 @@ def _setup(args, comm):
     if problem:
         raise Refused(problem)
     T = trainers.get(args.impl)
-    trainer = T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, dtype=args.dtype, seed=args.seed)
+    trainer = T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, dtype=args.dtype, seed=args.seed, **loss_option(args.loss))
     flat = Flat(trainer.sizes, trainer.dtype, extra=1)  # the extra slot carries the loss
     buf = flat.pack(trainer.params, flat.empty())
     resumed = _restore(args, comm, ds, trainer, flat, buf)
@@ -257,7 +264,7 @@ def _identity(args, comm, ds, trainer) -> dict:
     return {"mode": args.mode, "processes": comm.size, "impl": args.impl, "sizes": list(trainer.sizes),
             "dtype": str(trainer.dtype), "dataset": data_fingerprint(ds), "subset": args.subset,
             "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay,
-            "sync_every": args.sync_every, "seed": args.seed}
+            "sync_every": args.sync_every, "seed": args.seed, "whole_data": args.whole_data, "loss": args.loss}
 
 
 def _restore(args, comm, ds, trainer, flat, buf) -> dict:
@@ -351,9 +358,10 @@ def allreduce_step(trainer, flat, buf, grads, X, Y, B, lr, comm, dog) -> float:
 def train_average(args, comm, dog):
     ds, trainer, flat, resumed = _setup(args, comm)
     size, rank, B = comm.size, comm.rank, args.batch_size
-    shard = np.array_split(np.arange(len(ds.X_train)), size)[rank]
+    everything = np.arange(len(ds.X_train))
+    shard = everything if args.whole_data else np.array_split(everything, size)[rank]
     # every rank must take the same number of steps or the averaging collectives would not match up
-    steps_per_epoch = (len(ds.X_train) // size) // B
+    steps_per_epoch = (len(ds.X_train) // (1 if args.whole_data else size)) // B
     if steps_per_epoch == 0:
         raise SystemExit(f"error: {len(ds.X_train)} examples over {size} ranks leave fewer than "
                          f"--batch-size {B} per shard; use fewer ranks, a smaller batch or more data")
@@ -430,7 +438,8 @@ def _worker(args, comm, dog, ds, trainer, flat):
             steps, since_push = steps + 1, since_push + 1
             if since_push == k or s + 1 == n_steps:
                 flat.pack(trainer.params, now)
-                now -= base  # the update: what this worker's steps changed
+                if args.async_rule != "replace":
+                    now -= base  # the update: what this worker's steps changed
                 header[:] = (version[0], since_push, epoch)
                 with dog.wait("the parameter server's reply"):
                     comm.Send(header, dest=0, tag=_PUSH)
@@ -473,8 +482,9 @@ def _server(args, comm, ds, trainer, flat, MPI):
         if tag == _PUSH:
             comm.Recv(header, source=src, tag=_PUSH)
             comm.Recv(delta, source=src, tag=_PUSH)
-            v += delta  # apply in arrival order: no barrier, no averaging
-            staleness.setdefault(int(header[2]), []).append(int(version[0] - header[0]))
+            stale = int(version[0] - header[0])
+            take_push(v, delta, stale, args.async_rule)  # in arrival order: no barrier, no averaging
+            staleness.setdefault(int(header[2]), []).append(stale)
             version[0] += 1
             comm.Send(version, dest=src, tag=_PARAMS)
             comm.Send(v, dest=src, tag=_PARAMS)
@@ -504,10 +514,28 @@ def _server(args, comm, ds, trainer, flat, MPI):
     return rows
 
 
+def take_push(v, pushed, staleness: int, rule: str) -> None:
+    """The server takes one worker's push into v, in place. ``pushed`` is the worker's change (w - v_old)
+    under ``delta`` and ``staleness``, its parameters w under ``replace``."""
+    if rule == "replace":  # seed 003 read literally: v = w_i
+        v[:] = pushed
+    elif rule == "staleness":  # Zhang et al. 2016: lr / τ for a change computed τ updates ago
+        v += pushed / max(staleness, 1)
+    elif rule == "delta":
+        v += pushed
+    else:
+        raise ValueError(f"unknown async rule {rule!r}; choose one of {ASYNC_RULES}")
+
+
 def MPI_IN_PLACE():
     from mpi4py import MPI
 
     return MPI.IN_PLACE
+
+
+def loss_option(loss: str) -> dict:
+    """The trainer option for a loss other than the study's MSE (only the numpy trainer has another)."""
+    return {} if loss == "mse" else {"loss": loss}
 
 
 def _summary(args, trainer, ds, epoch, lr, train_loss, epoch_s, elapsed) -> dict:
@@ -560,6 +588,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-decay", type=float, default=0.01, help="fraction the lr shrinks after each epoch")
     p.add_argument("--sync-every", type=int, default=1,
                    help="average/async: local SGD steps between exchanges (0 = once per epoch)")
+    p.add_argument("--async-rule", default="delta", choices=ASYNC_RULES,
+                   help="async: how the server takes a push: add the change (delta), add it divided by the "
+                        "staleness (staleness), or set v to the worker's parameters (replace)")
+    p.add_argument("--whole-data", action="store_true",
+                   help="average: every rank passes over the whole training set, not its shard")
+    p.add_argument("--loss", default="mse", choices=("mse", "xent"),
+                   help="the trainer's loss: the study's sigmoid + MSE, or softmax + cross-entropy (needs --impl numpy)")
     p.add_argument("--impl", default=None, help="per-rank trainer (default serial-blas if available, else numpy)")
     p.add_argument("--threads", type=int, default=1, help="BLAS threads per rank")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
@@ -587,6 +622,9 @@ def parse_args(argv=None):
               (args.subset is None or args.subset >= 1, "--subset must be >= 1"),
               (args.dataset in (*_dataset_names(), TOY), f"--dataset {args.dataset!r} is not one of {[*_dataset_names(), TOY]}"),
               (not args.resume or args.checkpoint, "--resume needs --checkpoint PATH"),
+              (args.mode == "async" or args.async_rule == "delta", "--async-rule applies to --mode async only"),
+              (args.mode == "average" or not args.whole_data, "--whole-data applies to --mode average only"),
+              (args.loss == "mse" or args.impl == "numpy", "--loss xent needs --impl numpy"),
               (args.impl is None or args.impl in _trainer_names(),
                f"--impl {args.impl!r} is not a trainer; choose one of {_trainer_names()}"),
               (args.mode != "async" or not args.checkpoint,
@@ -649,7 +687,8 @@ def main(argv=None) -> int:
         df = pd.DataFrame(rows)
         meta = {"mode": args.mode, "processes": comm.size, "net": args.net if isinstance(args.net, str) else "-".join(map(str, args.net)),
                 "dataset": args.dataset, "batch_size": args.batch_size, "impl": args.impl,
-                "sync_every": args.sync_every, "seed": args.seed}
+                "sync_every": args.sync_every, "seed": args.seed, "async_rule": args.async_rule,
+                "whole_data": args.whole_data, "loss": args.loss}
         for i, (k, v) in enumerate(meta.items()):
             df.insert(i, k, [v] * len(df))
         if args.out:
@@ -683,7 +722,8 @@ def mpiexec() -> str:
 def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: float | None = None, **options):
     """Run ``mpiexec -n processes python -m parbp.mpi --mode mode ...`` and return its CSV as a DataFrame.
 
-    ``options`` become flags (``batch_size=100`` -> ``--batch-size 100``); ``watchdog`` is the job's own
+    ``options`` become flags (``batch_size=100`` -> ``--batch-size 100``, ``whole_data=True`` ->
+    ``--whole-data``); ``watchdog`` is the job's own
     ``--timeout``. A job that fails or outlives ``timeout`` seconds raises RuntimeError with the tail of
     its output.
     """
@@ -699,8 +739,11 @@ def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: flo
         csv = Path(out) if out else Path(tmp) / "run.csv"
         cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.mpi", "--mode", mode, "--out", str(csv)]
         for k, v in {**options, "timeout": watchdog}.items():
-            if v is not None:
-                cmd += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+            flag = f"--{k.replace('_', '-')}"
+            if v is True:  # a switch
+                cmd.append(flag)
+            elif v is not None and v is not False:
+                cmd += [flag, ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
         proc = run_command(cmd, timeout)
         if proc.returncode != 0:
             # mpiexec reports a dead rank on stdout ("BAD TERMINATION ..."), our ranks on stderr

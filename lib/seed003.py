@@ -42,14 +42,16 @@ def method_of(mode: str, processes: int) -> str:
     return "serial" if processes == 1 else {"average": "sync", "async": "async", "allreduce": "allreduce"}[mode]
 
 
-def test_scores(params_file, ds, net, impl=None) -> tuple[float, float]:
-    """(MSE, accuracy) on the test split of the parameters a ``parbp.mpi`` run saved with --params-out."""
+def test_scores(params_file, ds, net, impl=None, loss="mse") -> tuple[float, float]:
+    """(MSE, accuracy) on the test split of the parameters a ``parbp.mpi`` run saved with --params-out
+    (the MSE of the softmax outputs where the run trained with ``loss="xent"``)."""
     from . import trainers
 
     saved = np.load(params_file)
     if isinstance(net, str) and ("," in net or net.isdigit()):  # hidden widths, as parbp.mpi's --net takes them
         net = [int(w) for w in net.split(",")]
-    trainer = trainers.make(impl or mpi.default_impl(), net=net, n_in=ds.n_in, n_out=ds.n_out, seed=0)
+    trainer = trainers.make(impl or mpi.default_impl(), net=net, n_in=ds.n_in, n_out=ds.n_out, seed=0,
+                            **mpi.loss_option(loss))
     trainer.params = [(saved[f"W{i}"].astype(trainer.dtype), saved[f"b{i}"].astype(trainer.dtype))
                       for i in range(len(trainer.params))]
     return mpi.evaluate(trainer, ds.X_test, ds.Y_test, ds.y_test)
@@ -63,7 +65,7 @@ def run(mode: str, processes: int, lr: float, ds, net: str = "1h", subset=None, 
         df = mpi.run(mode, processes, timeout=3600, watchdog=300, net=net, subset=subset, epochs=epochs, lr=lr,
                      impl=impl, seed=seed, params_out=params,
                      **{**{k: v for k, v in SETTING.items() if k != "epochs"}, **options})
-        test_loss, test_acc = test_scores(params, ds, net, impl)
+        test_loss, test_acc = test_scores(params, ds, net, impl, options.get("loss", "mse"))
     return df.assign(lr0=lr, method=method_of(mode, processes), test_loss=test_loss, test_acc=test_acc)
 
 

@@ -135,3 +135,34 @@ def test_benchmark_runs_both_engines():
     assert ours["step_s"] > 0 and ours["compute_s"] > 0 and ours["other_s"] >= 0
     ddp = mpi_bench.run_ddp(net="1h", batch_size=20, processes=2, steps=2, warmup=1, timeout=120)
     assert ddp["step_s"] > 0
+
+
+def test_the_server_takes_a_push_by_its_rule():
+    pushed = np.array([2.0, -4.0])
+    for rule, staleness, expected in [("delta", 3, [3.0, -3.0]), ("staleness", 2, [2.0, -1.0]),
+                                      ("staleness", 0, [3.0, -3.0]), ("replace", 5, [2.0, -4.0])]:
+        v = np.array([1.0, 1.0])
+        mpi.take_push(v, pushed, staleness, rule)
+        np.testing.assert_allclose(v, expected, err_msg=f"{rule}, staleness {staleness}")
+    with pytest.raises(ValueError, match="choose one of"):
+        mpi.take_push(np.zeros(2), pushed, 1, "average")
+
+
+def test_one_async_worker_is_the_same_run_under_every_rule():
+    """With one worker nothing is ever stale, so adding its change, dividing it by max(1, 0) and taking its
+    parameters all give the same model: the rules differ only in how they treat other workers' updates."""
+    finals = [mpi.run("async", 2, timeout=120, epochs=2, lr=2.0, async_rule=rule, **TINY).query("rank == 0")
+              for rule in mpi.ASYNC_RULES]
+    for df in finals:
+        assert (df.staleness_max == 0).all()
+        np.testing.assert_allclose(df.val_loss, finals[0].val_loss, rtol=1e-5)
+    assert (finals[-1].async_rule == "replace").all()
+
+
+def test_whole_data_gives_every_rank_all_the_steps():
+    # 400 examples, batch 40: 10 steps an epoch over everything, 5 over one of two shards (sync every step)
+    runs = {whole: mpi.run("average", 2, timeout=120, epochs=1, lr=2.0, whole_data=whole, **TINY).query("rank == 0")
+            for whole in (True, False)}
+    assert runs[True].syncs.iloc[-1] == 10 and runs[False].syncs.iloc[-1] == 5
+    with pytest.raises(RuntimeError, match="--whole-data applies to --mode average only"):
+        mpi.run("allreduce", 2, timeout=60, epochs=1, whole_data=True, **TINY)
