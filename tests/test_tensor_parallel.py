@@ -210,3 +210,23 @@ def test_stopped_rank_trips_the_bounded_wait():
                 r.kill()
     assert rc != 0 and seconds < 30
     assert "Allreduce of a layer pair's" in text and "got no answer for 3 s" in text
+
+
+def test_benchmark_tiny_run(tmp_path, capsys):
+    import pandas as pd
+
+    from parbp import tensor_parallel_bench as bench
+
+    out = tmp_path / "goal.csv"
+    assert bench.main(["--dataset", "toy", "--subset", "400", "--net", "16,16", "--batch-size", "40", "--steps", "2",
+                       "--rounds", "2", "--micro-batches", "2", "--out", str(out)]) == 0
+    df = pd.read_csv(out).set_index("method")
+    assert list(df.index) == ["serial", "data parallel", "pipeline 1f1b m=2", "tensor parallel"]
+    assert (df.examples_per_s > 0).all() and {"cpu", "blas", "loadavg_before", "loadavg_after"} <= set(df.columns)
+    t = df.loc["tensor parallel"]
+    assert t.vs_serial_min <= t.vs_serial <= t.vs_serial_max and t.met == (t.vs_serial >= bench.GOAL)
+    assert t.sent_mib_per_step * 2**20 == 40 * 16 * 4  # 16-16-16-4: one forward Allreduce of the pair's 40 x 16 outputs
+    assert t.step_ms > 0 and t.compute_ms > 0 and t.allreduce_ms >= 0  # medians each: they need not add up
+    assert "goal:" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--steps 20 is more than the 10 minibatches of 40"):
+        bench.main(["--dataset", "toy", "--subset", "400", "--net", "16", "--batch-size", "40", "--steps", "20"])
