@@ -20,8 +20,8 @@ of both layers, almost all of a step's FLOPs.
 
 An odd number of weight layers (Net-2h: 784-1024-1024-10 has 3) leaves the LAST layer unpaired: it is
 replicated, every rank computes it whole from the pair's whole output, with no communication. It is the
-output layer, k × n_out with n_out small (10 for MNIST), about 1 % of Net-2h's FLOPs; splitting it would
-cost one more Allreduce per step for almost nothing. A hidden width that does not divide by the ranks is
+output layer, k × n_out with n_out small (10 for MNIST), under 1 % of Net-2h's training FLOPs; splitting
+it would cost one more Allreduce per step for almost nothing. A hidden width that does not divide by the ranks is
 split as evenly as possible (53 units over 2 ranks: 27 + 26); fewer hidden units than ranks is refused.
 
 Every step computes the serial trainer's update, to rounding. ``Shard`` is one rank's part and math;
