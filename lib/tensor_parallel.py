@@ -481,16 +481,14 @@ def run(processes: int, timeout: float = 600, out=None, watchdog: float | None =
 
     import pandas as pd
 
-    from .mpi import mpiexec, run_command
+    from .mpi import flags, mpiexec, run_command
 
     if not isinstance(processes, (int, np.integer)) or processes < 1:
         raise ValueError(f"processes must be a positive integer, got {processes!r}")
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(out) if out else Path(tmp) / "run.csv"
-        cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.tensor_parallel", "--out", str(csv)]
-        for k, v in {**options, "timeout": watchdog}.items():
-            if v is not None:
-                cmd += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+        cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.tensor_parallel", "--out", str(csv),
+               *flags({**options, "timeout": watchdog})]
         proc = run_command(cmd, timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"mpiexec -n {processes} parbp.tensor_parallel failed (exit {proc.returncode})"

@@ -11,6 +11,7 @@ import numpy as np
 import psutil
 import pytest
 
+from checks import assert_params_close, finish_after_stopping, finish_job
 from parbp import mpi, nets, trainers
 from parbp import tensor_parallel as tp
 
@@ -54,11 +55,9 @@ def serial(sizes):
     return trainers.get(mpi.default_impl())(net=sizes, n_in=sizes[0], n_out=sizes[-1], seed=0)
 
 
-def assert_same_params(a, b, atol=1e-5):
-    assert [W.shape for W, _ in a] == [W.shape for W, _ in b]
-    for (Wa, ba), (Wb, bb) in zip(a, b):
-        np.testing.assert_allclose(Wa, Wb, atol=atol)
-        np.testing.assert_allclose(ba, bb, atol=atol)
+def assert_same_params(got, want):
+    """Within 1e-5: the goal's tolerance."""
+    assert_params_close(got, want, rtol=0, atol=1e-5)
 
 
 NETS = {"1h": [784, 1024, 10], "2h": [784, 1024, 1024, 10], "odd": [37, 53, 29, 11], "four": [20, 9, 7, 5, 3]}
@@ -177,22 +176,11 @@ def _start(n, extra=()):
     pytest.fail("the MPI job did not start within 30 s")
 
 
-def _finish(proc, limit=30):
-    t0 = time.time()
-    try:
-        out, err = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"the job hung for more than {limit} s after a rank failed")
-    return proc.returncode, out + err, time.time() - t0
-
-
 def test_killed_rank_is_named_within_30_s():
     proc, ranks = _start(2)
     victim = ranks[-1].pid
     ranks[-1].kill()
-    rc, text, seconds = _finish(proc)
+    rc, text, seconds = finish_job(proc)
     assert rc != 0 and seconds < 30
     names = tp.dead_rank(text)
     assert names.startswith(": rank ") and f"(pid {victim}) died" in names
@@ -201,13 +189,7 @@ def test_killed_rank_is_named_within_30_s():
 def test_stopped_rank_trips_the_bounded_wait():
     """A stopped rank does not die, so mpiexec sees nothing: the other rank's bounded Allreduce ends the job."""
     proc, ranks = _start(2, ["--timeout", "3"])
-    ranks[-1].suspend()
-    try:
-        rc, text, seconds = _finish(proc)
-    finally:
-        for r in ranks:
-            if r.is_running():
-                r.kill()
+    rc, text, seconds = finish_after_stopping(proc, ranks)
     assert rc != 0 and seconds < 30
     assert "Allreduce of a layer pair's" in text and "got no answer for 3 s" in text
 
