@@ -162,6 +162,25 @@ def test_on_ipp_engines_equals_serial():
             tp.TensorParallel(eng, ds, net=[1])
 
 
+@pytest.mark.parametrize("sig,message", [(signal.SIGKILL, "died"), (signal.SIGSTOP, "stopped answering")])
+def test_failed_engine_is_named_within_30_s(sig, message):
+    """Kill or stop rank 1 mid-epoch on the engines: EngineFailure naming its engine, never a hang."""
+    from parbp import ipp as pi
+
+    ds = mpi.load_data("toy", 400)
+    with pi.Engines(n=2, timeout=5) as eng:
+        model = tp.TensorParallel(eng, ds, net=[64, 64])
+        threading.Timer(1.0, os.kill, args=(eng.pids[1], sig)).start()
+        t0 = time.time()
+        try:
+            with pytest.raises(pi.EngineFailure, match=f"engine\\(?s?\\)? \\[?{eng.ids[1]}\\]?.*{message}|{message}.*{eng.ids[1]}"):
+                model.fit(epochs=100_000, batch_size=40, lr=0.01)
+            assert time.time() - t0 < 30
+        finally:
+            if sig == signal.SIGSTOP:
+                os.kill(eng.pids[1], signal.SIGKILL)  # a stopped engine would not hear the cluster's stop
+
+
 def _start(n, extra=()):
     cmd = [mpi.mpiexec(), "-n", str(n), sys.executable, "-m", "parbp.tensor_parallel", "--dataset", "toy",
            "--net", "64,64", "--batch-size", "20", "--steps", "10000000", "--lr", "0.01", *extra]
