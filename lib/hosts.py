@@ -193,6 +193,16 @@ class Hosts:
         if proc.stdout.readline().strip() != "ready":  # the queue is bound before any packet needs it
             raise RuntimeError(f"the delay line in {name} did not start (exit {proc.poll()})")
 
+    def delay_line_cpu_s(self) -> float:
+        """CPU seconds the delay lines have used so far (they share the cores with the ranks)."""
+        import psutil
+
+        total = 0.0
+        for proc in self._delays:
+            t = psutil.Process(proc.pid).cpu_times()  # ``ip netns exec`` execs the delay line in this process
+            total += t.user + t.system
+        return total
+
     def close(self):
         from pyroute2 import IPRoute
 

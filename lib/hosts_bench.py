@@ -1,7 +1,7 @@
 """The cost model held against emulated hosts: measured step times of data parallelism, GPipe, 1F1B and
 tensor parallelism over shaped links, beside the alpha-beta model's predictions.
 
-    python -m parbp.hosts_bench --out figures/07_hosts_validation.csv     # the grid below, ~15 min
+    python -m parbp.hosts_bench --out figures/07_hosts_validation.csv     # the grid below, ~20 min
     python -m parbp.hosts_bench --quick --out /tmp/v.csv                  # 2 settings, 2 ranks
 
 For each link setting (one-way delay, rate) it makes 4 hosts (``parbp.hosts``), measures the link itself
@@ -41,11 +41,16 @@ import pandas as pd
 NET = [784, 256, 256, 256, 10]  # 4 weight layers: a stage each for 4 ranks, two tensor-parallel pairs
 BATCH, MICRO, STEPS = 512, 4, 5
 AXES = ("data parallel", "gpipe", "1f1b", "tensor parallel")
-# (one-way delay µs, rate Mbit/s); held out: every third, spread over the grid
-SETTINGS = [(50, 400), (200, 100), (500, 200), (1000, 400), (2000, 100), (100, 200), (1000, 100),
-            (300, 400), (2000, 200), (500, 100), (50, 100), (200, 400)]
-HELD_OUT = {(100, 200), (1000, 100), (2000, 200), (200, 400)}
-PINGPONG_SIZES = (8, 1024, 16384, 131072, 1048576)
+# (one-way delay µs, rate Mbit/s); held out: one to three per rate, spread over the delays
+SETTINGS = [(50, 100), (200, 100), (500, 100), (2000, 100), (100, 200), (200, 200), (1000, 200), (2000, 200),
+            (50, 400), (500, 400), (1000, 400)]
+HELD_OUT = {(200, 100), (100, 200), (2000, 200), (500, 400)}
+# tensor parallelism moves B·Σwidths activations, data parallelism the 4N-byte gradient: which is less depends on B
+CROSSOVER_SETTING, CROSSOVER_BATCHES = (500, 200), (64, 128, 256, 512, 1024, 2048)
+PINGPONG_SIZES = (8, 1024, 16384, 131072, 524288, 1048576)
+# tbf lets a message shorter than its bucket (burst_bytes, ~1 ms at the rate) pass at the veth's own speed;
+# the messages a step sends are larger, so β is fitted on the sizes past the bucket (and α on the smallest)
+FIT_FROM_BYTES = 131072
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +77,7 @@ def worker(args) -> None:
 
     world = MPI.COMM_WORLD
     p, rank = world.size, world.rank
-    out = {"p": p}
+    out = {"p": p, "batch": args.batch}
     if args.pingpong:
         out["pingpong"] = costmodel._measure(PINGPONG_SIZES, 0.02)
     threadpool_limits(1)
@@ -189,7 +194,8 @@ def cpu_lock(path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def run_setting(delay_us, rate_mbit, ranks=(2, 3, 4), steps=STEPS, lock=None, timeout=300) -> tuple[dict, list[dict]]:
+def run_setting(delay_us, rate_mbit, ranks=(2, 3, 4), steps=STEPS, lock=None, timeout=300,
+                batches=(BATCH,)) -> tuple[dict, list[dict]]:
     from . import costmodel
     from .hosts import Hosts, measure_link
 
@@ -198,13 +204,20 @@ def run_setting(delay_us, rate_mbit, ranks=(2, 3, 4), steps=STEPS, lock=None, ti
         link = measure_link(h, seconds=2.0)
         jobs = []
         for p in ranks:
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "job.json"
-                h.mpiexec([sys.executable, "-m", "parbp.hosts_bench", "--worker-out", out, "--steps", steps,
-                           *(["--pingpong"] if p == min(ranks) else [])], ranks=p, timeout=timeout)
-                jobs.append(json.loads(out.read_text()))
+            for batch in batches:
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = Path(tmp) / "job.json"
+                    first = p == min(ranks) and batch == batches[0]
+                    cpu0, t0 = h.delay_line_cpu_s(), time.perf_counter()
+                    h.mpiexec([sys.executable, "-m", "parbp.hosts_bench", "--worker-out", out, "--steps", steps,
+                               "--batch", batch, *(["--pingpong"] if first else [])], ranks=p, timeout=timeout)
+                    job = json.loads(out.read_text())
+                    # how much of the machine's cores the delay lines took while this job ran
+                    job["delay_line_cores"] = (h.delay_line_cpu_s() - cpu0) / (time.perf_counter() - t0)
+                    jobs.append(job)
     pp = pd.DataFrame(jobs[0]["pingpong"])
-    ab = costmodel.fit(pp[pp.op == "pingpong"])
+    pp = pp[pp.op == "pingpong"]
+    ab = costmodel.fit(pp[(pp.bytes == pp.bytes.min()) | (pp.bytes >= FIT_FROM_BYTES)])
     link.update(alpha_s=ab.alpha, beta_s_per_byte=ab.beta, load=load)
     return link, jobs
 
@@ -216,12 +229,12 @@ def _compute_s(compute: list[dict], axis: str, micro: int = MICRO) -> float:
     return max(c[axis] for c in compute)
 
 
-def validate(settings=SETTINGS, held_out=HELD_OUT, ranks=(2, 3, 4), steps=STEPS, lock=None):
-    """Run every setting; returns (one row per setting × ranks × axis, one row per link, (α₀, η))."""
+def validate(settings=SETTINGS, held_out=HELD_OUT, ranks=(2, 3, 4), steps=STEPS, lock=None, batches=(BATCH,)):
+    """Run every setting; returns (one row per setting × ranks × batch × axis, one row per link, (α₀, η))."""
     runs = []
     for delay_us, rate_mbit in settings:
         t0 = time.perf_counter()
-        link, jobs = run_setting(delay_us, rate_mbit, ranks, steps, lock)
+        link, jobs = run_setting(delay_us, rate_mbit, ranks, steps, lock, batches=batches)
         link["held_out"] = (delay_us, rate_mbit) in held_out
         runs.append((link, jobs))
         print(f"delay {delay_us} us, rate {rate_mbit} Mbit/s: {time.perf_counter() - t0:.0f} s; "
@@ -236,13 +249,14 @@ def validate(settings=SETTINGS, held_out=HELD_OUT, ranks=(2, 3, 4), steps=STEPS,
         beta = 1 / (eta * link["rate_mbit"] * 1e6 / 8)
         for job in jobs:
             compute = [r["compute"] for r in job["ranks"]]
-            own = predict(compute, job["p"], link["alpha_s"], link["beta_s_per_byte"])
-            fitted = predict(compute, job["p"], alpha, beta)
+            own = predict(compute, job["p"], link["alpha_s"], link["beta_s_per_byte"], job["batch"])
+            fitted = predict(compute, job["p"], alpha, beta, job["batch"])
             for a in AXES:
-                rows.append({**{k: link[k] for k in LINK_COLUMNS}, "ranks": job["p"], "axis": a,
+                rows.append({**{k: link[k] for k in LINK_COLUMNS}, "ranks": job["p"], "batch": job["batch"], "axis": a,
                              "measured_s": max(r["measured"][a] for r in job["ranks"]),
                              "predicted_s": fitted[a], "predicted_own_link_s": own[a],
-                             "compute_s": _compute_s(compute, a), "alpha_model_s": alpha, "beta_model_s_per_byte": beta})
+                             "compute_s": _compute_s(compute, a), "alpha_model_s": alpha, "beta_model_s_per_byte": beta,
+                             "delay_line_cores": job["delay_line_cores"]})
     df = pd.DataFrame(rows)
     df["rel_error"] = (df.predicted_s - df.measured_s) / df.measured_s
     df["rel_error_own_link"] = (df.predicted_own_link_s - df.measured_s) / df.measured_s
@@ -267,6 +281,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m parbp.hosts_bench", description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="CSV of every measurement and prediction (with the machine in every row)")
     ap.add_argument("--quick", action="store_true", help="2 settings (1 held out), 2 ranks: a smoke run")
+    ap.add_argument("--crossover", action="store_true",
+                    help=f"one setting {CROSSOVER_SETTING}, 2 ranks, batches {CROSSOVER_BATCHES}: where tensor "
+                         f"parallelism overtakes data parallelism")
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--settings", type=int, default=len(SETTINGS), help="the first N link settings of the grid")
     ap.add_argument("--lock", default=None, help="a file to flock exclusively while each setting runs")
@@ -287,10 +304,12 @@ def main(argv=None) -> int:
     if not 2 <= args.settings <= len(SETTINGS):
         ap.error(f"--settings must be from 2 to {len(SETTINGS)}, got {args.settings}")
     settings = SETTINGS[:args.settings]
-    ranks = (2, 3, 4)
+    ranks, batches = (2, 3, 4), (args.batch,)
     if args.quick:
-        settings, ranks = [(200, 100), (100, 200)], (2,)
-    df, links, (alpha0, eta) = validate(settings, HELD_OUT, ranks, args.steps, args.lock)
+        settings, ranks = [(500, 100), (200, 100)], (2,)
+    if args.crossover:
+        settings, ranks, batches = [CROSSOVER_SETTING], (2,), CROSSOVER_BATCHES
+    df, links, (alpha0, eta) = validate(settings, HELD_OUT, ranks, args.steps, args.lock, batches)
     from .envinfo import cpu_name, machine_label
 
     df["cpu"], df["machine"] = cpu_name(), machine_label()
@@ -302,7 +321,8 @@ def main(argv=None) -> int:
     pd.set_option("display.width", 200)
     print(f"link model from the fit settings: alpha = {alpha0 * 1e6:.0f} us + delay, bandwidth = {eta:.2f} x rate")
     print(df.groupby(["axis", "held_out"])[["rel_error", "rel_error_own_link"]].agg(lambda e: e.abs().median()).to_string())
-    print(goals(df).to_string(index=False))
+    if not args.crossover:
+        print(goals(df).to_string(index=False))
     return 0
 
 
