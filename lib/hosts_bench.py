@@ -14,10 +14,10 @@ For each link setting (one-way delay, rate) it makes 4 hosts (``parbp.hosts``), 
 
 The model of a step is that compute plus the messages as α + β·n each:
 
-  data parallel   T = T_comp(B/p) + ring all-reduce of the 4N-byte gradient
+  data parallel   T = T_comp(B/p) + MPICH's all-reduce of the 4N-byte gradient (``costmodel.mpich_allreduce``)
   GPipe, 1F1B     T = the schedule simulated (``pipeline.simulate``) with the measured stage times and one
                   α + β·(B/m · width · 4) per boundary message, messages queueing on each link, plus the update
-  tensor parallel T = T_comp + one ring all-reduce per activation exchange (``tensor_parallel.message_bytes``)
+  tensor parallel T = T_comp + one all-reduce per activation exchange (``tensor_parallel.message_bytes``)
 
 α and β: per setting from its own ping-pong ("own link"), and — the test — predicted for a setting from the
 others ("held out"): α = α₀ + delay and 1/β = η·rate fitted by least squares on the fit settings only,
@@ -154,7 +154,7 @@ def predict(compute: list[dict], p: int, alpha: float, beta: float, batch: int =
 
     link = costmodel.AlphaBeta(alpha, beta)
     dp_comp = max(c["data parallel"] for c in compute)
-    out = {"data parallel": dp_comp + float(costmodel.ring_allreduce(link, 4 * (n_params(NET) + 1), p))}
+    out = {"data parallel": dp_comp + float(costmodel.mpich_allreduce(link, 4 * (n_params(NET) + 1), p))}
     f, b, u = zip(*(c["stage"] for c in compute))
     width = np.mean([NET[layers[-1] + 1] for layers in pipeline.split_layers(NET, p)[:-1]])
     nbytes = batch // micro * width * 4
@@ -162,7 +162,7 @@ def predict(compute: list[dict], p: int, alpha: float, beta: float, batch: int =
         out[schedule] = pipeline.simulate(schedule, micro, f, b, alpha, beta * nbytes)["span_s"] + max(u)
     msgs = tensor_parallel.message_bytes(NET, batch)
     each = msgs["payload_bytes"] / msgs["allreduces"]
-    tp_comm = msgs["allreduces"] * float(costmodel.ring_allreduce(link, each, p))
+    tp_comm = msgs["allreduces"] * float(costmodel.mpich_allreduce(link, each, p))
     out["tensor parallel"] = max(c["tensor parallel"] for c in compute) + tp_comm
     return out
 

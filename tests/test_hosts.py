@@ -101,3 +101,13 @@ def test_a_pipelines_messages_queue_on_their_link():
     got = pipeline.simulate("gpipe", m, [0.0, 0.0], [0.0, 0.0], message_s=alpha, transfer_s=t)["span_s"]
     assert got == pytest.approx(2 * m * t + 2 * alpha)
     assert pipeline.simulate("gpipe", m, [0.0, 0.0], [0.0, 0.0], message_s=alpha + t)["span_s"] == pytest.approx(2 * (alpha + t))
+
+
+def test_mpichs_allreduce_is_a_ring_for_powers_of_two_and_dearer_for_three():
+    from parbp import costmodel
+
+    bandwidth_only, link, n = costmodel.AlphaBeta(0.0, 1e-8), costmodel.AlphaBeta(1e-4, 1e-8), 4e6
+    for p in (2, 4):  # the same bytes as a ring; fewer latencies (log₂p rounds instead of p − 1)
+        assert costmodel.mpich_allreduce(bandwidth_only, n, p) == pytest.approx(costmodel.ring_allreduce(bandwidth_only, n, p))
+    assert costmodel.mpich_allreduce(link, n, 3) > costmodel.mpich_allreduce(link, n, 4)
+    assert costmodel.mpich_allreduce(link, n, 1) == 0
