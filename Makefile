@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 PROFILE ?= default
 # torch is pinned so pip takes the CPU build instead of resolving the newest CUDA build (GBs)
 TORCH   ?= torch==2.13.0
-EXTRAS  ?= dev,baselines
+EXTRAS  ?= dev,baselines,hosts
 # Some machines export OPENBLAS_CORETYPE (this workplace pins Haswell, i.e. AVX2 kernels, even on
 # AVX-512 CPUs). Measurements should use the kernels OpenBLAS picks for the CPU it finds, so the study
 # and the benchmark run without that override; the recorded environment names the kernels used.

@@ -737,19 +737,27 @@ def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: flo
         raise ValueError(f"processes must be a positive integer, got {processes!r}")
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(out) if out else Path(tmp) / "run.csv"
-        cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.mpi", "--mode", mode, "--out", str(csv)]
-        for k, v in {**options, "timeout": watchdog}.items():
-            flag = f"--{k.replace('_', '-')}"
-            if v is True:  # a switch
-                cmd.append(flag)
-            elif v is not None and v is not False:
-                cmd += [flag, ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+        cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.mpi", "--mode", mode, "--out", str(csv),
+               *flags({**options, "timeout": watchdog})]
         proc = run_command(cmd, timeout)
         if proc.returncode != 0:
             # mpiexec reports a dead rank on stdout ("BAD TERMINATION ..."), our ranks on stderr
             raise RuntimeError(f"mpiexec -n {processes} parbp.mpi --mode {mode} failed (exit {proc.returncode}):\n"
                                f"{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
         return pd.read_csv(csv)
+
+
+def flags(options: dict) -> list[str]:
+    """Keyword options as command-line flags: ``batch_size=100`` -> ``--batch-size 100``, a list joined by
+    commas, True a bare switch, None and False left out."""
+    out = []
+    for k, v in options.items():
+        flag = f"--{k.replace('_', '-')}"
+        if v is True:  # a switch
+            out.append(flag)
+        elif v is not None and v is not False:
+            out += [flag, ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+    return out
 
 
 def run_command(cmd, timeout):

@@ -1,5 +1,4 @@
 """parbp.mpi on real processes: mpiexec -n 2 (or 3) on this machine, tiny nets on the toy dataset."""
-import signal
 import subprocess
 import sys
 import time
@@ -8,6 +7,7 @@ import numpy as np
 import psutil
 import pytest
 
+from checks import finish_after_stopping, finish_job
 from parbp import mpi, trainers
 
 TINY = dict(dataset="toy", net="16", subset=400, batch_size=40, impl="numpy")
@@ -74,24 +74,11 @@ def _start(mode, n, extra=()):
     pytest.fail("the MPI job did not start within 30 s")
 
 
-def _finish(proc, limit=30):
-    t0 = time.time()
-    try:
-        out, err = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        import os
-
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"the job hung for more than {limit} s after a rank failed")
-    return proc.returncode, out + err, time.time() - t0
-
-
 @pytest.mark.parametrize("mode,n", [("allreduce", 2), ("async", 3)])
 def test_killed_rank_ends_the_job_with_a_message(mode, n):
     proc, ranks = _start(mode, n)
     ranks[-1].kill()
-    rc, text, seconds = _finish(proc)
+    rc, text, seconds = finish_job(proc)
     assert rc != 0 and seconds < 30
     assert "BAD TERMINATION" in text or "died" in text
 
@@ -100,13 +87,7 @@ def test_killed_rank_ends_the_job_with_a_message(mode, n):
 def test_hung_rank_trips_the_watchdog(mode, n):
     """A stopped rank does not die, so mpiexec sees nothing: the other ranks' watchdog must end the job."""
     proc, ranks = _start(mode, n, ["--timeout", "3"])
-    ranks[-1].suspend()  # SIGSTOP
-    try:
-        rc, text, seconds = _finish(proc)
-    finally:
-        for r in ranks:
-            if r.is_running():
-                r.kill()
+    rc, text, seconds = finish_after_stopping(proc, ranks)
     assert rc != 0 and seconds < 30
     assert "got no answer" in text or "sent nothing" in text
 
