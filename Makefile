@@ -5,7 +5,11 @@ BIN     := $(VENV)/bin
 PROFILE ?= default
 # torch is pinned so pip takes the CPU build instead of resolving the newest CUDA build (GBs)
 TORCH   ?= torch==2.13.0
-EXTRAS  ?= dev,baselines
+# the emulated hosts' delay line (NetfilterQueue) compiles against libnetfilter-queue-dev: without it that
+# extra is left out and parbp.hosts says, in one line, what it needs (its tests skip with that reason)
+comma   := ,
+HOSTS   := $(if $(wildcard /usr/include/libnetfilter_queue/libnetfilter_queue.h),$(comma)hosts)
+EXTRAS  ?= dev,baselines$(HOSTS)
 # Some machines export OPENBLAS_CORETYPE (this workplace pins Haswell, i.e. AVX2 kernels, even on
 # AVX-512 CPUs). Measurements should use the kernels OpenBLAS picks for the CPU it finds, so the study
 # and the benchmark run without that override; the recorded environment names the kernels used.

@@ -14,10 +14,13 @@ LAYERS = {
     # the trainers themselves (and the kernels and BLAS calls they are built from), compressed networks
     "implementations": ("blas", "numpy_trainer", "cpu", "cuda", "cupy_gpu", "baselines", "theano_worker",
                         "compress"),
-    # several processes training one network: what they share, MPI, ipyparallel engines, pipelines
-    "distributed": ("distributed", "pipeline", "mpi", "ipp", "ipp_relay"),
+    # several processes training one network: what they share, MPI, ipyparallel engines, pipelines, tensor
+    # parallelism, emulated hosts
+    "distributed": ("distributed", "pipeline", "mpi", "ipp", "ipp_relay", "tensor_parallel", "hosts"),
     # timing, memory and communication measurements
-    "measurement": ("bench", "memory", "mpi_bench", "ipp_bench", "costmodel"),
+    "measurement": ("bench", "memory", "mpi_bench", "ipp_bench", "costmodel", "tensor_parallel_bench", "hosts_bench",
+                    "example_threads"),
     # the notebooks' helpers, the study runner and its profiles, the GPU campaign, the seeds' claims and the book
-    "study": ("experiments", "profiles", "study", "gpu_campaign", "seed003", "claims", "book"),
+    "study": ("experiments", "profiles", "study", "gpu_campaign", "seed003", "seed003_experiments", "seed004", "claims",
+              "book"),
 }

@@ -68,6 +68,18 @@ def ring_allreduce(model: AlphaBeta, nbytes, p):
     return np.where(p > 1, 2 * (p - 1) * model.alpha + 2 * (p - 1) / p * nbytes * model.beta, 0.0)
 
 
+def mpich_allreduce(model: AlphaBeta, nbytes, p):
+    """MPICH's Allreduce of a long message (Rabenseifner: a recursive-halving reduce-scatter, then a
+    recursive-doubling all-gather), 2·log₂p'·α + 2·(p'−1)/p'·n·β over p' = the largest power of two ≤ p. The
+    p − p' ranks left over first hand their whole vector to a partner and get the sum back at the end: two
+    more whole messages on the critical path, so 3 ranks take longer than 4. A ring for p = 2 and 4."""
+    p = np.asarray(p, dtype=float)
+    pof2 = 2.0 ** np.floor(np.log2(np.maximum(p, 1.0)))
+    core = 2 * np.log2(pof2) * model.alpha + 2 * (pof2 - 1) / pof2 * nbytes * model.beta
+    extra = np.where(p > pof2, 2 * (model.alpha + nbytes * model.beta), 0.0)
+    return np.where(p > 1, core + extra, 0.0)
+
+
 def parameter_server(model: AlphaBeta, nbytes, p):
     p = np.asarray(p, dtype=float)
     return np.where(p > 1, 2 * p * (model.alpha + nbytes * model.beta), 0.0)

@@ -174,11 +174,27 @@ def reduce_update(W, partials, lr, r0, r1):
 # ---------------------------------------------------------------------------------------------------
 @numba.njit(**_JIT)
 def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
-    """One minibatch step of seed 001's serial backpropagation; returns Σ(a_L − y)² over the minibatch.
+    """One minibatch step of seed 001's serial backpropagation; returns Σ(a_L − y)² over the minibatch:
+    the gradient example by example, then one update."""
+    sse = example_gradients(Ws, bs, gWs, gbs, acts, deltas, X, Y, scale)
+    for l in range(len(Ws)):
+        W, b, gW, gb = Ws[l], bs[l], gWs[l], gbs[l]
+        for i in range(W.shape[0]):
+            for j in range(W.shape[1]):
+                W[i, j] -= lr * gW[i, j]
+        for j in range(b.shape[0]):
+            b[j] -= lr * gb[j]
+    return sse
+
+
+@numba.njit(**_JIT)
+def example_gradients(Ws, bs, gWs, gbs, acts, deltas, X, Y, scale):
+    """The gradient of seed 001's serial backpropagation over the rows of X; returns Σ(a_L − y)².
 
     For each example: forward with matrix-vector products (eqs. 4-5), then backward (eqs. 7-9),
-    adding its outer products a_{l-1} δ_lᵀ into the gradient accumulators; one update at the end.
+    adding its outer products a_{l-1} δ_lᵀ into the gradient accumulators ``gWs``, ``gbs``.
     ``acts[l]`` and ``deltas[l]`` are vectors of one example; every loop runs along a row of W.
+    The weights are only read, so threads may run it on their own examples at once (the paper's design).
     """
     L = len(Ws)
     for l in range(L):
@@ -214,13 +230,6 @@ def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
                     deltas[l - 1][i] = s * ai * (np.float32(1.0) - ai)
                 for j in range(W.shape[1]):
                     gW[i, j] += ai * d[j]
-    for l in range(L):
-        W, b, gW, gb = Ws[l], bs[l], gWs[l], gbs[l]
-        for i in range(W.shape[0]):
-            for j in range(W.shape[1]):
-                W[i, j] -= lr * gW[i, j]
-        for j in range(b.shape[0]):
-            b[j] -= lr * gb[j]
     return sse
 
 

@@ -462,6 +462,14 @@ def toy(n: int = 2000, n_in: int = 16, n_out: int = 4, seed: int = 0) -> Dataset
     return Dataset(TOY, X_train, Y_train, X_val, Y_val, X_val, Y_val)
 
 
+def random_batch(n_in: int, n_out: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random minibatch (X uniform in [0, 1), one-hot Y): what timing a step needs, whose time does not
+    depend on the values."""
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0, 1, size=(rows, n_in)).astype(np.float32)
+    return X, one_hot(rng.integers(0, n_out, rows), n_out)
+
+
 def load_first(name: str, n: int | None = None, seed: int = 0) -> Dataset:
     """``load(name)`` (or the toy set) cut to its first ``n`` training examples: the one meaning of
     ``--subset`` everywhere. Validation and test keep their first max(n // 5, 100) rows."""

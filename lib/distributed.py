@@ -76,6 +76,41 @@ def mpiexec() -> str:
     return found
 
 
+def run_job(module: str, processes: int, args: list[str], timeout: float, out=None, explain=lambda output: ""):
+    """Run ``mpiexec -n processes python -m module ARGS --out CSV`` and return the CSV its rank 0 wrote as a
+    DataFrame. A job that fails or outlives ``timeout`` seconds raises RuntimeError with the tail of its
+    output (``explain(output)`` may add which rank died: mpiexec names only a pid)."""
+    import tempfile
+
+    import pandas as pd
+
+    from .cli import check_positive_int
+
+    check_positive_int("processes", processes)
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(out) if out else Path(tmp) / "run.csv"
+        proc = run_command([mpiexec(), "-n", str(processes), sys.executable, "-m", module, *args, "--out", str(csv)],
+                           timeout)
+        if proc.returncode != 0:
+            # mpiexec reports a dead rank on stdout ("BAD TERMINATION ..."), our ranks on stderr
+            raise RuntimeError(f"mpiexec -n {processes} {' '.join([module, *args[:2]])} failed (exit {proc.returncode})"
+                               f"{explain(proc.stdout + proc.stderr)}:\n{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
+        return pd.read_csv(csv)
+
+
+def flags(options: dict) -> list[str]:
+    """Keyword options as command-line flags: ``batch_size=100`` -> ``--batch-size 100``, a list joined by
+    commas, ``True`` a switch (``whole_data=True`` -> ``--whole-data``), None and False left out."""
+    out = []
+    for k, v in options.items():
+        flag = f"--{k.replace('_', '-')}"
+        if v is True:
+            out.append(flag)
+        elif v is not None and v is not False:
+            out += [flag, ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+    return out
+
+
 def run_command(cmd, timeout):
     """subprocess.run with a timeout that kills the whole process group (mpiexec and all its ranks)."""
     import signal

@@ -12,11 +12,17 @@ Modes (every rank builds the same trainer from the same seed; rank 0 broadcasts 
   average    seed 003's synchronous method. Each rank owns a shard of the training set and runs plain
              SGD on it; every ``--sync-every`` steps (0 = once per epoch) the parameters are averaged
              with an Allreduce (v = 1/c Σ w_i), which is the reduce + broadcast of seed 003 in one call.
+             With ``--whole-data`` every rank passes over the whole training set in its own order
+             instead of its shard: p times the examples, as many steps per epoch as serial SGD.
   async      seed 003's asynchronous method as seed 002's parameter server. Rank 0 holds the
              parameters v and applies updates in the order they arrive; ranks 1..N-1 each own a shard,
              run ``--sync-every`` local SGD steps from the v they last received, send the change
              (w - v_old), and get the current v back. No global barrier. Staleness = the number of
              updates the server applied between a worker's pull and its push.
+             ``--async-rule`` says how the server takes a push: ``delta`` (v += w - v_old, above),
+             ``staleness`` (the change divided by max(1, staleness): Zhang et al. 2016's staleness-aware
+             rate, lr/τ per gradient) or ``replace`` (seed 003 read literally: the worker sends its w_i
+             and the server sets v = w_i, then returns it).
 
 Rank 0 gathers per-epoch loss/accuracy/time plus each rank's CPU use and peak memory and writes one tidy
 CSV (a row per epoch and rank; ``epoch`` counts epochs completed, from 1) atomically with ``--out``.
@@ -49,12 +55,12 @@ from pathlib import Path
 import numpy as np
 
 from . import trainers
-from .cli import check_positive_int
 from .data import TOY, load_first
-from .distributed import Flat, allreduce_step, epoch_order, mpiexec, run_command
+from .distributed import Flat, allreduce_step, epoch_order, flags, run_job
 from .train import evaluate, lr_at, minibatches
 
 MODES = ("allreduce", "average", "async")
+ASYNC_RULES = ("delta", "staleness", "replace")
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +140,7 @@ def _setup(args, comm):
     # files at once would only fight over the cores.
     ds = _from_rank_zero(comm, lambda: load_first(args.dataset, args.subset, args.seed))
     T = trainers.get(args.impl)
-    trainer = T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, dtype=args.dtype, seed=args.seed)
+    trainer = T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, dtype=args.dtype, seed=args.seed, **loss_option(args.loss))
     flat = Flat(trainer.sizes, trainer.dtype, extra=1)  # the extra slot carries the loss
     buf = flat.pack(trainer.params, flat.empty())
     resumed = _restore(args, comm, ds, trainer, flat, buf)
@@ -169,7 +175,7 @@ def _identity(args, comm, ds, trainer) -> dict:
     return {"mode": args.mode, "processes": comm.size, "impl": args.impl, "sizes": list(trainer.sizes),
             "dtype": str(trainer.dtype), "dataset": data_fingerprint(ds), "subset": args.subset,
             "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay,
-            "sync_every": args.sync_every, "seed": args.seed}
+            "sync_every": args.sync_every, "seed": args.seed, "whole_data": args.whole_data, "loss": args.loss}
 
 
 def _restore(args, comm, ds, trainer, flat, buf) -> dict:
@@ -248,9 +254,10 @@ def train_average(args, comm, dog):
 
     ds, trainer, flat, resumed = _setup(args, comm)
     size, rank, B = comm.size, comm.rank, args.batch_size
-    shard = np.array_split(np.arange(len(ds.X_train)), size)[rank]
+    everything = np.arange(len(ds.X_train))
+    shard = everything if args.whole_data else np.array_split(everything, size)[rank]
     # every rank must take the same number of steps or the averaging collectives would not match up
-    steps_per_epoch = (len(ds.X_train) // size) // B
+    steps_per_epoch = (len(ds.X_train) // (1 if args.whole_data else size)) // B
     if steps_per_epoch == 0:
         raise SystemExit(f"error: {len(ds.X_train)} examples over {size} ranks leave fewer than "
                          f"--batch-size {B} per shard; use fewer ranks, a smaller batch or more data")
@@ -327,7 +334,8 @@ def _worker(args, comm, dog, ds, trainer, flat):
             steps, since_push = steps + 1, since_push + 1
             if since_push == k or s + 1 == n_steps:
                 flat.pack(trainer.params, now)
-                now -= base  # the update: what this worker's steps changed
+                if args.async_rule != "replace":
+                    now -= base  # the update: what this worker's steps changed
                 header[:] = (version[0], since_push, epoch)
                 with dog.wait("the parameter server's reply"):
                     comm.Send(header, dest=0, tag=_PUSH)
@@ -370,8 +378,9 @@ def _server(args, comm, ds, trainer, flat, MPI):
         if tag == _PUSH:
             comm.Recv(header, source=src, tag=_PUSH)
             comm.Recv(delta, source=src, tag=_PUSH)
-            v += delta  # apply in arrival order: no barrier, no averaging
-            staleness.setdefault(int(header[2]), []).append(int(version[0] - header[0]))
+            stale = int(version[0] - header[0])
+            take_push(v, delta, stale, args.async_rule)  # in arrival order: no barrier, no averaging
+            staleness.setdefault(int(header[2]), []).append(stale)
             version[0] += 1
             comm.Send(version, dest=src, tag=_PARAMS)
             comm.Send(v, dest=src, tag=_PARAMS)
@@ -399,6 +408,24 @@ def _server(args, comm, ds, trainer, flat, MPI):
             last_heard.pop(src)
     trainer.params = flat.views(v)
     return rows
+
+
+def take_push(v, pushed, staleness: int, rule: str) -> None:
+    """The server takes one worker's push into v, in place. ``pushed`` is the worker's change (w - v_old)
+    under ``delta`` and ``staleness``, its parameters w under ``replace``."""
+    if rule == "replace":  # seed 003 read literally: v = w_i
+        v[:] = pushed
+    elif rule == "staleness":  # Zhang et al. 2016: lr / τ for a change computed τ updates ago
+        v += pushed / max(staleness, 1)
+    elif rule == "delta":
+        v += pushed
+    else:
+        raise ValueError(f"unknown async rule {rule!r}; choose one of {ASYNC_RULES}")
+
+
+def loss_option(loss: str) -> dict:
+    """The trainer option for a loss other than the study's MSE (only the numpy trainer has another)."""
+    return {} if loss == "mse" else {"loss": loss}
 
 
 def _summary(args, trainer, ds, epoch, lr, train_loss, epoch_s, elapsed) -> dict:
@@ -454,6 +481,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-decay", type=fraction, default=0.01, help="fraction the lr shrinks after each epoch")
     p.add_argument("--sync-every", type=nonnegative_int, default=1,
                    help="average/async: local SGD steps between exchanges (0 = once per epoch)")
+    p.add_argument("--async-rule", default="delta", choices=ASYNC_RULES,
+                   help="async: how the server takes a push: add the change (delta), add it divided by the "
+                        "staleness (staleness), or set v to the worker's parameters (replace)")
+    p.add_argument("--whole-data", action="store_true",
+                   help="average: every rank passes over the whole training set, not its shard")
+    p.add_argument("--loss", default="mse", choices=("mse", "xent"),
+                   help="the trainer's loss: the study's sigmoid + MSE, or softmax + cross-entropy (needs --impl numpy)")
     p.add_argument("--impl", default=None, choices=trainers.names(),
                    help="per-rank trainer (default serial-blas if available, else numpy)")
     p.add_argument("--threads", type=positive_int, default=1, help="BLAS threads per rank")
@@ -474,6 +508,12 @@ def parser() -> argparse.ArgumentParser:
 def parse_args(argv=None):
     p = parser()
     args = p.parse_args(argv)
+    if args.mode != "async" and args.async_rule != "delta":
+        p.error("--async-rule applies to --mode async only")
+    if args.mode != "average" and args.whole_data:
+        p.error("--whole-data applies to --mode average only")
+    if args.loss != "mse" and args.impl != "numpy":
+        p.error("--loss xent needs --impl numpy")
     if args.mode == "async" and args.checkpoint:
         p.error("--checkpoint works with --mode allreduce and average, not async: when the parameter server closes "
                 "an epoch the workers are already into the next one, so there is no consistent state to save")
@@ -513,7 +553,8 @@ def main(argv=None) -> int:
         df = pd.DataFrame(rows)
         meta = {"mode": args.mode, "processes": comm.size, "net": args.net if isinstance(args.net, str) else "-".join(map(str, args.net)),
                 "dataset": args.dataset, "batch_size": args.batch_size, "impl": args.impl,
-                "sync_every": args.sync_every, "seed": args.seed}
+                "sync_every": args.sync_every, "seed": args.seed, "async_rule": args.async_rule,
+                "whole_data": args.whole_data, "loss": args.loss}
         for i, (k, v) in enumerate(meta.items()):
             df.insert(i, k, [v] * len(df))
         if args.out:
@@ -529,29 +570,14 @@ def main(argv=None) -> int:
 def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: float | None = None, **options):
     """Run ``mpiexec -n processes python -m parbp.mpi --mode mode ...`` and return its CSV as a DataFrame.
 
-    ``options`` become flags (``batch_size=100`` -> ``--batch-size 100``); ``watchdog`` is the job's own
+    ``options`` become flags (``batch_size=100`` -> ``--batch-size 100``, ``whole_data=True`` ->
+    ``--whole-data``); ``watchdog`` is the job's own
     ``--timeout``. A job that fails or outlives ``timeout`` seconds raises RuntimeError with the tail of
     its output.
     """
-    import tempfile
-
-    import pandas as pd
-
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-    check_positive_int("processes", processes)
-    with tempfile.TemporaryDirectory() as tmp:
-        csv = Path(out) if out else Path(tmp) / "run.csv"
-        cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.mpi", "--mode", mode, "--out", str(csv)]
-        for k, v in {**options, "timeout": watchdog}.items():
-            if v is not None:
-                cmd += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
-        proc = run_command(cmd, timeout)
-        if proc.returncode != 0:
-            # mpiexec reports a dead rank on stdout ("BAD TERMINATION ..."), our ranks on stderr
-            raise RuntimeError(f"mpiexec -n {processes} parbp.mpi --mode {mode} failed (exit {proc.returncode}):\n"
-                               f"{proc.stderr[-3000:]}{proc.stdout[-2000:]}")
-        return pd.read_csv(csv)
+    return run_job("parbp.mpi", processes, ["--mode", mode, *flags({**options, "timeout": watchdog})], timeout, out)
 
 
 if __name__ == "__main__":

@@ -26,14 +26,8 @@ import time
 import numpy as np
 
 from . import trainers
+from .data import random_batch
 from .distributed import Flat, allreduce_step, mpiexec, run_command
-
-
-def _batch(n_in, n_out, rows, seed):
-    rng = np.random.default_rng(seed)
-    X = rng.uniform(0, 1, size=(rows, n_in)).astype(np.float32)
-    Y = np.eye(n_out, dtype=np.float32)[rng.integers(0, n_out, rows)]
-    return X, Y
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,7 +49,7 @@ def mpi_worker(args) -> None:
         buf = flat.empty()
         grads = flat.views(buf)
         rows = np.array_split(np.arange(B), size)[rank]
-        X, Y = _batch(n_in, n_out, len(rows), seed=rank)
+        X, Y = random_batch(n_in, n_out, len(rows), seed=rank)
         dog = Watchdog(comm, 60.0)
         step, compute = [], []
         for i in range(args.warmup + args.steps):
@@ -126,7 +120,7 @@ def _torch_worker(rank, world, port, net, batch_size, steps, warmup, queue):
         model = torch.nn.parallel.DistributedDataParallel(model)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     rows = np.array_split(np.arange(batch_size), world)[rank]
-    X, Y = (torch.from_numpy(a) for a in _batch(784, 10, len(rows), seed=rank))
+    X, Y = (torch.from_numpy(a) for a in random_batch(784, 10, len(rows), seed=rank))
     times = []
     for i in range(warmup + steps):
         if world > 1:

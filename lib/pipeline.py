@@ -88,9 +88,10 @@ def stage_tasks(schedule: str, stages: int, micro_batches: int, stage: int) -> l
     return tasks + [("B", j) for j in range(m - warm, m)]
 
 
-def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s=0.0) -> dict:
+def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s=0.0, transfer_s=0.0) -> dict:
     """Run a schedule on paper: stage s takes ``forward_s[s]`` per forward and ``backward_s[s]`` per backward
-    of one micro-batch; a message between neighbours takes ``message_s``. Returns the step's span, each
+    of one micro-batch; a message between neighbours takes ``message_s`` plus ``transfer_s``, the time its
+    bytes occupy the link (β·n): messages in one direction of one link queue behind each other. Returns the step's span, each
     stage's busy time, the idle fraction 1 - Σ busy / (p · span), and each task's (start, end)."""
     p = len(forward_s)
     if len(backward_s) != p:
@@ -99,6 +100,7 @@ def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s
     end: dict[tuple[str, int, int], float] = {}
     timeline: dict[tuple[str, int, int], tuple[float, float]] = {}
     clock, nxt = [0.0] * p, [0] * p
+    link_free: dict[tuple[int, int], float] = {}  # (from, to): when the link is free again
     while any(nxt[s] < len(tasks[s]) for s in range(p)):
         progressed = False
         for s in range(p):
@@ -109,7 +111,11 @@ def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s
             dep = ("F", s - 1, j) if kind == "F" and s > 0 else ("B", s + 1, j) if kind == "B" and s < p - 1 else None
             if dep is not None and dep not in end:
                 continue
-            ready = end[dep] + message_s if dep is not None else 0.0
+            ready = 0.0
+            if dep is not None:  # a stage consumes its inputs in the order they were sent
+                leaves = max(end[dep], link_free.get((dep[1], s), 0.0))
+                link_free[(dep[1], s)] = leaves + transfer_s
+                ready = leaves + transfer_s + message_s
             start = max(clock[s], ready)
             clock[s] = start + (forward_s[s] if kind == "F" else backward_s[s])
             end[(kind, s, j)] = clock[s]

@@ -43,10 +43,12 @@ def method_of(mode: str, processes: int) -> str:
     return "serial" if processes == 1 else {"average": "sync", "async": "async", "allreduce": "allreduce"}[mode]
 
 
-def test_scores(params_file, ds, net, impl=None) -> tuple[float, float]:
-    """(MSE, accuracy) on the test split of the parameters a ``parbp.mpi`` run saved with --params-out."""
+def test_scores(params_file, ds, net, impl=None, loss="mse") -> tuple[float, float]:
+    """(MSE, accuracy) on the test split of the parameters a ``parbp.mpi`` run saved with --params-out
+    (the MSE of the softmax outputs where the run trained with ``loss="xent"``)."""
     params, _ = checkpoint.load_params(params_file)
-    trainer = trainers.make(impl or trainers.fastest_cpu(threaded=False), net=net, n_in=ds.n_in, n_out=ds.n_out, seed=0)
+    trainer = trainers.make(impl or trainers.fastest_cpu(threaded=False), net=net, n_in=ds.n_in, n_out=ds.n_out,
+                            seed=0, **mpi.loss_option(loss))
     trainer.params = [(W.astype(trainer.dtype), b.astype(trainer.dtype)) for W, b in params]
     return evaluate(trainer, ds.X_test, ds.Y_test, ds.y_test)
 
@@ -59,7 +61,7 @@ def run(mode: str, processes: int, lr: float, ds, net: str = "1h", subset=None, 
         df = mpi.run(mode, processes, timeout=3600, watchdog=300, net=net, subset=subset, epochs=epochs, lr=lr,
                      impl=impl, seed=seed, params_out=params,
                      **{**{k: v for k, v in SETTING.items() if k != "epochs"}, **options})
-        test_loss, test_acc = test_scores(params, ds, net, impl)
+        test_loss, test_acc = test_scores(params, ds, net, impl, options.get("loss", "mse"))
     return df.assign(lr0=lr, method=method_of(mode, processes), test_loss=test_loss, test_acc=test_acc)
 
 

@@ -32,3 +32,33 @@ def assert_steps_match_reference(t, ref, batches, dtype, tol, lr=0.5):
     assert all(W.dtype == np.dtype(dtype) for W, _ in t.params)
     assert_params_close(t.params, ref.params, rtol=tol, atol=tol)
     np.testing.assert_allclose(t.predict(X), ref.predict(X), rtol=tol, atol=tol)
+
+
+def finish_job(proc, limit=30):
+    """(exit status, output, seconds) of a started MPI job (its own session) that must end within ``limit``
+    seconds; a job still running then is killed, process group and all, and the test fails."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    t0 = time.time()
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"the job hung for more than {limit} s after a rank failed")
+    return proc.returncode, out + err, time.time() - t0
+
+
+def finish_after_stopping(proc, ranks, limit=30):
+    """Stop (SIGSTOP) the last of ``ranks`` (psutil processes) of a started MPI job, then ``finish_job``; a
+    stopped rank does not die, so only the others' bounded waits can end the job. Kills what is left after."""
+    ranks[-1].suspend()
+    try:
+        return finish_job(proc, limit)
+    finally:
+        for r in ranks:
+            if r.is_running():
+                r.kill()

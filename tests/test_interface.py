@@ -86,7 +86,8 @@ def test_bad_input_is_named(name, batch):
     for lr in (0, -1, float("nan")):
         with pytest.raises(ValueError, match="learning rate must be a positive finite number"):
             t.step(X, Y, lr)
-    with pytest.raises(ValueError, match=r"got unknown option\(s\) \['threads'\]; it accepts: none"):
+    accepts = ", ".join(sorted(trainers.get(name).options)) or "none"
+    with pytest.raises(ValueError, match=rf"got unknown option\(s\) \['threads'\]; it accepts: {accepts}"):
         make(name, threads=2)
     with pytest.raises(ValueError, match=r"dtype must be one of \('float32', 'float64'\)"):
         make(name, dtype="float16")
@@ -114,3 +115,26 @@ def test_gradients_then_apply_equals_step(batch):
     a.apply_gradients(grads, 0.2)
     assert b.step(X, Y, 0.2) == pytest.approx(loss)
     np.testing.assert_array_equal(a.params[0][0], b.params[0][0])
+
+
+def test_numpy_cross_entropy_gradient_matches_finite_differences():
+    import numpy as np
+
+    t = trainers.make("numpy", net=[5], n_in=4, n_out=3, dtype="float64", seed=1, loss="xent")
+    rng = np.random.default_rng(0)
+    X, Y = rng.uniform(size=(6, 4)), np.eye(3)[rng.integers(0, 3, 6)]
+    loss, grads = t.gradients(X, Y)
+    assert np.isclose(loss, -np.mean(np.log((t.predict(X) * Y).sum(axis=1))))
+    params = t.params
+    W = params[0][0]
+    for i, j in [(0, 0), (3, 4)]:
+        W[i, j] += 1e-6
+        t.params = params
+        up, _ = t.gradients(X, Y)
+        W[i, j] -= 2e-6
+        t.params = params
+        down, _ = t.gradients(X, Y)
+        W[i, j] += 1e-6
+        assert np.isclose((up - down) / 2e-6, grads[0][0][i, j], rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        trainers.make("numpy", net=[5], n_in=4, n_out=3, loss="hinge")

@@ -1,5 +1,4 @@
 """parbp.mpi on real processes: mpiexec -n 2 (or 3) on this machine, tiny nets on the toy dataset."""
-import signal
 import subprocess
 import sys
 import time
@@ -8,6 +7,7 @@ import numpy as np
 import psutil
 import pytest
 
+from checks import finish_after_stopping, finish_job
 from parbp import checkpoint, data, mpi, trainers
 from parbp.distributed import epoch_order, mpiexec
 from parbp.train import evaluate, lr_at, minibatches
@@ -77,24 +77,11 @@ def _start(mode, n, extra=()):
     pytest.fail("the MPI job did not start within 30 s")
 
 
-def _finish(proc, limit=30):
-    t0 = time.time()
-    try:
-        out, err = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        import os
-
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"the job hung for more than {limit} s after a rank failed")
-    return proc.returncode, out + err, time.time() - t0
-
-
 @pytest.mark.parametrize("mode,n", [("allreduce", 2), ("async", 3)])
 def test_killed_rank_ends_the_job_with_a_message(mode, n):
     proc, ranks = _start(mode, n)
     ranks[-1].kill()
-    rc, text, seconds = _finish(proc)
+    rc, text, seconds = finish_job(proc)
     assert rc != 0 and seconds < 30
     assert "BAD TERMINATION" in text or "died" in text
 
@@ -103,13 +90,7 @@ def test_killed_rank_ends_the_job_with_a_message(mode, n):
 def test_hung_rank_trips_the_watchdog(mode, n):
     """A stopped rank does not die, so mpiexec sees nothing: the other ranks' watchdog must end the job."""
     proc, ranks = _start(mode, n, ["--timeout", "3"])
-    ranks[-1].suspend()  # SIGSTOP
-    try:
-        rc, text, seconds = _finish(proc)
-    finally:
-        for r in ranks:
-            if r.is_running():
-                r.kill()
+    rc, text, seconds = finish_after_stopping(proc, ranks)
     assert rc != 0 and seconds < 30
     assert "got no answer" in text or "sent nothing" in text
 
@@ -138,3 +119,34 @@ def test_benchmark_runs_both_engines():
     assert ours["step_s"] > 0 and ours["compute_s"] > 0 and ours["other_s"] >= 0
     ddp = mpi_bench.run_ddp(net="1h", batch_size=20, processes=2, steps=2, warmup=1, timeout=120)
     assert ddp["step_s"] > 0
+
+
+def test_the_server_takes_a_push_by_its_rule():
+    pushed = np.array([2.0, -4.0])
+    for rule, staleness, expected in [("delta", 3, [3.0, -3.0]), ("staleness", 2, [2.0, -1.0]),
+                                      ("staleness", 0, [3.0, -3.0]), ("replace", 5, [2.0, -4.0])]:
+        v = np.array([1.0, 1.0])
+        mpi.take_push(v, pushed, staleness, rule)
+        np.testing.assert_allclose(v, expected, err_msg=f"{rule}, staleness {staleness}")
+    with pytest.raises(ValueError, match="choose one of"):
+        mpi.take_push(np.zeros(2), pushed, 1, "average")
+
+
+def test_one_async_worker_is_the_same_run_under_every_rule():
+    """With one worker nothing is ever stale, so adding its change, dividing it by max(1, 0) and taking its
+    parameters all give the same model: the rules differ only in how they treat other workers' updates."""
+    finals = [mpi.run("async", 2, timeout=120, epochs=2, lr=2.0, async_rule=rule, **TINY).query("rank == 0")
+              for rule in mpi.ASYNC_RULES]
+    for df in finals:
+        assert (df.staleness_max == 0).all()
+        np.testing.assert_allclose(df.val_loss, finals[0].val_loss, rtol=1e-5)
+    assert (finals[-1].async_rule == "replace").all()
+
+
+def test_whole_data_gives_every_rank_all_the_steps():
+    # 400 examples, batch 40: 10 steps an epoch over everything, 5 over one of two shards (sync every step)
+    runs = {whole: mpi.run("average", 2, timeout=120, epochs=1, lr=2.0, whole_data=whole, **TINY).query("rank == 0")
+            for whole in (True, False)}
+    assert runs[True].syncs.iloc[-1] == 10 and runs[False].syncs.iloc[-1] == 5
+    with pytest.raises(RuntimeError, match="--whole-data applies to --mode average only"):
+        mpi.run("allreduce", 2, timeout=60, epochs=1, whole_data=True, **TINY)
