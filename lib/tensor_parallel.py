@@ -31,7 +31,6 @@ and communication; ``TensorParallel`` runs it on ``parbp.ipp`` engines; ``run`` 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -40,12 +39,12 @@ from itertools import islice
 
 import numpy as np
 
-from . import trainers
 from .data import load_first, random_batch
 from .distributed import epoch_order, flags, run_job
 from .ipp import EngineModel
 from .mpi import Watchdog
-from .train import evaluate, lr_at, minibatches
+from .nets import init_params, layer_sizes
+from .train import lr_at, minibatches
 
 PAIR, REPLICATED = "pair", "replicated"
 
@@ -289,8 +288,6 @@ def timed_steps(comm, dog=None, net="2h", batch_size: int = 1000, steps: int = 1
     20 s, one per communicator; pass a ``parbp.ipp.BoundedComm`` as ``comm`` and ``dog``)."""
     from threadpoolctl import threadpool_limits
 
-    from .nets import init_params, layer_sizes
-
     sizes = layer_sizes(net, n_in, n_out)
     shard = Shard(init_params(sizes, seed), comm.rank, comm.size)
     X, Y = random_batch(n_in, n_out, batch_size, seed)  # the same minibatch on every rank
@@ -384,13 +381,10 @@ class TensorParallel(EngineModel):
 # Under mpiexec
 
 
-def main(argv=None) -> int:
-    from mpi4py import MPI
-    from threadpoolctl import threadpool_limits
-
+def parser():
     from .cli import fraction, net, positive_float, positive_int
     from .data import NAMES, TOY
-    from .mpi import _Parser, _rank_from_launcher
+    from .mpi import _Parser
 
     p = _Parser(prog="mpiexec -n N python -m parbp.tensor_parallel", description=__doc__.split("\n\n")[0])
     p.add_argument("--net", default="2h", type=net, help='"1h", "2h" or hidden widths like 53,29')
@@ -404,51 +398,61 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=positive_float, default=20.0, help="seconds an Allreduce may wait before the job is aborted")
     p.add_argument("--out", default=None, help="CSV (rank 0 writes it): one row per rank and step")
     p.add_argument("--params-out", default=None, help="rank 0 saves the final network here (parbp.checkpoint)")
-    args = p.parse_args(argv)
-    comm = MPI.COMM_WORLD
-    rank = comm.rank
-    pids = comm.gather(os.getpid(), root=0)
-    if rank == 0:  # mpiexec names a dead rank by its pid: this line lets ``run`` name its rank
-        print(f"parbp.tensor_parallel: rank pids {dict(enumerate(pids))}", file=sys.stderr, flush=True)
-    # rank 0 reads and checks, every rank stops together on a problem
-    ds, problem = None, None
-    if rank == 0:
-        try:
-            ds = load_first(args.dataset, args.subset, args.seed)
-            from .nets import layer_sizes
+    return p
 
-            sizes = layer_sizes(args.net, ds.n_in, ds.n_out)
-            check(sizes, comm.size)
-            if len(ds.X_train) < args.batch_size:
-                raise ValueError(f"--batch-size {args.batch_size} is larger than the {len(ds.X_train)} training examples")
-        except (ValueError, FileNotFoundError) as e:
-            problem = str(e)
-    ds, problem = comm.bcast((ds, problem), root=0)
-    if problem:
-        if rank == 0 and _rank_from_launcher() == 0:
-            print(f"error: {problem}", file=sys.stderr, flush=True)
-        return 2
-    from .nets import init_params, layer_sizes
 
-    sizes = layer_sizes(args.net, ds.n_in, ds.n_out)
-    shard = Shard(init_params(sizes, args.seed), rank, comm.size)
+def _load(args, ranks: int):
+    """The dataset, checked against the ranks and the batch size (on rank 0)."""
+    ds = load_first(args.dataset, args.subset, args.seed)
+    check(layer_sizes(args.net, ds.n_in, ds.n_out), ranks)
+    if len(ds.X_train) < args.batch_size:
+        raise ValueError(f"--batch-size {args.batch_size} is larger than the {len(ds.X_train)} training examples")
+    return ds
+
+
+def _train(args, comm, ds, shard) -> list[dict]:
+    """``--steps`` steps in the data-parallel minibatch order; one row per step."""
+    from threadpoolctl import threadpool_limits
+
     dog = Watchdog(comm, args.timeout)
     per_epoch = len(ds.X_train) // args.batch_size
-    rows = []
+    rows, done = [], 0
     with threadpool_limits(1):
         train_steps(shard, ds.X_train, ds.Y_train, [np.arange(2)], 0.0, comm, dog)  # warm-up, learning nothing
-        done = 0
         for epoch in range(-(-args.steps // per_epoch)):
             count = min(per_epoch, args.steps - done)
-            out = train_steps(shard, ds.X_train, ds.Y_train, islice(minibatches(epoch_order(len(ds.X_train), epoch, args.seed), args.batch_size, drop_last=True), count),
+            order = epoch_order(len(ds.X_train), epoch, args.seed)
+            out = train_steps(shard, ds.X_train, ds.Y_train, islice(minibatches(order, args.batch_size, drop_last=True), count),
                               lr_at(args.lr, args.lr_decay, epoch), comm, dog)
-            rows += [{"rank": rank, "epoch": epoch, "step": done + k, "step_s": s, "compute_s": c, "comm_s": m, "loss": l,
-                      "allreduces": out["allreduces"], "payload_bytes": out["payload_bytes"], "sent_bytes": out["sent_bytes"]}
+            rows += [{"rank": comm.rank, "epoch": epoch, "step": done + k, "step_s": s, "compute_s": c, "comm_s": m,
+                      "loss": l, "allreduces": out["allreduces"], "payload_bytes": out["payload_bytes"],
+                      "sent_bytes": out["sent_bytes"]}
                      for k, (s, c, m, l) in enumerate(zip(out["step_s"], out["compute_s"], out["comm_s"], out["loss"]))]
             done += count
-    rows = comm.gather(rows, root=0)
+    return rows
+
+
+def main(argv=None) -> int:
+    from mpi4py import MPI
+
+    from .mpi import Refused, _from_rank_zero
+
+    args = parser().parse_args(argv)
+    comm = MPI.COMM_WORLD
+    pids = comm.gather(os.getpid(), root=0)
+    if comm.rank == 0:  # mpiexec names a dead rank by its pid: this line lets ``run`` name its rank
+        print(f"parbp.tensor_parallel: rank pids {dict(enumerate(pids))}", file=sys.stderr, flush=True)
+    try:  # rank 0 reads and checks, every rank stops together on a problem
+        ds = _from_rank_zero(comm, lambda: _load(args, comm.size))
+    except Refused as e:
+        if comm.rank == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    sizes = layer_sizes(args.net, ds.n_in, ds.n_out)
+    shard = Shard(init_params(sizes, args.seed), comm.rank, comm.size)
+    rows = comm.gather(_train(args, comm, ds, shard), root=0)
     parts = comm.gather(shard.parts, root=0)
-    if rank == 0:
+    if comm.rank == 0:
         import pandas as pd
 
         from .checkpoint import save_params

@@ -141,7 +141,9 @@ def test_mpiexec_equals_serial(tmp_path, ranks, net):
 def test_timed_steps_under_an_existing_communicator():
     code = ("from mpi4py import MPI; from parbp import tensor_parallel as tp; "
             "r = [tp.timed_steps(MPI.COMM_WORLD, net=[64], batch_size=20, steps=3, n_in=16, n_out=4) for _ in '12'][-1]; "
-            "print(r['rank'], len(r['step_s']), r['payload_bytes'], r['sent_bytes'], len(tp._watchdogs))")
+            "line = f\"{r['rank']} {len(r['step_s'])} {r['payload_bytes']} {r['sent_bytes']} {len(tp._watchdogs)}\"; "
+            "lines = MPI.COMM_WORLD.gather(line, root=0); "  # one process prints: two ranks' prints can interleave
+            "MPI.COMM_WORLD.rank == 0 and print('\\n'.join(lines))")
     proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert sorted(proc.stdout.split("\n")[:2]) == ["0 3 320 320.0 1", "1 3 320 320.0 1"]  # 20 x 4 floats forward; one watchdog
