@@ -140,6 +140,7 @@ class Hosts:
         pid = os.getpid()
         self.names = [f"{PREFIX}{pid}h{i}" for i in range(self.n)]
         self.bridge = f"{PREFIX}{pid}br"
+        self.links = [f"{PREFIX}{pid}v{i}"[-15:] for i in range(self.n)]  # the host ends of the veth pairs
         self.net = f"198.{18 + (pid // 256) % 2}.{pid % 256}"  # one /24 of 198.18.0.0/15 per process
         self.addresses = [f"{self.net}.{10 + i}" for i in range(self.n)]
         self.gateway = f"{self.net}.1"
@@ -165,7 +166,7 @@ class Hosts:
             ipr.link("set", index=br, state="up")
             for i, name in enumerate(self.names):
                 netns.create(name)
-                host_end = f"{PREFIX}{os.getpid()}v{i}"[-15:]
+                host_end = self.links[i]
                 ipr.link("add", ifname=host_end, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name})
                 v = ipr.link_lookup(ifname=host_end)[0]
                 ipr.link("set", index=v, master=br, state="up")
@@ -212,8 +213,11 @@ class Hosts:
         for name in self.names:
             _remove_namespace(name)
         with IPRoute() as ipr:
-            for idx in ipr.link_lookup(ifname=self.bridge):
-                ipr.link("del", index=idx)
+            # a namespace outlives its removal while its sockets still hold unsent data (a cut link): its
+            # veth pair would too, and the next hosts of this process could not take the same names
+            for ifname in (*self.links, self.bridge):
+                for idx in ipr.link_lookup(ifname=ifname):
+                    ipr.link("del", index=idx)
         self._tmp.cleanup()
 
     def __enter__(self):

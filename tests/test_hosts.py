@@ -1,8 +1,10 @@
 """Emulated hosts: namespaces on a bridge, shaped links, one MPI rank per namespace; and the cleanup."""
 import os
 import signal
+import re
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -111,3 +113,43 @@ def test_mpichs_allreduce_is_a_ring_for_powers_of_two_and_dearer_for_three():
         assert costmodel.mpich_allreduce(bandwidth_only, n, p) == pytest.approx(costmodel.ring_allreduce(bandwidth_only, n, p))
     assert costmodel.mpich_allreduce(link, n, 3) > costmodel.mpich_allreduce(link, n, 4)
     assert costmodel.mpich_allreduce(link, n, 1) == 0
+
+
+CUTS = {"down": [["ip", "link", "set", "eth0", "down"]],                     # the cable pulled
+        "drop": [["iptables", "-I", "INPUT", "1", "-j", "DROP"],             # every packet lost, both ways
+                 ["iptables", "-I", "OUTPUT", "1", "-j", "DROP"]]}
+
+
+@needs_hosts
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_link_cut_mid_step_ends_the_job_naming_a_rank_within_30_s(two_hosts, cut):
+    """Tensor parallelism across two hosts; host 1's link is cut while the ranks are stepping: the job ends
+    within 30 s of the cut with an error that names a rank, never a hang."""
+    cmd = two_hosts.mpiexec_cmd([sys.executable, "-m", "parbp.tensor_parallel", "--dataset", "toy", "--net", "64",
+                                 "--batch-size", "50", "--steps", "1000000", "--timeout", "10"])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any("rank pids" in line for line in lines):  # rank 0 is up; the steps start right after
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        time.sleep(3)
+        assert proc.poll() is None, "".join(lines)  # still stepping when the link goes
+        for step in CUTS[cut]:
+            two_hosts.exec(1, step, check=True)
+        cut_at = time.monotonic()
+        while proc.poll() is None and time.monotonic() - cut_at < 45:
+            time.sleep(0.2)
+        ended_after = time.monotonic() - cut_at
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        reader.join(5)
+    out = "".join(lines)
+    assert ended_after <= 30, f"the job was still running {ended_after:.0f} s after the cut:\n{out[-2000:]}"
+    assert proc.returncode != 0
+    assert re.search(r"rank \d+: .* got no answer", out), out[-2000:]
