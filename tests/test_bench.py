@@ -130,7 +130,7 @@ def test_cli_writes_a_well_formed_csv(tmp_path):
     (["--impl", "nope"], "unknown trainer 'nope'; registered trainers are: reference, numpy"),
     (["--impl", "threads:update"], "expected threads:OPTION=VALUE with OPTION one of ['update']"),
     (["--impl", "threads:threads=2"], "OPTION one of ['update']"),
-    (["--impl", "numpy:x=1"], "OPTION one of none (it takes no options)"),
+    (["--impl", "reference:x=1"], "OPTION one of none (it takes no options)"),
     (["--batch", "0"], "expected a positive integer, got 0"),
     (["--threads", "two"], "expected a positive integer, got 'two'"),
     (["--device", "tpu"], "invalid choice: 'tpu'"),
