@@ -218,10 +218,11 @@ def _save(args, comm, ds, trainer, epoch, rows, elapsed, **extra) -> None:
                          "elapsed": elapsed, **extra})
 
 
-def _epoch_rows(comm, epoch, usage, shared: dict) -> list[dict]:
+def _epoch_rows(comm, dog, epoch, usage, shared: dict) -> list[dict]:
     """Gather every rank's usage on rank 0 and turn it into one row per rank."""
     mine = {"rank": comm.rank, **usage.read()}
-    everyone = comm.gather(mine, root=0)
+    with dog.wait("gathering the epoch's usage"):  # a rank stopped here must not hang the others either
+        everyone = comm.gather(mine, root=0)
     return [] if comm.rank else [{"epoch": epoch + 1, **shared, **r} for r in everyone]
 
 
@@ -244,7 +245,7 @@ def train_allreduce(args, comm, dog):
         dt = time.perf_counter() - t0
         elapsed += dt
         shared = _summary(args, trainer, ds, epoch, lr, loss_sum / steps, dt, elapsed) if rank == 0 else {}
-        rows += _epoch_rows(comm, epoch, usage, shared)
+        rows += _epoch_rows(comm, dog, epoch, usage, shared)
         _save(args, comm, ds, trainer, epoch, rows, elapsed)
     return rows, trainer
 
@@ -290,7 +291,7 @@ def train_average(args, comm, dog):
         dt = time.perf_counter() - t0
         elapsed += dt
         shared = _summary(args, trainer, ds, epoch, lr, loss, dt, elapsed) if rank == 0 else {}
-        rows += _epoch_rows(comm, epoch, usage, {**shared, "syncs": syncs})
+        rows += _epoch_rows(comm, dog, epoch, usage, {**shared, "syncs": syncs})
         _save(args, comm, ds, trainer, epoch, rows, elapsed, syncs=syncs)
     return rows, trainer
 
