@@ -14,7 +14,8 @@ payload=$PARBP_PAYLOAD
 python=${PYTHON:-python3}
 site=$(mktemp -d)/site
 shopt -s nullglob
-wheels=("$payload"/wheels/*.whl)
+tag=$("$python" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+wheels=("$payload"/wheels/*.whl "$payload"/wheels/$tag/*.whl)  # those for any Python, then this one's
 {
   # the payload's wheels first (setuptools >= 77 among them, for the build below), then parbp itself
   if ((${#wheels[@]})); then

@@ -88,12 +88,17 @@ def travel_bytes(carry=(), root: Path = Path(".")) -> dict:
 
 def build_payload(folder: Path) -> None:
     """What the GPU machine lacks, into ``folder`` (ignored by git; ``make gpu-payload``): setuptools >= 77 as a
-    wheel for Python 3.12 (parbp's build needs it; the image's may be older) and the MNIST files."""
+    wheel (parbp's build needs it; the image's may be older), numpy < 2.5 for the image's Python 3.12 in
+    ``wheels/cp312`` (numba-cuda 0.30 overloads ``np.row_stack``, which numpy 2.5 removed: on the image's numpy
+    2.5.2 every kernel failed to compile) and the MNIST files."""
     from parbp import data
 
     shutil.rmtree(folder, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
-                    "3.12", "--implementation", "py", "-d", str(folder / "wheels"), "setuptools>=77"], check=True)
+    download = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12"]
+    subprocess.run([*download, "--implementation", "py", "-d", str(folder / "wheels"), "setuptools>=77"], check=True)
+    subprocess.run([*download, "--implementation", "cp", "--platform", "manylinux_2_28_x86_64", "--platform",
+                    "manylinux_2_27_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+                    "-d", str(folder / "wheels" / "cp312"), "numpy>=2.0,<2.5"], check=True)
     for src in data.SOURCES["mnist"].values():
         (folder / "data" / src.folder).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(data.fetch(src), folder / "data" / src.folder / src.filename)
