@@ -21,6 +21,6 @@ LAYERS = {
     "measurement": ("bench", "memory", "mpi_bench", "ipp_bench", "costmodel", "tensor_parallel_bench", "hosts_bench",
                     "example_threads"),
     # the notebooks' helpers, the study runner and its profiles, the GPU campaign, the seeds' claims and the book
-    "study": ("experiments", "profiles", "study", "gpu_campaign", "seed003", "seed003_experiments", "seed004", "claims",
+    "study": ("experiments", "committed", "profiles", "study", "gpu_campaign", "seed003", "seed003_experiments", "seed004", "claims",
               "book"),
 }

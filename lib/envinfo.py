@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import re
 
 import psutil
 from threadpoolctl import threadpool_info
@@ -69,6 +70,13 @@ def machine_label() -> str:
     kernels = f"{numpy_blas['internal_api']} {numpy_blas['version']} {numpy_blas['architecture'] or ''}".rstrip() \
         if numpy_blas else "BLAS unknown"
     return f"{cpu_name()}, {os.cpu_count()} cores, {kernels}, GPU: {gpu() or 'none'}"
+
+
+def label_of(row) -> str:
+    """``machine_label`` of the machine a committed row was measured on, from its ``env_`` columns."""
+    libs = [re.sub(r"\s*\(\d+ threads\)$", "", b.strip()) for b in str(row["env_blas"]).split(";")]
+    blas_name = next((b for b in libs if not b.startswith("openmp")), libs[0])  # numpy's BLAS is listed first
+    return f"{row['env_cpu']}, {row['env_cores_logical']} cores, {blas_name}, GPU: {row.get('env_gpu') or 'none'}"
 
 
 def summary() -> dict:

@@ -59,15 +59,16 @@ def write_text(text: str, path) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def save_figure(fig, df, path, dpi: int = 120) -> tuple[Path, Path]:
+def save_figure(fig, df, path, dpi: int = 120, machine: str | None = None) -> tuple[Path, Path]:
     """Save ``fig`` as ``path`` (PNG) and the tidy data it plots as the CSV beside it.
 
-    The PNG is stamped with the machine it was measured on (a figure travels without its CSV)."""
+    The PNG is stamped with the machine it was measured on (a figure travels without its CSV): this one, or
+    ``machine`` for data measured elsewhere (``envinfo.label_of`` a committed row)."""
     from .envinfo import machine_label
 
     path = redirect(Path(path).with_suffix(".png"))
     if not any(getattr(t, "_parbp_stamp", False) for t in fig.texts):
-        stamp = fig.text(0.995, 0.002, f"measured on {machine_label()}", ha="right", va="bottom",
+        stamp = fig.text(0.995, 0.002, f"measured on {machine or machine_label()}", ha="right", va="bottom",
                          fontsize=6, color="0.45")
         stamp._parbp_stamp = True
     png = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
