@@ -38,6 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
+
+from .base import Trainer
+from .distributed import mpiexec, run_command
 
 RANGE = "198.18.0.0/15"
 PREFIX = "parbp"
@@ -48,6 +52,14 @@ while [ "${1#-}" != "$1" ]; do shift; done
 host="$1"; shift
 exec ip netns exec "$host" sh -c "$*"
 """
+
+
+def said_unavailable() -> bool:
+    """For a command line: print why the harness cannot run here and return True, or return False."""
+    why = unavailable()
+    if why:
+        print(why)
+    return bool(why)
 
 
 def unavailable() -> str | None:
@@ -67,16 +79,6 @@ def unavailable() -> str | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _owner(name: str) -> int | None:
     """The process id in a name this module made (``parbp<pid>h<i>``, ``parbp<pid>br``), else None."""
     if not name.startswith(PREFIX):
@@ -92,14 +94,14 @@ def sweep() -> list[str]:
     removed = []
     for name in netns.listnetns():
         pid = _owner(name)
-        if pid is not None and not _alive(pid):
+        if pid is not None and not psutil.pid_exists(pid):
             _remove_namespace(name)
             removed.append(name)
     with IPRoute() as ipr:
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME")
             pid = _owner(name)
-            if pid is not None and not _alive(pid):
+            if pid is not None and not psutil.pid_exists(pid):
                 ipr.link("del", index=link["index"])
                 removed.append(name)
     return removed
@@ -195,8 +197,6 @@ class Hosts:
 
     def delay_line_cpu_s(self) -> float:
         """CPU seconds the delay lines have used so far (they share the cores with the ranks)."""
-        import psutil
-
         total = 0.0
         for proc in self._delays:
             t = psutil.Process(proc.pid).cpu_times()  # ``ip netns exec`` execs the delay line in this process
@@ -220,11 +220,7 @@ class Hosts:
                     ipr.link("del", index=idx)
         self._tmp.cleanup()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    __enter__, __exit__ = Trainer.__enter__, Trainer.__exit__  # ``with Hosts(...) as h``: removed at the end
 
     # ----------------------------------------------------------------------------------------
     # Running things on the hosts
@@ -240,8 +236,6 @@ class Hosts:
                 "UCX_NET_DEVICES": "eth0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
     def mpiexec_cmd(self, cmd, ranks: int | None = None) -> list[str]:
-        from .distributed import mpiexec
-
         ranks = ranks or self.n
         if not 2 <= ranks <= self.n:
             raise ValueError(f"ranks must be from 2 to {self.n} (one per host), got {ranks}")
@@ -253,13 +247,7 @@ class Hosts:
 
     def mpiexec(self, cmd, ranks: int | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run ``cmd`` with one MPI rank per host; raises with the ranks' output when it fails or overruns."""
-        from .distributed import run_command
-
-        proc = run_command(self.mpiexec_cmd(cmd, ranks), timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"mpiexec on emulated hosts failed (exit {proc.returncode}):\n"
-                               f"{proc.stderr[-3000:]}{proc.stdout[-1000:]}")
-        return proc
+        return run_command(self.mpiexec_cmd(cmd, ranks), timeout, "mpiexec on emulated hosts")
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,11 +383,7 @@ def main(argv=None) -> int:
         _echo()
     elif args.what == "probe":
         _probe(args.peer, args.seconds)
-    else:
-        why = unavailable()
-        if why:
-            print(why)
-            return 0
+    elif not said_unavailable():
         with Hosts(args.hosts, rate_mbit=args.rate_mbit, delay_us=args.delay_us) as h:
             print(pd.Series(measure_link(h, args.seconds)).to_string())
     return 0

@@ -29,6 +29,7 @@ import pandas as pd
 
 from . import pipeline, trainers
 from .data import load_first
+from .distributed import data_arguments, leading
 from .results import FIGURES, write_csv
 
 GOAL_DP, GOAL_MP = 1.6, 1.3  # the goals: throughput over serial
@@ -37,27 +38,22 @@ IDLE_TOLERANCE = 0.05
 
 def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batches=(2, 4, 8), engines=2, steps=10,
             rounds=3, lr=0.1, relay=False, seed=0) -> pd.DataFrame:
-    from . import envinfo
     from . import ipp as pipp
 
     ds = load_first(dataset, subset, seed)
-    load_before = os.getloadavg()
-    with pipp.Engines(n=engines) as eng:
-        models = _models(eng, ds, net, micro_batches, relay, seed)
-        times, shares, extra = _rounds(models, len(ds.X_train) // batch_size, batch_size, lr, steps, rounds)
-        ceiling = ceilings(ds, net, batch_size, sorted({1, *micro_batches}), engines, seed=seed)
-        load_after = os.getloadavg()
-        rows = []
-        for (method, schedule, m), model in models.items():
-            row = {"method": method, "schedule": schedule, "micro_batches": m, "engines": 1 if method == "serial" else engines,
-                   "examples_per_s": float(np.median(times[(method, schedule, m)])),
-                   "examples_per_s_min": float(np.min(times[(method, schedule, m)])),
-                   "examples_per_s_max": float(np.max(times[(method, schedule, m)])),
-                   "cpu_share": float(np.median(shares[(method, schedule, m)])) if shares[(method, schedule, m)] else np.nan}
-            if isinstance(model, pipp.ModelParallel):
-                row.update(_pipeline_columns(model, batch_size, extra[(method, schedule, m)]))
-                row["ceiling_vs_serial"] = ceiling[m]
-            rows.append(row)
+    models, times, shares, extra, loads = run_rounds(
+        ds, engines, lambda eng: _models(eng, ds, net, micro_batches, relay, seed), batch_size, lr, steps, rounds)
+    ceiling = ceilings(ds, net, batch_size, sorted({1, *micro_batches}), engines, seed=seed)
+    rows = []
+    for key, model in models.items():
+        method, schedule, m = key
+        row = {"method": method, "schedule": schedule, "micro_batches": m, "engines": 1 if method == "serial" else engines,
+               "examples_per_s": float(np.median(times[key])), "examples_per_s_min": float(np.min(times[key])),
+               "examples_per_s_max": float(np.max(times[key])),
+               "cpu_share": float(np.median(shares[key])) if shares[key] else np.nan}
+        if isinstance(model, pipp.ModelParallel):
+            row.update(_pipeline_columns(model, batch_size, extra[key]), ceiling_vs_serial=ceiling[m])
+        rows.append(row)
     df = pd.DataFrame(rows)
     serial = df.loc[df.method == "serial", "examples_per_s"].iloc[0]
     df["vs_serial"] = df.examples_per_s / serial
@@ -66,15 +62,39 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
     # ranks poll, so on an idle machine CPU time equals wall time and this equals vs_serial; the goals use vs_serial
     per_cpu = df.examples_per_s / df.cpu_share
     df["vs_serial_per_cpu_s"] = per_cpu / per_cpu[df.method == "serial"].iloc[0]
-    df = _goals(df, engines)
+    return leading(_goals(df, engines), machine(net, dataset, ds, batch_size, steps, rounds, models, loads))
+
+
+def run_rounds(ds, engines: int, make_models, batch_size, lr, steps, rounds):
+    """``make_models(eng)`` on ``engines`` fresh MPI engines, timed round by round (``_rounds``): (models,
+    throughputs, CPU shares, stashes, the load average before and after)."""
+    from . import ipp as pipp
+
+    before = os.getloadavg()[0]
+    with pipp.Engines(n=engines) as eng:
+        models = make_models(eng)
+        measured = _rounds(models, len(ds.X_train) // batch_size, batch_size, lr, steps, rounds)
+        return (models, *measured, (before, os.getloadavg()[0]))
+
+
+def machine(net, dataset, ds, batch_size, steps, rounds, models, loads) -> dict:
+    """The run and the machine, the first columns of a benchmark's CSV."""
+    from . import envinfo
+
     env = envinfo.summary()
-    meta = {"net": net if isinstance(net, str) else "-".join(map(str, net)), "dataset": dataset, "train_examples": len(ds.X_train), "batch_size": batch_size,
-            "steps_per_round": steps, "rounds": rounds, "cpu": env["cpu"], "cores": env["cores_logical"],
-            "blas": env["blas"], "openblas_coretype": env["openblas_coretype"], "impl": models[("serial", "-", 1)].impl,
-            "loadavg_before": round(load_before[0], 2), "loadavg_after": round(load_after[0], 2)}
-    for i, (k, v) in enumerate(meta.items()):
-        df.insert(i, k, v)
-    return df
+    serial = next(m for m in models.values() if m.name == "serial")
+    return {"net": net if isinstance(net, str) else "-".join(map(str, net)), "dataset": dataset,
+            "train_examples": len(ds.X_train), "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
+            "cpu": env["cpu"], "cores": env["cores_logical"], "blas": env["blas"],
+            "openblas_coretype": env["openblas_coretype"], "impl": serial.impl,
+            "loadavg_before": round(loads[0], 2), "loadavg_after": round(loads[1], 2)}
+
+
+def report_head(df) -> str:
+    r0 = df.iloc[0]
+    return (f"Net-{r0.net}, {r0.dataset} ({r0.train_examples} examples), batch {r0.batch_size}, {r0.rounds} rounds x "
+            f"{r0.steps_per_round} steps | {r0.cpu}, {r0.cores} cores | {r0.blas} | "
+            f"OPENBLAS_CORETYPE={r0.openblas_coretype} | load {r0.loadavg_before} -> {r0.loadavg_after}")
 
 
 def _models(eng, ds, net, micro_batches, relay, seed) -> dict:
@@ -106,7 +126,7 @@ def _rounds(models, steps_per_epoch, batch_size, lr, steps, rounds):
         first = (r * steps) % max(steps_per_epoch - steps + 1, 1)
         for key, model in models.items():
             t0 = time.perf_counter()
-            out = _run(model, batch_size, lr, first, steps)
+            out = model.run_steps(0, batch_size, lr, first=first, count=steps)
             dt = time.perf_counter() - t0
             if r == 0:
                 continue
@@ -167,10 +187,6 @@ def ceilings(ds, net, batch_size, micro_batches, engines, repeats=5, seed=0) -> 
     return {m: float(np.median(v)) for m, v in samples.items()}
 
 
-def _run(model, B, lr, first, steps):
-    return model.run_steps(0, B, lr, first=first, count=steps)
-
-
 def _pipeline_columns(model, B, extra) -> dict:
     """Idle fractions (measured, predicted from the measured task times, equal-stage theory), per-stage
     task times and how unequal the stages are, activations kept (measured and formula)."""
@@ -220,10 +236,6 @@ def _goals(df, p) -> pd.DataFrame:
 def report(df) -> str:
     cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "cpu_share", "vs_serial_per_cpu_s", "ceiling_vs_serial", "idle_measured",
             "idle_predicted", "idle_theory", "stage_ms", "acts_kept_measured", "acts_mib_measured", "acts_mib_formula"]
-    head = (f"Net-{df.net.iloc[0]}, {df.dataset.iloc[0]} ({df.train_examples.iloc[0]} examples), batch "
-            f"{df.batch_size.iloc[0]}, {df.rounds.iloc[0]} rounds x {df.steps_per_round.iloc[0]} steps | {df.cpu.iloc[0]} | "
-            f"{df.blas.iloc[0]} | OPENBLAS_CORETYPE={df.openblas_coretype.iloc[0]} | load "
-            f"{df.loadavg_before.iloc[0]} -> {df.loadavg_after.iloc[0]}")
     body = df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.3f}")
     lines = []
     for r in df.itertuples():
@@ -234,30 +246,37 @@ def report(df) -> str:
                          "idle": f"measured {r.idle_measured:.3f}, predicted {r.idle_predicted:.3f}",
                          "memory": f"kept {r.acts_kept_measured}"}[g]
                 lines.append(f"  {'MET   ' if met else 'MISSED'} {r.method} {r.schedule} m={r.micro_batches}: {goal} ({value})")
-    return f"{head}\n{body}\ngoals:\n" + "\n".join(lines)
+    return f"{report_head(df)}\n{body}\ngoals:\n" + "\n".join(lines)
+
+
+def parser(prog: str, doc: str, rounds: int, out: str):
+    """The options both engine benchmarks take (the data, the engines, the rounds, the CSV)."""
+    from .cli import Parser, positive_int
+
+    p = Parser(prog=f"python -m {prog}", description=doc.split("\n\n")[0])
+    data_arguments(p)
+    p.add_argument("--engines", type=positive_int, default=2)
+    p.add_argument("--steps", type=positive_int, default=10, help="minibatches per configuration and round")
+    p.add_argument("--rounds", type=positive_int, default=rounds)
+    p.add_argument("--out", default=str(FIGURES / out))
+    return p
 
 
 def main(argv=None) -> int:
-    from .cli import Parser, net, positive_int
-    from .data import NAMES, TOY
+    from .cli import positive_int
 
-    p = Parser(prog="python -m parbp.ipp_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--net", default="2h", type=net, help='"1h", "2h" or hidden widths like 64,32')
-    p.add_argument("--dataset", default="mnist", choices=(*NAMES, TOY))
-    p.add_argument("--subset", type=positive_int, default=None, help="first N training examples (default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p = parser("parbp.ipp_bench", __doc__, rounds=3, out="07_goals.csv")
     p.add_argument("--micro-batches", type=positive_int, nargs="+", default=[2, 4, 8])
-    p.add_argument("--engines", type=positive_int, default=2)
-    p.add_argument("--steps", type=positive_int, default=10, help="minibatches per configuration and round")
-    p.add_argument("--rounds", type=positive_int, default=3)
     p.add_argument("--relay", action="store_true", help="also time the client-relay versions (parbp.ipp_relay)")
-    p.add_argument("--out", default=str(FIGURES / "07_goals.csv"))
     args = p.parse_args(argv)
     if any(m > args.batch_size for m in args.micro_batches):
         p.error(f"--micro-batches must be between 1 and the batch size ({args.batch_size})")
-    df = measure(net=args.net, dataset=args.dataset, subset=args.subset, batch_size=args.batch_size,
-                 micro_batches=args.micro_batches, engines=args.engines, steps=args.steps, rounds=args.rounds,
-                 relay=args.relay)
+    return publish(args, measure, report)
+
+
+def publish(args, measure, report) -> int:
+    """Measure with the command line's options, write the CSV (``--out``), print the report and the path."""
+    df = measure(**{k: v for k, v in vars(args).items() if k != "out"})
     path = write_csv(df, args.out)
     print(report(df))
     print(f"wrote {path}")

@@ -55,9 +55,9 @@ from pathlib import Path
 import numpy as np
 
 from . import trainers
-from .data import TOY, load_first
-from .distributed import Flat, allreduce_step, epoch_order, flags, run_job
-from .train import evaluate, lr_at, minibatches
+from .data import load_first
+from .distributed import Flat, PackedGradients, allreduce_step, epoch_batches, epoch_order, data_arguments, flags, leading, run_job
+from .train import evaluate, lr_at
 
 MODES = ("allreduce", "average", "async")
 ASYNC_RULES = ("delta", "staleness", "replace")
@@ -226,28 +226,36 @@ def _epoch_rows(comm, dog, epoch, usage, shared: dict) -> list[dict]:
     return [] if comm.rank else [{"epoch": epoch + 1, **shared, **r} for r in everyone]
 
 
-def train_allreduce(args, comm, dog):
-    ds, trainer, flat, resumed = _setup(args, comm)
-    size, rank, B = comm.size, comm.rank, args.batch_size
-    if len(ds.X_train) < B:  # every rank has the same data, so every rank stops here together
-        raise SystemExit(f"error: --batch-size {B} is larger than the {len(ds.X_train)} training examples")
-    buf = flat.empty()
-    grads = flat.views(buf)  # the reduced gradient is read in place from the receive buffer
+def _epochs(args, comm, dog, ds, trainer, resumed, train_epoch):
+    """The synchronous modes' epochs: ``train_epoch(epoch, lr)`` returns the epoch's training loss and the
+    counters to record and checkpoint with it; rank 0 evaluates, every rank reports its usage."""
     usage, rows, elapsed = Usage(), resumed.get("rows", []), resumed.get("elapsed", 0.0)
     for epoch in range(resumed.get("epoch", 0), args.epochs):
         lr = lr_at(args.lr, args.lr_decay, epoch)
         usage.mark()
-        t0, loss_sum, steps = time.perf_counter(), 0.0, 0
-        for idx in minibatches(epoch_order(len(ds.X_train), epoch, args.seed), B, drop_last=True):
-            mine = np.array_split(idx, size)[rank]
-            loss_sum += allreduce_step(trainer, flat, buf, grads, ds.X_train[mine], ds.Y_train[mine], B, lr, comm, dog)
-            steps += 1
+        t0 = time.perf_counter()
+        loss, counters = train_epoch(epoch, lr)
         dt = time.perf_counter() - t0
         elapsed += dt
-        shared = _summary(args, trainer, ds, epoch, lr, loss_sum / steps, dt, elapsed) if rank == 0 else {}
-        rows += _epoch_rows(comm, dog, epoch, usage, shared)
-        _save(args, comm, ds, trainer, epoch, rows, elapsed)
+        shared = _summary(args, trainer, ds, epoch, lr, loss, dt, elapsed) if comm.rank == 0 else {}
+        rows += _epoch_rows(comm, dog, epoch, usage, {**shared, **counters})
+        _save(args, comm, ds, trainer, epoch, rows, elapsed, **counters)
     return rows, trainer
+
+
+def train_allreduce(args, comm, dog):
+    ds, trainer, _, resumed = _setup(args, comm)
+    B = args.batch_size
+    if len(ds.X_train) < B:  # every rank has the same data, so every rank stops here together
+        raise SystemExit(f"error: --batch-size {B} is larger than the {len(ds.X_train)} training examples")
+    packed = PackedGradients(trainer)
+
+    def train_epoch(epoch, lr):
+        slices = (np.array_split(idx, comm.size)[comm.rank] for idx in epoch_batches(len(ds.X_train), epoch, args.seed, B))
+        losses = [allreduce_step(trainer, packed, ds.X_train[mine], ds.Y_train[mine], B, lr, comm, dog) for mine in slices]
+        return sum(losses) / len(losses), {}
+
+    return _epochs(args, comm, dog, ds, trainer, resumed, train_epoch)
 
 
 def train_average(args, comm, dog):
@@ -262,38 +270,30 @@ def train_average(args, comm, dog):
     if steps_per_epoch == 0:
         raise SystemExit(f"error: {len(ds.X_train)} examples over {size} ranks leave fewer than "
                          f"--batch-size {B} per shard; use fewer ranks, a smaller batch or more data")
-    buf = flat.empty()
-    usage, rows, elapsed, syncs = Usage(), resumed.get("rows", []), resumed.get("elapsed", 0.0), resumed.get("syncs", 0)
+    buf, syncs = flat.empty(), resumed.get("syncs", 0)
 
     def average():
+        nonlocal syncs
         flat.pack(trainer.params, buf)
         with dog.wait("Allreduce of the parameters"):
             comm.Allreduce(MPI.IN_PLACE, buf)
         buf[:] /= size
         trainer.params = flat.views(buf)
+        syncs += 1
 
-    for epoch in range(resumed.get("epoch", 0), args.epochs):
-        lr = lr_at(args.lr, args.lr_decay, epoch)
-        usage.mark()
-        t0, loss_sum = time.perf_counter(), 0.0
-        order = shard[epoch_order(len(shard), epoch, args.seed + 1000 * rank)]
+    def train_epoch(epoch, lr):
+        loss_sum, order = 0.0, shard[epoch_order(len(shard), epoch, args.seed + 1000 * rank)]
         for s in range(steps_per_epoch):
             idx = order[s * B:(s + 1) * B]
             loss_sum += trainer.step(ds.X_train[idx], ds.Y_train[idx], lr)
             if args.sync_every and (s + 1) % args.sync_every == 0 and s + 1 < steps_per_epoch:
                 average()
-                syncs += 1
         average()  # always at the end of an epoch, so the evaluated model is the shared one
-        syncs += 1
         # the reported training loss is the mean over all ranks' minibatches
         with dog.wait("Allreduce of the epoch's loss"):
-            loss = comm.allreduce(loss_sum / steps_per_epoch) / size
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        shared = _summary(args, trainer, ds, epoch, lr, loss, dt, elapsed) if rank == 0 else {}
-        rows += _epoch_rows(comm, dog, epoch, usage, {**shared, "syncs": syncs})
-        _save(args, comm, ds, trainer, epoch, rows, elapsed, syncs=syncs)
-    return rows, trainer
+            return comm.allreduce(loss_sum / steps_per_epoch) / size, {"syncs": syncs}
+
+    return _epochs(args, comm, dog, ds, trainer, resumed, train_epoch)
 
 
 # Message tags of the parameter server protocol
@@ -303,8 +303,6 @@ _PUSH, _EPOCH, _DONE, _PARAMS = 1, 2, 3, 4
 def train_async(args, comm, dog):
     from mpi4py import MPI
 
-    if comm.size < 2:
-        raise SystemExit("error: --mode async needs at least 2 processes (rank 0 is the parameter server)")
     ds, trainer, flat, _ = _setup(args, comm)
     if comm.rank == 0:
         return _server(args, comm, ds, trainer, flat, MPI), trainer
@@ -464,16 +462,12 @@ def _Parser(**kwargs):
 
 
 def parser() -> argparse.ArgumentParser:
-    from .cli import fraction, net, nonnegative_int, positive_float, positive_int
-    from .data import NAMES
+    from .cli import fraction, nonnegative_int, positive_float, positive_int
 
     p = _Parser(prog="mpiexec -n N python -m parbp.mpi", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", required=True, choices=MODES)
-    p.add_argument("--net", default="1h", type=net, help='"1h", "2h" or hidden widths like 64,32')
-    p.add_argument("--dataset", default="mnist", choices=(*NAMES, TOY), help=f'"{TOY}" is synthetic')
-    p.add_argument("--subset", type=positive_int, default=None, help="use only the first N training examples")
+    data_arguments(p, net="1h", batch_size=10, batch_help="global minibatch (default 10, the paper's)")
     p.add_argument("--epochs", type=positive_int, default=5)
-    p.add_argument("--batch-size", type=positive_int, default=10, help="global minibatch (default 10, the paper's)")
     p.add_argument("--lr", type=positive_float, default=0.05,
                    help="learning rate (default 0.05: notebook 08's grid picks 0.1 for serial SGD at batch 10, but "
                         "async applies N-1 workers' updates computed on stale parameters and saturates at 0.1 "
@@ -551,13 +545,11 @@ def main(argv=None) -> int:
         from .checkpoint import save_params
         from .results import write_csv
 
-        df = pd.DataFrame(rows)
         meta = {"mode": args.mode, "processes": comm.size, "net": args.net if isinstance(args.net, str) else "-".join(map(str, args.net)),
                 "dataset": args.dataset, "batch_size": args.batch_size, "impl": args.impl,
                 "sync_every": args.sync_every, "seed": args.seed, "async_rule": args.async_rule,
                 "whole_data": args.whole_data, "loss": args.loss}
-        for i, (k, v) in enumerate(meta.items()):
-            df.insert(i, k, [v] * len(df))
+        df = leading(pd.DataFrame(rows), meta)
         if args.out:
             write_csv(df, args.out)
         if args.params_out:
@@ -569,13 +561,9 @@ def main(argv=None) -> int:
 
 
 def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: float | None = None, **options):
-    """Run ``mpiexec -n processes python -m parbp.mpi --mode mode ...`` and return its CSV as a DataFrame.
-
-    ``options`` become flags (``batch_size=100`` -> ``--batch-size 100``, ``whole_data=True`` ->
-    ``--whole-data``); ``watchdog`` is the job's own
-    ``--timeout``. A job that fails or outlives ``timeout`` seconds raises RuntimeError with the tail of
-    its output.
-    """
+    """Run ``mpiexec -n processes python -m parbp.mpi --mode mode ...`` and return its CSV as a DataFrame
+    (``distributed.run_job``); ``options`` become flags (``distributed.flags``), ``watchdog`` is the job's own
+    ``--timeout``."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     return run_job("parbp.mpi", processes, ["--mode", mode, *flags({**options, "timeout": watchdog})], timeout, out)
