@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import os
@@ -145,34 +146,28 @@ class Engines:
         """'engine(s) [..] died' / 'stopped' from the engine processes we can see, '' if all look alive."""
         import psutil
 
-        dead, stopped = [], []
+        status = {}
         for e, pid, local in zip(self.ids, self.pids, self.local):
-            if not local:
-                continue
             try:
-                status = psutil.Process(pid).status()
+                status[e] = psutil.Process(pid).status() if local else None
             except psutil.NoSuchProcess:
-                status = psutil.STATUS_DEAD
-            if status in (psutil.STATUS_DEAD, psutil.STATUS_ZOMBIE):
-                dead.append(e)
-            elif status == psutil.STATUS_STOPPED:
-                stopped.append(e)
-        # mpiexec ends the whole world when one rank dies: the log of our own cluster says which one it was
-        first = self._first_dead() if len(dead) > 1 and self.cluster is not None and self.cluster.engines else None
+                status[e] = psutil.STATUS_DEAD
+        dead = [e for e, s in status.items() if s in (psutil.STATUS_DEAD, psutil.STATUS_ZOMBIE)]
+        stopped = [e for e, s in status.items() if s == psutil.STATUS_STOPPED]
+        first = self._first_dead() if len(dead) > 1 else None
         if first is not None:
             return f"engine {first} died (MPI rank {self.rank_of[first]}; mpiexec then ended the others: {dead})"
         return " and ".join(filter(None, [f"engine(s) {dead} died" if dead else "",
                                           f"engine(s) {stopped} stopped answering (the process is stopped)" if stopped else ""]))
 
     def _first_dead(self):
+        """mpiexec ends the whole world when one rank dies: the log of our own cluster says which one it was."""
         try:
             out = "".join(es.get_output() or "" for es in self.cluster.engines.values())
-        except Exception:  # the log is a convenience; never let it hide the failure itself
+        except Exception:  # no cluster of ours, or no log: a convenience that must never hide the failure itself
             return None
-        for pid in re.findall(r"PID (\d+) RUNNING AT", out):
-            if int(pid) in self.pids:
-                return self.ids[self.pids.index(int(pid))]
-        return None
+        pids = [int(pid) for pid in re.findall(r"PID (\d+) RUNNING AT", out) if int(pid) in self.pids]
+        return self.ids[self.pids.index(pids[0])] if pids else None
 
     def _fail(self, failed, pending, what):
         r = failed[0]
@@ -254,8 +249,6 @@ class BoundedComm:
         """Wait for ``request`` by polling ``Test`` (which is also what moves a non-blocking collective
         along), yielding the core between polls so that a waiting rank does not starve the rank it waits
         for when ranks outnumber cores, and raise PeerTimeout at the deadline."""
-        if request.Test():
-            return
         deadline = time.monotonic() + self.timeout
         while not request.Test():
             os.sched_yield()
@@ -267,8 +260,6 @@ class BoundedComm:
 
     # the two calls parbp.mpi.allreduce_step makes
     def wait(self, what: str):
-        import contextlib
-
         self._what = what
         return contextlib.nullcontext()
 
@@ -531,7 +522,16 @@ def _mp_params(key):
     return _state[key]["stage"].params
 
 
-class ModelParallel(EngineModel):
+class Staged:
+    """Layers split over the engines, a ``pipeline.Stage`` each (``_state[key]["stage"]``)."""
+
+    @property
+    def params(self):
+        return [wb for stage in self.on_engines(_mp_params, what="sending its layers", deadline=self.eng.timeout)
+                for wb in stage]
+
+
+class ModelParallel(Staged, EngineModel):
     """The network's layers split over the MPI engines, run with ``schedule`` on ``micro_batches`` per minibatch.
 
     ``schedule``: "plain" (one micro-batch), "gpipe" or "1f1b" (``parbp.pipeline``). Every schedule sums the
@@ -583,11 +583,6 @@ class ModelParallel(EngineModel):
                               "bytes_formula": pipeline.activations_kept(self.schedule, self.workers, self.m, s)
                               * pipeline.activation_bytes(self.sizes, layers, mb)}
                              for s, layers in enumerate(self.stages)])
-
-    @property
-    def params(self):
-        return [wb for stage in self.on_engines(_mp_params, what="sending its layers", deadline=self.eng.timeout)
-                for wb in stage]
 
 
 def cpu_share(out) -> float:

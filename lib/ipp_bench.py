@@ -262,6 +262,15 @@ def parser(prog: str, doc: str, rounds: int, out: str):
     return p
 
 
+def publish(args, measure, report) -> int:
+    """Measure with the command line's options, write the CSV (``--out``), print the report and the path."""
+    df = measure(**{k: v for k, v in vars(args).items() if k != "out"})
+    path = write_csv(df, args.out)
+    print(report(df))
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     from .cli import positive_int
 
@@ -272,15 +281,6 @@ def main(argv=None) -> int:
     if any(m > args.batch_size for m in args.micro_batches):
         p.error(f"--micro-batches must be between 1 and the batch size ({args.batch_size})")
     return publish(args, measure, report)
-
-
-def publish(args, measure, report) -> int:
-    """Measure with the command line's options, write the CSV (``--out``), print the report and the path."""
-    df = measure(**{k: v for k, v in vars(args).items() if k != "out"})
-    path = write_csv(df, args.out)
-    print(report(df))
-    print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import pipeline
 from .distributed import block, epoch_batches
-from .ipp import EngineModel, Engines, Sharded, _mp_params, _state
+from .ipp import EngineModel, Engines, Sharded, Staged, _state
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def _stage_update(key, lr):
     return busy
 
 
-class RelayModelParallel(EngineModel):
+class RelayModelParallel(Staged, EngineModel):
     """Layers split over the engines; ``micro_batches`` = 1 runs the stages strictly in turn, more pipelines."""
 
     def __init__(self, engines: Engines, ds, net="2h", micro_batches: int = 1, seed: int = 0):
@@ -171,8 +171,3 @@ class RelayModelParallel(EngineModel):
         return {"train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, "steps": len(losses),
                 "idle_fraction": float(np.mean(self.bubbles[start:])),
                 "idle_theory": pipeline.bubble_theory(len(self.stages), self.m)}
-
-    @property
-    def params(self):
-        return [wb for stage in self.on_engines(_mp_params, what="sending its layers", deadline=self.eng.timeout)
-                for wb in stage]

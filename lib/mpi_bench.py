@@ -186,7 +186,7 @@ def bench(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None,
     return df
 
 
-def parser():
+def main(argv=None):
     from .cli import Parser, nonnegative_int, positive_float, positive_int
 
     p = Parser(prog="python -m parbp.mpi_bench", description=__doc__.split("\n\n")[0])
@@ -200,11 +200,6 @@ def parser():
     p.add_argument("--timeout", type=positive_float, default=300)
     p.add_argument("--out", default=None, help="CSV of the results (written atomically)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    return p
-
-
-def main(argv=None):
-    p = parser()
     args = p.parse_args(argv)
     if args.batch_size < args.processes:
         p.error(f"--batch-size {args.batch_size} must be >= --processes {args.processes}")
