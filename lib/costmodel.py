@@ -178,8 +178,7 @@ def project_parallelism(model: AlphaBeta, compute: "Compute", n_params: int, wid
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------------------------
-# Measuring messages (runs under mpiexec)
+# ---- Measuring messages (runs under mpiexec) -------------------------------------------------------------
 
 
 def _measure(sizes, budget: float):

@@ -250,8 +250,7 @@ class Hosts:
         return run_command(self.mpiexec_cmd(cmd, ranks), timeout, "mpiexec on emulated hosts")
 
 
-# --------------------------------------------------------------------------------------------
-# The emulator measured
+# ---- The emulator measured -------------------------------------------------------------------------------
 
 
 def measure_link(hosts: Hosts, seconds: float = 2.0) -> dict:

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .timing import sample
+
 NET = [784, 256, 256, 256, 10]  # 4 weight layers: a stage each for 4 ranks, two tensor-parallel pairs
 BATCH, MICRO, STEPS = 512, 4, 5
 AXES = ("data parallel", "gpipe", "1f1b", "tensor parallel")
@@ -53,17 +55,11 @@ PINGPONG_SIZES = (8, 1024, 16384, 131072, 524288, 1048576)
 FIT_FROM_BYTES = 131072
 
 
-# --------------------------------------------------------------------------------------------
-# The MPI job (one rank per host)
+# ---- The MPI job (one rank per host) ---------------------------------------------------------------------
 
 
 def _median_time(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median([sample(fn, 1) for _ in range(repeat)]))
 
 
 def worker(args) -> None:
@@ -105,10 +101,7 @@ def _data_parallel(comm, params, X, Y, args, compute, measured):
     comm.barrier("compute timing")
     compute["data parallel"] = _median_time(lambda: t.apply_gradients(t.gradients(X[mine], Y[mine])[1], 1e-6), 5)
     comm.barrier("data parallel")
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        allreduce_step(t, packed, X[mine], Y[mine], B, 1e-6, comm, comm)
-    measured["data parallel"] = (time.perf_counter() - t0) / args.steps
+    measured["data parallel"] = sample(lambda: allreduce_step(t, packed, X[mine], Y[mine], B, 1e-6, comm, comm), args.steps)
 
 
 def _pipelines(comm, params, X, Y, args, compute, measured):
@@ -151,8 +144,7 @@ def _tensor_parallel(comm, params, X, Y, args, compute, measured):
     measured["tensor parallel"] = float(np.mean(r["step_s"][1:]))
 
 
-# --------------------------------------------------------------------------------------------
-# The model
+# ---- The model -------------------------------------------------------------------------------------------
 
 
 def predict(compute: list[dict], p: int, alpha: float, beta: float, batch: int = BATCH, micro: int = MICRO) -> dict:
@@ -184,8 +176,7 @@ def fit_links(links: pd.DataFrame) -> tuple[float, float]:
     return alpha0, eta
 
 
-# --------------------------------------------------------------------------------------------
-# The grid
+# ---- The grid --------------------------------------------------------------------------------------------
 
 
 @contextmanager

@@ -58,8 +58,7 @@ class PeerTimeout(RuntimeError):
     """Raised on an engine whose MPI wait passed its deadline: a peer has died or stopped."""
 
 
-# --------------------------------------------------------------------------------------------
-# The engines (client side)
+# ---- The engines (client side) ---------------------------------------------------------------------------
 
 
 class Engines:
@@ -206,9 +205,9 @@ class Engines:
     __enter__, __exit__ = Trainer.__enter__, Trainer.__exit__  # ``with Engines(...) as eng``: closed at the end
 
 
-# --------------------------------------------------------------------------------------------
-# Engine side: state, MPI with deadlines. The engines import this module, so functions travel by reference;
-# every model object keeps its state under its own key, so several can share the same engines.
+# ---- Engine side: state, MPI with deadlines -------------------------------------------------------------
+# The engines import this module, so functions travel by reference; every model object keeps its state under
+# its own key, so several can share the same engines.
 
 _state: dict = {}  # also parbp.ipp_relay's
 _keys = itertools.count()
@@ -277,8 +276,7 @@ class BoundedComm:
         self.complete(self.comm.Ibarrier(), what)
 
 
-# --------------------------------------------------------------------------------------------
-# What every model on engines offers, and the training loop they share
+# ---- What every model on engines offers, and the training loop they share --------------------------------
 
 
 class EngineModel(abc.ABC):
@@ -352,8 +350,7 @@ def timed_block(comm, steps) -> dict:
     return {"rank": comm.rank, **out, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
-# --------------------------------------------------------------------------------------------
-# Data parallel: shards on the engines, one Allreduce per step
+# ---- Data parallel: shards on the engines, one Allreduce per step ----------------------------------------
 
 
 def shard_batches(shard_sizes, rank: int, epoch: int, batch_size: int, seed: int):
@@ -426,8 +423,7 @@ class DataParallel(Sharded, EngineModel):
         return {"train_loss": out[0]["loss_sum"] / max(out[0]["steps"], 1), **block_}
 
 
-# --------------------------------------------------------------------------------------------
-# Model parallel: consecutive layers per engine, point to point, plain / GPipe / 1F1B
+# ---- Model parallel: consecutive layers per engine, point to point, plain / GPipe / 1F1B -----------------
 
 _FORWARD, _BACKWARD = 0, 1
 
@@ -605,8 +601,7 @@ def step_timing(busy, schedule: str, m: int) -> dict:
             "span_s": max(z for t in tasks for _, z in t) - min(a for t in tasks for a, _ in t)}
 
 
-# --------------------------------------------------------------------------------------------
-# The serial baseline
+# ---- The serial baseline ---------------------------------------------------------------------------------
 
 
 class Serial(EngineModel):

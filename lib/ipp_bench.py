@@ -31,6 +31,7 @@ from . import pipeline, trainers
 from .data import load_first
 from .distributed import data_arguments, leading
 from .results import FIGURES, write_csv
+from .timing import sample
 
 GOAL_DP, GOAL_MP = 1.6, 1.3  # the goals: throughput over serial
 IDLE_TOLERANCE = 0.05
@@ -152,27 +153,26 @@ def ceilings(ds, net, batch_size, micro_batches, engines, repeats=5, seed=0) -> 
 
     def stage_times(m):
         stages = [pipeline.Stage([params[l] for l in layers], s == 0, s == len(split) - 1) for s, layers in enumerate(split)]
-        busy = [0.0] * len(stages)
+        last, busy = len(stages) - 1, [0.0] * len(stages)
+
+        def on(s, work):  # ``work()`` on stage s, its time added to the stage's
+            t0 = time.perf_counter()
+            out = work()
+            busy[s] += time.perf_counter() - t0
+            return out
+
         for rows in np.array_split(np.arange(batch_size), m):
             acts, x = [], X[rows]
             for s, st in enumerate(stages):
-                t0 = time.perf_counter()
-                acts.append(st.forward(x))
+                acts.append(on(s, lambda: st.forward(x)))
                 x = acts[-1][-1]
-                busy[s] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            _, delta = stages[-1].output_delta(x, Y[rows], batch_size)
-            busy[-1] += time.perf_counter() - t0
-            for s in range(len(stages) - 1, -1, -1):
-                t0 = time.perf_counter()
-                if s < len(stages) - 1:
-                    delta = stages[s].input_delta(below, acts[s][-1])
-                below = stages[s].backward(acts[s], delta)
-                busy[s] += time.perf_counter() - t0
+            delta = on(last, lambda: stages[-1].output_delta(x, Y[rows], batch_size)[1])
+            for s in range(last, -1, -1):
+                if s < last:
+                    delta = on(s, lambda: stages[s].input_delta(below, acts[s][-1]))
+                below = on(s, lambda: stages[s].backward(acts[s], delta))
         for s, st in enumerate(stages):
-            t0 = time.perf_counter()
-            st.update(1e-9)
-            busy[s] += time.perf_counter() - t0
+            on(s, lambda: st.update(1e-9))
         return max(busy)
 
     with threadpool_limits(1):
@@ -180,10 +180,7 @@ def ceilings(ds, net, batch_size, micro_batches, engines, repeats=5, seed=0) -> 
         samples = {m: [] for m in micro_batches}
         for _ in range(repeats):
             for m in micro_batches:
-                t0 = time.perf_counter()
-                serial.step(X, Y, 1e-9)
-                t_serial = time.perf_counter() - t0
-                samples[m].append(t_serial / stage_times(m))
+                samples[m].append(sample(lambda: serial.step(X, Y, 1e-9), 1) / stage_times(m))
     return {m: float(np.median(v)) for m, v in samples.items()}
 
 

@@ -24,8 +24,7 @@ from .distributed import block, epoch_batches
 from .ipp import EngineModel, Engines, Sharded, Staged, _state
 
 
-# --------------------------------------------------------------------------------------------
-# Data parallel: shards on the engines, the reduction on the client
+# ---- Data parallel: shards on the engines, the reduction on the client -----------------------------------
 
 
 def _dp_step(key, reduced, lr, idx, B):
@@ -62,8 +61,7 @@ class RelayDataParallel(Sharded, EngineModel):
         return {"train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, "steps": len(losses)}
 
 
-# --------------------------------------------------------------------------------------------
-# Model parallel: consecutive layers on different engines (``pipeline.Stage``), optionally pipelined
+# ---- Model parallel: consecutive layers on different engines (``pipeline.Stage``), optionally pipelined ----
 
 
 def _stage_setup(key, params, first: bool, last: bool):

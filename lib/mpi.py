@@ -56,15 +56,15 @@ import numpy as np
 
 from . import trainers
 from .data import load_first
-from .distributed import Flat, PackedGradients, allreduce_step, epoch_batches, epoch_order, data_arguments, flags, leading, run_job
-from .train import evaluate, lr_at
+from .distributed import (Flat, PackedGradients, allreduce_step, block, data_arguments, epoch_batches, epoch_order,
+                          flags, leading, run_job)
+from .train import evaluate, lr_at, minibatches
 
 MODES = ("allreduce", "average", "async")
 ASYNC_RULES = ("delta", "staleness", "replace")
 
 
-# --------------------------------------------------------------------------------------------
-# Per-rank bookkeeping: CPU, memory and a watchdog on blocking calls
+# ---- Per-rank bookkeeping: CPU, memory and a watchdog on blocking calls ----------------------------------
 
 
 class Usage:
@@ -131,8 +131,7 @@ def abort(comm, message: str):
     comm.Abort(3)
 
 
-# --------------------------------------------------------------------------------------------
-# The three modes. Each returns (rows, trainer): rank 0's rows (one per epoch and rank; [] elsewhere).
+# ---- The three modes. Each returns (rows, trainer): rank 0's rows (one per epoch and rank; [] elsewhere). ----
 
 
 def _setup(args, comm):
@@ -152,6 +151,13 @@ def _setup(args, comm):
 
 class Refused(Exception):
     """Data or a checkpoint this run cannot use; every rank raises it together, rank 0 says why."""
+
+
+def refuse(comm, problem) -> int:
+    """Every rank stops with exit status 2; rank 0 says why, once."""
+    if comm.rank == 0:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+    return 2
 
 
 def _from_rank_zero(comm, read, default=None):
@@ -283,8 +289,7 @@ def train_average(args, comm, dog):
 
     def train_epoch(epoch, lr):
         loss_sum, order = 0.0, shard[epoch_order(len(shard), epoch, args.seed + 1000 * rank)]
-        for s in range(steps_per_epoch):
-            idx = order[s * B:(s + 1) * B]
+        for s, idx in enumerate(block(minibatches(order, B, drop_last=True), 0, steps_per_epoch)):
             loss_sum += trainer.step(ds.X_train[idx], ds.Y_train[idx], lr)
             if args.sync_every and (s + 1) % args.sync_every == 0 and s + 1 < steps_per_epoch:
                 average()
@@ -320,18 +325,16 @@ def _worker(args, comm, dog, ds, trainer, flat):
     now = flat.empty()
     version = np.zeros(1, dtype=np.int64)
     header = np.zeros(3, dtype=np.int64)  # (version pulled, examples since the last push, epoch)
-    usage = Usage()
+    usage, steps = Usage(), len(shard) // B
     for epoch in range(args.epochs):
         lr = lr_at(args.lr, args.lr_decay, epoch)
         usage.mark()
-        t0, loss_sum, steps, since_push = time.perf_counter(), 0.0, 0, 0
+        t0, loss_sum, since_push = time.perf_counter(), 0.0, 0
         order = shard[epoch_order(len(shard), epoch, args.seed + 1000 * comm.rank)]
-        n_steps = len(shard) // B
-        for s in range(n_steps):
-            idx = order[s * B:(s + 1) * B]
+        for s, idx in enumerate(minibatches(order, B, drop_last=True)):
             loss_sum += trainer.step(ds.X_train[idx], ds.Y_train[idx], lr)
-            steps, since_push = steps + 1, since_push + 1
-            if since_push == k or s + 1 == n_steps:
+            since_push += 1
+            if since_push == k or s + 1 == steps:
                 flat.pack(trainer.params, now)
                 if args.async_rule != "replace":
                     now -= base  # the update: what this worker's steps changed
@@ -437,8 +440,7 @@ def _summary(args, trainer, ds, epoch, lr, train_loss, epoch_s, elapsed) -> dict
 TRAIN = {"allreduce": train_allreduce, "average": train_average, "async": train_async}
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
+# ---- Command line ----------------------------------------------------------------------------------------
 
 
 def _rank_from_launcher() -> int:
@@ -524,21 +526,16 @@ def main(argv=None) -> int:
     comm = MPI.COMM_WORLD
     # Every rank checks the same arguments, so they all stop together before any communication.
     if args.mode == "allreduce" and comm.size > args.batch_size:
-        if comm.rank == 0:
-            print(f"error: {comm.size} processes but --batch-size {args.batch_size}: allreduce splits each "
-                  f"minibatch across the ranks, so -n must be <= the batch size", file=sys.stderr)
-        return 2
+        return refuse(comm, f"{comm.size} processes but --batch-size {args.batch_size}: allreduce splits each "
+                            f"minibatch across the ranks, so -n must be <= the batch size")
     if args.mode == "async" and comm.size < 2:
-        print("error: --mode async needs at least 2 processes (rank 0 is the parameter server)", file=sys.stderr)
-        return 2
+        return refuse(comm, "--mode async needs at least 2 processes (rank 0 is the parameter server)")
     dog = Watchdog(comm, args.timeout)
     try:
         with threadpool_limits(args.threads):
             rows, trainer = TRAIN[args.mode](args, comm, dog)
     except Refused as e:  # raised on every rank together
-        if comm.rank == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return refuse(comm, e)
     if comm.rank == 0:
         import pandas as pd
 

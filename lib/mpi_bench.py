@@ -30,8 +30,7 @@ from .data import random_batch
 from .distributed import PackedGradients, allreduce_step, flags, run_job
 
 
-# --------------------------------------------------------------------------------------------
-# parbp under mpiexec: this module re-runs itself with --worker
+# ---- parbp under mpiexec: this module re-runs itself with --worker ---------------------------------------
 
 
 def mpi_worker(args) -> None:
@@ -82,8 +81,7 @@ def run_parbp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=N
     return run_job("parbp.mpi_bench", processes, ["--worker", *flags(options)], timeout).iloc[0].to_dict()
 
 
-# --------------------------------------------------------------------------------------------
-# PyTorch DDP, gloo on loopback
+# ---- PyTorch DDP, gloo on loopback -----------------------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -158,7 +156,7 @@ def run_ddp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, timeout=
     return {"step_s": step_s}
 
 
-# --------------------------------------------------------------------------------------------
+# ---- Both, side by side ---------------------------------------------------------------------------------
 
 
 def bench(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None, timeout=300, out=None):

@@ -39,8 +39,7 @@ def check_schedule(schedule: str, micro_batches: int) -> None:
                          f"{micro_batches}; use 'gpipe' or '1f1b' to pipeline")
 
 
-# --------------------------------------------------------------------------------------------
-# The split
+# ---- The split -------------------------------------------------------------------------------------------
 
 
 def layer_flops(sizes) -> list[float]:
@@ -71,8 +70,7 @@ def stage_flops(sizes, stages) -> list[float]:
     return [sum(cost[l] for l in layers) for layers in stages]
 
 
-# --------------------------------------------------------------------------------------------
-# Schedules, simulated
+# ---- Schedules, simulated --------------------------------------------------------------------------------
 
 
 def stage_tasks(schedule: str, stages: int, micro_batches: int, stage: int) -> list[tuple[str, int]]:
@@ -160,8 +158,7 @@ def activation_bytes(sizes, layers, micro_batch: int, itemsize: int = 4) -> int:
     return micro_batch * itemsize * (sizes[layers[0]] + sum(sizes[l + 1] for l in layers))
 
 
-# --------------------------------------------------------------------------------------------
-# One stage's math: the serial-blas trainer's kernels, on this stage's layers only
+# ---- One stage's math: the serial-blas trainer's kernels, on this stage's layers only --------------------
 
 
 class Stage:

@@ -40,6 +40,7 @@ import numpy as np
 
 from .data import load_first, random_batch
 from .distributed import block, data_arguments, epoch_batches, flags, leading, run_job
+from . import ipp
 from .ipp import EngineModel
 from .mpi import Watchdog
 from .blas import gemm_into
@@ -51,8 +52,7 @@ from .train import lr_at
 PAIR, REPLICATED = "pair", "replicated"
 
 
-# --------------------------------------------------------------------------------------------
-# The plan: which layers pair up, and how each pair's hidden units split
+# ---- The plan: which layers pair up, and how each pair's hidden units split ------------------------------
 
 
 def blocks(sizes) -> list[tuple[str, int]]:
@@ -98,8 +98,7 @@ def message_bytes(sizes, batch_size: int, itemsize: int = 4) -> dict:
             "sent_bytes": lambda p: 2 * (p - 1) / p * payload if p > 1 else 0.0}
 
 
-# --------------------------------------------------------------------------------------------
-# One rank's part of the network and its math (the serial-blas trainer's kernels)
+# ---- One rank's part of the network and its math (the serial-blas trainer's kernels) ---------------------
 
 
 class _Pair(Stage):
@@ -207,8 +206,7 @@ def assemble(parts_by_rank, sizes) -> list[tuple[np.ndarray, np.ndarray]]:
     return params
 
 
-# --------------------------------------------------------------------------------------------
-# Steps under a communicator, timed
+# ---- Steps under a communicator, timed -------------------------------------------------------------------
 
 
 def train_steps(shard: Shard, X, Y, batches, lr: float, comm, dog) -> dict:
@@ -266,13 +264,10 @@ def timed_steps(comm, dog=None, net="2h", batch_size: int = 1000, steps: int = 1
         return train_steps(shard, X, Y, [idx] * steps, 1e-3, comm, dog)
 
 
-# --------------------------------------------------------------------------------------------
-# On parbp.ipp's MPI engines
+# ---- On parbp.ipp's MPI engines --------------------------------------------------------------------------
 
 
 def _tp_setup(key, params, X, Y, seed):
-    from . import ipp
-
     comm = ipp._comm()
     shard = Shard(params, comm.rank, comm.size)
     ipp._state[key] = dict(shard=shard, X=X, Y=Y, seed=seed)
@@ -281,8 +276,6 @@ def _tp_setup(key, params, X, Y, seed):
 
 
 def _tp_run(key, epoch, batch_size, lr, first, count):
-    from . import ipp
-
     S, comm = ipp._state[key], ipp._comm()
     batches = block(epoch_batches(len(S["X"]), epoch, S["seed"], batch_size), first, count)
 
@@ -294,8 +287,6 @@ def _tp_run(key, epoch, batch_size, lr, first, count):
 
 
 def _tp_parts(key):
-    from . import ipp
-
     return ipp._state[key]["shard"].parts
 
 
@@ -332,8 +323,7 @@ class TensorParallel(EngineModel):
 
 
 
-# --------------------------------------------------------------------------------------------
-# Under mpiexec
+# ---- Under mpiexec ---------------------------------------------------------------------------------------
 
 
 def parser():
@@ -385,7 +375,7 @@ def _train(args, comm, ds, shard) -> list[dict]:
 def main(argv=None) -> int:
     from mpi4py import MPI
 
-    from .mpi import Refused, _from_rank_zero
+    from .mpi import Refused, _from_rank_zero, refuse
 
     args = parser().parse_args(argv)
     comm = MPI.COMM_WORLD
@@ -395,9 +385,7 @@ def main(argv=None) -> int:
     try:  # rank 0 reads and checks, every rank stops together on a problem
         ds = _from_rank_zero(comm, lambda: _load(args, comm.size))
     except Refused as e:
-        if comm.rank == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return refuse(comm, e)
     sizes = layer_sizes(args.net, ds.n_in, ds.n_out)
     shard = Shard(init_params(sizes, args.seed), comm.rank, comm.size)
     rows = comm.gather(_train(args, comm, ds, shard), root=0)
