@@ -27,9 +27,12 @@ one line why the harness cannot run here (not root, a tool missing), or returns 
 """
 from __future__ import annotations
 
+import collections
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -278,8 +281,6 @@ PORT = 5201
 
 def _echo():
     """Serve the probe: echo small messages back; swallow a bulk stream, then acknowledge it."""
-    import socket
-
     s = socket.create_server(("0.0.0.0", PORT), reuse_port=True)
     print("ready", flush=True)
     while True:
@@ -298,8 +299,6 @@ def _echo():
 
 
 def _probe(peer: str, seconds: float):
-    import socket
-
     c = socket.create_connection((peer, PORT), timeout=10)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c.sendall(b"e")
@@ -330,8 +329,6 @@ def _delay_line(delay_us: float, queue: int):
     socket until the oldest held packet is due). Packets are accepted by id, so only their first bytes are copied."""
     import collections
     import select
-    import socket
-
     from netfilterqueue import COPY_PACKET, NetfilterQueue
 
     held = collections.deque()

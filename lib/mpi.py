@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from . import trainers
+from .cli import Parser
 from .data import load_first
 from .distributed import (Flat, PackedGradients, allreduce_step, block, data_arguments, epoch_batches, epoch_order,
                           flags, leading, run_job)
@@ -451,22 +452,17 @@ def _rank_from_launcher() -> int:
     return 0
 
 
-def _Parser(**kwargs):
-    from .cli import Parser
+class RankZeroParser(Parser):
+    """Every rank checks the command line and exits 2; only rank 0 says why, once."""
 
-    class RankZeroParser(Parser):
-        """Every rank checks the command line and exits 2; only rank 0 says why, once."""
-
-        def error(self, message):
-            self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if _rank_from_launcher() == 0 else None)
-
-    return RankZeroParser(**kwargs)
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if _rank_from_launcher() == 0 else None)
 
 
 def parser() -> argparse.ArgumentParser:
     from .cli import fraction, nonnegative_int, positive_float, positive_int
 
-    p = _Parser(prog="mpiexec -n N python -m parbp.mpi", description=__doc__.split("\n\n")[0])
+    p = RankZeroParser(prog="mpiexec -n N python -m parbp.mpi", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", required=True, choices=MODES)
     data_arguments(p, net="1h", batch_size=10, batch_help="global minibatch (default 10, the paper's)")
     p.add_argument("--epochs", type=positive_int, default=5)

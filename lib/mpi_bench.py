@@ -78,7 +78,8 @@ def mpi_worker(args) -> None:
 def run_parbp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None, timeout=300) -> dict:
     """Median step time (and its compute/communication split) of parbp.mpi allreduce under mpiexec."""
     options = dict(net=net, batch_size=batch_size, steps=steps, warmup=warmup, impl=impl)
-    return run_job("parbp.mpi_bench", processes, ["--worker", *flags(options)], timeout).iloc[0].to_dict()
+    row = run_job("parbp.mpi_bench", processes, ["--worker", *flags(options)], timeout).iloc[0]
+    return {k: float(v) for k, v in row.items()}
 
 
 # ---- PyTorch DDP, gloo on loopback -----------------------------------------------------------------------

@@ -328,9 +328,9 @@ class TensorParallel(EngineModel):
 
 def parser():
     from .cli import fraction, positive_float, positive_int
-    from .mpi import _Parser
+    from .mpi import RankZeroParser
 
-    p = _Parser(prog="mpiexec -n N python -m parbp.tensor_parallel", description=__doc__.split("\n\n")[0])
+    p = RankZeroParser(prog="mpiexec -n N python -m parbp.tensor_parallel", description=__doc__.split("\n\n")[0])
     data_arguments(p)
     p.add_argument("--steps", type=positive_int, default=20, help="minibatches to train, in the data-parallel order")
     p.add_argument("--lr", type=positive_float, default=0.1)
