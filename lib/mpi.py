@@ -393,24 +393,29 @@ def _server(args, comm, ds, trainer, flat, MPI):
             reports.setdefault(epoch, []).append(stats)
             if len(reports[epoch]) == workers:  # every worker has finished this epoch: evaluate v now
                 now = time.perf_counter()
-                dt, elapsed = now - t_epoch, now - t_start
-                t_epoch = now
                 trainer.params = flat.views(v)
-                rs = reports[epoch]
-                loss = sum(r["train_loss_sum"] for r in rs) / sum(r["steps"] for r in rs)
-                st = np.array(staleness.get(epoch, [0]))
-                shared = {**_summary(args, trainer, ds, epoch, lr_at(args.lr, args.lr_decay, epoch), loss, dt, elapsed),
-                          "updates": len(staleness.get(epoch, [])), "staleness_mean": float(st.mean()),
-                          "staleness_max": int(st.max()), "version": int(version[0])}
-                rows.append({"epoch": epoch + 1, **shared, "rank": 0, **usage.read()})
-                rows += [{"epoch": epoch + 1, **shared, **{k: r[k] for k in ("rank", "cpu_percent", "rss_mib", "peak_rss_mib")}}
-                         for r in sorted(rs, key=lambda r: r["rank"])]
+                rows += _server_epoch(args, ds, trainer, epoch, reports[epoch], staleness.get(epoch, []), int(version[0]),
+                                      usage, now - t_epoch, now - t_start)
+                t_epoch = now
         elif tag == _DONE:
             comm.recv(source=src, tag=_DONE)
             done += 1
             last_heard.pop(src)
     trainer.params = flat.views(v)
     return rows
+
+
+def _server_epoch(args, ds, trainer, epoch, reports, staleness, version, usage, epoch_s, elapsed) -> list[dict]:
+    """The parameter server's rows for an epoch every worker has finished: v evaluated, the updates it took
+    and their staleness, and every rank's usage."""
+    loss = sum(r["train_loss_sum"] for r in reports) / sum(r["steps"] for r in reports)
+    st = np.array(staleness or [0])
+    shared = {**_summary(args, trainer, ds, epoch, lr_at(args.lr, args.lr_decay, epoch), loss, epoch_s, elapsed),
+              "updates": len(staleness), "staleness_mean": float(st.mean()), "staleness_max": int(st.max()),
+              "version": version}
+    return [{"epoch": epoch + 1, **shared, "rank": 0, **usage.read()}] + [
+        {"epoch": epoch + 1, **shared, **{k: r[k] for k in ("rank", "cpu_percent", "rss_mib", "peak_rss_mib")}}
+        for r in sorted(reports, key=lambda r: r["rank"])]
 
 
 def take_push(v, pushed, staleness: int, rule: str) -> None:
