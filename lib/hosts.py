@@ -82,29 +82,22 @@ def unavailable() -> str | None:
     return None
 
 
-def _owner(name: str) -> int | None:
-    """The process id in a name this module made (``parbp<pid>h<i>``, ``parbp<pid>br``), else None."""
-    if not name.startswith(PREFIX):
-        return None
-    digits = name[len(PREFIX):].split("h")[0].split("b")[0]
-    return int(digits) if digits.isdigit() else None
+def _orphaned(name: str) -> bool:
+    """A name this module made (``parbp<pid>h<i>``, ``parbp<pid>br``) for a process that is gone."""
+    digits = name[len(PREFIX):].split("h")[0].split("b")[0] if name.startswith(PREFIX) else ""
+    return digits.isdigit() and not psutil.pid_exists(int(digits))
 
 
 def sweep() -> list[str]:
     """Remove the namespaces and bridges of runs whose process is gone (killed tests); return their names."""
     from pyroute2 import IPRoute, netns
 
-    removed = []
-    for name in netns.listnetns():
-        pid = _owner(name)
-        if pid is not None and not psutil.pid_exists(pid):
-            _remove_namespace(name)
-            removed.append(name)
+    removed = [name for name in netns.listnetns() if _orphaned(name)]
+    for name in removed:
+        _remove_namespace(name)
     with IPRoute() as ipr:
         for link in ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
-            pid = _owner(name)
-            if pid is not None and not psutil.pid_exists(pid):
+            if _orphaned(name := link.get_attr("IFLA_IFNAME")):
                 ipr.link("del", index=link["index"])
                 removed.append(name)
     return removed
@@ -200,11 +193,8 @@ class Hosts:
 
     def delay_line_cpu_s(self) -> float:
         """CPU seconds the delay lines have used so far (they share the cores with the ranks)."""
-        total = 0.0
-        for proc in self._delays:
-            t = psutil.Process(proc.pid).cpu_times()  # ``ip netns exec`` execs the delay line in this process
-            total += t.user + t.system
-        return total
+        # ``ip netns exec`` execs the delay line in the process it started
+        return sum(t.user + t.system for t in (psutil.Process(proc.pid).cpu_times() for proc in self._delays))
 
     def close(self):
         from pyroute2 import IPRoute

@@ -186,11 +186,8 @@ def cpu_lock(path):
         yield
         return
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def run_setting(delay_us, rate_mbit, ranks=(2, 3, 4), steps=STEPS, lock=None, timeout=300,

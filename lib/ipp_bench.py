@@ -4,9 +4,7 @@ model parallel (plain, GPipe, 1F1B) side by side.
     env -u OPENBLAS_CORETYPE python -m parbp.ipp_bench              # Net-2h, MNIST, batch 1000, 2 MPI engines
     python -m parbp.ipp_bench --steps 5 --rounds 1 --subset 10000    # a quick look
 
-Everything runs on the same engines in one process tree, configuration after configuration, for
-``--rounds`` rounds (interleaved, so a slow stretch of a shared machine hits all of them); each round trains
-``--steps`` minibatches per configuration, timed on the client from submission to the last engine's answer.
+Every configuration is timed on the same engines (``run_rounds``, shared with ``parbp.tensor_parallel_bench``).
 The CSV (``--out``, default figures/07_goals.csv, written atomically) has one row per configuration: median
 throughput and its ratio to serial, the pipeline's measured idle fraction next to the one ``parbp.pipeline``
 predicts from the same steps' per-stage task times, the activations each stage kept against the formula,
@@ -67,8 +65,10 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
 
 
 def run_rounds(ds, engines: int, make_models, batch_size, lr, steps, rounds):
-    """``make_models(eng)`` on ``engines`` fresh MPI engines, timed round by round (``_rounds``): (models,
-    throughputs, CPU shares, stashes, the load average before and after)."""
+    """``make_models(eng)`` on ``engines`` fresh MPI engines, configuration after configuration for ``rounds``
+    interleaved rounds (a slow stretch of a shared machine hits all of them), each training ``steps`` minibatches
+    timed on the client from submission to the last engine's answer (``_rounds``). Returns (models, throughputs,
+    CPU shares, stashes, the load average before and after)."""
     from . import ipp as pipp
 
     before = os.getloadavg()[0]

@@ -78,14 +78,12 @@ class Usage:
         self.mark()
 
     def mark(self):
-        t = self.proc.cpu_times()
-        self._cpu, self._wall = t.user + t.system, time.perf_counter()
+        self._cpu, self._wall = time.process_time(), time.perf_counter()  # CPU: user + system, every thread
 
     def read(self) -> dict:
-        t = self.proc.cpu_times()
         wall = max(time.perf_counter() - self._wall, 1e-9)
         out = {
-            "cpu_percent": 100.0 * (t.user + t.system - self._cpu) / wall,
+            "cpu_percent": 100.0 * (time.process_time() - self._cpu) / wall,
             "rss_mib": self.proc.memory_info().rss / 2**20,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,  # Linux: KiB
         }

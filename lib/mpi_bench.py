@@ -95,19 +95,9 @@ def _torch_worker(rank, world, port, net, batch_size, steps, warmup, queue):
     import torch
     import torch.distributed as dist
 
-    from .nets import init_params, layer_sizes
-
-    torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    sizes = layer_sizes(net, 784, 10)
-    layers = []
-    for W, b in init_params(sizes, 0):  # the same initial weights as parbp's trainers
-        lin = torch.nn.Linear(*W.shape)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
-            lin.bias.copy_(torch.from_numpy(b.astype(np.float32)))
-        layers += [lin, torch.nn.Sigmoid()]
-    model = torch.nn.Sequential(*layers)
+    # parbp's torch trainer: the same network and initial weights as parbp's trainers, on one thread
+    model = trainers.get("torch")(net=net, n_in=784, n_out=10, seed=0).model
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)

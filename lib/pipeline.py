@@ -55,13 +55,8 @@ def split_layers(sizes, parts: int) -> list[list[int]]:
         raise ValueError(f"cannot split {n_layers} layers into {parts} stages; use 1 to {n_layers} stages "
                          f"(a deeper net, e.g. net='2h', has more layers)")
     cost = layer_flops(sizes)
-    best = None
-    for cuts in combinations(range(1, n_layers), parts - 1):  # nets here have a handful of layers
-        bounds = [0, *cuts, n_layers]
-        worst = max(sum(cost[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
-        if best is None or worst < best[0]:
-            best = (worst, bounds)
-    bounds = best[1]
+    splits = ([0, *cuts, n_layers] for cuts in combinations(range(1, n_layers), parts - 1))  # a handful of layers
+    bounds = min(splits, key=lambda b: max(sum(cost[a:z]) for a, z in zip(b[:-1], b[1:])))
     return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
@@ -148,9 +143,7 @@ def idle_fraction(busy) -> float:
 def activations_kept(schedule: str, stages: int, micro_batches: int, stage: int) -> int:
     """The most micro-batches whose activations stage ``stage`` holds at once: m for GPipe, p - s for 1F1B."""
     check_schedule(schedule, micro_batches)
-    if schedule == "1f1b":
-        return min(stages - stage, micro_batches)
-    return micro_batches
+    return min(stages - stage, micro_batches) if schedule == "1f1b" else micro_batches
 
 
 def activation_bytes(sizes, layers, micro_batch: int, itemsize: int = 4) -> int:

@@ -4,10 +4,8 @@
     python -m parbp.tensor_parallel_bench --steps 3 --rounds 1 --subset 5000                   # a quick look
 
 Every configuration trains on the same 2 MPI engines of ``parbp.ipp`` (the serial trainer in the client, on
-one core, while the engines sleep), configuration after configuration, for ``--rounds`` rounds: interleaved,
-so a slow stretch of a shared machine hits all of them. A round trains ``--steps`` minibatches of each and
-times them on the client, from submission to the last engine's answer. The ratio to serial is taken round
-by round (each against the serial run of its own round) and reported as its median with its min and max.
+one core, while the engines sleep), timed as ``parbp.ipp_bench.run_rounds`` times them. The ratio to serial is
+taken round by round (each against the serial run of its own round): its median, min and max.
 
 The CSV (``--out``, default figures/07_tensor_parallel_goal.csv, atomically) has one row per configuration:
 throughput, the ratio to serial and its spread, CPU share (CPU time over wall time per process: well below 1
