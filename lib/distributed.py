@@ -33,11 +33,8 @@ class Flat:
 
     def views(self, buf):
         """[(W, b), ...] as views into ``buf``: unpacking costs nothing."""
-        arrays, off = [], 0
-        for shape in self.shapes:
-            size = int(np.prod(shape))
-            arrays.append(buf[off:off + size].reshape(shape))
-            off += size
+        ends = np.cumsum([int(np.prod(shape)) for shape in self.shapes])
+        arrays = [buf[end - int(np.prod(shape)):end].reshape(shape) for shape, end in zip(self.shapes, ends)]
         return list(zip(arrays[0::2], arrays[1::2]))
 
     def pack(self, pairs, buf, scale=None) -> np.ndarray:

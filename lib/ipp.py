@@ -97,6 +97,7 @@ class Engines:
         if not mpi:  # no ranks: number the engines in id order
             info = [{**i, "rank": r} for r, i in enumerate(info)]
         self.rank_of = {e: i["rank"] for e, i in zip(ids, info)}
+        by_rank = sorted(info, key=lambda i: i["rank"])
         if mpi:
             sizes = {i["size"] for i in info}
             if sizes != {self.n} or sorted(self.rank_of.values()) != list(range(self.n)):
@@ -104,8 +105,7 @@ class Engines:
                 raise EngineFailure(f"the {self.n} engines are not one MPI world of {self.n} ranks (MPI sizes {sorted(sizes)}); "
                                     f"start them with: ipcluster start --engines=MPI -n {self.n} --profile=NAME")
         self.ids = sorted(ids, key=self.rank_of.get)  # self.ids[r] is the engine of MPI rank r
-        self.pids = [i["pid"] for i in sorted(info, key=lambda i: i["rank"])]
-        self.local = [i["host"] == socket.gethostname() for i in sorted(info, key=lambda i: i["rank"])]
+        self.pids, self.local = [i["pid"] for i in by_rank], [i["host"] == socket.gethostname() for i in by_rank]
 
     # -- submitting and waiting ---------------------------------------------------------------
     def submit(self, engine: int, fn, *args):

@@ -90,8 +90,7 @@ def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s
     if len(backward_s) != p:
         raise ValueError("forward_s and backward_s need one time per stage each")
     tasks = [stage_tasks(schedule, p, micro_batches, s) for s in range(p)]
-    end: dict[tuple[str, int, int], float] = {}
-    timeline: dict[tuple[str, int, int], tuple[float, float]] = {}
+    timeline: dict[tuple[str, int, int], tuple[float, float]] = {}  # (kind, stage, micro-batch) -> (start, end)
     clock, nxt = [0.0] * p, [0] * p
     link_free: dict[tuple[int, int], float] = {}  # (from, to): when the link is free again
     while any(nxt[s] < len(tasks[s]) for s in range(p)):
@@ -102,16 +101,15 @@ def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s
             kind, j = tasks[s][nxt[s]]
             # inputs: the forward of the stage before, or the backward of the stage after
             dep = ("F", s - 1, j) if kind == "F" and s > 0 else ("B", s + 1, j) if kind == "B" and s < p - 1 else None
-            if dep is not None and dep not in end:
+            if dep is not None and dep not in timeline:
                 continue
             ready = 0.0
             if dep is not None:  # a stage consumes its inputs in the order they were sent
-                leaves = max(end[dep], link_free.get((dep[1], s), 0.0))
+                leaves = max(timeline[dep][1], link_free.get((dep[1], s), 0.0))
                 link_free[(dep[1], s)] = leaves + transfer_s
                 ready = leaves + transfer_s + message_s
             start = max(clock[s], ready)
             clock[s] = start + (forward_s[s] if kind == "F" else backward_s[s])
-            end[(kind, s, j)] = clock[s]
             timeline[(kind, s, j)] = (start, clock[s])
             nxt[s] += 1
             progressed = True
