@@ -125,12 +125,16 @@ class RelayModelParallel(Staged, EngineModel):
         eng, p, B = self.eng, len(self.stages), len(X)
         if self.m > B:
             raise ValueError(f"micro_batches={self.m} is larger than the minibatch ({B} examples)")
-        micro = np.array_split(np.arange(B), self.m)
-        # what is in flight: future -> (kind, stage, micro-batch)
-        key = self.key
-        inflight = {eng.submit(eng.ids[0], _stage_forward, key, j, X[micro[j]]) if p > 1 else
-                    eng.submit(eng.ids[0], _stage_forward, key, j, X[micro[j]], Y[micro[j]], B): ("f", 0, j)
-                    for j in range(self.m)}
+        micro, inflight = np.array_split(np.arange(B), self.m), {}  # in flight: future -> (kind, stage, micro-batch)
+
+        def forward(s, j, x):  # the last stage goes on: loss, output delta and its own backward
+            if s < p - 1:
+                inflight[eng.submit(eng.ids[s], _stage_forward, self.key, j, x)] = ("f", s, j)
+            else:
+                inflight[eng.submit(eng.ids[s], _stage_forward, self.key, j, x, Y[micro[j]], B)] = ("b", s, j)
+
+        for j in range(self.m):
+            forward(0, j, X[micro[j]])
         loss, remaining = 0.0, self.m * p  # every micro-batch finishes once per stage going backwards
         while remaining:
             done, _ = concurrent.futures.wait(list(inflight), timeout=eng.timeout,
@@ -140,22 +144,15 @@ class RelayModelParallel(Staged, EngineModel):
             for fut in done:
                 kind, s, j = inflight.pop(fut)
                 out = eng.get([fut], f"running stage {s} on micro-batch {j}")[0]
-                if kind == "f" and s + 1 < p - 1:  # a middle stage is next
-                    nxt = eng.submit(eng.ids[s + 1], _stage_forward, key, j, out)
-                    inflight[nxt] = ("f", s + 1, j)
-                elif kind == "f" and s + 1 == p - 1:  # the last stage: forward + loss + its backward
-                    nxt = eng.submit(eng.ids[s + 1], _stage_forward, key, j, out, Y[micro[j]], B)
-                    inflight[nxt] = ("b", s + 1, j)
-                else:  # kind "b" (or a 1-stage "f"): stage s finished backward for j
-                    remaining -= 1
-                    if s == p - 1:
-                        d_loss, dA = out
-                        loss += d_loss
-                    else:
-                        dA = out
-                    if s > 0:
-                        nxt = eng.submit(eng.ids[s - 1], _stage_backward, key, j, dA)
-                        inflight[nxt] = ("b", s - 1, j)
+                if kind == "f":
+                    forward(s + 1, j, out)
+                    continue
+                remaining -= 1  # stage s finished backward for j
+                if s == p - 1:
+                    d_loss, out = out
+                    loss += d_loss
+                if s > 0:
+                    inflight[eng.submit(eng.ids[s - 1], _stage_backward, self.key, j, out)] = ("b", s - 1, j)
         busy = self.on_engines(_stage_update, lr, what="applying its gradient", deadline=eng.timeout)
         self.bubbles.append(pipeline.idle_fraction(busy))
         return loss
