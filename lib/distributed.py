@@ -106,6 +106,11 @@ def mpiexec() -> str:
     return found
 
 
+def genv(env: dict) -> list[str]:
+    """mpiexec's ``-genv NAME VALUE`` for each variable: set on every rank."""
+    return [a for k, v in env.items() for a in ("-genv", k, v)]
+
+
 def run_job(module: str, processes: int, args: list[str], timeout: float, out=None, explain=lambda output: "",
             env: dict | None = None):
     """Run ``mpiexec -n processes python -m module ARGS --out CSV`` (``env``: variables for every rank) and
@@ -119,10 +124,9 @@ def run_job(module: str, processes: int, args: list[str], timeout: float, out=No
     from .cli import check_positive_int
 
     check_positive_int("processes", processes)
-    genv = [a for k, v in (env or {}).items() for a in ("-genv", k, v)]
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(out) if out else Path(tmp) / "run.csv"
-        run_command([mpiexec(), "-n", str(processes), *genv, sys.executable, "-m", module, *args, "--out", str(csv)],
+        run_command([mpiexec(), "-n", str(processes), *genv(env or {}), sys.executable, "-m", module, *args, "--out", str(csv)],
                     timeout, f"mpiexec -n {processes} {' '.join([module, *args[:2]])}", explain)
         return pd.read_csv(csv)
 

@@ -44,11 +44,14 @@ import pandas as pd
 import psutil
 
 from .base import Trainer
-from .distributed import mpiexec, run_command
+from .distributed import genv, mpiexec, run_command
 
 RANGE = "198.18.0.0/15"
 PREFIX = "parbp"
 QUEUE = 7  # the nfqueue number, one queue per namespace
+# MPICH over TCP on the links: no shared memory between ranks, UCX restricted to TCP on eth0
+MPI_ENV = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ucx", "UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "eth0",
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 LAUNCHER = """#!/bin/sh
 # hydra calls ssh as: [options] HOST COMMAND...; run COMMAND in the namespace named HOST instead.
 while [ "${1#-}" != "$1" ]; do shift; done
@@ -223,20 +226,12 @@ class Hosts:
         return subprocess.run(["ip", "netns", "exec", self.names[i], *cmd], capture_output=True, text=True,
                               timeout=timeout, **kwargs)
 
-    def mpi_env(self) -> dict:
-        """MPICH over TCP on the links: no shared memory between ranks, UCX restricted to TCP on eth0."""
-        return {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ucx", "UCX_TLS": "tcp,self",
-                "UCX_NET_DEVICES": "eth0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-
     def mpiexec_cmd(self, cmd, ranks: int | None = None) -> list[str]:
         ranks = ranks or self.n
         if not 2 <= ranks <= self.n:
             raise ValueError(f"ranks must be from 2 to {self.n} (one per host), got {ranks}")
-        out = [mpiexec(), "-launcher", "ssh", "-launcher-exec", str(self.launcher), "-iface", self.bridge,
-               "-hosts", ",".join(self.names[:ranks]), "-n", str(ranks), "-ppn", "1"]
-        for k, v in self.mpi_env().items():
-            out += ["-genv", k, v]
-        return out + [str(c) for c in cmd]
+        return [mpiexec(), "-launcher", "ssh", "-launcher-exec", str(self.launcher), "-iface", self.bridge,
+                "-hosts", ",".join(self.names[:ranks]), "-n", str(ranks), "-ppn", "1", *genv(MPI_ENV), *map(str, cmd)]
 
     def mpiexec(self, cmd, ranks: int | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run ``cmd`` with one MPI rank per host; raises with the ranks' output when it fails or overruns."""
