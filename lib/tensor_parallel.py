@@ -180,12 +180,9 @@ class Shard:
             if below is not None:
                 hidden_delta(below, acts[i - 1][-1])  # σ' of the block below's output
                 delta = below
-        self.update(lr)
-        return float(sse) / B
-
-    def update(self, lr: float) -> None:
         for blk in self.blocks:
             blk.update(lr)
+        return float(sse) / B
 
     @property
     def parts(self) -> list[list[np.ndarray]]:
