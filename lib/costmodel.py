@@ -111,10 +111,9 @@ def measure_compute(net: str, batch_size: int = 1000, impl: str = "serial-blas",
     from threadpoolctl import threadpool_limits
 
     from . import trainers
+    from .data import random_batch
 
-    rng = np.random.default_rng(0)
-    X = rng.uniform(0, 1, (batch_size, n_in)).astype(np.float32)
-    Y = np.eye(n_out, dtype=np.float32)[rng.integers(0, n_out, batch_size)]
+    X, Y = random_batch(n_in, n_out, batch_size, 0)
     with threadpool_limits(1), trainers.get(impl)(net=net, n_in=n_in, n_out=n_out) as t:
         grad, upd = [], []
         for _ in range(repeat + 1):  # the first call warms caches (and compiles, for numba trainers)
@@ -179,8 +178,7 @@ def project_parallelism(model: AlphaBeta, compute: "Compute", n_params: int, wid
     return pd.DataFrame(rows)
 
 
-# --------------------------------------------------------------------------------------------
-# Measuring messages (runs under mpiexec)
+# ---- Measuring messages (runs under mpiexec) -------------------------------------------------------------
 
 
 def _measure(sizes, budget: float):
@@ -218,26 +216,14 @@ def measure_messages(processes: int = 2, transport: str = "shm", sizes=SIZES, bu
     """Run the measurement under mpiexec and return its rows. ``transport``: "shm" (MPICH's shared
     memory, the default between processes of one machine) or "tcp" (TCP over loopback, the path a
     message between machines takes, minus the wire)."""
-    import tempfile
-    from pathlib import Path
-
-    from .distributed import mpiexec, run_command
+    from .distributed import run_job
 
     if transport not in TRANSPORTS:
         raise ValueError(f"unknown transport {transport!r}; choose one of {list(TRANSPORTS)}")
     if processes < 2:
         raise ValueError("a ping-pong needs at least 2 processes")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "messages.csv"
-        cmd = [mpiexec(), "-n", str(processes)]
-        for k, v in TRANSPORTS[transport].items():
-            cmd += ["-genv", k, v]
-        cmd += [sys.executable, "-m", "parbp.costmodel", "--out", str(out), "--budget", str(budget),
-                "--sizes", *map(str, sizes)]
-        proc = run_command(cmd, timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"message measurement failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}{proc.stdout[-1000:]}")
-        df = pd.read_csv(out)
+    df = run_job("parbp.costmodel", processes, ["--budget", str(budget), "--sizes", *map(str, sizes)], timeout,
+                 env=TRANSPORTS[transport])
     df.insert(0, "transport", transport)
     return df
 

@@ -16,7 +16,6 @@ projected, not measured: at our per-thread efficiency, how many cores 10× would
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -24,6 +23,8 @@ import pandas as pd
 
 from . import envinfo, nets
 from .cpu import example_by_example_step, example_gradients, split_rows
+from .data import random_batch
+from .timing import sample
 
 CSV = "03_example_threads.csv"
 
@@ -60,21 +61,12 @@ def measure(net: str = "2h", batch: int = 1000, threads: int = 2, rounds: int = 
             seed: int = 0) -> pd.DataFrame:
     """One row per round: seconds per step of each side and their ratio (random inputs: the per-example
     loops do the same arithmetic whatever the values)."""
-    sizes = nets.layer_sizes(net, 784, 10)
-    rng = np.random.default_rng(seed)
-    X = rng.random((batch, 784), dtype=np.float32)
-    Y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, batch)]
-    loops = Loops(sizes, threads, seed)
+    X, Y = random_batch(784, 10, batch, seed)
+    loops = Loops(nets.layer_sizes(net, 784, 10), threads, seed)
     loops.serial(X[:2], Y[:2], 0.0), loops.threaded(X[:2 * threads], Y[:2 * threads], 0.0)  # compile
     rows = []
     for r in range(rounds):
-        t = {}
-        for side in ("serial", "threaded"):
-            step = getattr(loops, side)
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step(X, Y, 0.01)
-            t[side] = (time.perf_counter() - t0) / steps
+        t = {side: sample(lambda: getattr(loops, side)(X, Y, 0.01), steps) for side in ("serial", "threaded")}
         rows.append({"round": r, "net": net, "batch": batch, "threads": threads, "s_serial": t["serial"],
                      "s_threads": t["threaded"], "speedup": t["serial"] / t["threaded"],
                      "loadavg": os.getloadavg()[0], "cpu": envinfo.cpu_name(), "cores": os.cpu_count(),

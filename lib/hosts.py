@@ -27,9 +27,12 @@ one line why the harness cannot run here (not root, a tool missing), or returns 
 """
 from __future__ import annotations
 
+import collections
 import os
+import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,16 +41,31 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
+
+from .base import Trainer
+from .distributed import genv, mpiexec, run_command
 
 RANGE = "198.18.0.0/15"
 PREFIX = "parbp"
 QUEUE = 7  # the nfqueue number, one queue per namespace
+# MPICH over TCP on the links: no shared memory between ranks, UCX restricted to TCP on eth0
+MPI_ENV = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ucx", "UCX_TLS": "tcp,self", "UCX_NET_DEVICES": "eth0",
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 LAUNCHER = """#!/bin/sh
 # hydra calls ssh as: [options] HOST COMMAND...; run COMMAND in the namespace named HOST instead.
 while [ "${1#-}" != "$1" ]; do shift; done
 host="$1"; shift
 exec ip netns exec "$host" sh -c "$*"
 """
+
+
+def said_unavailable() -> bool:
+    """For a command line: print why the harness cannot run here and return True, or return False."""
+    why = unavailable()
+    if why:
+        print(why)
+    return bool(why)
 
 
 def unavailable() -> str | None:
@@ -67,39 +85,22 @@ def unavailable() -> str | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _owner(name: str) -> int | None:
-    """The process id in a name this module made (``parbp<pid>h<i>``, ``parbp<pid>br``), else None."""
-    if not name.startswith(PREFIX):
-        return None
-    digits = name[len(PREFIX):].split("h")[0].split("b")[0]
-    return int(digits) if digits.isdigit() else None
+def _orphaned(name: str) -> bool:
+    """A name this module made (``parbp<pid>h<i>``, ``parbp<pid>br``) for a process that is gone."""
+    digits = name[len(PREFIX):].split("h")[0].split("b")[0] if name.startswith(PREFIX) else ""
+    return digits.isdigit() and not psutil.pid_exists(int(digits))
 
 
 def sweep() -> list[str]:
     """Remove the namespaces and bridges of runs whose process is gone (killed tests); return their names."""
     from pyroute2 import IPRoute, netns
 
-    removed = []
-    for name in netns.listnetns():
-        pid = _owner(name)
-        if pid is not None and not _alive(pid):
-            _remove_namespace(name)
-            removed.append(name)
+    removed = [name for name in netns.listnetns() if _orphaned(name)]
+    for name in removed:
+        _remove_namespace(name)
     with IPRoute() as ipr:
         for link in ipr.get_links():
-            name = link.get_attr("IFLA_IFNAME")
-            pid = _owner(name)
-            if pid is not None and not _alive(pid):
+            if _orphaned(name := link.get_attr("IFLA_IFNAME")):
                 ipr.link("del", index=link["index"])
                 removed.append(name)
     return removed
@@ -195,13 +196,8 @@ class Hosts:
 
     def delay_line_cpu_s(self) -> float:
         """CPU seconds the delay lines have used so far (they share the cores with the ranks)."""
-        import psutil
-
-        total = 0.0
-        for proc in self._delays:
-            t = psutil.Process(proc.pid).cpu_times()  # ``ip netns exec`` execs the delay line in this process
-            total += t.user + t.system
-        return total
+        # ``ip netns exec`` execs the delay line in the process it started
+        return sum(t.user + t.system for t in (psutil.Process(proc.pid).cpu_times() for proc in self._delays))
 
     def close(self):
         from pyroute2 import IPRoute
@@ -220,11 +216,7 @@ class Hosts:
                     ipr.link("del", index=idx)
         self._tmp.cleanup()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    __enter__, __exit__ = Trainer.__enter__, Trainer.__exit__  # ``with Hosts(...) as h``: removed at the end
 
     # ----------------------------------------------------------------------------------------
     # Running things on the hosts
@@ -234,36 +226,19 @@ class Hosts:
         return subprocess.run(["ip", "netns", "exec", self.names[i], *cmd], capture_output=True, text=True,
                               timeout=timeout, **kwargs)
 
-    def mpi_env(self) -> dict:
-        """MPICH over TCP on the links: no shared memory between ranks, UCX restricted to TCP on eth0."""
-        return {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ucx", "UCX_TLS": "tcp,self",
-                "UCX_NET_DEVICES": "eth0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-
     def mpiexec_cmd(self, cmd, ranks: int | None = None) -> list[str]:
-        from .distributed import mpiexec
-
         ranks = ranks or self.n
         if not 2 <= ranks <= self.n:
             raise ValueError(f"ranks must be from 2 to {self.n} (one per host), got {ranks}")
-        out = [mpiexec(), "-launcher", "ssh", "-launcher-exec", str(self.launcher), "-iface", self.bridge,
-               "-hosts", ",".join(self.names[:ranks]), "-n", str(ranks), "-ppn", "1"]
-        for k, v in self.mpi_env().items():
-            out += ["-genv", k, v]
-        return out + [str(c) for c in cmd]
+        return [mpiexec(), "-launcher", "ssh", "-launcher-exec", str(self.launcher), "-iface", self.bridge,
+                "-hosts", ",".join(self.names[:ranks]), "-n", str(ranks), "-ppn", "1", *genv(MPI_ENV), *map(str, cmd)]
 
     def mpiexec(self, cmd, ranks: int | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run ``cmd`` with one MPI rank per host; raises with the ranks' output when it fails or overruns."""
-        from .distributed import run_command
-
-        proc = run_command(self.mpiexec_cmd(cmd, ranks), timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"mpiexec on emulated hosts failed (exit {proc.returncode}):\n"
-                               f"{proc.stderr[-3000:]}{proc.stdout[-1000:]}")
-        return proc
+        return run_command(self.mpiexec_cmd(cmd, ranks), timeout, "mpiexec on emulated hosts")
 
 
-# --------------------------------------------------------------------------------------------
-# The emulator measured
+# ---- The emulator measured -------------------------------------------------------------------------------
 
 
 def measure_link(hosts: Hosts, seconds: float = 2.0) -> dict:
@@ -291,8 +266,6 @@ PORT = 5201
 
 def _echo():
     """Serve the probe: echo small messages back; swallow a bulk stream, then acknowledge it."""
-    import socket
-
     s = socket.create_server(("0.0.0.0", PORT), reuse_port=True)
     print("ready", flush=True)
     while True:
@@ -311,8 +284,6 @@ def _echo():
 
 
 def _probe(peer: str, seconds: float):
-    import socket
-
     c = socket.create_connection((peer, PORT), timeout=10)
     c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     c.sendall(b"e")
@@ -343,8 +314,6 @@ def _delay_line(delay_us: float, queue: int):
     socket until the oldest held packet is due). Packets are accepted by id, so only their first bytes are copied."""
     import collections
     import select
-    import socket
-
     from netfilterqueue import COPY_PACKET, NetfilterQueue
 
     held = collections.deque()
@@ -395,11 +364,7 @@ def main(argv=None) -> int:
         _echo()
     elif args.what == "probe":
         _probe(args.peer, args.seconds)
-    else:
-        why = unavailable()
-        if why:
-            print(why)
-            return 0
+    elif not said_unavailable():
         with Hosts(args.hosts, rate_mbit=args.rate_mbit, delay_us=args.delay_us) as h:
             print(pd.Series(measure_link(h, args.seconds)).to_string())
     return 0

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .timing import sample
+
 NET = [784, 256, 256, 256, 10]  # 4 weight layers: a stage each for 4 ranks, two tensor-parallel pairs
 BATCH, MICRO, STEPS = 512, 4, 5
 AXES = ("data parallel", "gpipe", "1f1b", "tensor parallel")
@@ -53,61 +55,64 @@ PINGPONG_SIZES = (8, 1024, 16384, 131072, 524288, 1048576)
 FIT_FROM_BYTES = 131072
 
 
-# --------------------------------------------------------------------------------------------
-# The MPI job (one rank per host)
+# ---- The MPI job (one rank per host) ---------------------------------------------------------------------
 
 
 def _median_time(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median([sample(fn, 1) for _ in range(repeat)]))
 
 
 def worker(args) -> None:
+    """One rank of the job: every axis's compute and measured step; rank 0 writes them all as JSON."""
     from mpi4py import MPI
     from threadpoolctl import threadpool_limits
 
-    from . import costmodel, ipp, pipeline, tensor_parallel, trainers
+    from . import costmodel, ipp
     from .data import random_batch
-    from .distributed import Flat, allreduce_step
     from .nets import init_params
 
     world = MPI.COMM_WORLD
-    p, rank = world.size, world.rank
-    out = {"p": p, "batch": args.batch}
+    out = {"p": world.size, "batch": args.batch}
     if args.pingpong:
         out["pingpong"] = costmodel._measure(PINGPONG_SIZES, 0.02)
     threadpool_limits(1)
     ipp._engine_init(60.0, mpi=True)
     comm = ipp._comm()  # every wait polled, yielding the core, with a deadline
-    sizes, B, m = NET, args.batch, args.micro
-    params = init_params(sizes, 0)
-    X, Y = random_batch(sizes[0], sizes[-1], B * (args.steps + 2), 0)
+    params = init_params(NET, 0)
+    X, Y = random_batch(NET[0], NET[-1], args.batch * (args.steps + 2), 0)
     compute, measured = {}, {}
+    for axis in (_data_parallel, _pipelines, _tensor_parallel):
+        axis(comm, params, X, Y, args, compute, measured)
+    gathered = world.gather({"compute": compute, "measured": measured}, root=0)
+    if world.rank == 0:
+        out["ranks"] = gathered
+        Path(args.worker_out).write_text(json.dumps(out))
 
-    # data parallel: B/p examples' gradients, then one Allreduce of every parameter
-    t = trainers.get(trainers.fastest_cpu(threaded=False))(net=sizes, n_in=sizes[0], n_out=sizes[-1], seed=0)
-    flat = Flat(t.sizes, t.dtype, extra=1)
-    buf = flat.empty()
-    grads = flat.views(buf)
-    mine = np.array_split(np.arange(B), p)[rank]
+
+def _data_parallel(comm, params, X, Y, args, compute, measured):
+    """B/p examples' gradients, then one Allreduce of every parameter."""
+    from . import trainers
+    from .distributed import PackedGradients, allreduce_step
+
+    t = trainers.get(trainers.fastest_cpu(threaded=False))(net=NET, n_in=NET[0], n_out=NET[-1], seed=0)
+    packed, B = PackedGradients(t), args.batch
+    mine = np.array_split(np.arange(B), comm.size)[comm.rank]
     t.gradients(X[mine], Y[mine])  # warm-up
     comm.barrier("compute timing")
     compute["data parallel"] = _median_time(lambda: t.apply_gradients(t.gradients(X[mine], Y[mine])[1], 1e-6), 5)
     comm.barrier("data parallel")
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        allreduce_step(t, flat, buf, grads, X[mine], Y[mine], B, 1e-6, comm, comm)
-    measured["data parallel"] = (time.perf_counter() - t0) / args.steps
+    measured["data parallel"] = sample(lambda: allreduce_step(t, packed, X[mine], Y[mine], B, 1e-6, comm, comm), args.steps)
 
-    # pipelines: this rank's stage, forward and backward of one micro-batch, then the schedule over the links
-    layers = pipeline.split_layers(sizes, p)[rank]
+
+def _pipelines(comm, params, X, Y, args, compute, measured):
+    """This rank's stage, forward and backward of one micro-batch, then each schedule over the links."""
+    from . import ipp, pipeline
+
+    p, rank, B, m = comm.size, comm.rank, args.batch, args.micro
+    layers = pipeline.split_layers(NET, p)[rank]
     st = pipeline.Stage([params[l] for l in layers], first=rank == 0, last=rank == p - 1)
-    xb = X[:B // m] if rank == 0 else np.random.default_rng(rank).uniform(0, 1, (B // m, sizes[layers[0]])).astype(np.float32)
-    gout = np.full((B // m, sizes[layers[-1] + 1]), 1e-3, np.float32)
+    xb = X[:B // m] if rank == 0 else np.random.default_rng(rank).uniform(0, 1, (B // m, NET[layers[0]])).astype(np.float32)
+    gout = np.full((B // m, NET[layers[-1] + 1]), 1e-3, np.float32)
 
     def backward():
         acts = st.forward(xb)  # the backward needs a forward's activations; its time is subtracted below
@@ -117,34 +122,29 @@ def worker(args) -> None:
     backward()
     comm.barrier("compute timing")
     f = _median_time(lambda: st.forward(xb), 7)
-    b = _median_time(backward, 7) - f
-    u = _median_time(lambda: st.update(0.0), 3)
-    compute["stage"] = [f, b, u]
-    n = len(X)
+    compute["stage"] = [f, _median_time(backward, 7) - f, _median_time(lambda: st.update(0.0), 3)]
     for schedule in ("gpipe", "1f1b"):
         key = f"pipe-{schedule}"
-        ipp._mp_setup(key, [params[l] for l in layers], layers, sizes, p, schedule, m, X, Y, n, 0)
+        ipp._mp_setup(key, [params[l] for l in layers], layers, NET, p, schedule, m, X, Y, len(X), 0)
         ipp._mp_run(key, 0, B, 1e-6, 0, 1, False)  # warm-up step
         r = ipp._mp_run(key, 0, B, 1e-6, 1, args.steps, False)
         measured[schedule] = r["seconds"] / r["steps"]
 
-    # tensor parallel: a step with its Allreduces skipped times the compute alone
-    shard = tensor_parallel.Shard(params, rank, p)
-    idx = np.arange(B)
+
+def _tensor_parallel(comm, params, X, Y, args, compute, measured):
+    """A step with its Allreduces skipped times the compute alone."""
+    from . import tensor_parallel
+
+    shard = tensor_parallel.Shard(params, comm.rank, comm.size)
+    idx = np.arange(args.batch)
     shard.step(X[idx], Y[idx], 1e-6, lambda buf, what: None)
     comm.barrier("compute timing")
     compute["tensor parallel"] = _median_time(lambda: shard.step(X[idx], Y[idx], 1e-6, lambda buf, what: None), 5)
     r = tensor_parallel.train_steps(shard, X, Y, [idx] * (args.steps + 1), 1e-6, comm, comm)
     measured["tensor parallel"] = float(np.mean(r["step_s"][1:]))
 
-    gathered = world.gather({"compute": compute, "measured": measured}, root=0)
-    if rank == 0:
-        out["ranks"] = gathered
-        Path(args.worker_out).write_text(json.dumps(out))
 
-
-# --------------------------------------------------------------------------------------------
-# The model
+# ---- The model -------------------------------------------------------------------------------------------
 
 
 def predict(compute: list[dict], p: int, alpha: float, beta: float, batch: int = BATCH, micro: int = MICRO) -> dict:
@@ -176,8 +176,7 @@ def fit_links(links: pd.DataFrame) -> tuple[float, float]:
     return alpha0, eta
 
 
-# --------------------------------------------------------------------------------------------
-# The grid
+# ---- The grid --------------------------------------------------------------------------------------------
 
 
 @contextmanager
@@ -187,11 +186,8 @@ def cpu_lock(path):
         yield
         return
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def run_setting(delay_us, rate_mbit, ranks=(2, 3, 4), steps=STEPS, lock=None, timeout=300,
@@ -297,11 +293,9 @@ def main(argv=None) -> int:
     if args.worker_out:
         worker(args)
         return 0
-    from .hosts import unavailable
+    from .hosts import said_unavailable
 
-    why = unavailable()
-    if why:
-        print(why)
+    if said_unavailable():
         return 0
     if not 2 <= args.settings <= len(SETTINGS):
         ap.error(f"--settings must be from 2 to {len(SETTINGS)}, got {args.settings}")

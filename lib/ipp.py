@@ -33,20 +33,21 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import os
 import re
 import socket
 import time
-from itertools import islice
 
 import numpy as np
 import pandas as pd
 
 from . import pipeline, trainers
-from .distributed import Flat, allreduce_step, epoch_order, mpiexec
-from .train import evaluate, lr_at, minibatches
+from .base import Trainer
+from .distributed import PackedGradients, allreduce_step, block, epoch_batches, epoch_order, mpiexec
+from .train import evaluate, lr_at
 
 
 class EngineFailure(RuntimeError):
@@ -57,8 +58,7 @@ class PeerTimeout(RuntimeError):
     """Raised on an engine whose MPI wait passed its deadline: a peer has died or stopped."""
 
 
-# --------------------------------------------------------------------------------------------
-# The engines (client side)
+# ---- The engines (client side) ---------------------------------------------------------------------------
 
 
 class Engines:
@@ -97,6 +97,7 @@ class Engines:
         if not mpi:  # no ranks: number the engines in id order
             info = [{**i, "rank": r} for r, i in enumerate(info)]
         self.rank_of = {e: i["rank"] for e, i in zip(ids, info)}
+        by_rank = sorted(info, key=lambda i: i["rank"])
         if mpi:
             sizes = {i["size"] for i in info}
             if sizes != {self.n} or sorted(self.rank_of.values()) != list(range(self.n)):
@@ -104,8 +105,7 @@ class Engines:
                 raise EngineFailure(f"the {self.n} engines are not one MPI world of {self.n} ranks (MPI sizes {sorted(sizes)}); "
                                     f"start them with: ipcluster start --engines=MPI -n {self.n} --profile=NAME")
         self.ids = sorted(ids, key=self.rank_of.get)  # self.ids[r] is the engine of MPI rank r
-        self.pids = [i["pid"] for i in sorted(info, key=lambda i: i["rank"])]
-        self.local = [i["host"] == socket.gethostname() for i in sorted(info, key=lambda i: i["rank"])]
+        self.pids, self.local = [i["pid"] for i in by_rank], [i["host"] == socket.gethostname() for i in by_rank]
 
     # -- submitting and waiting ---------------------------------------------------------------
     def submit(self, engine: int, fn, *args):
@@ -145,37 +145,28 @@ class Engines:
         """'engine(s) [..] died' / 'stopped' from the engine processes we can see, '' if all look alive."""
         import psutil
 
-        dead, stopped = [], []
+        status = {}
         for e, pid, local in zip(self.ids, self.pids, self.local):
-            if not local:
-                continue
             try:
-                status = psutil.Process(pid).status()
+                status[e] = psutil.Process(pid).status() if local else None
             except psutil.NoSuchProcess:
-                status = psutil.STATUS_DEAD
-            if status in (psutil.STATUS_DEAD, psutil.STATUS_ZOMBIE):
-                dead.append(e)
-            elif status == psutil.STATUS_STOPPED:
-                stopped.append(e)
-        if self.cluster is None or not self.cluster.engines or not (dead or stopped):
-            return " and ".join(filter(None, [f"engine(s) {dead} died" if dead else "",
-                                              f"engine(s) {stopped} stopped answering (the process is stopped)" if stopped else ""]))
-        if len(dead) > 1:  # mpiexec ends the whole world when one rank dies: its log says which one it was
-            first = self._first_dead()
-            if first is not None:
-                return f"engine {first} died (MPI rank {self.rank_of[first]}; mpiexec then ended the others: {dead})"
+                status[e] = psutil.STATUS_DEAD
+        dead = [e for e, s in status.items() if s in (psutil.STATUS_DEAD, psutil.STATUS_ZOMBIE)]
+        stopped = [e for e, s in status.items() if s == psutil.STATUS_STOPPED]
+        first = self._first_dead() if len(dead) > 1 else None
+        if first is not None:
+            return f"engine {first} died (MPI rank {self.rank_of[first]}; mpiexec then ended the others: {dead})"
         return " and ".join(filter(None, [f"engine(s) {dead} died" if dead else "",
                                           f"engine(s) {stopped} stopped answering (the process is stopped)" if stopped else ""]))
 
     def _first_dead(self):
+        """mpiexec ends the whole world when one rank dies: the log of our own cluster says which one it was."""
         try:
             out = "".join(es.get_output() or "" for es in self.cluster.engines.values())
-        except Exception:  # the log is a convenience; never let it hide the failure itself
+        except Exception:  # no cluster of ours, or no log: a convenience that must never hide the failure itself
             return None
-        for pid in re.findall(r"PID (\d+) RUNNING AT", out):
-            if int(pid) in self.pids:
-                return self.ids[self.pids.index(int(pid))]
-        return None
+        pids = [int(pid) for pid in re.findall(r"PID (\d+) RUNNING AT", out) if int(pid) in self.pids]
+        return self.ids[self.pids.index(pids[0])] if pids else None
 
     def _fail(self, failed, pending, what):
         r = failed[0]
@@ -211,16 +202,12 @@ class Engines:
         else:
             self.rc.close()  # somebody else's: just disconnect
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    __enter__, __exit__ = Trainer.__enter__, Trainer.__exit__  # ``with Engines(...) as eng``: closed at the end
 
 
-# --------------------------------------------------------------------------------------------
-# Engine side: state, MPI with deadlines. The engines import this module, so functions travel by reference;
-# every model object keeps its state under its own key, so several can share the same engines.
+# ---- Engine side: state, MPI with deadlines -------------------------------------------------------------
+# The engines import this module, so functions travel by reference; every model object keeps its state under
+# its own key, so several can share the same engines.
 
 _state: dict = {}  # also parbp.ipp_relay's
 _keys = itertools.count()
@@ -261,8 +248,6 @@ class BoundedComm:
         """Wait for ``request`` by polling ``Test`` (which is also what moves a non-blocking collective
         along), yielding the core between polls so that a waiting rank does not starve the rank it waits
         for when ranks outnumber cores, and raise PeerTimeout at the deadline."""
-        if request.Test():
-            return
         deadline = time.monotonic() + self.timeout
         while not request.Test():
             os.sched_yield()
@@ -274,8 +259,6 @@ class BoundedComm:
 
     # the two calls parbp.mpi.allreduce_step makes
     def wait(self, what: str):
-        import contextlib
-
         self._what = what
         return contextlib.nullcontext()
 
@@ -293,8 +276,7 @@ class BoundedComm:
         self.complete(self.comm.Ibarrier(), what)
 
 
-# --------------------------------------------------------------------------------------------
-# What every model on engines offers, and the training loop they share
+# ---- What every model on engines offers, and the training loop they share --------------------------------
 
 
 class EngineModel(abc.ABC):
@@ -319,6 +301,25 @@ class EngineModel(abc.ABC):
     def train_epoch(self, epoch: int, B: int, lr: float) -> dict:
         return self.run_steps(epoch, B, lr)
 
+    def place(self, engines: "Engines", ds, net, seed: int, mpi: bool = True) -> None:
+        """Train on ``engines`` (MPI ones unless ``mpi`` is False) under a key of its own; the client's trainer
+        (``eval``) gives the starting parameters and evaluates what the engines learned."""
+        if mpi and not engines.mpi:
+            raise ValueError(f"{type(self).__name__} needs MPI engines (Engines(mpi=True)); without MPI, "
+                             f"parbp.ipp_relay trains data or model parallel")
+        self.eng, self.ds, self.seed, self.key, self.workers = engines, ds, seed, next(_keys), len(engines.ids)
+        self.eval = trainers.get("numpy")(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
+
+    def on_engines(self, fn, *args, what: str, deadline: float | None = None) -> list:
+        """``fn(key, *args)`` on every engine, their answers in rank order."""
+        return self.eng.run([(e, fn, (self.key, *args)) for e in self.eng.ids], what, deadline)
+
+    def run_block(self, fn, *args) -> tuple[list[dict], dict]:
+        """A block of steps, ``fn(key, *args)`` on every engine (``timed_block``): each engine's answer, and the
+        block's seconds (the slowest engine's), steps and CPU share."""
+        out = self.on_engines(fn, *args, what=f"training ({self.name})")
+        return out, {"seconds": max(o["seconds"] for o in out), "steps": out[0]["steps"], "cpu_share": cpu_share(out)}
+
     def check_batch(self, B: int) -> None:
         """Refuse a minibatch this model cannot split, before any engine is asked."""
         if B < self.workers:
@@ -340,33 +341,51 @@ class EngineModel(abc.ABC):
         return pd.DataFrame(rows)
 
 
-def local_trainer(net, ds, seed):
-    """A trainer on the client: the starting parameters, and evaluation of what the engines learned."""
-    return trainers.get("numpy")(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
+def timed_block(comm, steps) -> dict:
+    """Engine side: ``steps()`` (a block of steps; it returns their metrics) from a common start, with the
+    block's wall and CPU seconds."""
+    comm.barrier("the start of a block of steps")
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = steps()
+    return {"rank": comm.rank, **out, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
-# --------------------------------------------------------------------------------------------
-# Data parallel: shards on the engines, one Allreduce per step
+# ---- Data parallel: shards on the engines, one Allreduce per step ----------------------------------------
 
 
 def shard_batches(shard_sizes, rank: int, epoch: int, batch_size: int, seed: int):
     """Rank ``rank``'s local row indices, step by step: it takes its share of every B-example minibatch
     from its own shuffled shard. Every rank takes the same number of steps."""
-    p = len(shard_sizes)
-    share = [len(a) for a in np.array_split(np.arange(batch_size), p)]
+    share = [len(a) for a in np.array_split(np.arange(batch_size), len(shard_sizes))]
     steps = min(n // b for n, b in zip(shard_sizes, share))
-    order = epoch_order(shard_sizes[rank], epoch, seed + 1000 * rank)
-    b = share[rank]
-    for k in range(steps):
-        yield order[k * b:(k + 1) * b]
+    order, b = epoch_order(shard_sizes[rank], epoch, seed + 1000 * rank), share[rank]
+    return (order[k * b:(k + 1) * b] for k in range(steps))
+
+
+class Sharded:
+    """The training set split into one contiguous shard per engine (``shards``), each drawn in its own order."""
+
+    def shard(self, impl, net) -> None:
+        """Send every engine its shard and a trainer (``_dp_setup``)."""
+        ds = self.ds
+        self.shards = np.array_split(np.arange(len(ds.X_train)), self.workers)
+        sizes = [len(s) for s in self.shards]
+        self.eng.run([(e, _dp_setup, (self.key, impl, net, ds.n_in, ds.n_out, self.seed, ds.X_train[s], ds.Y_train[s], sizes))
+                      for e, s in zip(self.eng.ids, self.shards)], "receiving its shard", self.eng.timeout + 60)
+
+    @property
+    def params(self):
+        return self.eng.run([(self.eng.ids[0], _dp_params, (self.key,))], "sending its parameters", self.eng.timeout)[0]
+
+    def batches(self, epoch: int, B: int):
+        """Per step, every rank's local row indices (``self.shards[r][local]`` are the global rows, for checks)."""
+        sizes = [len(s) for s in self.shards]
+        return zip(*[shard_batches(sizes, r, epoch, B, self.seed) for r in range(self.workers)])
 
 
 def _dp_setup(key, impl, net, n_in, n_out, seed, X, Y, shard_sizes):
     t = trainers.get(impl)(net=net, n_in=n_in, n_out=n_out, seed=seed)
-    flat = Flat(t.sizes, t.dtype, extra=1)  # the extra slot carries the loss
-    buf = flat.empty()
-    _state[key] = dict(trainer=t, flat=flat, buf=buf, grads=flat.views(buf), X=X, Y=Y, shard_sizes=shard_sizes,
-                       seed=seed)
+    _state[key] = dict(trainer=t, packed=PackedGradients(t), X=X, Y=Y, shard_sizes=shard_sizes, seed=seed)
     t.gradients(X[:2], Y[:2])  # warm-up (numba kernels compile here), not timed
     return len(X)
 
@@ -375,57 +394,36 @@ def _dp_run(key, epoch, batch_size, lr, first, count):
     """Steps ``first`` .. ``first + count - 1`` of an epoch (count None: to its end). Returns metrics only."""
     st, comm = _state[key], _comm()
     t, X, Y = st["trainer"], st["X"], st["Y"]
-    steps = shard_batches(st["shard_sizes"], comm.rank, epoch, batch_size, st["seed"])
-    losses = []
-    comm.barrier("the start of a block of steps")  # time the block from a common start
-    t0, c0 = time.perf_counter(), time.process_time()
-    for idx in islice(steps, first, None if count is None else first + count):
-        losses.append(allreduce_step(t, st["flat"], st["buf"], st["grads"], X[idx], Y[idx], batch_size, lr, comm, comm))
-    return {"rank": comm.rank, "steps": len(losses), "loss_sum": float(np.sum(losses)),
-            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+    steps = block(shard_batches(st["shard_sizes"], comm.rank, epoch, batch_size, st["seed"]), first, count)
+
+    def run():
+        losses = [allreduce_step(t, st["packed"], X[idx], Y[idx], batch_size, lr, comm, comm) for idx in steps]
+        return {"steps": len(losses), "loss_sum": float(np.sum(losses))}
+
+    return timed_block(comm, run)
 
 
 def _dp_params(key):
     return _state[key]["trainer"].params
 
 
-class DataParallel(EngineModel):
+class DataParallel(Sharded, EngineModel):
     """Synchronous data-parallel SGD on MPI engines: shards, partial gradients, one Allreduce per step."""
 
     name = "data parallel"
 
     def __init__(self, engines: Engines, ds, net="2h", impl: str | None = None, seed: int = 0):
-        if not engines.mpi:
-            raise ValueError("DataParallel needs MPI engines (Engines(mpi=True)); parbp.ipp_relay works without")
-        self.eng, self.ds, self.seed, self.key = engines, ds, seed, next(_keys)
+        self.place(engines, ds, net, seed)
         self.impl = impl or trainers.fastest_cpu(threaded=False)
-        self.workers = p = len(engines.ids)
-        self.shards = np.array_split(np.arange(len(ds.X_train)), p)
-        self.eval = local_trainer(net, ds, seed)
-        sizes = [len(s) for s in self.shards]
-        engines.run([(e, _dp_setup, (self.key, self.impl, net, ds.n_in, ds.n_out, seed, ds.X_train[s], ds.Y_train[s], sizes))
-                     for e, s in zip(engines.ids, self.shards)], "receiving its shard", engines.timeout + 60)
-
-    def batches(self, epoch: int, B: int):
-        """Per step, every rank's local row indices (``self.shards[r][local]`` are the global rows, for checks)."""
-        sizes = [len(s) for s in self.shards]
-        return zip(*[shard_batches(sizes, r, epoch, B, self.seed) for r in range(self.workers)])
+        self.shard(self.impl, net)
 
     def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
         self.check_batch(B)
-        out = self.eng.run([(e, _dp_run, (self.key, epoch, B, lr, first, count)) for e in self.eng.ids],
-                           "training (data parallel)")
-        r0 = out[0]
-        return {"train_loss": r0["loss_sum"] / max(r0["steps"], 1), "seconds": max(o["seconds"] for o in out),
-                "steps": r0["steps"], "cpu_share": cpu_share(out)}
-
-    @property
-    def params(self):
-        return self.eng.run([(self.eng.ids[0], _dp_params, (self.key,))], "sending its parameters", self.eng.timeout)[0]
+        out, block_ = self.run_block(_dp_run, epoch, B, lr, first, count)
+        return {"train_loss": out[0]["loss_sum"] / max(out[0]["steps"], 1), **block_}
 
 
-# --------------------------------------------------------------------------------------------
-# Model parallel: consecutive layers per engine, point to point, plain / GPipe / 1F1B
+# ---- Model parallel: consecutive layers per engine, point to point, plain / GPipe / 1F1B -----------------
 
 _FORWARD, _BACKWARD = 0, 1
 
@@ -501,24 +499,35 @@ def _mp_step(key, comm, idx, B, lr):
 def _mp_run(key, epoch, batch_size, lr, first, count, keep_intervals):
     """Steps ``first`` .. ``first + count - 1`` of an epoch on this stage; metrics and busy intervals only."""
     S, comm = _state[key], _comm()
-    batches = islice(minibatches(epoch_order(S["n"], epoch, S["seed"]), batch_size, drop_last=True), first, None if count is None else first + count)
-    comm.barrier("the start of a block of steps")
-    t0, c0 = time.perf_counter(), time.process_time()
-    sse, steps, busy, peak, peak_n = 0.0, 0, [], 0, 0
-    for idx in batches:
-        e, b, pk, pn = _mp_step(key, comm, idx, batch_size, lr)
-        sse, steps, peak, peak_n = sse + e, steps + 1, max(peak, pk), max(peak_n, pn)
-        if keep_intervals:
-            busy.append(b)
-    return {"rank": comm.rank, "steps": steps, "loss_sum": sse / batch_size, "seconds": time.perf_counter() - t0,
-            "cpu_seconds": time.process_time() - c0, "busy": busy, "peak_stash_bytes": peak, "peak_stash_micro_batches": peak_n}
+    batches = block(epoch_batches(S["n"], epoch, S["seed"], batch_size), first, count)
+
+    def run():
+        sse, steps, busy, peak, peak_n = 0.0, 0, [], 0, 0
+        for idx in batches:
+            e, b, pk, pn = _mp_step(key, comm, idx, batch_size, lr)
+            sse, steps, peak, peak_n = sse + e, steps + 1, max(peak, pk), max(peak_n, pn)
+            if keep_intervals:
+                busy.append(b)
+        return {"steps": steps, "loss_sum": sse / batch_size, "busy": busy, "peak_stash_bytes": peak,
+                "peak_stash_micro_batches": peak_n}
+
+    return timed_block(comm, run)
 
 
 def _mp_params(key):
     return _state[key]["stage"].params
 
 
-class ModelParallel(EngineModel):
+class Staged:
+    """Layers split over the engines, a ``pipeline.Stage`` each (``_state[key]["stage"]``)."""
+
+    @property
+    def params(self):
+        return [wb for stage in self.on_engines(_mp_params, what="sending its layers", deadline=self.eng.timeout)
+                for wb in stage]
+
+
+class ModelParallel(Staged, EngineModel):
     """The network's layers split over the MPI engines, run with ``schedule`` on ``micro_batches`` per minibatch.
 
     ``schedule``: "plain" (one micro-batch), "gpipe" or "1f1b" (``parbp.pipeline``). Every schedule sums the
@@ -526,19 +535,13 @@ class ModelParallel(EngineModel):
 
     def __init__(self, engines: Engines, ds, net="2h", schedule: str = "1f1b", micro_batches: int = 1, seed: int = 0):
         pipeline.check_schedule(schedule, micro_batches)
-        if not engines.mpi:
-            raise ValueError("ModelParallel needs MPI engines (Engines(mpi=True)); parbp.ipp_relay works without")
-        self.eng, self.ds, self.seed, self.key = engines, ds, seed, next(_keys)
-        self.schedule, self.m = schedule, int(micro_batches)
-        self.eval = local_trainer(net, ds, seed)
-        self.sizes = self.eval.sizes
-        self.stages = pipeline.split_layers(self.sizes, len(engines.ids))  # raises: more stages than layers
-        self.workers = p = len(self.stages)
+        self.place(engines, ds, net, seed)
+        self.schedule, self.m, self.sizes, p = schedule, int(micro_batches), self.eval.sizes, self.workers
+        self.stages = pipeline.split_layers(self.sizes, p)  # raises: more stages than layers
         self.name = "model parallel" if schedule == "plain" else f"{'GPipe' if schedule == 'gpipe' else '1F1B'} m={self.m}"
         params = self.eval.params
-        n = len(ds.X_train)
         engines.run([(e, _mp_setup, (self.key, [params[l] for l in layers], layers, self.sizes, p, schedule, self.m,
-                                     ds.X_train if s == 0 else None, ds.Y_train if s == p - 1 else None, n, seed))
+                                     ds.X_train if s == 0 else None, ds.Y_train if s == p - 1 else None, len(ds.X_train), seed))
                      for s, (e, layers) in enumerate(zip(engines.ids, self.stages))], "receiving its layers",
                     engines.timeout + 60)
         self.steps: list[dict] = []  # per step: measured and predicted idle fraction, per-stage task times
@@ -550,10 +553,8 @@ class ModelParallel(EngineModel):
 
     def run_steps(self, epoch, B, lr, first=0, count=None, intervals=True) -> dict:
         self.check_batch(B)
-        out = self.eng.run([(e, _mp_run, (self.key, epoch, B, lr, first, count, intervals)) for e in self.eng.ids],
-                           f"training ({self.name})")
-        r = {"train_loss": sum(o["loss_sum"] for o in out) / max(out[0]["steps"], 1),
-             "seconds": max(o["seconds"] for o in out), "steps": out[0]["steps"], "cpu_share": cpu_share(out),
+        out, block_ = self.run_block(_mp_run, epoch, B, lr, first, count, intervals)
+        r = {"train_loss": sum(o["loss_sum"] for o in out) / max(out[0]["steps"], 1), **block_,
              "peak_stash_bytes": [o["peak_stash_bytes"] for o in out],
              "peak_stash_micro_batches": [o["peak_stash_micro_batches"] for o in out]}
         if intervals:
@@ -579,11 +580,6 @@ class ModelParallel(EngineModel):
                               * pipeline.activation_bytes(self.sizes, layers, mb)}
                              for s, layers in enumerate(self.stages)])
 
-    @property
-    def params(self):
-        parts = self.eng.run([(e, _mp_params, (self.key,)) for e in self.eng.ids], "sending its layers", self.eng.timeout)
-        return [wb for stage in parts for wb in stage]
-
 
 def cpu_share(out) -> float:
     """CPU time over wall time of a block, averaged over the engines: about 1 when every engine had a core of
@@ -605,8 +601,7 @@ def step_timing(busy, schedule: str, m: int) -> dict:
             "span_s": max(z for t in tasks for _, z in t) - min(a for t in tasks for a, _ in t)}
 
 
-# --------------------------------------------------------------------------------------------
-# The serial baseline
+# ---- The serial baseline ---------------------------------------------------------------------------------
 
 
 class Serial(EngineModel):
@@ -624,7 +619,7 @@ class Serial(EngineModel):
         from threadpoolctl import threadpool_limits
 
         X, Y = self.ds.X_train, self.ds.Y_train
-        batches = islice(minibatches(epoch_order(len(X), epoch, self.seed), B, drop_last=True), first, None if count is None else first + count)
+        batches = block(epoch_batches(len(X), epoch, self.seed, B), first, count)
         t0, c0 = time.perf_counter(), time.process_time()
         with threadpool_limits(1):  # one core, like each engine
             losses = [self.trainer.step(X[idx], Y[idx], lr) for idx in batches]

@@ -4,9 +4,7 @@ model parallel (plain, GPipe, 1F1B) side by side.
     env -u OPENBLAS_CORETYPE python -m parbp.ipp_bench              # Net-2h, MNIST, batch 1000, 2 MPI engines
     python -m parbp.ipp_bench --steps 5 --rounds 1 --subset 10000    # a quick look
 
-Everything runs on the same engines in one process tree, configuration after configuration, for
-``--rounds`` rounds (interleaved, so a slow stretch of a shared machine hits all of them); each round trains
-``--steps`` minibatches per configuration, timed on the client from submission to the last engine's answer.
+Every configuration is timed on the same engines (``run_rounds``, shared with ``parbp.tensor_parallel_bench``).
 The CSV (``--out``, default figures/07_goals.csv, written atomically) has one row per configuration: median
 throughput and its ratio to serial, the pipeline's measured idle fraction next to the one ``parbp.pipeline``
 predicts from the same steps' per-stage task times, the activations each stage kept against the formula,
@@ -29,7 +27,9 @@ import pandas as pd
 
 from . import pipeline, trainers
 from .data import load_first
+from .distributed import data_arguments, leading
 from .results import FIGURES, write_csv
+from .timing import sample
 
 GOAL_DP, GOAL_MP = 1.6, 1.3  # the goals: throughput over serial
 IDLE_TOLERANCE = 0.05
@@ -37,27 +37,22 @@ IDLE_TOLERANCE = 0.05
 
 def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batches=(2, 4, 8), engines=2, steps=10,
             rounds=3, lr=0.1, relay=False, seed=0) -> pd.DataFrame:
-    from . import envinfo
     from . import ipp as pipp
 
     ds = load_first(dataset, subset, seed)
-    load_before = os.getloadavg()
-    with pipp.Engines(n=engines) as eng:
-        models = _models(eng, ds, net, micro_batches, relay, seed)
-        times, shares, extra = _rounds(models, len(ds.X_train) // batch_size, batch_size, lr, steps, rounds)
-        ceiling = ceilings(ds, net, batch_size, sorted({1, *micro_batches}), engines, seed=seed)
-        load_after = os.getloadavg()
-        rows = []
-        for (method, schedule, m), model in models.items():
-            row = {"method": method, "schedule": schedule, "micro_batches": m, "engines": 1 if method == "serial" else engines,
-                   "examples_per_s": float(np.median(times[(method, schedule, m)])),
-                   "examples_per_s_min": float(np.min(times[(method, schedule, m)])),
-                   "examples_per_s_max": float(np.max(times[(method, schedule, m)])),
-                   "cpu_share": float(np.median(shares[(method, schedule, m)])) if shares[(method, schedule, m)] else np.nan}
-            if isinstance(model, pipp.ModelParallel):
-                row.update(_pipeline_columns(model, batch_size, extra[(method, schedule, m)]))
-                row["ceiling_vs_serial"] = ceiling[m]
-            rows.append(row)
+    models, times, shares, extra, loads = run_rounds(
+        ds, engines, lambda eng: _models(eng, ds, net, micro_batches, relay, seed), batch_size, lr, steps, rounds)
+    ceiling = ceilings(ds, net, batch_size, sorted({1, *micro_batches}), engines, seed=seed)
+    rows = []
+    for key, model in models.items():
+        method, schedule, m = key
+        row = {"method": method, "schedule": schedule, "micro_batches": m, "engines": 1 if method == "serial" else engines,
+               "examples_per_s": float(np.median(times[key])), "examples_per_s_min": float(np.min(times[key])),
+               "examples_per_s_max": float(np.max(times[key])),
+               "cpu_share": float(np.median(shares[key])) if shares[key] else np.nan}
+        if isinstance(model, pipp.ModelParallel):
+            row.update(_pipeline_columns(model, batch_size, extra[key]), ceiling_vs_serial=ceiling[m])
+        rows.append(row)
     df = pd.DataFrame(rows)
     serial = df.loc[df.method == "serial", "examples_per_s"].iloc[0]
     df["vs_serial"] = df.examples_per_s / serial
@@ -66,15 +61,41 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
     # ranks poll, so on an idle machine CPU time equals wall time and this equals vs_serial; the goals use vs_serial
     per_cpu = df.examples_per_s / df.cpu_share
     df["vs_serial_per_cpu_s"] = per_cpu / per_cpu[df.method == "serial"].iloc[0]
-    df = _goals(df, engines)
+    return leading(_goals(df, engines), machine(net, dataset, ds, batch_size, steps, rounds, models, loads))
+
+
+def run_rounds(ds, engines: int, make_models, batch_size, lr, steps, rounds):
+    """``make_models(eng)`` on ``engines`` fresh MPI engines, configuration after configuration for ``rounds``
+    interleaved rounds (a slow stretch of a shared machine hits all of them), each training ``steps`` minibatches
+    timed on the client from submission to the last engine's answer (``_rounds``). Returns (models, throughputs,
+    CPU shares, stashes, the load average before and after)."""
+    from . import ipp as pipp
+
+    before = os.getloadavg()[0]
+    with pipp.Engines(n=engines) as eng:
+        models = make_models(eng)
+        measured = _rounds(models, len(ds.X_train) // batch_size, batch_size, lr, steps, rounds)
+        return (models, *measured, (before, os.getloadavg()[0]))
+
+
+def machine(net, dataset, ds, batch_size, steps, rounds, models, loads) -> dict:
+    """The run and the machine, the first columns of a benchmark's CSV."""
+    from . import envinfo
+
     env = envinfo.summary()
-    meta = {"net": net if isinstance(net, str) else "-".join(map(str, net)), "dataset": dataset, "train_examples": len(ds.X_train), "batch_size": batch_size,
-            "steps_per_round": steps, "rounds": rounds, "cpu": env["cpu"], "cores": env["cores_logical"],
-            "blas": env["blas"], "openblas_coretype": env["openblas_coretype"], "impl": models[("serial", "-", 1)].impl,
-            "loadavg_before": round(load_before[0], 2), "loadavg_after": round(load_after[0], 2)}
-    for i, (k, v) in enumerate(meta.items()):
-        df.insert(i, k, v)
-    return df
+    serial = next(m for m in models.values() if m.name == "serial")
+    return {"net": net if isinstance(net, str) else "-".join(map(str, net)), "dataset": dataset,
+            "train_examples": len(ds.X_train), "batch_size": batch_size, "steps_per_round": steps, "rounds": rounds,
+            "cpu": env["cpu"], "cores": env["cores_logical"], "blas": env["blas"],
+            "openblas_coretype": env["openblas_coretype"], "impl": serial.impl,
+            "loadavg_before": round(loads[0], 2), "loadavg_after": round(loads[1], 2)}
+
+
+def report_head(df) -> str:
+    r0 = df.iloc[0]
+    return (f"Net-{r0.net}, {r0.dataset} ({r0.train_examples} examples), batch {r0.batch_size}, {r0.rounds} rounds x "
+            f"{r0.steps_per_round} steps | {r0.cpu}, {r0.cores} cores | {r0.blas} | "
+            f"OPENBLAS_CORETYPE={r0.openblas_coretype} | load {r0.loadavg_before} -> {r0.loadavg_after}")
 
 
 def _models(eng, ds, net, micro_batches, relay, seed) -> dict:
@@ -106,7 +127,7 @@ def _rounds(models, steps_per_epoch, batch_size, lr, steps, rounds):
         first = (r * steps) % max(steps_per_epoch - steps + 1, 1)
         for key, model in models.items():
             t0 = time.perf_counter()
-            out = _run(model, batch_size, lr, first, steps)
+            out = model.run_steps(0, batch_size, lr, first=first, count=steps)
             dt = time.perf_counter() - t0
             if r == 0:
                 continue
@@ -132,27 +153,26 @@ def ceilings(ds, net, batch_size, micro_batches, engines, repeats=5, seed=0) -> 
 
     def stage_times(m):
         stages = [pipeline.Stage([params[l] for l in layers], s == 0, s == len(split) - 1) for s, layers in enumerate(split)]
-        busy = [0.0] * len(stages)
+        last, busy = len(stages) - 1, [0.0] * len(stages)
+
+        def on(s, work):  # ``work()`` on stage s, its time added to the stage's
+            t0 = time.perf_counter()
+            out = work()
+            busy[s] += time.perf_counter() - t0
+            return out
+
         for rows in np.array_split(np.arange(batch_size), m):
             acts, x = [], X[rows]
             for s, st in enumerate(stages):
-                t0 = time.perf_counter()
-                acts.append(st.forward(x))
+                acts.append(on(s, lambda: st.forward(x)))
                 x = acts[-1][-1]
-                busy[s] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            _, delta = stages[-1].output_delta(x, Y[rows], batch_size)
-            busy[-1] += time.perf_counter() - t0
-            for s in range(len(stages) - 1, -1, -1):
-                t0 = time.perf_counter()
-                if s < len(stages) - 1:
-                    delta = stages[s].input_delta(below, acts[s][-1])
-                below = stages[s].backward(acts[s], delta)
-                busy[s] += time.perf_counter() - t0
+            delta = on(last, lambda: stages[-1].output_delta(x, Y[rows], batch_size)[1])
+            for s in range(last, -1, -1):
+                if s < last:
+                    delta = on(s, lambda: stages[s].input_delta(below, acts[s][-1]))
+                below = on(s, lambda: stages[s].backward(acts[s], delta))
         for s, st in enumerate(stages):
-            t0 = time.perf_counter()
-            st.update(1e-9)
-            busy[s] += time.perf_counter() - t0
+            on(s, lambda: st.update(1e-9))
         return max(busy)
 
     with threadpool_limits(1):
@@ -160,15 +180,8 @@ def ceilings(ds, net, batch_size, micro_batches, engines, repeats=5, seed=0) -> 
         samples = {m: [] for m in micro_batches}
         for _ in range(repeats):
             for m in micro_batches:
-                t0 = time.perf_counter()
-                serial.step(X, Y, 1e-9)
-                t_serial = time.perf_counter() - t0
-                samples[m].append(t_serial / stage_times(m))
+                samples[m].append(sample(lambda: serial.step(X, Y, 1e-9), 1) / stage_times(m))
     return {m: float(np.median(v)) for m, v in samples.items()}
-
-
-def _run(model, B, lr, first, steps):
-    return model.run_steps(0, B, lr, first=first, count=steps)
 
 
 def _pipeline_columns(model, B, extra) -> dict:
@@ -220,10 +233,6 @@ def _goals(df, p) -> pd.DataFrame:
 def report(df) -> str:
     cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "cpu_share", "vs_serial_per_cpu_s", "ceiling_vs_serial", "idle_measured",
             "idle_predicted", "idle_theory", "stage_ms", "acts_kept_measured", "acts_mib_measured", "acts_mib_formula"]
-    head = (f"Net-{df.net.iloc[0]}, {df.dataset.iloc[0]} ({df.train_examples.iloc[0]} examples), batch "
-            f"{df.batch_size.iloc[0]}, {df.rounds.iloc[0]} rounds x {df.steps_per_round.iloc[0]} steps | {df.cpu.iloc[0]} | "
-            f"{df.blas.iloc[0]} | OPENBLAS_CORETYPE={df.openblas_coretype.iloc[0]} | load "
-            f"{df.loadavg_before.iloc[0]} -> {df.loadavg_after.iloc[0]}")
     body = df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.3f}")
     lines = []
     for r in df.itertuples():
@@ -234,34 +243,41 @@ def report(df) -> str:
                          "idle": f"measured {r.idle_measured:.3f}, predicted {r.idle_predicted:.3f}",
                          "memory": f"kept {r.acts_kept_measured}"}[g]
                 lines.append(f"  {'MET   ' if met else 'MISSED'} {r.method} {r.schedule} m={r.micro_batches}: {goal} ({value})")
-    return f"{head}\n{body}\ngoals:\n" + "\n".join(lines)
+    return f"{report_head(df)}\n{body}\ngoals:\n" + "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    from .cli import Parser, net, positive_int
-    from .data import NAMES, TOY
+def parser(prog: str, doc: str, rounds: int, out: str):
+    """The options both engine benchmarks take (the data, the engines, the rounds, the CSV)."""
+    from .cli import Parser, positive_int
 
-    p = Parser(prog="python -m parbp.ipp_bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--net", default="2h", type=net, help='"1h", "2h" or hidden widths like 64,32')
-    p.add_argument("--dataset", default="mnist", choices=(*NAMES, TOY))
-    p.add_argument("--subset", type=positive_int, default=None, help="first N training examples (default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=1000)
-    p.add_argument("--micro-batches", type=positive_int, nargs="+", default=[2, 4, 8])
+    p = Parser(prog=f"python -m {prog}", description=doc.split("\n\n")[0])
+    data_arguments(p)
     p.add_argument("--engines", type=positive_int, default=2)
     p.add_argument("--steps", type=positive_int, default=10, help="minibatches per configuration and round")
-    p.add_argument("--rounds", type=positive_int, default=3)
-    p.add_argument("--relay", action="store_true", help="also time the client-relay versions (parbp.ipp_relay)")
-    p.add_argument("--out", default=str(FIGURES / "07_goals.csv"))
-    args = p.parse_args(argv)
-    if any(m > args.batch_size for m in args.micro_batches):
-        p.error(f"--micro-batches must be between 1 and the batch size ({args.batch_size})")
-    df = measure(net=args.net, dataset=args.dataset, subset=args.subset, batch_size=args.batch_size,
-                 micro_batches=args.micro_batches, engines=args.engines, steps=args.steps, rounds=args.rounds,
-                 relay=args.relay)
+    p.add_argument("--rounds", type=positive_int, default=rounds)
+    p.add_argument("--out", default=str(FIGURES / out))
+    return p
+
+
+def publish(args, measure, report) -> int:
+    """Measure with the command line's options, write the CSV (``--out``), print the report and the path."""
+    df = measure(**{k: v for k, v in vars(args).items() if k != "out"})
     path = write_csv(df, args.out)
     print(report(df))
     print(f"wrote {path}")
     return 0
+
+
+def main(argv=None) -> int:
+    from .cli import positive_int
+
+    p = parser("parbp.ipp_bench", __doc__, rounds=3, out="07_goals.csv")
+    p.add_argument("--micro-batches", type=positive_int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--relay", action="store_true", help="also time the client-relay versions (parbp.ipp_relay)")
+    args = p.parse_args(argv)
+    if any(m > args.batch_size for m in args.micro_batches):
+        p.error(f"--micro-batches must be between 1 and the batch size ({args.batch_size})")
+    return publish(args, measure, report)
 
 
 if __name__ == "__main__":

@@ -55,16 +55,17 @@ from pathlib import Path
 import numpy as np
 
 from . import trainers
-from .data import TOY, load_first
-from .distributed import Flat, allreduce_step, epoch_order, flags, run_job
+from .cli import Parser
+from .data import load_first
+from .distributed import (Flat, PackedGradients, allreduce_step, block, data_arguments, epoch_batches, epoch_order,
+                          flags, leading, run_job)
 from .train import evaluate, lr_at, minibatches
 
 MODES = ("allreduce", "average", "async")
 ASYNC_RULES = ("delta", "staleness", "replace")
 
 
-# --------------------------------------------------------------------------------------------
-# Per-rank bookkeeping: CPU, memory and a watchdog on blocking calls
+# ---- Per-rank bookkeeping: CPU, memory and a watchdog on blocking calls ----------------------------------
 
 
 class Usage:
@@ -77,14 +78,12 @@ class Usage:
         self.mark()
 
     def mark(self):
-        t = self.proc.cpu_times()
-        self._cpu, self._wall = t.user + t.system, time.perf_counter()
+        self._cpu, self._wall = time.process_time(), time.perf_counter()  # CPU: user + system, every thread
 
     def read(self) -> dict:
-        t = self.proc.cpu_times()
         wall = max(time.perf_counter() - self._wall, 1e-9)
         out = {
-            "cpu_percent": 100.0 * (t.user + t.system - self._cpu) / wall,
+            "cpu_percent": 100.0 * (time.process_time() - self._cpu) / wall,
             "rss_mib": self.proc.memory_info().rss / 2**20,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,  # Linux: KiB
         }
@@ -131,8 +130,7 @@ def abort(comm, message: str):
     comm.Abort(3)
 
 
-# --------------------------------------------------------------------------------------------
-# The three modes. Each returns (rows, trainer): rank 0's rows (one per epoch and rank; [] elsewhere).
+# ---- The three modes. Each returns (rows, trainer): rank 0's rows (one per epoch and rank; [] elsewhere). ----
 
 
 def _setup(args, comm):
@@ -152,6 +150,13 @@ def _setup(args, comm):
 
 class Refused(Exception):
     """Data or a checkpoint this run cannot use; every rank raises it together, rank 0 says why."""
+
+
+def refuse(comm, problem) -> int:
+    """Every rank stops with exit status 2; rank 0 says why, once."""
+    if comm.rank == 0:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+    return 2
 
 
 def _from_rank_zero(comm, read, default=None):
@@ -226,28 +231,36 @@ def _epoch_rows(comm, dog, epoch, usage, shared: dict) -> list[dict]:
     return [] if comm.rank else [{"epoch": epoch + 1, **shared, **r} for r in everyone]
 
 
-def train_allreduce(args, comm, dog):
-    ds, trainer, flat, resumed = _setup(args, comm)
-    size, rank, B = comm.size, comm.rank, args.batch_size
-    if len(ds.X_train) < B:  # every rank has the same data, so every rank stops here together
-        raise SystemExit(f"error: --batch-size {B} is larger than the {len(ds.X_train)} training examples")
-    buf = flat.empty()
-    grads = flat.views(buf)  # the reduced gradient is read in place from the receive buffer
+def _epochs(args, comm, dog, ds, trainer, resumed, train_epoch):
+    """The synchronous modes' epochs: ``train_epoch(epoch, lr)`` returns the epoch's training loss and the
+    counters to record and checkpoint with it; rank 0 evaluates, every rank reports its usage."""
     usage, rows, elapsed = Usage(), resumed.get("rows", []), resumed.get("elapsed", 0.0)
     for epoch in range(resumed.get("epoch", 0), args.epochs):
         lr = lr_at(args.lr, args.lr_decay, epoch)
         usage.mark()
-        t0, loss_sum, steps = time.perf_counter(), 0.0, 0
-        for idx in minibatches(epoch_order(len(ds.X_train), epoch, args.seed), B, drop_last=True):
-            mine = np.array_split(idx, size)[rank]
-            loss_sum += allreduce_step(trainer, flat, buf, grads, ds.X_train[mine], ds.Y_train[mine], B, lr, comm, dog)
-            steps += 1
+        t0 = time.perf_counter()
+        loss, counters = train_epoch(epoch, lr)
         dt = time.perf_counter() - t0
         elapsed += dt
-        shared = _summary(args, trainer, ds, epoch, lr, loss_sum / steps, dt, elapsed) if rank == 0 else {}
-        rows += _epoch_rows(comm, dog, epoch, usage, shared)
-        _save(args, comm, ds, trainer, epoch, rows, elapsed)
+        shared = _summary(args, trainer, ds, epoch, lr, loss, dt, elapsed) if comm.rank == 0 else {}
+        rows += _epoch_rows(comm, dog, epoch, usage, {**shared, **counters})
+        _save(args, comm, ds, trainer, epoch, rows, elapsed, **counters)
     return rows, trainer
+
+
+def train_allreduce(args, comm, dog):
+    ds, trainer, _, resumed = _setup(args, comm)
+    B = args.batch_size
+    if len(ds.X_train) < B:  # every rank has the same data, so every rank stops here together
+        raise SystemExit(f"error: --batch-size {B} is larger than the {len(ds.X_train)} training examples")
+    packed = PackedGradients(trainer)
+
+    def train_epoch(epoch, lr):
+        slices = (np.array_split(idx, comm.size)[comm.rank] for idx in epoch_batches(len(ds.X_train), epoch, args.seed, B))
+        losses = [allreduce_step(trainer, packed, ds.X_train[mine], ds.Y_train[mine], B, lr, comm, dog) for mine in slices]
+        return sum(losses) / len(losses), {}
+
+    return _epochs(args, comm, dog, ds, trainer, resumed, train_epoch)
 
 
 def train_average(args, comm, dog):
@@ -262,38 +275,29 @@ def train_average(args, comm, dog):
     if steps_per_epoch == 0:
         raise SystemExit(f"error: {len(ds.X_train)} examples over {size} ranks leave fewer than "
                          f"--batch-size {B} per shard; use fewer ranks, a smaller batch or more data")
-    buf = flat.empty()
-    usage, rows, elapsed, syncs = Usage(), resumed.get("rows", []), resumed.get("elapsed", 0.0), resumed.get("syncs", 0)
+    buf, syncs = flat.empty(), resumed.get("syncs", 0)
 
     def average():
+        nonlocal syncs
         flat.pack(trainer.params, buf)
         with dog.wait("Allreduce of the parameters"):
             comm.Allreduce(MPI.IN_PLACE, buf)
         buf[:] /= size
         trainer.params = flat.views(buf)
+        syncs += 1
 
-    for epoch in range(resumed.get("epoch", 0), args.epochs):
-        lr = lr_at(args.lr, args.lr_decay, epoch)
-        usage.mark()
-        t0, loss_sum = time.perf_counter(), 0.0
-        order = shard[epoch_order(len(shard), epoch, args.seed + 1000 * rank)]
-        for s in range(steps_per_epoch):
-            idx = order[s * B:(s + 1) * B]
+    def train_epoch(epoch, lr):
+        loss_sum, order = 0.0, shard[epoch_order(len(shard), epoch, args.seed + 1000 * rank)]
+        for s, idx in enumerate(block(minibatches(order, B, drop_last=True), 0, steps_per_epoch)):
             loss_sum += trainer.step(ds.X_train[idx], ds.Y_train[idx], lr)
             if args.sync_every and (s + 1) % args.sync_every == 0 and s + 1 < steps_per_epoch:
                 average()
-                syncs += 1
         average()  # always at the end of an epoch, so the evaluated model is the shared one
-        syncs += 1
         # the reported training loss is the mean over all ranks' minibatches
         with dog.wait("Allreduce of the epoch's loss"):
-            loss = comm.allreduce(loss_sum / steps_per_epoch) / size
-        dt = time.perf_counter() - t0
-        elapsed += dt
-        shared = _summary(args, trainer, ds, epoch, lr, loss, dt, elapsed) if rank == 0 else {}
-        rows += _epoch_rows(comm, dog, epoch, usage, {**shared, "syncs": syncs})
-        _save(args, comm, ds, trainer, epoch, rows, elapsed, syncs=syncs)
-    return rows, trainer
+            return comm.allreduce(loss_sum / steps_per_epoch) / size, {"syncs": syncs}
+
+    return _epochs(args, comm, dog, ds, trainer, resumed, train_epoch)
 
 
 # Message tags of the parameter server protocol
@@ -303,8 +307,6 @@ _PUSH, _EPOCH, _DONE, _PARAMS = 1, 2, 3, 4
 def train_async(args, comm, dog):
     from mpi4py import MPI
 
-    if comm.size < 2:
-        raise SystemExit("error: --mode async needs at least 2 processes (rank 0 is the parameter server)")
     ds, trainer, flat, _ = _setup(args, comm)
     if comm.rank == 0:
         return _server(args, comm, ds, trainer, flat, MPI), trainer
@@ -322,18 +324,16 @@ def _worker(args, comm, dog, ds, trainer, flat):
     now = flat.empty()
     version = np.zeros(1, dtype=np.int64)
     header = np.zeros(3, dtype=np.int64)  # (version pulled, examples since the last push, epoch)
-    usage = Usage()
+    usage, steps = Usage(), len(shard) // B
     for epoch in range(args.epochs):
         lr = lr_at(args.lr, args.lr_decay, epoch)
         usage.mark()
-        t0, loss_sum, steps, since_push = time.perf_counter(), 0.0, 0, 0
+        t0, loss_sum, since_push = time.perf_counter(), 0.0, 0
         order = shard[epoch_order(len(shard), epoch, args.seed + 1000 * comm.rank)]
-        n_steps = len(shard) // B
-        for s in range(n_steps):
-            idx = order[s * B:(s + 1) * B]
+        for s, idx in enumerate(minibatches(order, B, drop_last=True)):
             loss_sum += trainer.step(ds.X_train[idx], ds.Y_train[idx], lr)
-            steps, since_push = steps + 1, since_push + 1
-            if since_push == k or s + 1 == n_steps:
+            since_push += 1
+            if since_push == k or s + 1 == steps:
                 flat.pack(trainer.params, now)
                 if args.async_rule != "replace":
                     now -= base  # the update: what this worker's steps changed
@@ -391,24 +391,29 @@ def _server(args, comm, ds, trainer, flat, MPI):
             reports.setdefault(epoch, []).append(stats)
             if len(reports[epoch]) == workers:  # every worker has finished this epoch: evaluate v now
                 now = time.perf_counter()
-                dt, elapsed = now - t_epoch, now - t_start
-                t_epoch = now
                 trainer.params = flat.views(v)
-                rs = reports[epoch]
-                loss = sum(r["train_loss_sum"] for r in rs) / sum(r["steps"] for r in rs)
-                st = np.array(staleness.get(epoch, [0]))
-                shared = {**_summary(args, trainer, ds, epoch, lr_at(args.lr, args.lr_decay, epoch), loss, dt, elapsed),
-                          "updates": len(staleness.get(epoch, [])), "staleness_mean": float(st.mean()),
-                          "staleness_max": int(st.max()), "version": int(version[0])}
-                rows.append({"epoch": epoch + 1, **shared, "rank": 0, **usage.read()})
-                rows += [{"epoch": epoch + 1, **shared, **{k: r[k] for k in ("rank", "cpu_percent", "rss_mib", "peak_rss_mib")}}
-                         for r in sorted(rs, key=lambda r: r["rank"])]
+                rows += _server_epoch(args, ds, trainer, epoch, reports[epoch], staleness.get(epoch, []), int(version[0]),
+                                      usage, now - t_epoch, now - t_start)
+                t_epoch = now
         elif tag == _DONE:
             comm.recv(source=src, tag=_DONE)
             done += 1
             last_heard.pop(src)
     trainer.params = flat.views(v)
     return rows
+
+
+def _server_epoch(args, ds, trainer, epoch, reports, staleness, version, usage, epoch_s, elapsed) -> list[dict]:
+    """The parameter server's rows for an epoch every worker has finished: v evaluated, the updates it took
+    and their staleness, and every rank's usage."""
+    loss = sum(r["train_loss_sum"] for r in reports) / sum(r["steps"] for r in reports)
+    st = np.array(staleness or [0])
+    shared = {**_summary(args, trainer, ds, epoch, lr_at(args.lr, args.lr_decay, epoch), loss, epoch_s, elapsed),
+              "updates": len(staleness), "staleness_mean": float(st.mean()), "staleness_max": int(st.max()),
+              "version": version}
+    return [{"epoch": epoch + 1, **shared, "rank": 0, **usage.read()}] + [
+        {"epoch": epoch + 1, **shared, **{k: r[k] for k in ("rank", "cpu_percent", "rss_mib", "peak_rss_mib")}}
+        for r in sorted(reports, key=lambda r: r["rank"])]
 
 
 def take_push(v, pushed, staleness: int, rule: str) -> None:
@@ -439,8 +444,7 @@ def _summary(args, trainer, ds, epoch, lr, train_loss, epoch_s, elapsed) -> dict
 TRAIN = {"allreduce": train_allreduce, "average": train_average, "async": train_async}
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
+# ---- Command line ----------------------------------------------------------------------------------------
 
 
 def _rank_from_launcher() -> int:
@@ -451,29 +455,20 @@ def _rank_from_launcher() -> int:
     return 0
 
 
-def _Parser(**kwargs):
-    from .cli import Parser
+class RankZeroParser(Parser):
+    """Every rank checks the command line and exits 2; only rank 0 says why, once."""
 
-    class RankZeroParser(Parser):
-        """Every rank checks the command line and exits 2; only rank 0 says why, once."""
-
-        def error(self, message):
-            self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if _rank_from_launcher() == 0 else None)
-
-    return RankZeroParser(**kwargs)
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if _rank_from_launcher() == 0 else None)
 
 
 def parser() -> argparse.ArgumentParser:
-    from .cli import fraction, net, nonnegative_int, positive_float, positive_int
-    from .data import NAMES
+    from .cli import fraction, nonnegative_int, positive_float, positive_int
 
-    p = _Parser(prog="mpiexec -n N python -m parbp.mpi", description=__doc__.split("\n\n")[0])
+    p = RankZeroParser(prog="mpiexec -n N python -m parbp.mpi", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", required=True, choices=MODES)
-    p.add_argument("--net", default="1h", type=net, help='"1h", "2h" or hidden widths like 64,32')
-    p.add_argument("--dataset", default="mnist", choices=(*NAMES, TOY), help=f'"{TOY}" is synthetic')
-    p.add_argument("--subset", type=positive_int, default=None, help="use only the first N training examples")
+    data_arguments(p, net="1h", batch_size=10, batch_help="global minibatch (default 10, the paper's)")
     p.add_argument("--epochs", type=positive_int, default=5)
-    p.add_argument("--batch-size", type=positive_int, default=10, help="global minibatch (default 10, the paper's)")
     p.add_argument("--lr", type=positive_float, default=0.05,
                    help="learning rate (default 0.05: notebook 08's grid picks 0.1 for serial SGD at batch 10, but "
                         "async applies N-1 workers' updates computed on stale parameters and saturates at 0.1 "
@@ -530,34 +525,27 @@ def main(argv=None) -> int:
     comm = MPI.COMM_WORLD
     # Every rank checks the same arguments, so they all stop together before any communication.
     if args.mode == "allreduce" and comm.size > args.batch_size:
-        if comm.rank == 0:
-            print(f"error: {comm.size} processes but --batch-size {args.batch_size}: allreduce splits each "
-                  f"minibatch across the ranks, so -n must be <= the batch size", file=sys.stderr)
-        return 2
+        return refuse(comm, f"{comm.size} processes but --batch-size {args.batch_size}: allreduce splits each "
+                            f"minibatch across the ranks, so -n must be <= the batch size")
     if args.mode == "async" and comm.size < 2:
-        print("error: --mode async needs at least 2 processes (rank 0 is the parameter server)", file=sys.stderr)
-        return 2
+        return refuse(comm, "--mode async needs at least 2 processes (rank 0 is the parameter server)")
     dog = Watchdog(comm, args.timeout)
     try:
         with threadpool_limits(args.threads):
             rows, trainer = TRAIN[args.mode](args, comm, dog)
     except Refused as e:  # raised on every rank together
-        if comm.rank == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return refuse(comm, e)
     if comm.rank == 0:
         import pandas as pd
 
         from .checkpoint import save_params
         from .results import write_csv
 
-        df = pd.DataFrame(rows)
         meta = {"mode": args.mode, "processes": comm.size, "net": args.net if isinstance(args.net, str) else "-".join(map(str, args.net)),
                 "dataset": args.dataset, "batch_size": args.batch_size, "impl": args.impl,
                 "sync_every": args.sync_every, "seed": args.seed, "async_rule": args.async_rule,
                 "whole_data": args.whole_data, "loss": args.loss}
-        for i, (k, v) in enumerate(meta.items()):
-            df.insert(i, k, [v] * len(df))
+        df = leading(pd.DataFrame(rows), meta)
         if args.out:
             write_csv(df, args.out)
         if args.params_out:
@@ -569,13 +557,9 @@ def main(argv=None) -> int:
 
 
 def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: float | None = None, **options):
-    """Run ``mpiexec -n processes python -m parbp.mpi --mode mode ...`` and return its CSV as a DataFrame.
-
-    ``options`` become flags (``batch_size=100`` -> ``--batch-size 100``, ``whole_data=True`` ->
-    ``--whole-data``); ``watchdog`` is the job's own
-    ``--timeout``. A job that fails or outlives ``timeout`` seconds raises RuntimeError with the tail of
-    its output.
-    """
+    """Run ``mpiexec -n processes python -m parbp.mpi --mode mode ...`` and return its CSV as a DataFrame
+    (``distributed.run_job``); ``options`` become flags (``distributed.flags``), ``watchdog`` is the job's own
+    ``--timeout``."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     return run_job("parbp.mpi", processes, ["--mode", mode, *flags({**options, "timeout": watchdog})], timeout, out)

@@ -17,21 +17,20 @@ between two barriers, so the median is the step time of the slowest rank.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import sys
 import time
 
 import numpy as np
+import pandas as pd
 
 from . import trainers
 from .data import random_batch
-from .distributed import Flat, allreduce_step, mpiexec, run_command
+from .distributed import PackedGradients, allreduce_step, flags, run_job
 
 
-# --------------------------------------------------------------------------------------------
-# parbp under mpiexec: this module re-runs itself with --worker
+# ---- parbp under mpiexec: this module re-runs itself with --worker ---------------------------------------
 
 
 def mpi_worker(args) -> None:
@@ -45,9 +44,7 @@ def mpi_worker(args) -> None:
     n_in, n_out = 784, 10
     with threadpool_limits(1):
         trainer = trainers.get(args.impl)(net=args.net, n_in=n_in, n_out=n_out, seed=0)
-        flat = Flat(trainer.sizes, trainer.dtype, extra=1)
-        buf = flat.empty()
-        grads = flat.views(buf)
+        packed = PackedGradients(trainer)
         rows = np.array_split(np.arange(B), size)[rank]
         X, Y = random_batch(n_in, n_out, len(rows), seed=rank)
         dog = Watchdog(comm, 60.0)
@@ -59,7 +56,7 @@ def mpi_worker(args) -> None:
             t1 = time.perf_counter()
             comm.Barrier()
             t2 = time.perf_counter()
-            allreduce_step(trainer, flat, buf, grads, X, Y, B, 1e-3, comm, dog)
+            allreduce_step(trainer, packed, X, Y, B, 1e-3, comm, dog)
             comm.Barrier()
             t3 = time.perf_counter()
             if i >= args.warmup:
@@ -68,27 +65,24 @@ def mpi_worker(args) -> None:
     step = comm.gather(step, root=0)
     compute = comm.gather(compute, root=0)
     if rank == 0:
+        from .results import write_csv
+
         # between barriers, so every rank saw the same interval: take rank 0's; compute: the slowest rank
         step_s = float(np.median(step[0]))
         compute_s = float(np.median(np.max(compute, axis=0)))
         # the rest of the step: packing, the Allreduce, waiting for the slower rank, the update
-        print(json.dumps({"step_s": step_s, "compute_s": compute_s, "other_s": max(step_s - compute_s, 0.0)}))
+        write_csv(pd.DataFrame([{"step_s": step_s, "compute_s": compute_s, "other_s": max(step_s - compute_s, 0.0)}]),
+                  args.out)
 
 
 def run_parbp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None, timeout=300) -> dict:
     """Median step time (and its compute/communication split) of parbp.mpi allreduce under mpiexec."""
-
-    cmd = [mpiexec(), "-n", str(processes), sys.executable, "-m", "parbp.mpi_bench", "--worker",
-           "--net", net, "--batch-size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup)]
-    cmd += ["--impl", impl] if impl else []
-    proc = run_command(cmd, timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"parbp.mpi_bench worker with {processes} ranks failed:\n{proc.stderr[-2000:]}{proc.stdout[-1000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    options = dict(net=net, batch_size=batch_size, steps=steps, warmup=warmup, impl=impl)
+    row = run_job("parbp.mpi_bench", processes, ["--worker", *flags(options)], timeout).iloc[0]
+    return {k: float(v) for k, v in row.items()}
 
 
-# --------------------------------------------------------------------------------------------
-# PyTorch DDP, gloo on loopback
+# ---- PyTorch DDP, gloo on loopback -----------------------------------------------------------------------
 
 
 def _free_port() -> int:
@@ -101,19 +95,9 @@ def _torch_worker(rank, world, port, net, batch_size, steps, warmup, queue):
     import torch
     import torch.distributed as dist
 
-    from .nets import init_params, layer_sizes
-
-    torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    sizes = layer_sizes(net, 784, 10)
-    layers = []
-    for W, b in init_params(sizes, 0):  # the same initial weights as parbp's trainers
-        lin = torch.nn.Linear(*W.shape)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
-            lin.bias.copy_(torch.from_numpy(b.astype(np.float32)))
-        layers += [lin, torch.nn.Sigmoid()]
-    model = torch.nn.Sequential(*layers)
+    # parbp's torch trainer: the same network and initial weights as parbp's trainers, on one thread
+    model = trainers.get("torch")(net=net, n_in=784, n_out=10, seed=0).model
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -163,13 +147,11 @@ def run_ddp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, timeout=
     return {"step_s": step_s}
 
 
-# --------------------------------------------------------------------------------------------
+# ---- Both, side by side ---------------------------------------------------------------------------------
 
 
 def bench(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None, timeout=300, out=None):
     """Both engines, 1 and ``processes`` processes, measured now; one row per configuration."""
-    import pandas as pd
-
     from .envinfo import cpu_name
 
     impl = impl or trainers.fastest_cpu(threaded=False)
@@ -193,7 +175,7 @@ def bench(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None,
     return df
 
 
-def parser():
+def main(argv=None):
     from .cli import Parser, nonnegative_int, positive_float, positive_int
 
     p = Parser(prog="python -m parbp.mpi_bench", description=__doc__.split("\n\n")[0])
@@ -207,11 +189,6 @@ def parser():
     p.add_argument("--timeout", type=positive_float, default=300)
     p.add_argument("--out", default=None, help="CSV of the results (written atomically)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    return p
-
-
-def main(argv=None):
-    p = parser()
     args = p.parse_args(argv)
     if args.batch_size < args.processes:
         p.error(f"--batch-size {args.batch_size} must be >= --processes {args.processes}")
@@ -221,8 +198,6 @@ def main(argv=None):
         args.impl = args.impl or trainers.fastest_cpu(threaded=False)
         mpi_worker(args)
         return 0
-    import pandas as pd
-
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(bench(args.net, args.batch_size, args.processes, args.steps, args.warmup, args.impl,
                     args.timeout, args.out).drop(columns=["cpu"]).to_string(index=False))

@@ -39,8 +39,7 @@ def check_schedule(schedule: str, micro_batches: int) -> None:
                          f"{micro_batches}; use 'gpipe' or '1f1b' to pipeline")
 
 
-# --------------------------------------------------------------------------------------------
-# The split
+# ---- The split -------------------------------------------------------------------------------------------
 
 
 def layer_flops(sizes) -> list[float]:
@@ -56,13 +55,8 @@ def split_layers(sizes, parts: int) -> list[list[int]]:
         raise ValueError(f"cannot split {n_layers} layers into {parts} stages; use 1 to {n_layers} stages "
                          f"(a deeper net, e.g. net='2h', has more layers)")
     cost = layer_flops(sizes)
-    best = None
-    for cuts in combinations(range(1, n_layers), parts - 1):  # nets here have a handful of layers
-        bounds = [0, *cuts, n_layers]
-        worst = max(sum(cost[a:b]) for a, b in zip(bounds[:-1], bounds[1:]))
-        if best is None or worst < best[0]:
-            best = (worst, bounds)
-    bounds = best[1]
+    splits = ([0, *cuts, n_layers] for cuts in combinations(range(1, n_layers), parts - 1))  # a handful of layers
+    bounds = min(splits, key=lambda b: max(sum(cost[a:z]) for a, z in zip(b[:-1], b[1:])))
     return [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
@@ -71,8 +65,7 @@ def stage_flops(sizes, stages) -> list[float]:
     return [sum(cost[l] for l in layers) for layers in stages]
 
 
-# --------------------------------------------------------------------------------------------
-# Schedules, simulated
+# ---- Schedules, simulated --------------------------------------------------------------------------------
 
 
 def stage_tasks(schedule: str, stages: int, micro_batches: int, stage: int) -> list[tuple[str, int]]:
@@ -97,8 +90,7 @@ def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s
     if len(backward_s) != p:
         raise ValueError("forward_s and backward_s need one time per stage each")
     tasks = [stage_tasks(schedule, p, micro_batches, s) for s in range(p)]
-    end: dict[tuple[str, int, int], float] = {}
-    timeline: dict[tuple[str, int, int], tuple[float, float]] = {}
+    timeline: dict[tuple[str, int, int], tuple[float, float]] = {}  # (kind, stage, micro-batch) -> (start, end)
     clock, nxt = [0.0] * p, [0] * p
     link_free: dict[tuple[int, int], float] = {}  # (from, to): when the link is free again
     while any(nxt[s] < len(tasks[s]) for s in range(p)):
@@ -109,16 +101,15 @@ def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s
             kind, j = tasks[s][nxt[s]]
             # inputs: the forward of the stage before, or the backward of the stage after
             dep = ("F", s - 1, j) if kind == "F" and s > 0 else ("B", s + 1, j) if kind == "B" and s < p - 1 else None
-            if dep is not None and dep not in end:
+            if dep is not None and dep not in timeline:
                 continue
             ready = 0.0
             if dep is not None:  # a stage consumes its inputs in the order they were sent
-                leaves = max(end[dep], link_free.get((dep[1], s), 0.0))
+                leaves = max(timeline[dep][1], link_free.get((dep[1], s), 0.0))
                 link_free[(dep[1], s)] = leaves + transfer_s
                 ready = leaves + transfer_s + message_s
             start = max(clock[s], ready)
             clock[s] = start + (forward_s[s] if kind == "F" else backward_s[s])
-            end[(kind, s, j)] = clock[s]
             timeline[(kind, s, j)] = (start, clock[s])
             nxt[s] += 1
             progressed = True
@@ -150,9 +141,7 @@ def idle_fraction(busy) -> float:
 def activations_kept(schedule: str, stages: int, micro_batches: int, stage: int) -> int:
     """The most micro-batches whose activations stage ``stage`` holds at once: m for GPipe, p - s for 1F1B."""
     check_schedule(schedule, micro_batches)
-    if schedule == "1f1b":
-        return min(stages - stage, micro_batches)
-    return micro_batches
+    return min(stages - stage, micro_batches) if schedule == "1f1b" else micro_batches
 
 
 def activation_bytes(sizes, layers, micro_batch: int, itemsize: int = 4) -> int:
@@ -160,8 +149,7 @@ def activation_bytes(sizes, layers, micro_batch: int, itemsize: int = 4) -> int:
     return micro_batch * itemsize * (sizes[layers[0]] + sum(sizes[l + 1] for l in layers))
 
 
-# --------------------------------------------------------------------------------------------
-# One stage's math: the serial-blas trainer's kernels, on this stage's layers only
+# ---- One stage's math: the serial-blas trainer's kernels, on this stage's layers only --------------------
 
 
 class Stage:

@@ -35,22 +35,24 @@ import os
 import re
 import sys
 import time
-from itertools import islice
 
 import numpy as np
 
 from .data import load_first, random_batch
-from .distributed import epoch_order, flags, run_job
+from .distributed import block, data_arguments, epoch_batches, flags, leading, run_job
+from . import ipp
 from .ipp import EngineModel
 from .mpi import Watchdog
+from .blas import gemm_into
+from .cpu import bias_sigmoid, column_sums, hidden_delta, output_delta
 from .nets import init_params, layer_sizes
-from .train import lr_at, minibatches
+from .pipeline import Stage
+from .train import lr_at
 
 PAIR, REPLICATED = "pair", "replicated"
 
 
-# --------------------------------------------------------------------------------------------
-# The plan: which layers pair up, and how each pair's hidden units split
+# ---- The plan: which layers pair up, and how each pair's hidden units split ------------------------------
 
 
 def blocks(sizes) -> list[tuple[str, int]]:
@@ -96,24 +98,17 @@ def message_bytes(sizes, batch_size: int, itemsize: int = 4) -> dict:
             "sent_bytes": lambda p: 2 * (p - 1) / p * payload if p > 1 else 0.0}
 
 
-# --------------------------------------------------------------------------------------------
-# One rank's part of the network and its math (the serial-blas trainer's kernels)
+# ---- One rank's part of the network and its math (the serial-blas trainer's kernels) ---------------------
 
 
-class _Pair:
-    """Rank r's slice of a layer pair: W_a's columns c_r, W_b's rows c_r; b_b whole."""
+class _Pair(Stage):
+    """Rank r's slice of a layer pair: W_a's columns c_r, W_b's rows c_r; b_b whole. A pipeline stage's
+    weights, gradients and update, its own forward and backward."""
 
     def __init__(self, Wa, ba, Wb, bb, cols: slice, first: bool):
-        self.W = [np.ascontiguousarray(Wa[:, cols], np.float32), np.ascontiguousarray(Wb[cols, :], np.float32)]
-        self.b = [np.ascontiguousarray(ba[cols], np.float32), np.ascontiguousarray(bb, np.float32)]
-        self.gW = [np.empty_like(W) for W in self.W]
-        self.gb = [np.empty_like(b) for b in self.b]
-        self.first = first
+        super().__init__([(Wa[:, cols], ba[cols]), (Wb[cols, :], bb)], first=first, last=False)
 
     def forward(self, x, allreduce) -> list[np.ndarray]:
-        from .blas import gemm_into
-        from .cpu import bias_sigmoid
-
         (Wa, Wb), (ba, bb) = self.W, self.b
         h = np.empty((x.shape[0], Wa.shape[1]), np.float32)
         gemm_into(x, Wa, h)
@@ -125,9 +120,6 @@ class _Pair:
         return [x, h, z]
 
     def backward(self, acts, delta, allreduce):
-        from .blas import gemm_into
-        from .cpu import column_sums, hidden_delta
-
         x, h, _ = acts
         (Wa, Wb), (gWa, gWb), (gba, gbb) = self.W, self.gW, self.gb
         gemm_into(h, delta, gWb, trans_a=True)
@@ -145,34 +137,14 @@ class _Pair:
         return below  # dL/d(input): the block below applies σ' of its own output
 
 
-class _Replicated:
-    """An unpaired layer, whole on every rank."""
-
-    def __init__(self, W, b, first: bool):
-        self.W, self.b = [np.ascontiguousarray(W, np.float32)], [np.ascontiguousarray(b, np.float32)]
-        self.gW, self.gb = [np.empty_like(self.W[0])], [np.empty_like(self.b[0])]
-        self.first = first
+class _Replicated(Stage):
+    """An unpaired layer, whole on every rank: a one-layer stage that never communicates."""
 
     def forward(self, x, allreduce) -> list[np.ndarray]:
-        from .blas import gemm_into
-        from .cpu import bias_sigmoid
-
-        z = np.empty((x.shape[0], self.W[0].shape[1]), np.float32)
-        gemm_into(x, self.W[0], z)
-        bias_sigmoid(z, self.b[0])
-        return [x, z]
+        return super().forward(x)
 
     def backward(self, acts, delta, allreduce):
-        from .blas import gemm_into
-        from .cpu import column_sums
-
-        gemm_into(acts[0], delta, self.gW[0], trans_a=True)
-        column_sums(delta, self.gb[0])
-        if self.first:
-            return None
-        below = np.empty_like(acts[0])
-        gemm_into(delta, self.W[0], below, trans_b=True)
-        return below
+        return super().backward(acts, delta)
 
 
 class Shard:
@@ -192,12 +164,10 @@ class Shard:
                 cols = columns(self.sizes[l + 1], ranks, rank)
                 self.blocks.append(_Pair(*params[l], *params[l + 1], cols, first=i == 0))
             else:
-                self.blocks.append(_Replicated(*params[l], first=i == 0))
+                self.blocks.append(_Replicated([params[l]], first=i == 0, last=True))
 
     def step(self, X, Y, lr, allreduce) -> float:
         """One SGD step on the whole minibatch (X, Y, the same on every rank); returns its loss."""
-        from .cpu import hidden_delta, output_delta
-
         acts, x = [], np.ascontiguousarray(X, np.float32)
         for blk in self.blocks:
             acts.append(blk.forward(x, allreduce))
@@ -210,17 +180,9 @@ class Shard:
             if below is not None:
                 hidden_delta(below, acts[i - 1][-1])  # σ' of the block below's output
                 delta = below
-        self.update(lr)
-        return float(sse) / B
-
-    def update(self, lr: float) -> None:
-        from .blas import axpy
-
-        lr = np.float32(lr)
         for blk in self.blocks:
-            for W, b, gW, gb in zip(blk.W, blk.b, blk.gW, blk.gb):
-                axpy(W, gW, lr)
-                b -= lr * gb
+            blk.update(lr)
+        return float(sse) / B
 
     @property
     def parts(self) -> list[list[np.ndarray]]:
@@ -241,8 +203,7 @@ def assemble(parts_by_rank, sizes) -> list[tuple[np.ndarray, np.ndarray]]:
     return params
 
 
-# --------------------------------------------------------------------------------------------
-# Steps under a communicator, timed
+# ---- Steps under a communicator, timed -------------------------------------------------------------------
 
 
 def train_steps(shard: Shard, X, Y, batches, lr: float, comm, dog) -> dict:
@@ -300,13 +261,10 @@ def timed_steps(comm, dog=None, net="2h", batch_size: int = 1000, steps: int = 1
         return train_steps(shard, X, Y, [idx] * steps, 1e-3, comm, dog)
 
 
-# --------------------------------------------------------------------------------------------
-# On parbp.ipp's MPI engines
+# ---- On parbp.ipp's MPI engines --------------------------------------------------------------------------
 
 
 def _tp_setup(key, params, X, Y, seed):
-    from . import ipp
-
     comm = ipp._comm()
     shard = Shard(params, comm.rank, comm.size)
     ipp._state[key] = dict(shard=shard, X=X, Y=Y, seed=seed)
@@ -315,19 +273,17 @@ def _tp_setup(key, params, X, Y, seed):
 
 
 def _tp_run(key, epoch, batch_size, lr, first, count):
-    from . import ipp
-
     S, comm = ipp._state[key], ipp._comm()
-    batches = islice(minibatches(epoch_order(len(S["X"]), epoch, S["seed"]), batch_size, drop_last=True), first, None if count is None else first + count)
-    comm.barrier("the start of a block of steps")
-    t0, c0 = time.perf_counter(), time.process_time()
-    out = train_steps(S["shard"], S["X"], S["Y"], batches, lr, comm, comm)
-    return {**out, "steps": len(out["step_s"]), "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+    batches = block(epoch_batches(len(S["X"]), epoch, S["seed"], batch_size), first, count)
+
+    def run():
+        out = train_steps(S["shard"], S["X"], S["Y"], batches, lr, comm, comm)
+        return {**out, "steps": len(out["step_s"])}
+
+    return ipp.timed_block(comm, run)
 
 
 def _tp_parts(key):
-    from . import ipp
-
     return ipp._state[key]["shard"].parts
 
 
@@ -339,30 +295,18 @@ class TensorParallel(EngineModel):
     name = "tensor parallel"
 
     def __init__(self, engines, ds, net="2h", seed: int = 0):
-        from .ipp import _keys, local_trainer
-
-        if not engines.mpi:
-            raise ValueError("TensorParallel needs MPI engines (Engines(mpi=True))")
-        self.eng, self.ds, self.seed = engines, ds, seed
-        self.eval = local_trainer(net, ds, seed)
-        self.sizes, self.workers = self.eval.sizes, len(engines.ids)
+        self.place(engines, ds, net, seed)
+        self.sizes = self.eval.sizes
         check(self.sizes, self.workers)  # before anything is sent
-        self.key = next(_keys)
-        params = self.eval.params
-        engines.run([(e, _tp_setup, (self.key, params, ds.X_train, ds.Y_train, seed)) for e in engines.ids],
-                    "receiving the data and its slices", engines.timeout + 60)
+        self.on_engines(_tp_setup, self.eval.params, ds.X_train, ds.Y_train, seed,
+                        what="receiving the data and its slices", deadline=engines.timeout + 60)
         self.steps: list[dict] = []  # per step: seconds, compute and communication (the slowest rank's)
 
     def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
-        out = self.eng.run([(e, _tp_run, (self.key, epoch, B, lr, first, count)) for e in self.eng.ids],
-                           "training (tensor parallel)")
-        from .ipp import cpu_share
-
-        for k in range(out[0]["steps"]):
-            self.steps.append({"step_s": max(o["step_s"][k] for o in out), "comm_s": max(o["comm_s"][k] for o in out),
-                               "compute_s": max(o["compute_s"][k] for o in out)})
-        return {"train_loss": float(np.mean(out[0]["loss"])) if out[0]["loss"] else float("nan"),
-                "seconds": max(o["seconds"] for o in out), "steps": out[0]["steps"], "cpu_share": cpu_share(out),
+        out, block_ = self.run_block(_tp_run, epoch, B, lr, first, count)
+        self.steps += [{k: max(o[k][step] for o in out) for k in ("step_s", "comm_s", "compute_s")}
+                       for step in range(out[0]["steps"])]
+        return {"train_loss": float(np.mean(out[0]["loss"])) if out[0]["loss"] else float("nan"), **block_,
                 "sent_bytes_per_step": out[0]["sent_bytes"]}
 
     def train_epoch(self, epoch, B, lr) -> dict:
@@ -372,25 +316,19 @@ class TensorParallel(EngineModel):
 
     @property
     def params(self):
-        parts = self.eng.run([(e, _tp_parts, (self.key,)) for e in self.eng.ids], "sending its slices", self.eng.timeout)
-        return assemble(parts, self.sizes)
+        return assemble(self.on_engines(_tp_parts, what="sending its slices", deadline=self.eng.timeout), self.sizes)
 
 
 
-# --------------------------------------------------------------------------------------------
-# Under mpiexec
+# ---- Under mpiexec ---------------------------------------------------------------------------------------
 
 
 def parser():
-    from .cli import fraction, net, positive_float, positive_int
-    from .data import NAMES, TOY
-    from .mpi import _Parser
+    from .cli import fraction, positive_float, positive_int
+    from .mpi import RankZeroParser
 
-    p = _Parser(prog="mpiexec -n N python -m parbp.tensor_parallel", description=__doc__.split("\n\n")[0])
-    p.add_argument("--net", default="2h", type=net, help='"1h", "2h" or hidden widths like 53,29')
-    p.add_argument("--dataset", default="mnist", choices=(*NAMES, TOY), help=f'"{TOY}" is synthetic')
-    p.add_argument("--subset", type=positive_int, default=None, help="use only the first N training examples")
-    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p = RankZeroParser(prog="mpiexec -n N python -m parbp.tensor_parallel", description=__doc__.split("\n\n")[0])
+    data_arguments(p)
     p.add_argument("--steps", type=positive_int, default=20, help="minibatches to train, in the data-parallel order")
     p.add_argument("--lr", type=positive_float, default=0.1)
     p.add_argument("--lr-decay", type=fraction, default=0.0, help="fraction the lr shrinks after each epoch")
@@ -421,9 +359,8 @@ def _train(args, comm, ds, shard) -> list[dict]:
         train_steps(shard, ds.X_train, ds.Y_train, [np.arange(2)], 0.0, comm, dog)  # warm-up, learning nothing
         for epoch in range(-(-args.steps // per_epoch)):
             count = min(per_epoch, args.steps - done)
-            order = epoch_order(len(ds.X_train), epoch, args.seed)
-            out = train_steps(shard, ds.X_train, ds.Y_train, islice(minibatches(order, args.batch_size, drop_last=True), count),
-                              lr_at(args.lr, args.lr_decay, epoch), comm, dog)
+            batches = block(epoch_batches(len(ds.X_train), epoch, args.seed, args.batch_size), 0, count)
+            out = train_steps(shard, ds.X_train, ds.Y_train, batches, lr_at(args.lr, args.lr_decay, epoch), comm, dog)
             rows += [{"rank": comm.rank, "epoch": epoch, "step": done + k, "step_s": s, "compute_s": c, "comm_s": m,
                       "loss": l, "allreduces": out["allreduces"], "payload_bytes": out["payload_bytes"],
                       "sent_bytes": out["sent_bytes"]}
@@ -435,7 +372,7 @@ def _train(args, comm, ds, shard) -> list[dict]:
 def main(argv=None) -> int:
     from mpi4py import MPI
 
-    from .mpi import Refused, _from_rank_zero
+    from .mpi import Refused, _from_rank_zero, refuse
 
     args = parser().parse_args(argv)
     comm = MPI.COMM_WORLD
@@ -445,9 +382,7 @@ def main(argv=None) -> int:
     try:  # rank 0 reads and checks, every rank stops together on a problem
         ds = _from_rank_zero(comm, lambda: _load(args, comm.size))
     except Refused as e:
-        if comm.rank == 0:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return refuse(comm, e)
     sizes = layer_sizes(args.net, ds.n_in, ds.n_out)
     shard = Shard(init_params(sizes, args.seed), comm.rank, comm.size)
     rows = comm.gather(_train(args, comm, ds, shard), root=0)
@@ -458,11 +393,9 @@ def main(argv=None) -> int:
         from .checkpoint import save_params
         from .results import write_csv
 
-        df = pd.DataFrame([r for rs in rows for r in rs])
         net = args.net if isinstance(args.net, str) else "-".join(map(str, sizes))
-        for i, (k, v) in enumerate({"net": net, "dataset": args.dataset, "processes": comm.size,
-                                    "batch_size": args.batch_size}.items()):
-            df.insert(i, k, v)
+        df = leading(pd.DataFrame([r for rs in rows for r in rs]),
+                     {"net": net, "dataset": args.dataset, "processes": comm.size, "batch_size": args.batch_size})
         if args.out:
             write_csv(df, args.out)
         if args.params_out:

@@ -62,3 +62,27 @@ def finish_after_stopping(proc, ranks, limit=30):
         for r in ranks:
             if r.is_running():
                 r.kill()
+
+
+def assert_failed_engine_named(eng, model, sig, message, lr):
+    """Kill or stop (``sig``) engine rank 1 a second into training ``model`` on ``eng``: EngineFailure naming
+    that engine and ``message`` within 30 s, never a hang, and the engines refuse more work. A stopped engine
+    is killed afterwards (it would not hear the cluster's stop)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from parbp.ipp import EngineFailure
+
+    threading.Timer(1.0, os.kill, args=(eng.pids[1], sig)).start()
+    t0 = time.time()
+    try:
+        with pytest.raises(EngineFailure, match=f"engine\\(?s?\\)? \\[?{eng.ids[1]}\\]?.*{message}|{message}.*{eng.ids[1]}"):
+            model.fit(epochs=100_000, batch_size=40, lr=lr)
+        assert time.time() - t0 < 30
+        with pytest.raises(EngineFailure, match="unusable after an earlier failure"):
+            model.run_steps(0, 40, lr, count=1)
+    finally:
+        if sig == signal.SIGSTOP:
+            os.kill(eng.pids[1], signal.SIGKILL)

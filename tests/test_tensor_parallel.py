@@ -11,7 +11,7 @@ import numpy as np
 import psutil
 import pytest
 
-from checks import assert_params_close, finish_after_stopping, finish_job
+from checks import assert_failed_engine_named, assert_params_close, finish_after_stopping, finish_job
 from parbp import checkpoint, data, nets, trainers
 from parbp.distributed import epoch_order, mpiexec
 from parbp.train import lr_at, minibatches
@@ -173,16 +173,7 @@ def test_failed_engine_is_named_within_30_s(sig, message):
 
     ds = data.load_first("toy", 400)
     with pi.Engines(n=2, timeout=5) as eng:
-        model = tp.TensorParallel(eng, ds, net=[64, 64])
-        threading.Timer(1.0, os.kill, args=(eng.pids[1], sig)).start()
-        t0 = time.time()
-        try:
-            with pytest.raises(pi.EngineFailure, match=f"engine\\(?s?\\)? \\[?{eng.ids[1]}\\]?.*{message}|{message}.*{eng.ids[1]}"):
-                model.fit(epochs=100_000, batch_size=40, lr=0.01)
-            assert time.time() - t0 < 30
-        finally:
-            if sig == signal.SIGSTOP:
-                os.kill(eng.pids[1], signal.SIGKILL)  # a stopped engine would not hear the cluster's stop
+        assert_failed_engine_named(eng, tp.TensorParallel(eng, ds, net=[64, 64]), sig, message, lr=0.01)
 
 
 def _start(n, extra=()):
