@@ -83,7 +83,7 @@ def plot(speed: pd.DataFrame, sgemm_gflops: float, bandwidth_gbs: float, net: st
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.4))
+    fig, ax = plt.subplots(figsize=(6, 4.2))
     line = roof_table(sgemm_gflops, bandwidth_gbs)
     ax.plot(line.flop_per_byte, line.gflops_roof, color="0.3", lw=2,
             label="roof: min(sgemm, bandwidth × intensity)")
@@ -95,12 +95,12 @@ def plot(speed: pd.DataFrame, sgemm_gflops: float, bandwidth_gbs: float, net: st
             text = f"B={int(r.batch):,}"
             if spread:
                 at = (rows.flop_per_byte.min() / 6, rows.gflops.max() * 1.45 ** (len(rows) - k))
-                ax.annotate(text, (r.flop_per_byte, r.gflops), xytext=at, fontsize=8, ha="right", va="center",
+                ax.annotate(text, (r.flop_per_byte, r.gflops), xytext=at, fontsize=9, ha="right", va="center",
                             color=points.get_color(),
                             arrowprops=dict(arrowstyle="-", color=points.get_color(), lw=0.6, shrinkB=4))
             else:
-                ax.annotate(text, (r.flop_per_byte, r.gflops), textcoords="offset points", xytext=(7, -12),
-                            fontsize=8, color=points.get_color())
+                ax.annotate(text, (r.flop_per_byte, r.gflops), textcoords="offset points", xytext=(7, -13),
+                            fontsize=9, color=points.get_color())
     plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (flop / byte, model)",
            ylabel="GFLOP/s (measured)", title=f"Net-{net}, one core: the two serial forms")
