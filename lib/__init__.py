@@ -18,7 +18,7 @@ LAYERS = {
     # parallelism, emulated hosts
     "distributed": ("distributed", "pipeline", "mpi", "ipp", "ipp_relay", "tensor_parallel", "hosts"),
     # timing, memory and communication measurements
-    "measurement": ("bench", "memory", "mpi_bench", "ipp_bench", "costmodel", "tensor_parallel_bench", "hosts_bench",
+    "measurement": ("bench", "memory", "roofline", "mpi_bench", "ipp_bench", "costmodel", "tensor_parallel_bench", "hosts_bench",
                     "example_threads"),
     # the notebooks' helpers, the study runner and its profiles, the GPU campaign, the seeds' claims and the book
     "study": ("experiments", "committed", "profiles", "study", "gpu_campaign", "seed003", "seed003_experiments", "seed004", "claims",

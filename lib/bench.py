@@ -386,12 +386,54 @@ def gemm_fixed_cost(rows=(10, 25, 50, 100, 200, 400), n: int = 1024, repeats: in
     fns = [_RowsTimesWeights(r, n, backend=backend) for r in rows]
     samples = _time_side_by_side(fns, repeats, warmup=2, rewarm_s=0.0)
     ms = [float(np.median(s)) * 1e3 for s in samples]
-    per_row, fixed = np.polyfit(rows, ms, 1)
+    fixed, per_row = fit_fixed_cost(rows, ms)
     table = pd.DataFrame({"rows": rows, "ms": ms, "gflops": [2 * r * n * n / (m / 1e3) / 1e9 for r, m in zip(rows, ms)],
                           "fixed_share": [fixed / m for m in ms]})
     return table.assign(backend=backend), {"fixed_ms": float(fixed), "per_row_ms": float(per_row), "n": n,
                                            "backend": backend}
 
+
+
+def fit_fixed_cost(rows, ms) -> tuple[float, float]:
+    """The least-squares line t(rows) ≈ fixed + per_row·rows through measured times: (fixed_ms, per_row_ms)."""
+    per_row, fixed = np.polyfit(np.asarray(rows, dtype=float), np.asarray(ms, dtype=float), 1)
+    return float(fixed), float(per_row)
+
+
+def plot_gemm_fixed_cost(table: pd.DataFrame, n: int = 1024):
+    """``gemm_fixed_cost``'s table (one or several backends) on log axes, where the fixed cost shows.
+
+    Left: the time per product and its fitted line, whose flat part at few rows is the fixed cost (drawn
+    as a dashed level). Right: the share of each product's time that is fixed, the price each of p
+    workers pays again when the examples are split.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, PercentFormatter
+
+    backends = table["backend"] if "backend" in table else pd.Series("BLAS", index=table.index)
+    fig, (ax_ms, ax_share) = plt.subplots(1, 2, figsize=(9, 3.6))
+    r = np.geomspace(table.rows.min(), table.rows.max(), 100)
+    top = 1.0  # a share above 1 is noise (the fit's fixed part exceeds a measured time): shown, not clipped
+    for backend, rows in table.groupby(backends, sort=False):
+        fixed, per_row = fit_fixed_cost(rows.rows, rows.ms)
+        dots = ax_ms.plot(rows.rows, rows.ms, "o", label=f"{backend}, measured")[0]
+        color = dots.get_color()
+        ax_ms.plot(r, fixed + per_row * r, "-", color=color, label=f"{backend}: fixed + per row")
+        ax_ms.axhline(fixed, ls="--", lw=1, color=color, label=f"{backend}: fixed part alone")
+        ax_share.plot(rows.rows, fixed / rows.ms, "o-", color=color, label=backend)
+        top = max(top, 1.05 * float((fixed / rows.ms).max()))
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+    ax_ms.set(xscale="log", yscale="log", xlabel="rows r", ylabel="ms per product",
+              title=f"one-thread (r×{n})·({n}×{n})")
+    ax_share.set(xscale="log", xlabel="rows r", ylabel="fixed part of the product's time", ylim=(0, top),
+                 title="the share each worker pays again")
+    for ax in (ax_ms, ax_share):
+        ax.xaxis.set_major_formatter(plain)
+    ax_ms.yaxis.set_major_formatter(plain)
+    ax_share.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax_ms.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 # ---------------------------------------------------------------------------------------------------
 # The command line
