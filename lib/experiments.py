@@ -12,7 +12,7 @@ import numbers
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -200,43 +200,107 @@ def impl_order(df: pd.DataFrame) -> list[str]:
     return [n for n in order if n in present] + sorted(present - set(order))
 
 
+# One colour and one marker per trainer, fixed by the registry's order, so a trainer looks the same in every
+# figure whichever others it shares the figure with (tab10, then four more that tab10 lacks).
+_COLOURS = [*sns.color_palette("tab10"), "black", "darkgoldenrod", "navy", "deeppink"]
+_MARKERS = ["o", "X", "s", "P", "D", "^", "v", "<", ">", "p", "*", "h", "d", "8"]
+
+
+def impl_style(impls) -> tuple[dict, dict]:
+    """({impl: colour}, {impl: marker}) for ``impls``: the same pair for a trainer in every figure."""
+    fixed = [n for n in [*trainers.names(), TORCH_CUDA] if n != "reference"]
+    extra = sorted(set(impls) - set(fixed))  # variants such as "threads:update=partials", after the registry
+    slot = {name: i for i, name in enumerate([*fixed, *extra])}
+    return ({i: _COLOURS[slot[i] % len(_COLOURS)] for i in impls},
+            {i: _MARKERS[slot[i] % len(_MARKERS)] for i in impls})
+
+
+def plain_number(x: float) -> str:
+    """1, 30, 1,000 or 0.3: how a reader writes a tick value (matplotlib's log axes write 3×10⁰)."""
+    return f"{x:,.0f}" if x >= 1 and float(x).is_integer() else f"{x:g}"
+
+
+class PlainLogFormatter(LogFormatter):
+    """matplotlib's choice of which log ticks to label (every decade; 2, 3, 5 … across few decades), written
+    as plain numbers."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return plain_number(x)
+
+
+def plain_log_ticks(ax) -> None:
+    """Plain labels (1, 3, 10 … or 100, 1,000) on every log axis of ``ax``; call after setting the scales."""
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
+            axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+
+
+def _impl_lines(ax, df: pd.DataFrame, x: str, y: str) -> None:
+    """One line per implementation, in its fixed colour and marker, no legend (the caller places one)."""
+    colours, markers = impl_style(df.impl.unique())
+    sns.lineplot(data=df, x=x, y=y, hue="impl", hue_order=impl_order(df), palette=colours, style="impl",
+                 style_order=impl_order(df), markers=markers, dashes=False, ax=ax, legend=False)
+
+
+def impl_legend_handles(impls) -> list:
+    """Legend entries for ``impls``, in the registry's order, drawn as in ``_impl_lines``."""
+    from matplotlib.lines import Line2D
+
+    colours, markers = impl_style(impls)
+    order = impl_order(pd.DataFrame({"impl": list(impls)}))
+    return [Line2D([], [], color=colours[i], marker=markers[i], label=i) for i in order]
+
+
 def plot_vs_batch(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = True, hline=None):
     """One line per implementation against minibatch size (log x)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=df, x="batch", y=y, hue="impl", hue_order=impl_order(df), style="impl",
-                 style_order=impl_order(df), markers=True, dashes=False, ax=ax)
+    _impl_lines(ax, df, "batch", y)
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
+    plain_log_ticks(ax)
     if hline is not None:
         ax.axhline(hline, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="minibatch size", ylabel=ylabel, title=title)
-    ax.legend(title=None, fontsize=8, ncol=2)
+    ax.legend(handles=impl_legend_handles(df.impl.unique()), title=None, fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
 
 
-def plot_speedup_vs_threads(df: pd.DataFrame, title: str):
-    """Speedup over the serial baseline against threads, one panel per batch size, with the ideal line."""
+def plot_speedup_vs_threads(df: pd.DataFrame, title: str, per_row: int = 3):
+    """Speedup over the serial baseline against threads, one panel per batch size (``per_row`` to a row),
+    with the ideal line, and one legend for the whole figure."""
     multi = df.groupby(["impl", "batch"]).threads.transform("nunique") > 1  # timed at several widths
     data = df[multi]
     if data.empty:
         raise ValueError("no implementation was timed at more than one thread count")
     batches = sorted(data.batch.unique())
-    fig, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches), 4), sharey=True, squeeze=False)
+    cols = min(per_row, len(batches))
+    rows = -(-len(batches) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows + 0.4), sharey=True, squeeze=False)
     threads = sorted(data.threads.unique())
-    for ax, batch in zip(axes[0], batches):
+    for i, (ax, batch) in enumerate(zip(axes.flat, batches)):
         sub = data[data.batch == batch]
-        sns.lineplot(data=sub, x="threads", y="speedup", hue="impl", hue_order=impl_order(sub), style="impl",
-                     style_order=impl_order(sub), markers=True, dashes=False, ax=ax)
+        _impl_lines(ax, sub, "threads", "speedup")
         # linear scaling of the fastest one-thread run: what perfect parallelism would give
         best1 = sub[sub.threads == 1].speedup.max()
         if np.isfinite(best1):
-            ax.plot(threads, [best1 * t for t in threads], color="grey", lw=0.8, ls="--", label="linear")
-        ax.set(title=f"batch {batch}", xlabel="threads", ylabel=f"speedup over {BASELINE}", xticks=threads)
-        ax.legend(fontsize=7)
+            ax.plot(threads, [best1 * t for t in threads], color="grey", lw=0.8, ls="--")
+        ax.set(title=f"batch {batch:,}", xticks=threads, xlabel="threads" if i >= len(batches) - cols else "",
+               ylabel=f"speedup over\n{BASELINE}" if i % cols == 0 else "")
+    handles = impl_legend_handles(data.impl.unique())
+    handles.append(plt.Line2D([], [], color="grey", lw=0.8, ls="--", label="linear from the best 1-thread run"))
+    spare = list(axes.flat[len(batches):])
+    if spare:  # the legend takes the first empty panel
+        spare[0].legend(handles=handles, loc="center", fontsize=8, frameon=False)
+        spare[0].axis("off")
+        for ax in spare[1:]:
+            fig.delaxes(ax)
     fig.suptitle(title)
     fig.tight_layout()
+    if not spare:  # no empty panel: the legend goes to the right of the panels
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
     return fig
 
 
@@ -255,7 +319,7 @@ def plot_lr_grid(grid: pd.DataFrame, chosen: float, title: str):
               ylabel="validation accuracy")
     lrs = sorted(grid.lr.unique())
     right.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
-    right.minorticks_off()
+    right.minorticks_off()  # the grid's rates only, labelled plainly above
     right.legend()
     fig.suptitle(title)
     fig.tight_layout()
@@ -275,6 +339,7 @@ def plot_learning_curves(history: pd.DataFrame, title: str, target: float | None
     loss["split"] = loss.split.map({"loss": "train (mean minibatch loss)", "val_loss": "validation"})
     sns.lineplot(data=loss, x="epoch", y="mse", hue="split", marker="o", ax=left)
     left.set(yscale="log", title="MSE loss", ylabel="1/N Σ ||y - a||²")
+    plain_log_ticks(left)
     acc_cols = [c for c in ("train_acc", "val_acc", "test_acc") if history[c].notna().any()]
     acc = history[history.epoch > 0].melt(id_vars="epoch", value_vars=acc_cols, var_name="split",
                                           value_name="accuracy")
