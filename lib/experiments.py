@@ -7,6 +7,7 @@ first cell with the valid choices, not twenty minutes later in a plot.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import numbers
 from pathlib import Path
@@ -190,6 +191,23 @@ def fastest_threads(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[best.sort_values().to_numpy()].reset_index(drop=True)
 
 
+@functools.cache
+def epoch_examples(dataset: str) -> int:
+    """Examples in one epoch of ``dataset``: the rows of its training split (read from the data itself)."""
+    from .data import load
+
+    return len(load(check_dataset(dataset)).X_train)
+
+
+def per_epoch(df: pd.DataFrame, examples: int) -> pd.DataFrame:
+    """``s_per_epoch`` for an epoch of ``examples`` examples, and that count as ``epoch_examples``.
+
+    ``parbp.bench`` times steps on synthetic batches and counts an epoch as the paper's 50,000 MNIST
+    examples whatever the widths; an epoch of KDD Cup 99 is its own training split, many times longer."""
+    examples = positive_int("examples", examples)
+    return df.assign(s_per_epoch=df.ms_per_step / 1e3 * np.ceil(examples / df.batch), epoch_examples=examples)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Plots (seaborn; one figure per question, tidy data beside it via parbp.results.save_figure)
 # ---------------------------------------------------------------------------------------------------
@@ -301,6 +319,45 @@ def plot_speedup_vs_threads(df: pd.DataFrame, title: str, per_row: int = 3):
     fig.tight_layout()
     if not spare:  # no empty panel: the legend goes to the right of the panels
         fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    return fig
+
+
+FIGURES_05 = ("time_per_epoch", "gflops", "speedup_batch", "speedup_threads")  # notebook 05's figures, by name
+
+
+def speedup_figure(kind: str, table: pd.DataFrame, title: str):
+    """One of notebook 05's figures from its table (the CSV saved beside it): the notebook draws them with
+    this, and a committed CSV is redrawn with it. The time per epoch counts the table's ``epoch_examples``."""
+    if kind == "time_per_epoch":
+        if "epoch_examples" not in table:
+            raise ValueError("the time-per-epoch table needs epoch_examples (experiments.per_epoch adds it)")
+        examples = table.epoch_examples.unique()
+        return plot_vs_batch(table, "s_per_epoch", f"seconds per epoch ({', '.join(f'{n:,}' for n in examples)} "
+                             "examples)", f"Time per epoch, {title}")
+    if kind == "gflops":
+        return plot_vs_batch(table, "gflops", "GFLOP/s", f"Throughput, {title}")
+    if kind == "speedup_batch":
+        return plot_vs_batch(table, "speedup", f"speedup over {BASELINE}", f"Speedup, {title}", hline=1.0)
+    if kind == "speedup_threads":
+        return plot_speedup_vs_threads(table, f"Speedup against threads, {title}")
+    raise ValueError(f"unknown figure {kind!r}; choose one of {list(FIGURES_05)}")
+
+
+def plot_gpu_speed(gpu_runs: pd.DataFrame):
+    """Time per step and GFLOP/s of the GPU trainers against the batch size, one column per net."""
+    nets_ = sorted(gpu_runs.net.unique())
+    fig, axes = plt.subplots(2, len(nets_), figsize=(5.5 * len(nets_), 8), sharex=True, squeeze=False)
+    for col, net in enumerate(nets_):
+        d = gpu_runs[gpu_runs.net == net]
+        for row, (y, label) in enumerate((("ms_per_step", "ms per step"), ("gflops", "GFLOP/s"))):
+            ax = axes[row, col]
+            _impl_lines(ax, d, "batch", y)
+            ax.set(xscale="log", yscale="log", ylabel=label, xlabel="batch size" if row else "",
+                   title=f"Net-{net}" if row == 0 else "")
+            plain_log_ticks(ax)
+        axes[0, col].legend(handles=impl_legend_handles(d.impl.unique()), fontsize=9)
+    fig.suptitle(f"one SGD step on {', '.join(gpu_runs.env_gpu.astype(str).unique())}")
+    fig.tight_layout()
     return fig
 
 
