@@ -192,6 +192,20 @@ def fastest_threads(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[best.sort_values().to_numpy()].reset_index(drop=True)
 
 
+def best_per_batch(df: pd.DataFrame, column: str = "speedup") -> pd.DataFrame:
+    """At each batch size, the trainer (and thread count) with the highest ``column``."""
+    best = df.loc[df.groupby("batch")[column].idxmax()]
+    return best[["batch", "impl", "threads", column]].sort_values("batch").reset_index(drop=True)
+
+
+def thread_scaling(df: pd.DataFrame, impl: str) -> pd.DataFrame:
+    """``impl``'s speedup over the baseline at every batch size (rows) and thread count (columns)."""
+    rows = df[df.impl == impl]
+    if rows.empty:
+        raise ValueError(f"no {impl} rows; the table has {sorted(df.impl.unique())}")
+    return rows.pivot_table(index="batch", columns="threads", values="speedup")
+
+
 @functools.cache
 def epoch_examples(dataset: str) -> int:
     """Examples in one epoch of ``dataset``: the rows of its training split (read from the data itself)."""
