@@ -265,8 +265,9 @@ def plain_log_ticks(ax) -> None:
     """Plain labels (1, 3, 10 … or 100, 1,000) on every log axis of ``ax``; call after setting the scales."""
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "log":
-            axis.set_major_formatter(PlainLogFormatter(labelOnlyBase=False))
-            axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
+            base = axis.get_transform().base  # 10, or 2 for thread and process counts
+            axis.set_major_formatter(PlainLogFormatter(base=base, labelOnlyBase=False))
+            axis.set_minor_formatter(PlainLogFormatter(base=base, labelOnlyBase=False))
 
 
 def _impl_lines(ax, df: pd.DataFrame, x: str, y: str) -> None:

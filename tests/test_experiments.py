@@ -155,6 +155,14 @@ def test_log_ticks_are_plain_numbers():
               for t in axis.get_ticklabels(minor=False) + axis.get_ticklabels(minor=True)]
     assert labels and not any("times" in s or "^" in s or "e+" in s for s in labels), labels
     assert "100" in labels
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 4, 8], [1, 2, 3, 4])
+    ax.set_xscale("log", base=2)
+    ex.plain_log_ticks(ax)
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels() if 1 <= t.get_position()[0] <= 8] == ["1", "2", "4", "8"]
 
 
 def test_a_trainer_has_one_colour_in_every_figure():
