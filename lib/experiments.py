@@ -387,9 +387,9 @@ def redraw(csv: Path) -> tuple[Path, Path]:
 
 def plot_gpu_speed(gpu_runs: pd.DataFrame):
     """Time per step and GFLOP/s of the GPU trainers against the batch size, one column per net."""
-    nets_ = sorted(gpu_runs.net.unique())
-    fig, axes = plt.subplots(2, len(nets_), figsize=(5.5 * len(nets_), 8), sharex=True, squeeze=False)
-    for col, net in enumerate(nets_):
+    net_names = sorted(gpu_runs.net.unique())
+    fig, axes = plt.subplots(2, len(net_names), figsize=(5.5 * len(net_names), 8), sharex=True, squeeze=False)
+    for col, net in enumerate(net_names):
         d = gpu_runs[gpu_runs.net == net]
         for row, (y, label) in enumerate((("ms_per_step", "ms per step"), ("gflops", "GFLOP/s"))):
             ax = axes[row, col]

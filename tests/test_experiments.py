@@ -174,6 +174,12 @@ def test_a_trainer_has_one_colour_in_every_figure():
     assert len(fig.legends) == 1 and not fig.axes[0].get_legend()  # one legend for the figure
 
 
+def test_the_gpu_figure_has_a_column_per_net():
+    rows = bench_rows().assign(env_gpu="a GPU", gflops=lambda d: 1e3 / d.ms_per_step)
+    fig = ex.plot_gpu_speed(pd.concat([rows, rows.assign(net="2h")]))
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["Net-1h", "Net-2h"] and len(fig.axes) == 4
+
+
 def test_the_threads_figure_wraps_three_panels_to_a_row():
     rows = [dict(impl=i, threads=t, batch=b, ms_per_step=100.0 / t if i == "threads" else 100.0, net="1h")
             for b in (1, 10, 100, 1000) for i in ("serial-example", "threads") for t in (1, 2)
