@@ -7,12 +7,14 @@ first cell with the valid choices, not twenty minutes later in a plot.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import numbers
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -190,6 +192,37 @@ def fastest_threads(df: pd.DataFrame) -> pd.DataFrame:
     return df.loc[best.sort_values().to_numpy()].reset_index(drop=True)
 
 
+def best_per_batch(df: pd.DataFrame, column: str = "speedup") -> pd.DataFrame:
+    """At each batch size, the trainer (and thread count) with the highest ``column``."""
+    best = df.loc[df.groupby("batch")[column].idxmax()]
+    return best[["batch", "impl", "threads", column]].sort_values("batch").reset_index(drop=True)
+
+
+def thread_scaling(df: pd.DataFrame, impl: str) -> pd.DataFrame:
+    """``impl``'s speedup over the baseline at every batch size (rows) and thread count (columns)."""
+    rows = df[df.impl == impl]
+    if rows.empty:
+        raise ValueError(f"no {impl} rows; the table has {sorted(df.impl.unique())}")
+    return rows.pivot_table(index="batch", columns="threads", values="speedup")
+
+
+@functools.cache
+def epoch_examples(dataset: str) -> int:
+    """Examples in one epoch of ``dataset``: the rows of its training split (read from the data itself)."""
+    from .data import load
+
+    return len(load(check_dataset(dataset)).X_train)
+
+
+def per_epoch(df: pd.DataFrame, examples: int) -> pd.DataFrame:
+    """``s_per_epoch`` for an epoch of ``examples`` examples, and that count as ``epoch_examples``.
+
+    ``parbp.bench`` times steps on synthetic batches and counts an epoch as the paper's 50,000 MNIST
+    examples whatever the widths; an epoch of KDD Cup 99 is its own training split, many times longer."""
+    examples = positive_int("examples", examples)
+    return df.assign(s_per_epoch=df.ms_per_step / 1e3 * np.ceil(examples / df.batch), epoch_examples=examples)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Plots (seaborn; one figure per question, tidy data beside it via parbp.results.save_figure)
 # ---------------------------------------------------------------------------------------------------
@@ -200,42 +233,172 @@ def impl_order(df: pd.DataFrame) -> list[str]:
     return [n for n in order if n in present] + sorted(present - set(order))
 
 
+# One colour and one marker per trainer, fixed by the registry's order, so a trainer looks the same in every
+# figure whichever others it shares the figure with (tab10, then four more that tab10 lacks).
+_COLOURS = [*sns.color_palette("tab10"), "black", "darkgoldenrod", "navy", "deeppink"]
+_MARKERS = ["o", "X", "s", "P", "D", "^", "v", "<", ">", "p", "*", "h", "d", "8"]
+
+
+def impl_style(impls) -> tuple[dict, dict]:
+    """({impl: colour}, {impl: marker}) for ``impls``: the same pair for a trainer in every figure."""
+    fixed = [n for n in [*trainers.names(), TORCH_CUDA] if n != "reference"]
+    extra = sorted(set(impls) - set(fixed))  # variants such as "threads:update=partials", after the registry
+    slot = {name: i for i, name in enumerate([*fixed, *extra])}
+    return ({i: _COLOURS[slot[i] % len(_COLOURS)] for i in impls},
+            {i: _MARKERS[slot[i] % len(_MARKERS)] for i in impls})
+
+
+def plain_number(x: float) -> str:
+    """1, 30, 1,000 or 0.3: how a reader writes a tick value (matplotlib's log axes write 3×10⁰)."""
+    return f"{x:,.0f}" if x >= 1 and float(x).is_integer() else f"{x:g}"
+
+
+class PlainLogFormatter(LogFormatter):
+    """matplotlib's choice of which log ticks to label (every decade; 2, 3, 5 … across few decades), written
+    as plain numbers."""
+
+    def _num_to_string(self, x, vmin, vmax):
+        return plain_number(x)
+
+
+def plain_log_ticks(ax) -> None:
+    """Plain labels (1, 3, 10 … or 100, 1,000) on every log axis of ``ax``; call after setting the scales."""
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            base = axis.get_transform().base  # 10, or 2 for thread and process counts
+            axis.set_major_formatter(PlainLogFormatter(base=base, labelOnlyBase=False))
+            axis.set_minor_formatter(PlainLogFormatter(base=base, labelOnlyBase=False))
+
+
+def _impl_lines(ax, df: pd.DataFrame, x: str, y: str) -> None:
+    """One line per implementation, in its fixed colour and marker, no legend (the caller places one)."""
+    colours, markers = impl_style(df.impl.unique())
+    sns.lineplot(data=df, x=x, y=y, hue="impl", hue_order=impl_order(df), palette=colours, style="impl",
+                 style_order=impl_order(df), markers=markers, dashes=False, ax=ax, legend=False)
+
+
+def impl_legend_handles(impls) -> list:
+    """Legend entries for ``impls``, in the registry's order, drawn as in ``_impl_lines``."""
+    from matplotlib.lines import Line2D
+
+    colours, markers = impl_style(impls)
+    order = impl_order(pd.DataFrame({"impl": list(impls)}))
+    return [Line2D([], [], color=colours[i], marker=markers[i], label=i) for i in order]
+
+
 def plot_vs_batch(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = True, hline=None):
     """One line per implementation against minibatch size (log x)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=df, x="batch", y=y, hue="impl", hue_order=impl_order(df), style="impl",
-                 style_order=impl_order(df), markers=True, dashes=False, ax=ax)
+    _impl_lines(ax, df, "batch", y)
     ax.set_xscale("log")
     if logy:
         ax.set_yscale("log")
+    plain_log_ticks(ax)
     if hline is not None:
         ax.axhline(hline, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="minibatch size", ylabel=ylabel, title=title)
-    ax.legend(title=None, fontsize=8, ncol=2)
+    ax.legend(handles=impl_legend_handles(df.impl.unique()), title=None, fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
 
 
-def plot_speedup_vs_threads(df: pd.DataFrame, title: str):
-    """Speedup over the serial baseline against threads, one panel per batch size, with the ideal line."""
+def plot_speedup_vs_threads(df: pd.DataFrame, title: str, per_row: int = 3):
+    """Speedup over the serial baseline against threads, one panel per batch size (``per_row`` to a row),
+    with the ideal line, and one legend for the whole figure."""
     multi = df.groupby(["impl", "batch"]).threads.transform("nunique") > 1  # timed at several widths
     data = df[multi]
     if data.empty:
         raise ValueError("no implementation was timed at more than one thread count")
     batches = sorted(data.batch.unique())
-    fig, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches), 4), sharey=True, squeeze=False)
+    cols = min(per_row, len(batches))
+    rows = -(-len(batches) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.9 * rows + 0.4), sharey=True, squeeze=False)
     threads = sorted(data.threads.unique())
-    for ax, batch in zip(axes[0], batches):
+    for i, (ax, batch) in enumerate(zip(axes.flat, batches)):
         sub = data[data.batch == batch]
-        sns.lineplot(data=sub, x="threads", y="speedup", hue="impl", hue_order=impl_order(sub), style="impl",
-                     style_order=impl_order(sub), markers=True, dashes=False, ax=ax)
+        _impl_lines(ax, sub, "threads", "speedup")
         # linear scaling of the fastest one-thread run: what perfect parallelism would give
         best1 = sub[sub.threads == 1].speedup.max()
         if np.isfinite(best1):
-            ax.plot(threads, [best1 * t for t in threads], color="grey", lw=0.8, ls="--", label="linear")
-        ax.set(title=f"batch {batch}", xlabel="threads", ylabel=f"speedup over {BASELINE}", xticks=threads)
-        ax.legend(fontsize=7)
+            ax.plot(threads, [best1 * t for t in threads], color="grey", lw=0.8, ls="--")
+        ax.set(title=f"batch {batch:,}", xticks=threads, xlabel="threads" if i >= len(batches) - cols else "",
+               ylabel=f"speedup over\n{BASELINE}" if i % cols == 0 else "")
+    handles = impl_legend_handles(data.impl.unique())
+    handles.append(plt.Line2D([], [], color="grey", lw=0.8, ls="--", label="linear from the best 1-thread run"))
+    spare = list(axes.flat[len(batches):])
+    if spare:  # the legend takes the first empty panel
+        spare[0].legend(handles=handles, loc="center", fontsize=8, frameon=False)
+        spare[0].axis("off")
+        for ax in spare[1:]:
+            fig.delaxes(ax)
     fig.suptitle(title)
+    fig.tight_layout()
+    if not spare:  # no empty panel: the legend goes to the right of the panels
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    return fig
+
+
+FIGURES_05 = ("time_per_epoch", "gflops", "speedup_batch", "speedup_threads")  # notebook 05's figures, by name
+
+
+def speedup_figure(kind: str, table: pd.DataFrame, title: str):
+    """One of notebook 05's figures from its table (the CSV saved beside it): the notebook draws them with
+    this, and a committed CSV is redrawn with it. The time per epoch counts the table's ``epoch_examples``."""
+    if kind == "time_per_epoch":
+        if "epoch_examples" not in table:
+            raise ValueError("the time-per-epoch table needs epoch_examples (experiments.per_epoch adds it)")
+        examples = table.epoch_examples.unique()
+        return plot_vs_batch(table, "s_per_epoch", f"seconds per epoch ({', '.join(f'{n:,}' for n in examples)} "
+                             "examples)", f"Time per epoch, {title}")
+    if kind == "gflops":
+        return plot_vs_batch(table, "gflops", "GFLOP/s", f"Throughput, {title}")
+    if kind == "speedup_batch":
+        return plot_vs_batch(table, "speedup", f"speedup over {BASELINE}", f"Speedup, {title}", hline=1.0)
+    if kind == "speedup_threads":
+        return plot_speedup_vs_threads(table, f"Speedup against threads, {title}")
+    raise ValueError(f"unknown figure {kind!r}; choose one of {list(FIGURES_05)}")
+
+
+_FIGURE_NAME = re.compile(r"05_(?P<kind>" + "|".join(FIGURES_05) + r")_(?P<net>[^_]+)_(?P<data>mnist|fashion-mnist|kdd99)"
+                          r"(?:_(?P<label>\w+))?\.(?:csv|png)")
+
+
+def redraw(csv: Path) -> tuple[Path, Path]:
+    """Redraw one of notebook 05's committed figures from the CSV beside it (nothing is re-measured): the
+    epoch counted as its dataset's training split, the figure stamped with the machine named in the CSV's
+    ``env_`` columns (this one if it has none)."""
+    from .envinfo import label_of
+    from .results import save_figure
+
+    csv = Path(csv)
+    name = _FIGURE_NAME.fullmatch(csv.name)
+    if not name:
+        raise ValueError(f"{csv.name} is not one of notebook 05's figures: 05_<figure>_<net>_<data>[_<label>].csv "
+                         f"with <figure> one of {list(FIGURES_05)}")
+    dataset = name["data"].replace("kdd99", "kddcup99")
+    table = per_epoch(pd.read_csv(csv), epoch_examples(dataset))
+    title = f"net {name['net']}, {dataset}" + (f" ({name['label']})" if name["label"] else "")
+    fig = speedup_figure(name["kind"], table, title)
+    machine = label_of(table.iloc[0]) if "env_cpu" in table else None
+    paths = save_figure(fig, table, csv.with_suffix(".png"), machine=machine)
+    plt.close(fig)
+    return paths
+
+
+def plot_gpu_speed(gpu_runs: pd.DataFrame):
+    """Time per step and GFLOP/s of the GPU trainers against the batch size, one column per net."""
+    net_names = sorted(gpu_runs.net.unique())
+    fig, axes = plt.subplots(2, len(net_names), figsize=(5.5 * len(net_names), 8), sharex=True, squeeze=False)
+    for col, net in enumerate(net_names):
+        d = gpu_runs[gpu_runs.net == net]
+        for row, (y, label) in enumerate((("ms_per_step", "ms per step"), ("gflops", "GFLOP/s"))):
+            ax = axes[row, col]
+            _impl_lines(ax, d, "batch", y)
+            ax.set(xscale="log", yscale="log", ylabel=label, xlabel="batch size" if row else "",
+                   title=f"Net-{net}" if row == 0 else "")
+            plain_log_ticks(ax)
+        axes[0, col].legend(handles=impl_legend_handles(d.impl.unique()), fontsize=9)
+    fig.suptitle(f"one SGD step on {', '.join(gpu_runs.env_gpu.astype(str).unique())}")
     fig.tight_layout()
     return fig
 
@@ -255,7 +418,7 @@ def plot_lr_grid(grid: pd.DataFrame, chosen: float, title: str):
               ylabel="validation accuracy")
     lrs = sorted(grid.lr.unique())
     right.set_xticks(lrs, [f"{lr:g}" for lr in lrs])
-    right.minorticks_off()
+    right.minorticks_off()  # the grid's rates only, labelled plainly above
     right.legend()
     fig.suptitle(title)
     fig.tight_layout()
@@ -275,6 +438,7 @@ def plot_learning_curves(history: pd.DataFrame, title: str, target: float | None
     loss["split"] = loss.split.map({"loss": "train (mean minibatch loss)", "val_loss": "validation"})
     sns.lineplot(data=loss, x="epoch", y="mse", hue="split", marker="o", ax=left)
     left.set(yscale="log", title="MSE loss", ylabel="1/N Σ ||y - a||²")
+    plain_log_ticks(left)
     acc_cols = [c for c in ("train_acc", "val_acc", "test_acc") if history[c].notna().any()]
     acc = history[history.epoch > 0].melt(id_vars="epoch", value_vars=acc_cols, var_name="split",
                                           value_name="accuracy")

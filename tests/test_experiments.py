@@ -125,6 +125,73 @@ def test_fastest_threads_keeps_each_impls_best_run_per_batch():
         ("torch", 100, 2)}
 
 
+def test_best_per_batch_and_thread_scaling():
+    df = ex.with_speedup(bench_rows())
+    best = ex.best_per_batch(df)
+    assert list(zip(best.batch, best.impl, best.threads)) == [(10, "threads", 2), (100, "threads", 2)]
+    scaling = ex.thread_scaling(df, "threads")
+    assert scaling.loc[10, 1] == 5.0 and scaling.loc[10, 2] == 10.0 and np.isnan(scaling.loc[100, 1])
+    with pytest.raises(ValueError, match="no hybrid rows"):
+        ex.thread_scaling(df, "hybrid")
+
+
+def test_an_epoch_is_the_datasets_training_split():
+    df = ex.per_epoch(bench_rows(), 1_001)
+    assert (df.epoch_examples == 1_001).all()
+    row = df[(df.impl == "serial-example") & (df.batch == 100)].iloc[0]
+    assert row.s_per_epoch == pytest.approx(0.050 * 11)  # 11 steps of 100 cover 1,001 examples
+    with pytest.raises(ValueError, match="examples"):
+        ex.per_epoch(bench_rows(), 0)
+
+
+def test_log_ticks_are_plain_numbers():
+    assert [ex.plain_number(v) for v in (1, 3, 10, 1000, 10_000, 0.3, 0.01)] == \
+        ["1", "3", "10", "1,000", "10,000", "0.3", "0.01"]
+    df = ex.with_speedup(bench_rows())
+    fig = ex.plot_vs_batch(df, "ms_per_step", "ms", "t")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [t.get_text() for axis in (ax.xaxis, ax.yaxis)
+              for t in axis.get_ticklabels(minor=False) + axis.get_ticklabels(minor=True)]
+    assert labels and not any("times" in s or "^" in s or "e+" in s for s in labels), labels
+    assert "100" in labels
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 4, 8], [1, 2, 3, 4])
+    ax.set_xscale("log", base=2)
+    ex.plain_log_ticks(ax)
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels() if 1 <= t.get_position()[0] <= 8] == ["1", "2", "4", "8"]
+
+
+def test_a_trainer_has_one_colour_in_every_figure():
+    colours, markers = ex.impl_style(["threads", "torch"])
+    alone, _ = ex.impl_style(["serial-example", "numpy", "threads"])
+    assert colours["threads"] == alone["threads"] and colours["torch"] != colours["threads"]
+    df = ex.with_speedup(bench_rows())
+    fig = ex.plot_speedup_vs_threads(df, "t")
+    assert len(fig.legends) == 1 and not fig.axes[0].get_legend()  # one legend for the figure
+
+
+def test_the_gpu_figure_has_a_column_per_net():
+    rows = bench_rows().assign(env_gpu="a GPU", gflops=lambda d: 1e3 / d.ms_per_step)
+    fig = ex.plot_gpu_speed(pd.concat([rows, rows.assign(net="2h")]))
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["Net-1h", "Net-2h"] and len(fig.axes) == 4
+
+
+def test_the_threads_figure_wraps_three_panels_to_a_row():
+    rows = [dict(impl=i, threads=t, batch=b, ms_per_step=100.0 / t if i == "threads" else 100.0, net="1h")
+            for b in (1, 10, 100, 1000) for i in ("serial-example", "threads") for t in (1, 2)
+            if i == "threads" or t == 1]
+    fig = ex.plot_speedup_vs_threads(ex.with_speedup(pd.DataFrame(rows)), "t")
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 4 and len({round(ax.get_position().y0, 2) for ax in panels}) == 2
+    assert sum(ax.get_legend() is not None for ax in fig.axes) == 1  # in the empty fifth slot
+    with pytest.raises(ValueError, match="unknown figure 'speed'"):
+        ex.speedup_figure("speed", pd.DataFrame(rows), "t")
+
+
 def test_plots_draw_every_impl():
     df = ex.with_speedup(bench_rows())
     fig = ex.plot_vs_batch(df, "ms_per_step", "ms", "t")
