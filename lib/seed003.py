@@ -99,3 +99,34 @@ def side_by_side(ours: pd.DataFrame, seed: pd.DataFrame, columns: list[str]) -> 
     merged["_order"] = merged.method.map({"serial": 0, "sync": 1, "async": 2, "allreduce": 3})
     merged = merged.sort_values(["_order", "processes"]).drop(columns=["_order", "_merge"])
     return merged[["method", "processes", *[c for c in columns if c in merged]]].reset_index(drop=True)
+
+
+CURVES = {"val_acc": "validation accuracy", "train_loss": "mean minibatch loss (MSE)"}
+
+
+def plot_curves(per_epoch: pd.DataFrame, title: str):
+    """Validation accuracy (what seed 003 compares) and training loss per epoch, a line per method and process
+    count; serial dashed and drawn on top, since allreduce is the serial algorithm and would hide it."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    order = ["serial", "allreduce", "sync", "async"]
+    colors = {m: f"C{i}" for i, m in enumerate(order)}
+    runs = sorted(per_epoch.sort_values("epoch").groupby(["method", "processes"]),
+                  key=lambda run: (order.index(run[0][0]) if run[0][0] in order else len(order), run[0][1]))
+    markers = {1: "o", 2: "s", 3: "^", 4: "D"}
+    for ax, column in zip(axes, CURVES):
+        for (method, processes), run in runs:
+            serial = method == "serial"
+            ax.plot(run.epoch, run[column], ls="--" if serial else "-", lw=2.2 if serial else 1.4,
+                    color="black" if serial else colors.get(method), marker=markers.get(processes, "x"), ms=5,
+                    zorder=3 if serial else 2, label=f"{method}, {processes} process{'es' if processes > 1 else ''}")
+        ax.set(xlabel="epoch", ylabel=CURVES[column], title=CURVES[column])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -51,3 +51,19 @@ def test_tables_put_our_rows_beside_the_seeds(runs):
 def test_an_empty_grid_is_refused(toy):
     with pytest.raises(ValueError, match="at least one"):
         seed003.grid_search([], toy, **TINY)
+
+
+def test_curves_show_serial_on_top_and_whole_epochs():
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    rows = [{"method": m, "processes": p, "epoch": e, "val_acc": 0.5 + 0.1 * e, "train_loss": 1.0 / e}
+            for m, p in (("serial", 1), ("allreduce", 2), ("async", 2)) for e in (1, 2, 3)]
+    fig = seed003.plot_curves(pd.DataFrame(rows), "toy")
+    acc = fig.axes[0]
+    serial = next(line for line in acc.lines if line.get_label().startswith("serial"))
+    assert serial.get_linestyle() == "--" and serial.get_zorder() > max(
+        line.get_zorder() for line in acc.lines if line is not serial)
+    assert all(float(t).is_integer() for t in acc.get_xticks())
+    assert acc.get_ylabel() == "validation accuracy" and len(fig.legends[0].get_texts()) == 3
