@@ -601,6 +601,12 @@ def inference_speed(params, sparsities, batches, repeats: int = 7, seed: int = 0
     return wide
 
 
+def provenance(source: str, settings: dict, result: dict) -> dict:
+    """What a compressed network's file records about itself: the network it came from, the settings of
+    ``deep_compression`` and the test accuracy after each stage."""
+    return {"source": source, "settings": settings, "stages": result["stages"][["stage", "test_acc"]].to_dict("records")}
+
+
 def compression_splits(dataset, retrain_examples: int, test_examples: int, finetune_examples: int):
     """(the data pruning retrains on, with the test split every accuracy is measured on; the data the
     centroids are fine-tuned on): the first examples of each split, at most all of them."""
@@ -719,8 +725,7 @@ def main(argv=None) -> int:
                                   seed=args.seed, on_round=lambda row: print(f"round {row['round']}: test accuracy "
                                                                              f"{row['test_acc_retrained']:.2%}"))
     settings = {k: v for k, v in vars(args).items() if k not in ("model", "out")}
-    path = save_compressed(args.out, result["shared"], {"source": source, "settings": settings,
-                                                        "stages": result["stages"][["stage", "test_acc"]].to_dict("records")})
+    path = save_compressed(args.out, result["shared"], provenance(source, settings, result))
     params, meta = load_compressed(path)
     acc = float(np.mean(predict_dense(params, retrain.X_test).argmax(1) == retrain.y_test))
     print(result["stages"].to_string(index=False))
