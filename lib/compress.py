@@ -604,7 +604,8 @@ def inference_speed(params, sparsities, batches, repeats: int = 7, seed: int = 0
 def provenance(source: str, settings: dict, result: dict) -> dict:
     """What a compressed network's file records about itself: the network it came from, the settings of
     ``deep_compression`` and the test accuracy after each stage."""
-    return {"source": source, "settings": settings, "stages": result["stages"][["stage", "test_acc"]].to_dict("records")}
+    stages = result["stages"][["stage", "test_acc"]].to_dict("records")
+    return {"source": source, "settings": settings, "stages": stages}
 
 
 def compression_splits(dataset, retrain_examples: int, test_examples: int, finetune_examples: int):
@@ -710,7 +711,7 @@ def parser():
 
 
 def main(argv=None) -> int:
-    """``python -m parbp.compress --model build/models/net1h_mnist_paper.npz --out figures/09_net1h_compressed_paper.npz``"""
+    """``python -m parbp.compress``: from build/models/net1h_mnist_paper.npz to figures/09_net1h_compressed_paper.npz"""
     from . import data, trainers
 
     args = parser().parse_args(argv)
