@@ -22,13 +22,15 @@ import heapq
 import math
 import numbers
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.special import expit as sigmoid
 
-from .train import accuracy, shuffled_batches
+from . import checkpoint
+from .train import accuracy, fit, shuffled_batches
 
 FLOAT_BITS = 32  # the uncompressed network: float32
 
@@ -59,6 +61,32 @@ def _per_layer(value, n_layers: int, check, name: str) -> list:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The trained network the compression starts from
+# ---------------------------------------------------------------------------------------------------
+def load_or_train(trainer, path=None, dataset=None, epochs: int = 1, batch_size: int = 10, lr: float = 0.1,
+                  seed: int = 0) -> str:
+    """Give ``trainer`` the trained network to compress and say, in one line, where it came from: the
+    network saved at ``path`` (notebook 08's, by ``parbp.checkpoint.save_params``, its hash checked on
+    loading) or, with no path, one trained here on ``dataset``'s training split."""
+    if path is None:
+        if dataset is None:
+            raise ValueError("load_or_train needs a saved network (path) or a dataset to train one on")
+        fit(trainer, dataset, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, progress=False,
+            eval_train=False)
+        return f"trained here: {len(dataset.X_train)} examples, {epochs} epochs, batch {batch_size}, lr {lr}"
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained network there; run notebook 08 first (make study runs it "
+                                f"before 09), or give no path to train one here")
+    params, meta = checkpoint.load_params(path)
+    shapes, expected = [W.shape for W, _ in params], [W.shape for W, _ in trainer.params]
+    if shapes != expected:
+        raise ValueError(f"{path} holds a network of weight shapes {shapes}; this trainer's are {expected}")
+    trainer.params = params
+    return f"loaded from {path.name} ({meta})"
+
+
+# ---------------------------------------------------------------------------------------------------
 # P: magnitude pruning with retraining
 # ---------------------------------------------------------------------------------------------------
 def magnitude_masks(params, sparsity) -> list[np.ndarray]:
@@ -81,6 +109,19 @@ def apply_masks(params, masks):
 
 def sparsity_of(masks) -> list[float]:
     return [1.0 - float(M.mean()) for M in masks]
+
+
+def accuracy_pruned_once(trainer, sparsities, X, y) -> pd.DataFrame:
+    """Test accuracy of ``trainer``'s network magnitude-pruned to each sparsity in one cut, without
+    retraining (the cliff that pruning in rounds avoids); the trainer keeps its network."""
+    dense, rows = trainer.params, []
+    try:
+        for s in sparsities:
+            trainer.params = apply_masks(dense, magnitude_masks(dense, s))
+            rows.append({"weights_removed": s, "test_acc": accuracy(trainer, X, y)})
+    finally:
+        trainer.params = dense
+    return pd.DataFrame(rows)
 
 
 def train_masked(trainer, dataset, masks, epochs: int, batch_size: int, lr: float, seed: int = 0):
@@ -256,6 +297,12 @@ class HuffmanCode:
                 tiebreak += 1
         return cls(lengths, _canonical_codes(lengths))
 
+    @classmethod
+    def from_lengths(cls, lengths) -> "HuffmanCode":
+        """The code back from its stored table: canonical codes follow from the lengths alone."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        return cls(lengths, _canonical_codes(lengths))
+
     @property
     def table_bits(self) -> int:
         """Bits to store the code: one length per symbol, each in enough bits for the longest."""
@@ -355,6 +402,28 @@ def decode_layer(stored: dict) -> np.ndarray:
     return W_t.reshape(n_out, n_in).T
 
 
+def _index_bits(stored: dict) -> int:
+    """Bits of an encoded layer's gap stream and its code table."""
+    return stored["gaps"][1] + stored["gap_code"].table_bits
+
+
+def _weight_bits(stored: dict) -> int:
+    """Bits of an encoded layer's cluster-index stream and its code table."""
+    return stored["weights"][1] + stored["weight_code"].table_bits
+
+
+def encoded_bits(stored: dict) -> int:
+    """Everything ``encode_layer``'s output needs to rebuild the layer: both streams, both code tables,
+    the codebook and the biases (float32)."""
+    return _index_bits(stored) + _weight_bits(stored) + (len(stored["centroids"]) + len(stored["bias"])) * FLOAT_BITS
+
+
+def smallest_encoding(layer: SharedLayer, max_index_bits: int = 12) -> dict:
+    """``encode_layer`` at the gap width (1 to ``max_index_bits`` bits) that stores the positions in the
+    fewest bits, code table included."""
+    return min((encode_layer(layer, ib) for ib in range(1, max_index_bits + 1)), key=_index_bits)
+
+
 def stored_bits(layer: SharedLayer, max_index_bits: int = 12) -> dict:
     """The stored size of one layer, P+Q (fixed-width fields) and P+Q+H (Huffman-coded, the bit counts
     of the real encoded streams), the index width of each chosen to minimize it. The codebook (float32
@@ -365,14 +434,8 @@ def stored_bits(layer: SharedLayer, max_index_bits: int = 12) -> dict:
     index_pq = {ib: len(relative_positions(layer.mask.T, ib)) * ib for ib in range(1, max_index_bits + 1)}
     width_pq = min(index_pq, key=index_pq.get)
     # P+Q+H: encode with every width, keep the shortest
-    best = None
-    for ib in range(1, max_index_bits + 1):
-        stored = encode_layer(layer, ib)
-        bits = stored["gaps"][1] + stored["gap_code"].table_bits
-        if best is None or bits < best[1]:
-            best = (ib, bits, stored)
-    width_pqh, index_pqh, stored = best
-    weight_pqh = stored["weights"][1] + stored["weight_code"].table_bits
+    stored = smallest_encoding(layer, max_index_bits)
+    width_pqh, index_pqh, weight_pqh = stored["index_bits"], _index_bits(stored), _weight_bits(stored)
     return {
         "weights": layer.mask.size, "nonzeros": nnz, "k": len(layer.centroids),
         "weight_bits_pq": nnz * layer.bits, "weight_bits_pqh": weight_pqh,
@@ -380,7 +443,7 @@ def stored_bits(layer: SharedLayer, max_index_bits: int = 12) -> dict:
         "index_width_pqh": width_pqh, "index_bits_pqh": index_pqh,
         "codebook_and_bias_bits": extra,
         "total_bits_pq": nnz * layer.bits + index_pq[width_pq] + extra,
-        "total_bits_pqh": weight_pqh + index_pqh + extra,
+        "total_bits_pqh": encoded_bits(stored),
         "original_bits": (layer.mask.size + len(layer.bias)) * FLOAT_BITS,
     }
 
@@ -406,6 +469,49 @@ def compression_table(layers: list[SharedLayer], names=None) -> pd.DataFrame:
     t["bytes (P+Q+H)"] = raw.total_bits_pqh / 8
     t["× smaller (P+Q+H)"] = raw.original_bits / raw.total_bits_pqh
     return t
+
+
+# ---------------------------------------------------------------------------------------------------
+# The compressed network as a file
+# ---------------------------------------------------------------------------------------------------
+KIND = "compressed network (P+Q+H)"
+
+
+def save_compressed(path, layers: list[SharedLayer], meta: dict | None = None) -> Path:
+    """Write the P+Q+H network: per layer its two Huffman-coded streams (cluster indices, position gaps),
+    their code lengths, the codebook and the biases, each layer at its smallest encoding. ``meta`` (JSON)
+    says where it came from. Written atomically by ``parbp.checkpoint``, with a SHA-256 of every array."""
+    arrays, described = {}, []
+    for l, layer in enumerate(layers, start=1):
+        stored = smallest_encoding(layer)
+        name = f"fc{l}"
+        arrays.update({f"{name}_weights": stored["weights"][0], f"{name}_gaps": stored["gaps"][0],
+                       f"{name}_weight_code": stored["weight_code"].lengths.astype(np.uint8),
+                       f"{name}_gap_code": stored["gap_code"].lengths.astype(np.uint8),
+                       f"{name}_centroids": stored["centroids"], f"{name}_bias": stored["bias"]})
+        described.append({"name": name, "shape": list(stored["shape"]), "index_bits": stored["index_bits"],
+                          "weight_bits": stored["weights"][1], "gap_bits": stored["gaps"][1]})
+    return checkpoint._write(path, arrays, {**(meta or {}), "kind": KIND, "layers": described})
+
+
+def load_compressed(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
+    """(params, meta) of a file from ``save_compressed``: the dense float32 weights decoded from the
+    Huffman streams, and its meta with ``stored_bytes``, the P+Q+H size counted from what was read.
+    A file whose arrays changed after writing is refused (``checkpoint.CheckpointError``)."""
+    arrays, meta = checkpoint._read(path)
+    if meta.get("kind") != KIND:
+        raise checkpoint.CheckpointError(f"{path} is not a {KIND} (its kind: {meta.get('kind')!r})")
+    params, bits = [], 0
+    for layer in meta["layers"]:
+        a = lambda field: arrays[f"{layer['name']}_{field}"]  # noqa: E731
+        stored = {"shape": tuple(layer["shape"]), "index_bits": layer["index_bits"],
+                  "centroids": a("centroids"), "bias": a("bias"),
+                  "weight_code": HuffmanCode.from_lengths(a("weight_code")),
+                  "gap_code": HuffmanCode.from_lengths(a("gap_code")),
+                  "weights": (a("weights"), layer["weight_bits"]), "gaps": (a("gaps"), layer["gap_bits"])}
+        params.append((decode_layer(stored), stored["bias"]))
+        bits += encoded_bits(stored)
+    return params, {**meta, "stored_bytes": bits / 8}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -445,8 +551,7 @@ def deep_compression(trainer, dataset, schedule, bits, retrain_epochs: int, batc
     shared, clustered_acc, quantized_acc = quantize(bits)
     table = compression_table(shared)
     # H is lossless: the network is rebuilt from the encoded streams and evaluated again
-    trainer.params = [(decode_layer(encode_layer(L, int(row["index width"]))), L.bias)
-                      for L, (_, row) in zip(shared, table.iloc[:-1].iterrows())]
+    trainer.params = [(decode_layer(smallest_encoding(L)), L.bias) for L in shared]
     huffman_acc = acc()
     total = table.loc["total"]
     original = sum(W.size + b.size for W, b in pruned) * FLOAT_BITS / 8
@@ -494,3 +599,143 @@ def inference_speed(params, sparsities, batches, repeats: int = 7, seed: int = 0
     wide = df.pivot_table(index=["sparsity", "batch"], columns="kind", values="seconds").reset_index()
     wide["csr_speedup"] = wide.dense / wide.csr
     return wide
+
+
+def provenance(source: str, settings: dict, result: dict) -> dict:
+    """What a compressed network's file records about itself: the network it came from, the settings of
+    ``deep_compression`` and the test accuracy after each stage."""
+    stages = result["stages"][["stage", "test_acc"]].to_dict("records")
+    return {"source": source, "settings": settings, "stages": stages}
+
+
+def compression_splits(dataset, retrain_examples: int, test_examples: int, finetune_examples: int):
+    """(the data pruning retrains on, with the test split every accuracy is measured on; the data the
+    centroids are fine-tuned on): the first examples of each split, at most all of them."""
+    take = lambda n, split: min(n, len(split))  # noqa: E731
+    retrain = dataset.take(take(retrain_examples, dataset.X_train), n_val=1, n_test=take(test_examples, dataset.X_test))
+    finetune = dataset.take(take(finetune_examples, dataset.X_train), n_val=1, n_test=1)
+    return retrain, finetune
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------------
+def plot_accuracy_curves(curves: pd.DataFrame, bits_rows: pd.DataFrame):
+    """Test accuracy against the share of weights removed (pruned once, and in rounds with retraining) and
+    against the bits of a weight's cluster index (clustered, then with fine-tuned centroids), per network."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    for i, net in enumerate(sorted(curves.net.astype(str).unique())):
+        for method, style in (("pruned once, no retraining", ":"), ("pruned in rounds, retrained", "-")):
+            c = curves[(curves.net.astype(str) == net) & (curves.method == method)]
+            ax1.plot(100 * c.weights_removed, 100 * c.test_acc, style, marker="o", color=f"C{i}",
+                     label=f"Net-{net}, {method}")
+        b = bits_rows[bits_rows.net.astype(str) == net]
+        ax2.plot(b.bits, 100 * b.test_acc_clustered, ":", marker="o", color=f"C{i}", label=f"Net-{net}, clustered")
+        ax2.plot(b.bits, 100 * b.test_acc_finetuned, "-", marker="o", color=f"C{i}",
+                 label=f"Net-{net}, centroids fine-tuned")
+    ax1.set(xlabel="weights removed (%)", ylabel="test accuracy (%)", title="P: accuracy against sparsity")
+    ax2.set(xlabel="bits per weight index (k = 2^bits)", ylabel="test accuracy (%)",
+            title="Q: accuracy against bits (on the pruned networks)")
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    _room_for_the_stamp(fig)
+    return fig
+
+
+def plot_csr_speed(speed: pd.DataFrame):
+    """Dense time over CSR time of the forward pass against the share of weights removed, per batch size."""
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.6))
+    for i, B in enumerate(sorted(speed.batch.unique())):
+        s = speed[speed.batch == B]
+        ax.plot(s.sparsity, s.csr_speedup, "o-", color=f"C{i}", label=f"batch {B:,}")
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set(yscale="log", xlabel="fraction of weights removed", ylabel="dense time / CSR time (> 1: CSR wins)",
+           title="Net-1h forward pass: CSR (scipy) against dense (BLAS), one thread")
+    ax.yaxis.set_major_formatter(ticker.StrMethodFormatter("{x:,g}"))  # 0.1, 1, 10, not 10⁻¹
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    _room_for_the_stamp(fig)
+    return fig
+
+
+def _room_for_the_stamp(fig) -> None:
+    """Lay the axes out with a strip free at the bottom, where ``results.save_figure`` stamps the machine."""
+    fig.tight_layout()
+    fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.04)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The command line: the study's compressed Net-1h from notebook 08's trained one
+# ---------------------------------------------------------------------------------------------------
+#: the paper profile's compression of Net-1h (lib/profiles.py, notebook 09; tests/test_compress.py keeps them equal)
+PAPER = {"schedule": [[0.5, 0.3], [0.8, 0.5], [0.9, 0.6], [0.95, 0.7], [0.97, 0.75], [0.97, 0.75]],
+         "bits": [4, 5], "retrain_examples": 50_000, "retrain_epochs": 1, "retrain_batch": 50, "retrain_lr": 0.5,
+         "test_examples": 10_000, "finetune_examples": 10_000, "finetune_epochs": 1, "finetune_lr": 0.001, "seed": 0}
+
+
+def parser():
+    import argparse
+
+    from .cli import Parser, nonnegative_int, positive_float, positive_int
+    from .results import BUILD, FIGURES
+
+    def round_(text):  # one pruning round: each layer's sparsity, comma-separated
+        try:
+            return [check_sparsity(float(v), "a round's sparsity") for v in text.split(",")]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
+
+    p = Parser(prog="python -m parbp.compress",
+               description="Prune, quantize and Huffman-code a trained Net-1h (notebook 09's P+Q+H); write the "
+                           "compressed network and print its size and test accuracy. Defaults: the paper profile.")
+    p.add_argument("--model", default=str(BUILD / "models" / "net1h_mnist_paper.npz"),
+                   help="the trained network (notebook 08 saves it under build/models/)")
+    p.add_argument("--out", default=str(FIGURES / "09_net1h_compressed_paper.npz"), help="the compressed network")
+    p.add_argument("--schedule", nargs="+", type=round_, default=PAPER["schedule"],
+                   help="pruning rounds, each the layers' sparsities comma-separated (e.g. 0.5,0.3 0.8,0.5)")
+    p.add_argument("--bits", nargs="+", type=positive_int, default=PAPER["bits"], help="cluster-index bits per layer")
+    for name in ("retrain_examples", "retrain_epochs", "retrain_batch", "test_examples", "finetune_examples",
+                 "finetune_epochs"):
+        p.add_argument("--" + name.replace("_", "-"), type=positive_int, default=PAPER[name])
+    for name in ("retrain_lr", "finetune_lr"):
+        p.add_argument("--" + name.replace("_", "-"), type=positive_float, default=PAPER[name])
+    p.add_argument("--seed", type=nonnegative_int, default=PAPER["seed"])
+    return p
+
+
+def main(argv=None) -> int:
+    """``python -m parbp.compress``: from build/models/net1h_mnist_paper.npz to figures/09_net1h_compressed_paper.npz"""
+    from . import data, trainers
+
+    args = parser().parse_args(argv)
+    retrain, finetune = compression_splits(data.load("mnist"), args.retrain_examples, args.test_examples,
+                                           args.finetune_examples)
+    name = trainers.fastest_cpu()
+    options = {"threads": 1} if "threads" in trainers.get(name).options else {}
+    with trainers.make(name, net="1h", n_in=retrain.n_in, n_out=retrain.n_out, seed=args.seed, **options) as t:
+        source = load_or_train(t, args.model)
+        result = deep_compression(t, retrain, args.schedule, args.bits, args.retrain_epochs, args.retrain_batch,
+                                  args.retrain_lr, args.finetune_epochs, args.finetune_lr, finetune_data=finetune,
+                                  seed=args.seed, on_round=lambda row: print(f"round {row['round']}: test accuracy "
+                                                                             f"{row['test_acc_retrained']:.2%}"))
+    settings = {k: v for k, v in vars(args).items() if k not in ("model", "out")}
+    path = save_compressed(args.out, result["shared"], provenance(source, settings, result))
+    params, meta = load_compressed(path)
+    acc = float(np.mean(predict_dense(params, retrain.X_test).argmax(1) == retrain.y_test))
+    print(result["stages"].to_string(index=False))
+    print(f"wrote {path}: {meta['stored_bytes'] / 1000:.1f} kB of P+Q+H streams ({path.stat().st_size / 1000:.1f} kB "
+          f"file); decoded from it, test accuracy {acc:.2%} on {len(retrain.y_test):,} images")
+    return 0
+
+
+if __name__ == "__main__":
+    from .cli import run
+
+    raise SystemExit(run(main, prog="python -m parbp.compress"))

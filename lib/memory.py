@@ -240,3 +240,54 @@ def compare(trainer: str, net, batches, n_in: int = 784, n_out: int = 10, dtype=
                      "batch": B, "formula_bytes": formula, "measured_bytes": measured,
                      "ratio": formula / measured})
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The figure: formula against measurement
+# ---------------------------------------------------------------------------------------------------
+def trainer_and_options(spec: str) -> tuple[str, dict]:
+    """A trainer as the footprint figures name it: a trainer, or ``threads:partials`` for the paper's
+    partial gradients (2 workers, one weight-sized partial sum each)."""
+    name, _, variant = spec.partition(":")
+    if variant not in ("", "partials"):
+        raise ValueError(f"{spec!r}: the only variant is ':partials' (threads:partials)")
+    return name, ({"threads": 2, "update": "partials"} if variant == "partials" else {})
+
+
+def plot_footprint(measured: pd.DataFrame, specs, batch_axis=None):
+    """Per network, each footprint formula against B (lines) and the peaks ``tracemalloc`` measured
+    (markers). Trainers whose formulas are the same share one line, named in its legend entry, and their
+    measured peaks keep a marker each."""
+    import matplotlib.pyplot as plt
+    from matplotlib import ticker
+
+    from .nets import layer_sizes
+
+    batch_axis = np.unique(np.geomspace(1, 10_000, 30).astype(int)) if batch_axis is None else batch_axis
+    nets = list(dict.fromkeys(measured.net.astype(str)))
+    fig, axes = plt.subplots(1, len(nets), figsize=(6.5 * len(nets), 5.2), squeeze=False)
+    markers = "osD^v<>pP*Xh"
+    for ax, net in zip(axes[0], nets):
+        sizes = layer_sizes(net, 784, 10)
+        curves = {}  # formula curve -> the trainers it belongs to
+        for spec in specs:
+            name, opts = trainer_and_options(spec)
+            curve = tuple(footprint_bytes(name, sizes, int(B), **opts) for B in batch_axis)
+            curves.setdefault(curve, []).append(spec)
+        for i, (curve, group) in enumerate(curves.items()):
+            label = group[0] if len(group) == 1 else f"{', '.join(group)} (one formula)"
+            ax.plot(batch_axis, np.array(curve) / 2**20, color=f"C{i}", label=label)
+            for j, spec in enumerate(group):
+                m = measured[(measured.trainer == spec) & (measured.net.astype(str) == net)]
+                ax.plot(m.batch, m.measured_bytes / 2**20, markers[j % len(markers)], color=f"C{i}", mfc="none",
+                        ms=5 + 2.5 * (len(group) - 1 - j))  # nested sizes: a group's coinciding peaks all show
+        ax.set(xscale="log", yscale="log", xlabel="minibatch size B", ylabel="peak memory during a step (MiB)",
+               title=f"Net-{net}: formula (lines), tracemalloc peak (markers)")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(ticker.StrMethodFormatter("{x:,g}"))  # 1, 10, 1,000, not 10³
+            axis.set_minor_formatter(ticker.NullFormatter())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.04)  # a free strip for the machine's stamp
+    return fig

@@ -1,4 +1,6 @@
 """Pruning, CSR inference, weight sharing and Huffman coding (parbp.compress)."""
+import re
+
 import numpy as np
 import pytest
 
@@ -136,3 +138,88 @@ def test_encoded_layer_decodes_to_the_shared_weights():
 def test_bad_arguments_fail_clearly(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_load_or_train_loads_a_saved_network_or_trains_one(small, tmp_path):
+    from parbp.checkpoint import save_params
+
+    saved = random_params()
+    path = save_params(tmp_path / "net.npz", saved, {"test_acc": 0.5})
+    with trainers.make("serial-blas", net=[64], seed=1) as t:
+        assert C.load_or_train(t, path).startswith("loaded from net.npz")
+        for (W, b), (W0, b0) in zip(t.params, saved):
+            np.testing.assert_array_equal(W, W0)
+        with pytest.raises(FileNotFoundError, match="run notebook 08 first"):
+            C.load_or_train(t, tmp_path / "absent.npz")
+    with trainers.make("serial-blas", net=[32], seed=1) as t:
+        with pytest.raises(ValueError, match="weight shapes"):
+            C.load_or_train(t, path)
+        before = [W.copy() for W, _ in t.params]
+        assert "trained here: 400 examples, 1 epochs" in C.load_or_train(t, dataset=small, epochs=1, lr=0.5)
+        assert not np.array_equal(before[0], t.params[0][0])
+
+
+def test_pruning_once_measures_each_cut_and_keeps_the_network(small):
+    with trainers.make("serial-blas", net=[64], seed=0) as t:
+        C.load_or_train(t, dataset=small, epochs=2, lr=0.5)
+        dense = [W.copy() for W, _ in t.params]
+        once = C.accuracy_pruned_once(t, [0.0, 0.5, 0.999], small.X_test, small.y_test)
+        assert once.weights_removed.tolist() == [0.0, 0.5, 0.999]
+        assert once.test_acc.iloc[0] == C.accuracy(t, small.X_test, small.y_test)
+        assert once.test_acc.iloc[-1] < once.test_acc.iloc[0]
+        for (W, _), W0 in zip(t.params, dense):
+            np.testing.assert_array_equal(W, W0)
+
+
+def shared_layers():
+    params = random_params()
+    masks = C.magnitude_masks(params, [0.9, 0.6])
+    return C.share_weights(C.apply_masks(params, masks), masks, [4, 3])
+
+
+def test_the_compressed_file_decodes_to_the_shared_network(tmp_path):
+    shared = shared_layers()
+    path = C.save_compressed(tmp_path / "net.npz", shared, {"source": "a test"})
+    params, meta = C.load_compressed(path)
+    for (W, b), L in zip(params, shared):
+        np.testing.assert_array_equal(W, L.dense())
+        np.testing.assert_array_equal(b, L.bias)
+    assert meta["source"] == "a test"
+    assert meta["stored_bytes"] == pytest.approx(C.compression_table(shared).loc["total", "bytes (P+Q+H)"])
+    assert path.stat().st_size < sum(W.nbytes for W, _ in params) / 5
+
+
+def test_a_changed_compressed_file_is_refused(tmp_path):
+    from parbp.checkpoint import CheckpointError, save_params
+
+    path = C.save_compressed(tmp_path / "net.npz", shared_layers())
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["fc1_weights"][0] ^= 1  # one bit of the Huffman stream flipped, the recorded hash kept
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        C.load_compressed(path)
+    with pytest.raises(CheckpointError, match="is not a compressed network"):
+        C.load_compressed(save_params(tmp_path / "dense.npz", random_params(), {}))
+
+
+def test_the_command_line_defaults_are_the_paper_profile():
+    from parbp.profiles import PROFILES
+
+    paper = PROFILES["paper"]["09_memory_and_compression.ipynb"]
+    args = C.parser().parse_args([])
+    assert args.schedule == paper["schedule_1h"] and args.bits == paper["bits_1h"]
+    for name in ("retrain_examples", "retrain_epochs", "retrain_lr", "test_examples", "finetune_examples"):
+        assert getattr(args, name) == paper[name], name
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--schedule", "0.5,1.2"], r"must be a number in \[0, 1\)"),
+    (["--bits", "0"], "expected a positive integer"),
+    (["--retrain-lr", "-1"], "expected a positive finite number"),
+])
+def test_the_command_line_refuses_bad_settings(argv, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        C.parser().parse_args(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and re.search(match, err), err

@@ -58,7 +58,22 @@ def test_layer_table_totals():
     (lambda: memory.footprint("numpy", SIZES_1H, 0), "batch must be a positive integer"),
     (lambda: memory.footprint("numpy", [784], 10), "at least two positive layer widths"),
     (lambda: memory.max_batch("numpy", SIZES_1H, 0), "memory_bytes must be positive"),
+    (lambda: memory.trainer_and_options("threads:rows"), "the only variant is ':partials'"),
 ])
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_the_footprint_figure_draws_one_line_per_formula():
+    import pandas as pd
+
+    specs = ["numpy", "serial-blas", "threads", "hogwild", "threads:partials"]
+    measured = pd.DataFrame([{"trainer": s, "net": net, "batch": 10, "measured_bytes": 2**22}
+                             for s in specs for net in ("1h", "2h")])
+    fig = memory.plot_footprint(measured, specs)
+    for ax in fig.axes:
+        labels = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")]
+        # serial-blas, threads and hogwild keep the same buffers: one line, named after all three
+        assert labels == ["numpy", "serial-blas, threads, hogwild (one formula)", "threads:partials"]
+        assert sum(1 for line in ax.get_lines() if line.get_marker() not in ("None", None, "")) == len(specs)
