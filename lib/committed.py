@@ -39,9 +39,12 @@ class Run:
     @property
     def machine(self) -> str:
         """Where it was measured: the CPU (and GPU) named in its rows, or "unrecorded"."""
-        names = [", ".join(self.table[c].dropna().astype(str).unique()) for c in ("env_cpu", "env_gpu", "machine")
-                 if c in self.table and self.table[c].notna().any()]
-        return "; ".join(n for n in names if n and n != "nan") or "unrecorded"
+        def named(column):
+            values = self.table[column].dropna().astype(str) if column in self.table else pd.Series(dtype=str)
+            return ", ".join(v for v in values.unique() if v not in ("", "none", "nan"))
+        cpu = next((n for n in map(named, ("env_cpu", "cpu", "machine")) if n), "")
+        gpu = named("env_gpu")
+        return "; ".join(n for n in (cpu, gpu and f"GPU {gpu}") if n) or "unrecorded"
 
     def describe(self) -> str:
         name = self.csv.relative_to(self.csv.parents[1]).as_posix()

@@ -91,21 +91,40 @@ def jobs(lr: float, processes: list[int], seeds: list[int], seed_scale_workers=(
                        async_rule="delta"), dict(mode="async", processes=w + 1, lr=lr / w, seed=seed, subset=None)
 
 
+def seed_setup_jobs(processes: list[int], seeds: list[int]):
+    """The seed's likely setup put back on all the training images: a 100-unit hidden layer, MSE and its rate
+    1.0 (its serial run took 9 s for 5 epochs, a small network's time), trained serially and averaged over p
+    processes, and async with w workers under both server rules (``delta``, ours; ``replace``, the seed's)."""
+    setup = dict(lr=SEED_LR, net="100", loss="mse", impl="numpy", subset=None)
+    for seed in seeds:
+        for p in [1, *processes]:
+            yield dict(experiment="seed_setup_all", variant="h100", processes=p, lr_rule="1.0 (the seed's)"), \
+                dict(mode="allreduce" if p == 1 else "average", processes=p, seed=seed, **setup)
+        for w in processes:
+            for rule in ("delta", "replace"):
+                yield dict(experiment="seed_setup_all", variant=f"h100_async_{rule}", processes=w,
+                           lr_rule="1.0 (the seed's)", async_rule=rule), \
+                    dict(mode="async", processes=w + 1, seed=seed, async_rule=rule, **setup)
+
+
 def setting(subset, epochs, full: int) -> str:
     data = f"all {full:,} training images" if subset is None else f"the first {subset:,} of {full:,} training images (cut for time)"
     return f"MNIST, {data}, {epochs} epochs, lr decay 1%/epoch, sigmoid hidden layer, test accuracy on 10,000 images"
 
 
 def run(ds, lr: float, processes=(2, 3, 4), seeds=(0, 1), subset=None, epochs=5, net="1h", out=None,
-        log=print, seed_scale_workers=(), **common) -> pd.DataFrame:
-    """Every job of ``jobs``; with ``out``, rows are appended to that CSV as they finish (and it is started
-    afresh). ``common`` goes to every ``seed003.run`` (e.g. ``dataset``, ``impl``) below the job's own."""
+        log=print, seed_scale_workers=(), seed_setup_only=False, **common) -> pd.DataFrame:
+    """Every job of ``jobs`` (or only ``seed_setup_jobs``); with ``out``, rows are appended to that CSV as they
+    finish (and it is started afresh). ``common`` goes to every ``seed003.run`` (e.g. ``dataset``, ``impl``)
+    below the job's own."""
     from .results import write_csv
 
     if not seeds or not processes:
         raise ValueError("seeds and processes must each name at least one value")
     rows = []
-    for fields, job in jobs(lr, list(processes), list(seeds), list(seed_scale_workers)):
+    todo = seed_setup_jobs(list(processes), list(seeds)) if seed_setup_only else \
+        jobs(lr, list(processes), list(seeds), list(seed_scale_workers))
+    for fields, job in todo:
         job = {"net": net, "batch_size": seed003.SETTING["batch_size"], "subset": subset, **common, **job}
         mode, n = job.pop("mode"), job.pop("processes")
         df = seed003.run(mode, n, ds=ds, epochs=epochs, **job)
@@ -128,8 +147,10 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     ref = df[df.experiment == "reference"].set_index("seed").test_acc
     own = df[(df.experiment == "seed_setup") & (df.processes == 1)].set_index(["variant", "seed"]).test_acc
     full = df[(df.experiment == "async_seed_scale") & (df.variant == "serial")].set_index("seed").test_acc
+    all_data = df[(df.experiment == "seed_setup_all") & (df.processes == 1)].set_index("seed").test_acc
     serial = [own.get((v, s), float("nan")) if e == "seed_setup" else
-              full.get(s, float("nan")) if e == "async_seed_scale" else ref.get(s, float("nan"))
+              full.get(s, float("nan")) if e == "async_seed_scale" else
+              all_data.get(s, float("nan")) if e == "seed_setup_all" else ref.get(s, float("nan"))
               for e, v, s in zip(df.experiment, df.variant, df.seed)]
     df["gap_points"] = 100 * (df.test_acc - pd.Series(serial, index=df.index))
     return (df.groupby(["experiment", "variant", "processes"], sort=False)
@@ -145,8 +166,10 @@ def findings(df: pd.DataFrame, tolerance_points: float = 3.0, seed_margin_points
     s = summary(df)
     out = []
     ref = df[df.experiment == "reference"].test_acc
-    out.append(f"Serial SGD (the reference): test accuracy {ref.mean():.4f} over {len(ref)} seed(s) "
-               f"({df.setting.iloc[0]}).")
+    if len(ref):
+        out.append(f"Serial SGD (the reference): test accuracy {ref.mean():.4f} over {len(ref)} seed(s) "
+                   f"({df.setting.iloc[0]}).")
+    out += _seed_setup_findings(s)
     a = s[s.experiment == "async"]
     for (experiment, w), g in s[s.experiment.isin(["async", "async_seed_scale"]) & (s.processes > 1)].groupby(
             ["experiment", "processes"], sort=False):
@@ -190,6 +213,27 @@ def findings(df: pd.DataFrame, tolerance_points: float = 3.0, seed_margin_points
     return out
 
 
+def _seed_setup_findings(s: pd.DataFrame) -> list[str]:
+    """The seed's setup on all the images beside the seed's own accuracies, per method and process count."""
+    g = s[s.experiment == "seed_setup_all"].set_index(["variant", "processes"])
+    if g.empty:
+        return []
+    seed = seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy
+    def row(variant, p, method):
+        r = g.loc[(variant, p)]
+        return f"x{p} {r.test_acc:.4f} ({r.test_acc_min:.4f}-{r.test_acc_max:.4f}; seed {seed.get((method, p), float('nan')):.4f})"
+    sync = [p for v, p in g.index if v == "h100" and p > 1]
+    out = [f"The seed's setup (100 hidden units, MSE, lr 1.0) on all the training images, mean over {int(g.seeds.max())} "
+           f"seed(s): serial {g.loc[('h100', 1)].test_acc:.4f} (seed {seed['serial', 1]:.4f}); sync "
+           + ", ".join(row("h100", p, "sync") for p in sync) + "."]
+    for rule in ("delta", "replace"):
+        ws = [p for v, p in g.index if v == f"h100_async_{rule}"]
+        if ws:
+            out.append(f"Async ({rule}) in that setup with w workers: "
+                       + ", ".join(row(f"h100_async_{rule}", w, "async") for w in ws) + ".")
+    return out
+
+
 def _versus(g: pd.DataFrame, a: str, b: str) -> str:
     """'0.70 (seeds 0.69-0.71) is within the seeds' spread of 0.71 (...)' for two variants' rows of a summary."""
     def acc(v):
@@ -209,10 +253,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed-scale-workers", type=cli.positive_int, nargs="*", default=[3, 4],
                         help="async at lr / w on all the training images for these worker counts")
     parser.add_argument("--lr", type=cli.positive_float, default=0.1, help="serial SGD's rate (06's grid picks 0.1)")
+    parser.add_argument("--seed-setup-only", action="store_true",
+                        help="only the seed's likely setup (100 hidden units, MSE, lr 1.0) on all the training images")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     df = run(data.load_first("mnist"), args.lr, args.processes, args.seeds, args.subset, args.epochs, out=args.out,
-             seed_scale_workers=args.seed_scale_workers)
+             seed_scale_workers=args.seed_scale_workers, seed_setup_only=args.seed_setup_only)
     print("\n".join(findings(df)))
     return 0
 

@@ -64,3 +64,23 @@ def test_findings_follow_the_numbers():
     assert "sync/average x2 (+3.0)" in " ".join(ex.findings(_frame(rows)))
     rows[3]["test_acc"] = 0.80
     assert "no rate brings it within 3 points" in " ".join(ex.findings(_frame(rows)))
+
+
+def test_the_seeds_setup_on_all_the_images_runs_serial_sync_and_both_async_rules():
+    jobs = list(ex.seed_setup_jobs([2, 3], [0]))
+    assert [(f["variant"], f["processes"], j["mode"], j["processes"]) for f, j in jobs] == [
+        ("h100", 1, "allreduce", 1), ("h100", 2, "average", 2), ("h100", 3, "average", 3),
+        ("h100_async_delta", 2, "async", 3), ("h100_async_replace", 2, "async", 3),
+        ("h100_async_delta", 3, "async", 4), ("h100_async_replace", 3, "async", 4)]
+    assert all(j["subset"] is None and j["lr"] == ex.SEED_LR and (j["net"], j["loss"]) == ("100", "mse")
+               for _, j in jobs)
+
+
+def test_findings_set_the_seeds_setup_beside_the_seeds_accuracies():
+    rows = [dict(experiment="seed_setup_all", variant="h100", processes=1, test_acc=0.94),
+            dict(experiment="seed_setup_all", variant="h100", processes=2, test_acc=0.927),
+            dict(experiment="seed_setup_all", variant="h100_async_replace", processes=2, test_acc=0.92)]
+    text = " ".join(ex.findings(_frame(rows)))
+    assert "serial 0.9400 (seed 0.8880); sync x2 0.9270 (0.9270-0.9270; seed 0.9210)" in text
+    assert "Async (replace) in that setup with w workers: x2 0.9200 (0.9200-0.9200; seed 0.9111)" in text
+    assert "Serial SGD (the reference)" not in text  # no reference run among these rows
