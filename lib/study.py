@@ -12,8 +12,8 @@ A profile (``parbp.profiles``) maps notebook names to the papermill parameters t
 and dataset); a notebook a profile does not name runs once with its stored defaults.
 
 **Reruns.** Beside each executed copy lies ``NAME.record.json``: what produced it, as hashes of the
-notebook's code (cell sources, not outputs), its parameters, the profile, the ``parbp`` source (every
-module but this runner and the profiles, which run no notebook code) and the files its parameters name
+notebook's code (cell sources, not outputs), its parameters, the profile, the ``parbp`` source the notebooks
+can import (``notebook_modules``) and the files its parameters name
 (09 reads the network 08 trained). A run whose record matches is
 skipped and the log says so; anything else, a run that failed or was interrupted included (its record is
 removed before it starts and written only when it succeeds), runs again.
@@ -34,9 +34,11 @@ traceback); the other notebooks still run, and the exit status is 1.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -49,8 +51,6 @@ from .results import BUILD, NOTEBOOKS, ROOT
 EXECUTED = BUILD / "executed"
 CHECKPOINTS = BUILD / "checkpoints"
 LIB = Path(__file__).resolve().parent
-#: modules that run no notebook code: editing them must not make every notebook stale
-NOT_NOTEBOOK_CODE = ("study.py", "profiles.py", "book.py")
 
 
 def notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
@@ -62,17 +62,59 @@ def _sha(obj) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _code_cells(path: Path) -> list[tuple[str, str]]:
+    return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+            for c in json.loads(Path(path).read_text())["cells"]]
+
+
 def notebook_code(path: Path) -> str:
     """A hash of what a notebook runs: its cells' types and sources, not their outputs."""
-    cells = json.loads(Path(path).read_text())["cells"]
-    return _sha([(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
-                 for c in cells])
+    return _sha(_code_cells(path))
 
 
-def library_code() -> str:
-    """A hash of the parbp source the notebooks import."""
-    return _sha(b"".join(p.name.encode() + b"\0" + p.read_bytes()
-                         for p in sorted(LIB.glob("*.py")) if p.name not in NOT_NOTEBOOK_CODE))
+def imported(source: str, by_name: bool = True) -> set[str] | None:
+    """The parbp modules ``source`` imports, at the top or inside a function (``from . import x``,
+    ``from .x import y``, ``from parbp.x import y``, ``import parbp.x``) and, ``by_name``, loads by name (a
+    string ``"parbp.x"`` or ``"parbp.x:Class"``: the trainer registry, a ``-m parbp.x`` argument) or runs from a
+    shell line (``!python -m parbp.x``); None when it does not parse."""
+    shell = [line for line in source.splitlines() if line.lstrip().startswith(("%", "!"))]
+    try:
+        tree = ast.parse("\n".join(line for line in source.splitlines() if line not in shell))
+    except SyntaxError:
+        return None
+    found = set(re.findall(r"-m parbp\.(\w+)", "\n".join(shell))) if by_name else set()
+    for node in ast.walk(tree):
+        if by_name and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found |= set(re.findall(r"^parbp\.(\w+)(?::\w+)?$", node.value))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 1 or node.module == "parbp" or (node.module or "").startswith("parbp."):
+                module = (node.module or "").removeprefix("parbp").lstrip(".")
+                found |= {module.split(".")[0]} if module else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("parbp.")}
+    return found
+
+
+def notebook_modules(folder: Path = NOTEBOOKS) -> list[Path]:
+    """The parbp modules the notebooks can run: those their code cells import and, in turn, what those import
+    (every module when a cell does not parse)."""
+    every = {p.stem: p for p in LIB.glob("*.py")}
+    todo = {"__init__"}
+    for nb in notebooks(folder):
+        for kind, source in _code_cells(nb):
+            todo |= (set(every) if (found := imported(source)) is None else found) if kind == "code" else set()
+    seen = set()
+    while todo:
+        module = todo.pop()
+        if module in every and module not in seen:
+            seen.add(module)
+            todo |= imported(every[module].read_text()) or set()
+    return sorted(every[m] for m in seen)
+
+
+def library_code(folder: Path = NOTEBOOKS) -> str:
+    """A hash of the parbp source the notebooks can import (editing a module none of them reaches changes nothing)."""
+    return _sha(b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in notebook_modules(folder)))
 
 
 def input_files(nb: Path, params: dict) -> dict:
@@ -119,7 +161,7 @@ def run(profile: str = "default", only: list[str] | None = None, out_dir: Path =
         raise ValueError(f"no notebook matches {only}; notebooks are {[nb.name for nb in every]}")
     out_dir, checkpoints = Path(out_dir), Path(checkpoints)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parbp = library_code()
+    parbp = library_code(notebooks_dir)
     rows, failures = [], []
     for nb in chosen:
         runs = PROFILES[profile].get(nb.name, {})
