@@ -24,7 +24,7 @@ import numpy as np
 
 from . import theano_worker
 from .base import Trainer, TrainerUnavailable
-from .cli import check_positive_int
+from .cli import check_choice, check_positive_int
 from .results import ROOT as REPO
 
 
@@ -49,8 +49,7 @@ class TorchTrainer(Trainer):
         from torch import nn
 
         device, self.threads = self.opts["device"], check_positive_int("option threads", self.opts["threads"])
-        if device not in self.DEVICES:
-            raise ValueError(f"option device must be one of {self.DEVICES}, got {device!r}")
+        check_choice("option device", device, self.DEVICES)
         if device == "cuda" and not torch.cuda.is_available():
             raise TrainerUnavailable("trainer 'torch' with device='cuda' needs a CUDA GPU and a CUDA build of "
                                      f"PyTorch; this one ({torch.__version__}) sees none. Use device='cpu'.")
@@ -215,8 +214,7 @@ class TheanoTrainer(Trainer):
 
     def _setup(self, params):
         threads = check_positive_int("option threads", self.opts["threads"])
-        if self.opts["blas"] not in theano_worker.BLAS_CHOICES:
-            raise ValueError(f"option blas must be one of {theano_worker.BLAS_CHOICES}, got {self.opts['blas']!r}")
+        check_choice("option blas", self.opts["blas"], theano_worker.BLAS_CHOICES)
         compiledir = theano_compiledir()
         compiledir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)

@@ -2,26 +2,15 @@
 
     python -m parbp.bench --net 2h --batch 100 1000 --impl all --threads 1 2
 
-Every trainer steps on synthetic data shaped like the dataset (only its dimensions matter). Each one
-is warmed up (JIT compilation, buffers, BLAS thread start-up), then timed in rounds: one round takes
-one sample of every configuration and of the reference sgemm in turn, so a burst of load from another
-process slows all of them alike instead of one. Each sample is preceded by ``REWARM_S`` of untimed
-steps (the previous configuration's idle BLAS threads spin that long) and times whole steps (several,
-if one step is shorter than ``MIN_SAMPLE_S``); a configuration's time is the median of its samples.
-
-Columns: ms_per_step; s_per_epoch (``EPOCH_EXAMPLES`` examples); gflops (``parbp.nets.flops_per_step``
-over the time); vs_sgemm (gflops ÷ the best 2048³ float32 GEMM this machine offers at the same number
-of threads, this run: the fastest of numpy's (OpenBLAS), PyTorch's (its own MKL) and MKL's through
-``parbp.blas`` when installed, each in its own sgemm_*_gflops column, the winner in sgemm_best);
-gemm_backend and gemm_reason (the BLAS the trainer's products ran on, and why: ``parbp.blas.decide``);
-vs_torch (PyTorch's ms per step ÷ this one, same batch and threads, this run: above 1 is faster);
-efficiency (parallel efficiency: the same trainer's one-thread time ÷ (this time × threads));
-sgemm_efficiency and stream_efficiency (the machine's own ceilings for it, this run: ``threads``
-independent one-thread sgemms, or memory streams, at once against one alone; see ``_Independent``);
-sgemm_efficiency_low and rounds_core_lost (the compute-bound ceiling round by round: its lowest value,
-and how many rounds it fell below ``1 − CORE_LOST/threads``, i.e. closer to having one core fewer than
-to having them all; on a shared virtual machine a core is sometimes taken away for a while, and every
-multi-threaded sample of such a round runs at the speed of fewer threads).
+Every trainer steps on synthetic data shaped like the dataset, warmed up, then timed in interleaved rounds
+(``timing.side_by_side``: a burst of load slows every configuration alike), each sample after ``REWARM_S``
+of untimed steps; a configuration's time is the median of its samples. Beside the step times (ms_per_step,
+s_per_epoch, gflops) the same rounds time the references the ratios divide by: the best 2048³ float32 GEMM
+of numpy, PyTorch and MKL at the same threads (vs_sgemm, sgemm_*), PyTorch's step (vs_torch: above 1 is
+faster), the same trainer on one thread (efficiency), and the machine's own ceilings for ``threads``
+independent one-thread sgemms or memory streams (sgemm_efficiency, stream_efficiency; see ``_Independent``).
+sgemm_efficiency_low and rounds_core_lost flag rounds where the compute ceiling fell below
+``1 − CORE_LOST/threads``: on a shared VM a core is sometimes taken away for a while.
 """
 from __future__ import annotations
 
@@ -37,6 +26,7 @@ import pandas as pd
 
 from . import blas, envinfo, results, trainers
 from .blas import blas_threads
+from .cli import Parser, check_choice, positive_int
 from .results import FIGURES
 from .timing import side_by_side
 from .nets import flops_per_step, layer_sizes
@@ -96,37 +86,30 @@ class _Sgemm:
 
     def __init__(self, threads, n=SGEMM_N, device="cpu", library="numpy"):
         self.threads, self.flops = threads, 2 * n**3
-        if library not in SGEMM_LIBRARIES:
-            raise ValueError(f"sgemm library must be one of {SGEMM_LIBRARIES}, got {library!r}")
-        if device == "cpu" and library == "torch":
+        check_choice("sgemm library", library, SGEMM_LIBRARIES)
+        if device == "gpu" or library == "torch":
             import torch
 
-            a = torch.rand(n, n)
-            out = torch.empty(n, n)
+            if device == "gpu" and not torch.cuda.is_available():
+                raise RuntimeError("no CUDA device visible to torch")
+            a = torch.rand(n, n, device="cuda" if device == "gpu" else "cpu")
+            out = torch.empty_like(a)
 
             def run():
+                if device == "gpu":
+                    return torch.mm(a, a, out=out), torch.cuda.synchronize()
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
                 torch.mm(a, a, out=out)
 
             self._run = run
-        elif device == "cpu" and library == "mkl":
-            if "mkl" not in blas.available_backends():
-                raise RuntimeError("MKL is not installed (pip install 'parbp[mkl]')")
-            a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-            out = np.empty_like(a)
-            self._run = lambda: blas.gemm_into(a, a, out, backend="mkl")
-        elif device == "gpu":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise RuntimeError("no CUDA device visible to torch")
-            a = torch.rand(n, n, device="cuda")
-            self._run = lambda: (torch.mm(a, a), torch.cuda.synchronize())
-        else:
-            a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-            out = np.empty_like(a)
-            self._run = lambda: np.matmul(a, a, out=out)
+            return
+        if library == "mkl" and "mkl" not in blas.available_backends():
+            raise RuntimeError("MKL is not installed (pip install 'parbp[mkl]')")
+        a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+        out = np.empty_like(a)
+        self._run = (lambda: blas.gemm_into(a, a, out, backend="mkl")) if library == "mkl" else \
+            (lambda: np.matmul(a, a, out=out))
 
     def __call__(self):
         with blas_threads(self.threads):
@@ -311,13 +294,9 @@ def _table(rows, fns, samples, ref_samples, references, counts, wanted, n_in, n_
     by_round = {t: np.divide(ref_samples["sgemm", 1], ref_samples["sgemm", t]) for t in counts if ("sgemm", t) in times}
     table = []
     for (impl, net, batch, t), fn, s in zip(rows, fns, samples):
-        sec = float(np.median(s))
-        gflops = fn.flops / sec / 1e9
-        table.append(dict(impl=impl, threads=t, batch=batch, ms_per_step=sec * 1e3,
-                          s_per_epoch=sec * math.ceil(EPOCH_EXAMPLES / batch), gflops=gflops,
-                          vs_sgemm=gflops / sgemm[t] if t in sgemm else np.nan, vs_torch=np.nan,
+        row = _step_row(impl, net, batch, t, fn, s, n_in, n_out, dtype, device)
+        table.append(dict(row, vs_sgemm=row["gflops"] / sgemm[t] if t in sgemm else np.nan, vs_torch=np.nan,
                           net=net if isinstance(net, str) else "-".join(map(str, layer_sizes(net, n_in, n_out))),
-                          n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s),
                           sgemm_gflops=sgemm.get(t, np.nan), sgemm_best=best[t][1] if t in best else "",
                           **{f"sgemm_{lib}_gflops": library_gflops.get((lib, t), np.nan) for lib in SGEMM_LIBRARIES},
                           efficiency=np.nan, loadavg=load, **dict(zip(("gemm_backend", "gemm_reason"), fn.gemm_backend())),
@@ -346,13 +325,18 @@ def measure(impl: str, net="2h", batch: int = 100, threads: int = 1, n_in: int =
         raise ValueError(f"trainer {impl!r} takes no threads option; measure it at threads=1")
     fn = _Steps(impl, net, int(batch), int(threads), n_in, n_out, dtype, device, options)
     try:
-        s = _time_side_by_side([fn], repeats, warmup=2)[0]
+        return _step_row(impl, net, batch, threads, fn, _time_side_by_side([fn], repeats, warmup=2)[0], n_in, n_out,
+                         dtype, device)
     finally:
         fn.close()
-    sec = float(np.median(s))
+
+
+def _step_row(impl, net, batch, threads, fn, samples, n_in, n_out, dtype, device) -> dict:
+    """A configuration's time from its samples (their median): per step, per epoch and as GFLOP/s."""
+    sec = float(np.median(samples))
     return dict(impl=impl, threads=threads, batch=batch, ms_per_step=sec * 1e3,
                 s_per_epoch=sec * math.ceil(EPOCH_EXAMPLES / batch), gflops=fn.flops / sec / 1e9,
-                net=net, n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s))
+                net=net, n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(samples))
 
 
 class _RowsTimesWeights:
@@ -473,8 +457,6 @@ def _impl(text: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     from .data import NAMES
     from .nets import HIDDEN
-
-    from .cli import Parser, positive_int
 
     p = Parser(prog="python -m parbp.bench", description=__doc__.split("\n\n")[0],
                formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,6 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from .cli import check_known
 from .results import BUILD, FIGURES, NOTEBOOKS, ROOT
 
 EXECUTED = BUILD / "executed"
@@ -58,8 +59,7 @@ nav.book-nav a{margin-right:1.5em}
 def sources(source: str = "auto") -> list[Path]:
     """The notebooks to render. ``auto``: each notebook's executed copies from the last study
     (``build/executed/``; 05 has one per run) where there are any, else the stored notebook."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
+    check_known("source", source, SOURCES)
     stored = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     executed = sorted(EXECUTED.glob("[0-9][0-9]_*.ipynb")) if EXECUTED.is_dir() else []
     if source == "executed" and not executed:

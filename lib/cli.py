@@ -62,6 +62,20 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def check_choice(name: str, value, choices):
+    """``value`` when it is one of ``choices``, else ValueError naming ``name`` and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_known(what: str, name, choices):
+    """``name`` when it is one of ``choices``, else ValueError: an unknown ``what``, and the ones there are."""
+    if name not in choices:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {list(choices)}")
+    return name
+
+
 #: argparse types for the command lines' numbers
 positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
 nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")

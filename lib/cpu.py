@@ -28,7 +28,7 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from .base import Trainer
-from .cli import check_positive_int
+from .cli import check_choice, check_positive_int
 from . import blas as _blas
 from .blas import axpy, blas_threads, gemm_into, gemm_update
 
@@ -346,9 +346,7 @@ class MatrixTrainer(_ParamsTrainer):
 
     def _setup(self, params):
         self.groups, self.blas = self._workers()
-        self.update = self.opts.get("update", "rows")
-        if self.update not in self.UPDATES:
-            raise ValueError(f"trainer {self.name!r}: update must be one of {self.UPDATES}, got {self.update!r}")
+        self.update = check_choice(f"trainer {self.name!r}: update", self.opts.get("update", "rows"), self.UPDATES)
         super()._setup(params)
         self._capacity = 0
         self._partials = None

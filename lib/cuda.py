@@ -39,6 +39,7 @@ import numpy as np
 from numba import config, cuda, float64, from_dtype
 
 from .base import Trainer, TrainerUnavailable
+from .cli import check_choice
 
 TILES = (8, 16, 32)        # threads per block edge and depth of a shared-memory tile
 REG_BLOCKS = (1, 2, 4, 8)  # outputs per thread along each axis (register blocking)
@@ -54,10 +55,8 @@ def simulator_enabled() -> bool:
 
 def check_layout(tile: int, reg_block: int, dtype="float32") -> tuple[int, int]:
     """Validate the kernel geometry; returns (tile, reg_block) or raises ValueError naming the valid choices."""
-    if tile not in TILES:
-        raise ValueError(f"tile must be one of {TILES}, got {tile!r}")
-    if reg_block not in REG_BLOCKS:
-        raise ValueError(f"reg_block must be one of {REG_BLOCKS}, got {reg_block!r}")
+    check_choice("tile", tile, TILES)
+    check_choice("reg_block", reg_block, REG_BLOCKS)
     shared = shared_bytes(tile, reg_block, dtype)
     if shared > MAX_SHARED:
         raise ValueError(

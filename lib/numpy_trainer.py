@@ -11,6 +11,7 @@ import numpy as np
 from scipy.special import expit
 
 from .base import Trainer
+from .cli import check_known
 
 
 class NumpyTrainer(Trainer):
@@ -19,8 +20,7 @@ class NumpyTrainer(Trainer):
     LOSSES = ("mse", "xent")
 
     def _setup(self, params):
-        if self.opts["loss"] not in self.LOSSES:
-            raise ValueError(f"unknown loss {self.opts['loss']!r}; choose one of {self.LOSSES}")
+        check_known("loss", self.opts["loss"], self.LOSSES)
         self._params = [(W.copy(), b.copy()) for W, b in params]
 
     def _forward(self, X):

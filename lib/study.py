@@ -44,6 +44,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import check_known
 from .profiles import PROFILES
 
 from .results import BUILD, NOTEBOOKS, ROOT
@@ -153,8 +154,7 @@ def run(profile: str = "default", only: list[str] | None = None, out_dir: Path =
     Raises NotebookFailed, after running everything else, if any notebook failed.
     """
     log = log or (lambda message: print(message, flush=True))
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
+    check_known("profile", profile, PROFILES)
     every = notebooks(notebooks_dir)
     chosen = [nb for nb in every if not only or any(nb.name.startswith(o) for o in only)]
     if only and not chosen:
