@@ -32,23 +32,33 @@ from .results import ROOT as REPO
 # PyTorch
 
 
-def _installed(module: str, missing: str) -> tuple[bool, str]:
-    """Availability of a trainer that needs only an importable package."""
-    return (True, "") if importlib.util.find_spec(module) is not None else (False, missing)
-
-
-class TorchTrainer(Trainer):
-    name = "torch"
+class _Library(Trainer):
+    """A trainer written with a library's own API, the library's threads bounded by the ``threads`` option.
+    ``package`` (when set): the importable package it needs, and what to say when it is missing."""
     family = "library"
+    package: tuple[str, str] | None = None
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        if cls.package is None or importlib.util.find_spec(cls.package[0]) is not None:
+            return True, ""
+        return False, cls.package[1]
+
+    def _threads(self) -> int:
+        return check_positive_int("option threads", self.opts["threads"])
+
+
+class TorchTrainer(_Library):
+    name = "torch"
     options = {"threads": 1, "device": "cpu"}
     DEVICES = ("cpu", "cuda")
-    availability = classmethod(lambda cls: _installed("torch", "PyTorch is not installed (pip install torch)"))
+    package = ("torch", "PyTorch is not installed (pip install torch)")
 
     def _setup(self, params):
         import torch
         from torch import nn
 
-        device, self.threads = self.opts["device"], check_positive_int("option threads", self.opts["threads"])
+        device, self.threads = self.opts["device"], self._threads()
         check_choice("option device", device, self.DEVICES)
         if device == "cuda" and not torch.cuda.is_available():
             raise TrainerUnavailable("trainer 'torch' with device='cuda' needs a CUDA GPU and a CUDA build of "
@@ -117,21 +127,20 @@ class TorchTrainer(Trainer):
 # PyTensor (Theano's maintained fork), in process
 
 
-class PyTensorTrainer(Trainer):
+class PyTensorTrainer(_Library):
     name = "pytensor"
-    family = "library"
     # mode: PyTensor's compilation mode. None = its default (C code where it can, and without a BLAS
     # to link against, as after `pip install pytensor`, its GEMMs go through numpy/scipy's BLAS);
     # "NUMBA" compiles the graph with numba instead.
     options = {"threads": 1, "mode": None}
-    availability = classmethod(lambda cls: _installed("pytensor", "PyTensor is not installed (pip install pytensor)"))
+    package = ("pytensor", "PyTensor is not installed (pip install pytensor)")
 
     def _setup(self, params):
         import warnings
 
         from threadpoolctl import ThreadpoolController
 
-        self.threads = check_positive_int("option threads", self.opts["threads"])
+        self.threads = self._threads()
         with warnings.catch_warnings():  # "could not link to a BLAS": expected after pip install, see above
             warnings.filterwarnings("ignore", message=".*could not link to a BLAS.*")
             import pytensor
@@ -187,9 +196,8 @@ def theano_compiledir() -> Path:
 _THEANO_CHECKED: dict[str, tuple[bool, str]] = {}
 
 
-class TheanoTrainer(Trainer):
+class TheanoTrainer(_Library):
     name = "theano"
-    family = "library"
     # blas: which BLAS the compiled graph calls (see theano_worker.blas_ldflags): "auto" links the
     # OpenBLAS bundled with the env's scipy, "numpy" goes through numpy's C API (`blas__ldflags=`)
     options = {"threads": 1, "blas": "auto"}
@@ -213,7 +221,7 @@ class TheanoTrainer(Trainer):
         return _THEANO_CHECKED[key]
 
     def _setup(self, params):
-        threads = check_positive_int("option threads", self.opts["threads"])
+        threads = self._threads()
         check_choice("option blas", self.opts["blas"], theano_worker.BLAS_CHOICES)
         compiledir = theano_compiledir()
         compiledir.mkdir(parents=True, exist_ok=True)

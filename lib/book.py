@@ -18,7 +18,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .cli import check_known
+from .cli import check_choice
 from .results import BUILD, FIGURES, NOTEBOOKS, ROOT
 
 EXECUTED = BUILD / "executed"
@@ -59,7 +59,7 @@ nav.book-nav a{margin-right:1.5em}
 def sources(source: str = "auto") -> list[Path]:
     """The notebooks to render. ``auto``: each notebook's executed copies from the last study
     (``build/executed/``; 05 has one per run) where there are any, else the stored notebook."""
-    check_known("source", source, SOURCES)
+    check_choice("source", source, SOURCES, unknown=True)
     stored = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
     executed = sorted(EXECUTED.glob("[0-9][0-9]_*.ipynb")) if EXECUTED.is_dir() else []
     if source == "executed" and not executed:

@@ -62,18 +62,13 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
-def check_choice(name: str, value, choices):
-    """``value`` when it is one of ``choices``, else ValueError naming ``name`` and the choices."""
+def check_choice(name: str, value, choices, unknown: bool = False):
+    """``value`` when it is one of ``choices``, else ValueError naming ``name`` and the choices (``unknown``:
+    worded as an unknown name, for names of things: a dataset, a profile)."""
     if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}" if unknown else
+                         f"{name} must be one of {choices}, got {value!r}")
     return value
-
-
-def check_known(what: str, name, choices):
-    """``name`` when it is one of ``choices``, else ValueError: an unknown ``what``, and the ones there are."""
-    if name not in choices:
-        raise ValueError(f"unknown {what} {name!r}; choose one of {list(choices)}")
-    return name
 
 
 #: argparse types for the command lines' numbers

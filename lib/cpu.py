@@ -89,15 +89,9 @@ FLOAT32_TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 def sigmoid(z):
-    """σ(z) = 1/(1 + e**−z). In numba, float32 results below float32's smallest normal number are 0.
-
-    Those results (z < −87.34) are subnormal, and whether a CPU delivers them depends on things a library
-    does not control: the FTZ/DAZ bits another library may have set, and the code LLVM picks for the
-    CPU it compiles for. With fastmath the division becomes a reciprocal estimate and a Newton step:
-    for Intel's AVX-512 cores (which prefer 256-bit vectors) VRCPPS, which always flushes results
-    below 2**-126 to 0; for AMD's Zen 4 (512-bit vectors) VRCP14PS, which does not. Flushing
-    explicitly makes the result one and the same everywhere, off by less than 1.2e-38 from the exact one.
-    """
+    """σ(z) = 1/(1 + e**−z). In numba, float32 results below float32's smallest normal number are 0: whether a
+    CPU delivers such subnormals depends on FTZ/DAZ bits and on the reciprocal LLVM picks (Intel's VRCPPS
+    flushes them, AMD Zen 4's VRCP14PS does not); flushing explicitly makes every CPU agree (error < 1.2e-38)."""
     return 1.0 / (1.0 + math.exp(-z))
 
 
@@ -320,20 +314,14 @@ class SerialExampleTrainer(_ParamsTrainer):
 class MatrixTrainer(_ParamsTrainer):
     """The minibatch matrix form, its examples split across ``groups`` workers with ``blas`` BLAS threads each.
 
-    One step. First, each worker on its rows of the minibatch (Z_l = A_{l-1}W_l is one GEMM per layer):
-      forward    A_l ← σ(A_{l-1}W_l + b_l)                      GEMM + fused kernel
-      backward   Δ_L ← 2/B (A_L − Y)∘σ',  Δ_{l-1} ← (Δ_l W_lᵀ)∘σ'   GEMM + fused kernel
-    Then, once every delta has been computed from the old weights, the update W_l ← W_l − lr·A_{l-1}ᵀΔ_l,
-    which sums over all the examples. Two ways to share it among workers (``update``):
-      "rows"      worker k owns a block of rows of every W (and entries of every b) and updates it from the
-                  whole minibatch, W[r] ← W[r] − lr·A[:, r]ᵀΔ: one GEMM with beta = 1 per layer. The sum over
-                  examples happens inside the GEMM, and no gradient is ever stored.
-      "partials"  the paper's pthreads design: worker k writes the partial gradient of its own examples,
-                  G_k = A_kᵀΔ_k, then W ← W − lr·Σ_k G_k in one pass that reduces and updates, its rows split
-                  across the workers. That pass reads p + 1 weight-sized arrays per step; at small batches
-                  it is what limits the speedup.
-    With one worker both are the single GEMM W ← W − lr·AᵀΔ. Subclasses fix ``groups``, ``blas`` and
-    ``update`` from their options.
+    Each worker runs forward (A_l ← σ(A_{l-1}W_l + b_l)) and backward (Δ_L ← 2/B (A_L − Y)∘σ',
+    Δ_{l-1} ← (Δ_l W_lᵀ)∘σ') on its rows, a GEMM and a fused kernel per layer. Then, from the old weights'
+    deltas, the update W_l ← W_l − lr·A_{l-1}ᵀΔ_l over all the examples, shared among workers (``update``):
+      "rows"      worker k updates its block of rows of every W from the whole minibatch: one GEMM with
+                  beta = 1 per layer; no gradient is stored.
+      "partials"  the paper's pthreads: worker k writes G_k = A_kᵀΔ_k, then one pass, its rows split across
+                  the workers, reduces and updates, W ← W − lr·Σ_k G_k (p + 1 weight-sized reads a step).
+    Subclasses fix ``groups``, ``blas`` and ``update`` from their options.
     """
 
     name = "matrix"

@@ -110,6 +110,11 @@ def _matmul_kernel(kind: str, tile: int, reg_block: int, dtype: str):
     B_ALONG_K = kind == DELTA
     IS_FORWARD, IS_DELTA = kind == FORWARD, kind == DELTA  # plain booleans: the kernel compares no strings
 
+    @cuda.jit(device=True)
+    def tile_slot(flat, along_k, width):
+        """(k, row or column) of a tile's element ``flat``: along k, consecutive threads take consecutive k."""
+        return (flat % T, flat // T) if along_k else (flat // width, flat % width)
+
     @cuda.jit(**_jit_options(NT))
     def kernel(A, B, C, bias, alpha):
         As = cuda.shared.array(A_TILE, nb)   # As[k, i] = op(A)[m0 + i, k0 + k]
@@ -147,29 +152,18 @@ def _matmul_kernel(kind: str, tile: int, reg_block: int, dtype: str):
             # All NT threads load the BM × T tile of op(A) and the T × BN tile of op(B), R elements each.
             for p in range(R):
                 flat = tid + p * NT
-                if A_ALONG_K:
-                    kk, i = flat % T, flat // T
-                    m, k = m0 + i, k0 + kk
-                    v = A[m, k] if m < M and k < k_end else ZERO
-                else:
-                    i, kk = flat % BM, flat // BM
-                    m, k = m0 + i, k0 + kk
-                    v = ZERO
-                    if k < k_end:
-                        if m < M:
-                            v = A[k, m]
-                        elif m == M:  # the bias row of ones
-                            v = ONE
+                kk, i = tile_slot(flat, A_ALONG_K, BM)
+                m, k = m0 + i, k0 + kk
+                v = ZERO
+                if k < k_end:
+                    if m < M:
+                        v = A[m, k] if A_ALONG_K else A[k, m]
+                    elif m == M and not A_ALONG_K:  # the update's bias row of ones
+                        v = ONE
                 As[kk, i] = v
-                if B_ALONG_K:
-                    kk, j = flat % T, flat // T
-                    n, k = n0 + j, k0 + kk
-                    v = B[n, k] if n < N and k < k_end else ZERO
-                else:
-                    j, kk = flat % BN, flat // BN
-                    n, k = n0 + j, k0 + kk
-                    v = B[k, n] if n < N and k < k_end else ZERO
-                Bs[kk, j] = v
+                kk, j = tile_slot(flat, B_ALONG_K, BN)
+                n, k = n0 + j, k0 + kk
+                Bs[kk, j] = (B[n, k] if B_ALONG_K else B[k, n]) if n < N and k < k_end else ZERO
             cuda.syncthreads()
             # Each k: R + R shared loads feed R·R multiply-adds (the point of register blocking).
             for kk in range(T):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import check_known
+from .cli import check_choice
 from .results import ROOT
 
 REPO_DATA = ROOT / "data"
@@ -376,8 +376,8 @@ def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> 
 
 def _load_kdd(subset: str = "10percent", encoding: str = "onehot", seed: int = 0,
               fractions=(25 / 36, 5 / 36, 6 / 36)) -> Dataset:
-    check_known("kddcup99 subset", subset, KDD_SUBSETS)
-    check_known("kddcup99 encoding", encoding, KDD_ENCODINGS)
+    check_choice("kddcup99 subset", subset, KDD_SUBSETS, unknown=True)
+    check_choice("kddcup99 encoding", encoding, KDD_ENCODINGS, unknown=True)
     X, y = parse_kdd(read(SOURCES["kddcup99"][subset]), encoding)
     if len(y) != KDD_SUBSETS[subset]:
         raise DataIntegrityError(f"kddcup99 {subset} should have {KDD_SUBSETS[subset]} rows, got {len(y)}")
@@ -422,7 +422,7 @@ def load(name: str, **kwargs) -> Dataset:
     One-hot is the default because an MLP would otherwise read an order into service names; the paper's
     42-unit input layer matches the 41 features plus a bias/label column of the raw file.
     """
-    if check_known("dataset", name, NAMES) == "kddcup99":
+    if check_choice("dataset", name, NAMES, unknown=True) == "kddcup99":
         return _load_kdd(**kwargs)
     if kwargs:
         raise ValueError(f"dataset {name!r} takes no options, got {sorted(kwargs)}")
@@ -431,8 +431,8 @@ def load(name: str, **kwargs) -> Dataset:
 
 def dims(name: str, encoding: str = "onehot") -> tuple[int, int]:
     """(n_in, n_out) of a dataset without loading it (for benchmarks on synthetic batches)."""
-    if check_known("dataset", name, NAMES) == "kddcup99":
-        check_known("kddcup99 encoding", encoding, KDD_ENCODINGS)
+    if check_choice("dataset", name, NAMES, unknown=True) == "kddcup99":
+        check_choice("kddcup99 encoding", encoding, KDD_ENCODINGS, unknown=True)
         return len(_kdd_numeric_columns(encoding)) + (
             sum(len(v) for v in KDD_CATEGORIES.values()) if encoding == "onehot" else 0), 1
     return 784, 10
@@ -469,7 +469,7 @@ def load_first(name: str, n: int | None = None, seed: int = 0) -> Dataset:
     ``--subset`` everywhere. Validation and test keep their first max(n // 5, 100) rows."""
     if name == TOY:
         return toy(n or 2000, seed=seed)
-    ds = load(check_known("dataset", name, (*NAMES, TOY)))
+    ds = load(check_choice("dataset", name, (*NAMES, TOY), unknown=True))
     if not n:
         return ds
     if n > len(ds.X_train):

@@ -104,16 +104,18 @@ def build_payload(folder: Path) -> None:
         shutil.copyfile(data.fetch(src), folder / "data" / src.folder / src.filename)
 
 
-def measure(carry) -> int:
+def travel(carry) -> tuple[bool, str]:
+    """Whether the tree and ``carry`` fit one trip (``TRAVEL_LIMIT``), and their sizes in one line."""
     sizes = travel_bytes(carry)
     total = sum(sizes.values())
-    for name, n in sizes.items():
-        print(f"{name:<24} {n / 2**20:8.2f} MiB")
-    print(f"{'travels':<24} {total / 2**20:8.2f} MiB of {TRAVEL_LIMIT / 2**20:.0f} MiB")
-    if total > TRAVEL_LIMIT:
-        print(f"too large: {total / 2**20:.2f} MiB > {TRAVEL_LIMIT / 2**20:.0f} MiB; carry less", file=sys.stderr)
-        return 1
-    return 0
+    return total <= TRAVEL_LIMIT, (", ".join(f"{k} {n / 2**20:.2f} MiB" for k, n in sizes.items())
+                                   + f"; {total / 2**20:.2f} MiB of {TRAVEL_LIMIT / 2**20:.0f} MiB")
+
+
+def measure(carry) -> int:
+    fits, sizes = travel(carry)
+    print(f"travels: {sizes}" + ("" if fits else "; too large, carry less"), file=sys.stdout if fits else sys.stderr)
+    return 0 if fits else 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -165,13 +167,15 @@ def bench(out: Path, plan: Plan) -> None:
         results.write_csv(b.with_environment(pd.concat(tables, ignore_index=True)), path)
         print(f"{what}: {len(df)} rows -> {path}\n{b.format_table(df)}", flush=True)
 
-    say = lambda msg: print(msg, flush=True)  # noqa: E731
-    save(b.run([*trainers.gpu(), "torch"], plan.nets, plan.gpu_batches, [1], n_in=plan.n_in, n_out=plan.n_out,
-               device="gpu", repeats=plan.repeats, progress=say, **plan.gpu_options), "GPU trainers and torch on CUDA")
-    save(b.run([experiments.BASELINE], plan.nets, plan.cpu_batches, [1], n_in=plan.n_in, n_out=plan.n_out,
-               repeats=max(3, plan.repeats // 2), progress=say, compare_torch=False), "the paper's baseline, on the CPU")
-    save(b.run(plan.cpu_impls, plan.nets, plan.cpu_batches, plan.threads, n_in=plan.n_in, n_out=plan.n_out,
-               repeats=plan.repeats, progress=say), "the best CPU trainers")
+    def run(impls, batches, threads, **kwargs):
+        return b.run(impls, plan.nets, batches, threads, n_in=plan.n_in, n_out=plan.n_out,
+                     progress=lambda msg: print(msg, flush=True), **{"repeats": plan.repeats, **kwargs})
+
+    save(run([*trainers.gpu(), "torch"], plan.gpu_batches, [1], device="gpu", **plan.gpu_options),
+         "GPU trainers and torch on CUDA")
+    save(run([experiments.BASELINE], plan.cpu_batches, [1], repeats=max(3, plan.repeats // 2), compare_torch=False),
+         "the paper's baseline, on the CPU")
+    save(run(plan.cpu_impls, plan.cpu_batches, plan.threads), "the best CPU trainers")
 
 
 # in this order: the kernels' correctness first (seconds), then the measurement, then the tests with what is left
@@ -199,11 +203,9 @@ def campaign(out: Path, dry_run: bool = False, limit_s: float = LIMIT_S) -> int:
 
     write(f"GPU campaign{' (DRY RUN: numba CUDA simulator, tiny sizes)' if dry_run else ''} into {out}\n")
     if dry_run:  # the rehearsal also weighs the trip: the tree and the payload, when built
-        sizes = travel_bytes([PAYLOAD] if Path(PAYLOAD).exists() else [])
-        total = sum(sizes.values())
-        write(f"== travel: {'passed' if total <= TRAVEL_LIMIT else 'FAILED'}: " + ", ".join(
-            f"{k} {n / 2**20:.2f} MiB" for k, n in sizes.items()) + f"; {total / 2**20:.2f} of {TRAVEL_LIMIT / 2**20:.0f} MiB\n")
-        if total > TRAVEL_LIMIT:
+        fits, sizes = travel([PAYLOAD] if Path(PAYLOAD).exists() else [])
+        write(f"== travel: {'passed' if fits else 'FAILED'}: {sizes}\n")
+        if not fits:
             failed.append("travel")
     for name in STEPS:
         left = limit_s - (time.perf_counter() - start)

@@ -11,7 +11,7 @@ import numpy as np
 from scipy.special import expit
 
 from .base import Trainer
-from .cli import check_known
+from .cli import check_choice
 
 
 class NumpyTrainer(Trainer):
@@ -20,7 +20,7 @@ class NumpyTrainer(Trainer):
     LOSSES = ("mse", "xent")
 
     def _setup(self, params):
-        check_known("loss", self.opts["loss"], self.LOSSES)
+        check_choice("loss", self.opts["loss"], self.LOSSES, unknown=True)
         self._params = [(W.copy(), b.copy()) for W, b in params]
 
     def _forward(self, X):

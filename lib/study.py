@@ -44,7 +44,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import check_known
+from .cli import check_choice
 from .profiles import PROFILES
 
 from .results import BUILD, NOTEBOOKS, ROOT
@@ -154,7 +154,7 @@ def run(profile: str = "default", only: list[str] | None = None, out_dir: Path =
     Raises NotebookFailed, after running everything else, if any notebook failed.
     """
     log = log or (lambda message: print(message, flush=True))
-    check_known("profile", profile, PROFILES)
+    check_choice("profile", profile, PROFILES, unknown=True)
     every = notebooks(notebooks_dir)
     chosen = [nb for nb in every if not only or any(nb.name.startswith(o) for o in only)]
     if only and not chosen:
