@@ -1,8 +1,5 @@
-"""Every checkable claim of the seeds, as data, with the rule that judges it from the committed CSVs.
-
-A claim names its seed, where the seed says it, the quantity compared, the setting on both sides (the seed's
-and ours), the seed's number (when it gives one), its tolerance, the figure whose CSV holds ours, and a
-``check`` that reads that CSV and returns our number and one verdict:
+"""Every checkable claim of the seeds, as data (``CLAIMS``), with a ``check`` that reads the committed CSV
+holding ours and returns our number and one verdict:
 
 * ``reproduced``: ours agrees with the seed within the tolerance;
 * ``differs``: it does not, and the reason says by how much and what was measured about why;
@@ -14,14 +11,10 @@ and ours), the seed's number (when it gives one), its tolerance, the figure whos
   either side;
 * ``not measured yet``: the CSV is not in figures/; the reason names the command that makes it.
 
-Timings are judged on intervals, never on one number: the median of repeated, interleaved rounds with their
-min-max where the CSV has rounds, else the one value widened by ``NOISE`` (how far repeat runs of a timing moved
-between two paper-profile runs on this shared VM). A verdict is given only where the whole interval clears the
-tolerance's edge, which makes it robust to the run-to-run noise a single run cannot show.
-
-``table()`` runs every check; notebook 10 writes the result. No number of ours is typed here: each comes from
-a CSV in ``figures/`` (the ``paper`` profile's file when there is one, else the default profile's) or, for the
-network sizes, from ``parbp.nets``. The seed's numbers are typed, as the seed states them.
+Timings are judged on intervals: the median and min-max of interleaved rounds, else one value ± ``NOISE``; a
+verdict is given only where the whole interval clears the tolerance's edge. ``table()`` runs every check
+(notebook 10 writes it). Our numbers all come from ``figures/`` (the paper profile's CSV first) or
+``parbp.nets``; only the seeds' numbers are typed here.
 """
 from __future__ import annotations
 
@@ -407,14 +400,19 @@ def not_faster_than_theano(fig):
                    f"design, takes {t.loc[batch, 'threads'] / t.loc[batch, 'theano']:.2f}x Theano's time", f"{src1}, {src2}")
 
 
+def _hogwild(fig, per_run) -> tuple[pd.DataFrame, pd.Series, pd.Series, pd.Series, str]:
+    """Notebook 03's runs and ``per_run(runs)``: all of it, the synchronous run's, the Hogwild run's; the CSV."""
+    h, src = fig.read("03_hogwild", "03")
+    s = per_run(h)
+    sync, free = s[s.index.str.startswith("synchronous")], s[s.index.str.startswith("Hogwild")]
+    missing_if(sync.empty or free.empty, "synchronous and Hogwild runs", src, "03")
+    return h, s, sync, free, src
+
+
 def parallel_same_accuracy(fig):
     """The paper's pthreads sum the serial gradient's terms (equal by construction); the parallel version that can
     lose accuracy is the one without the barrier: lock-free threads against synchronous, same epochs and rate."""
-    h, src = fig.read("03_hogwild", "03")
-    last = h[h.epoch == h.epoch.max()].set_index("run").test_acc
-    sync = last[last.index.str.startswith("synchronous")]
-    lockfree = last[last.index.str.startswith("Hogwild")]
-    missing_if(sync.empty or lockfree.empty, "synchronous and Hogwild runs", src, "03")
+    h, _, sync, lockfree, src = _hogwild(fig, lambda h: h[h.epoch == h.epoch.max()].set_index("run").test_acc)
     ours = float(sync.iloc[0] - lockfree.iloc[0])
     verdict = "reproduced" if ours <= 0.005 else "differs"
     return Outcome(ours, verdict, f"{lockfree.index[0]} ends at {lockfree.iloc[0]:.4f}, synchronous at "
@@ -716,10 +714,16 @@ def _subset(fig) -> tuple[pd.DataFrame, str]:
     return fig.read("07_seed004_subset", "07", SEED004)
 
 
-def _to_threshold(runs: pd.DataFrame, threshold: float, column: str) -> pd.Series:
-    """Per run, the first ``column`` value (epoch or seconds) at which the validation loss is <= threshold."""
+def _threshold(runs: pd.DataFrame) -> float:
+    """A validation loss every run reaches: the subset run's best (where it stops improving), worst over seeds."""
+    return float(runs[runs.method == "subset SGD"].groupby("seed").val_loss.min().max())
+
+
+def _to_threshold(runs: pd.DataFrame, threshold: float, column: str) -> pd.DataFrame:
+    """Per method (columns) and seed, the first ``column`` value (epoch or seconds) at which the validation loss
+    is <= threshold."""
     hit = runs[runs.val_loss <= threshold].groupby(["method", "seed"])[column].min()
-    return hit.reindex(runs.groupby(["method", "seed"]).size().index)
+    return hit.reindex(runs.groupby(["method", "seed"]).size().index).unstack(0)
 
 
 def subset_vs_data_parallel(fig):
@@ -741,9 +745,8 @@ def epochs_to_converge(fig):
     """Epochs (and wall-clock) for the validation loss to reach a threshold every run reaches, set at the
     subset run's best loss (where it stops improving), so neither side's plateau decides it."""
     df, src = _subset(fig)
-    threshold = float(df[df.method == "subset SGD"].groupby("seed").val_loss.min().max())
-    epochs = _to_threshold(df, threshold, "epoch").unstack(0)
-    seconds = _to_threshold(df, threshold, "seconds").unstack(0)
+    threshold = _threshold(df)
+    epochs, seconds = _to_threshold(df, threshold, "epoch"), _to_threshold(df, threshold, "seconds")
     ratio = epochs["subset SGD"] / epochs["data parallel"]
     verdict, why = faster(float(ratio.median()), spread=repeats(ratio))
     return Outcome(float(ratio.median()), verdict, f"validation loss <= {threshold:.4f}: epochs subset SGD "
@@ -756,8 +759,8 @@ def wall_clock_to_converge(fig):
     """Data parallelism's W workers are not run here (2 cores): its time is that of one process doing all W
     workers' work, an upper bound. If the subset still takes longer, data parallelism wins at any speedup."""
     df, src = _subset(fig)
-    threshold = float(df[df.method == "subset SGD"].groupby("seed").val_loss.min().max())
-    seconds = _to_threshold(df, threshold, "seconds").unstack(0)
+    threshold = _threshold(df)
+    seconds = _to_threshold(df, threshold, "seconds")
     ratio = (seconds["subset SGD"] / seconds["data parallel"]).dropna()
     if ratio.empty:
         return Outcome(None, "differs", f"data parallelism never reached validation loss {threshold:.4f}", src)
@@ -872,10 +875,7 @@ def gradient_duplication(fig):
 def lock_free(fig):
     """Seed 002: within a machine, skip the locks. Lock-free threads (Hogwild) against synchronous SGD: time per
     epoch, same rate and epochs (accuracy: seed 001's claim)."""
-    h, src = fig.read("03_hogwild", "03")
-    s = h[h.epoch > 0].groupby("run").seconds.median()
-    sync, free = s[s.index.str.startswith("synchronous")], s[s.index.str.startswith("Hogwild")]
-    missing_if(sync.empty or free.empty, "synchronous and Hogwild runs", src, "03")
+    _, s, sync, free, src = _hogwild(fig, lambda h: h[h.epoch > 0].groupby("run").seconds.median())
     verdict, why = faster(float(sync.iloc[0] / free.iloc[0]))
     one = s[s.index.str.startswith("sequential")]  # the same microbatches on one worker: what the split costs
     if verdict != "reproduced" and len(one):
