@@ -175,8 +175,7 @@ def main(argv=None) -> int:
                         help="auto: build/executed/ if the last study left notebooks there, else notebooks/")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    index = build(args.out, args.source)
-    print(f"book: {index}")
+    print(f"book: {build(args.out, args.source)}")
     return 0
 
 
