@@ -6,31 +6,21 @@
     python -m parbp.study --force            # rerun everything (make study FORCE=1)
     python -m parbp.study --publish          # also figures/study_times_PROFILE.csv and the README's table
 
-Executed copies go to ``build/executed/`` (gitignored); the experiment notebooks write ``figures/``.
-A profile (``parbp.profiles``) maps notebook names to the papermill parameters that override the stored
-(quick) defaults, or to a list of such dicts to run one notebook several times (05 runs once per network
-and dataset); a notebook a profile does not name runs once with its stored defaults.
+Executed copies go to ``build/executed/``; the experiment notebooks write ``figures/``. A profile
+(``parbp.profiles``) maps notebook names to papermill parameters over the stored (quick) defaults, or to a
+list of them to run a notebook several times (05: once per network and dataset).
 
-**Reruns.** Beside each executed copy lies ``NAME.record.json``: what produced it, as hashes of the
-notebook's code (cell sources, not outputs), its parameters, the profile, the ``parbp`` source the notebooks
-can import (``notebook_modules``) and the files its parameters name
-(09 reads the network 08 trained). A run whose record matches is
-skipped and the log says so; anything else, a run that failed or was interrupted included (its record is
-removed before it starts and written only when it succeeds), runs again.
+**Reruns.** ``NAME.record.json`` beside each executed copy hashes what produced it: the notebook's cell
+sources, its parameters, the profile, the parbp modules the notebooks can reach (``notebook_modules``) and
+the files its parameters name (09 reads 08's network). A matching record skips the run; a failed or
+interrupted run has none (it is removed before the run and written when it succeeds), so it runs again.
+A notebook with a ``checkpoint_dir`` parameter (08) gets a folder under ``build/checkpoints/`` named after
+its record's hash, so an interrupted study resumes its training (``train.fit(..., resume=True)``); the
+folder goes when the run succeeds, or before it with ``--force``.
 
-**Resuming inside a notebook.** A notebook whose parameters include ``checkpoint_dir`` (08) is given a
-folder under ``build/checkpoints/`` named after the run and its record's hash; it checkpoints its long
-training there (``parbp.train.fit(..., checkpoint=..., resume=True)``), so an interrupted study picks up
-where the training stopped, and a change of code or parameters starts afresh in a new folder. The folder
-is deleted when the run succeeds, and before it starts with ``--force``.
-
-**Times.** Every run's seconds and the load average when it started go to
-``build/executed/study_times_PROFILE.csv``; with ``--publish`` (``make study``) also to
-``figures/study_times_PROFILE.csv``, with the machine and a total row, and as a table into the README between
-``<!-- BEGIN figures/study_times_PROFILE.csv -->`` and its END marker, where the README has them.
-
-**Failures** are reported as the notebook, the cell and the error (the executed copy keeps the full
-traceback); the other notebooks still run, and the exit status is 1.
+**Times** go to ``build/executed/study_times_PROFILE.csv``; with ``--publish`` also to ``figures/`` with the
+machine and a total row, and into the README between its ``<!-- BEGIN figures/study_times_PROFILE.csv -->``
+markers. **Failures** are reported by notebook, cell and error; the others still run; the exit status is 1.
 """
 from __future__ import annotations
 
