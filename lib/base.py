@@ -74,16 +74,7 @@ class Trainer:
     @params.setter
     def params(self, params) -> None:
         """Load parameters (e.g. a broadcast from rank 0); shapes must match the network."""
-        params = list(params)
-        if len(params) != len(self.sizes) - 1:
-            raise ValueError(f"expected {len(self.sizes) - 1} layers of (W, b), got {len(params)}")
-        cast = []
-        for l, (W, b) in enumerate(params):
-            shape = (self.sizes[l], self.sizes[l + 1])
-            if np.shape(W) != shape or np.shape(b) != (shape[1],):
-                raise ValueError(f"layer {l}: expected W{shape} and b({shape[1]},), got W{np.shape(W)} b{np.shape(b)}")
-            cast.append((np.array(W, dtype=self.dtype), np.array(b, dtype=self.dtype)))
-        self._set_params(cast)
+        self._set_params(self._check_layers(params, "W", "b"))
 
     def predict(self, X) -> np.ndarray:
         return self._predict(self._check_X(X))
@@ -112,6 +103,18 @@ class Trainer:
         return f"<{self.name} {'-'.join(map(str, self.sizes))} {self.dtype}{opts}>"
 
     # -- shared checks -------------------------------------------------------------------------
+    def _check_layers(self, layers, w: str, b: str, cast=np.array) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``layers`` shaped like the parameters, [(``w``, ``b``), ...], each array ``cast`` to this dtype
+        (``np.array`` copies); a ValueError names the layer that does not fit."""
+        layers = list(layers)
+        if len(layers) != len(self.sizes) - 1:
+            raise ValueError(f"expected {len(self.sizes) - 1} layers of ({w}, {b}), got {len(layers)}")
+        for l, (W, B) in enumerate(layers):
+            shape = (self.sizes[l], self.sizes[l + 1])
+            if np.shape(W) != shape or np.shape(B) != (shape[1],):
+                raise ValueError(f"layer {l}: expected {w}{shape} and {b}({shape[1]},), got {w}{np.shape(W)} {b}{np.shape(B)}")
+        return [(cast(W, dtype=self.dtype), cast(B, dtype=self.dtype)) for W, B in layers]
+
     def _check_X(self, X) -> np.ndarray:
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_in:

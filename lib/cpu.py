@@ -275,17 +275,6 @@ class _ParamsTrainer(Trainer):
             W[...] = W_new
             b[...] = b_new
 
-    def _check_grads(self, grads):
-        grads = list(grads)
-        if len(grads) != len(self.W):
-            raise ValueError(f"expected {len(self.W)} layers of (dW, db), got {len(grads)}")
-        out = []
-        for l, ((gW, gb), W, b) in enumerate(zip(grads, self.W, self.b)):
-            if np.shape(gW) != W.shape or np.shape(gb) != b.shape:
-                raise ValueError(f"layer {l}: expected dW{W.shape} and db{b.shape}, got dW{np.shape(gW)} db{np.shape(gb)}")
-            out.append((np.ascontiguousarray(gW, dtype=self.dtype), np.ascontiguousarray(gb, dtype=self.dtype)))
-        return out
-
 
 class SerialExampleTrainer(_ParamsTrainer):
     """Seed 001's serial algorithm: a numba loop over the examples, matrix-vector products only."""
@@ -477,7 +466,7 @@ class MatrixTrainer(_ParamsTrainer):
         return sse / B, grads
 
     def _apply_gradients(self, grads, lr):
-        grads = self._check_grads(grads)
+        grads = self._check_layers(grads, "dW", "db", np.ascontiguousarray)
         lr = self.dtype.type(lr)
         parts = self.groups if self._pool is not None else 1
 
