@@ -117,13 +117,9 @@ class _Sgemm:
 
 
 class _Independent:
-    """``workers`` one-thread copies of a kernel at once, each on its own arrays, in its own thread.
-
-    They share nothing but the machine (caches, memory bandwidth, clock), so their parallel efficiency
-    (one copy's time ÷ the time of ``workers`` copies at once) is this machine's ceiling for any
-    program. Two kernels bound it from both sides: "sgemm", an n×n matmul (compute-bound), and
-    "stream", ``a + 1`` over STREAM_MB-sized arrays (memory-bound). A trainer's step mixes both.
-    """
+    """``workers`` one-thread copies of a kernel at once, each on its own arrays and thread: sharing only the
+    machine, their parallel efficiency is its ceiling for any program, compute-bound ("sgemm", an n×n matmul)
+    or memory-bound ("stream", ``a + 1`` over STREAM_MB-sized arrays). A trainer's step mixes both."""
 
     def __init__(self, workers, kind, n=SGEMM_N):
         from concurrent.futures import ThreadPoolExecutor
@@ -208,14 +204,10 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
         dtype: str = "float32", device: str = "cpu", repeats: int = 7, warmup: int = 2,
         progress=None, sgemm_n: int = SGEMM_N, compare_torch: bool = True, rewarm_s: float = REWARM_S,
         **options) -> pd.DataFrame:
-    """Time every (impl, net, batch, threads) side by side; one row each, columns ``COLUMNS``.
-
-    impls that take no ``threads`` option run once, at threads=1 (BLAS pinned to one thread).
-    Unless ``compare_torch=False``, "torch" is timed as well (at each thread count and batch) so
-    ``vs_torch`` is measured in the same run; its rows are returned only if it was asked for.
-    Trainers that cannot run here are left out, with the reason sent to ``progress`` (a print-like
-    callable; None is silent). ``options`` go to every trainer that accepts them.
-    """
+    """Time every (impl, net, batch, threads) side by side; one row each, columns ``COLUMNS``. Trainers without
+    a ``threads`` option run at 1; "torch" is timed beside them for ``vs_torch`` unless ``compare_torch=False``
+    (its rows returned only if asked for); trainers that cannot run here are left out, the reason sent to
+    ``progress`` (print-like; None is silent). ``options`` go to every trainer that accepts them."""
     impls, nets, batches, threads = list(impls), list(nets), [int(b) for b in batches], [int(t) for t in threads]
     if not impls:
         raise ValueError("no implementations to benchmark")
@@ -355,14 +347,9 @@ class _RowsTimesWeights:
 
 def gemm_fixed_cost(rows=(10, 25, 50, 100, 200, 400), n: int = 1024, repeats: int = 7,
                     backend: str = "openblas") -> tuple[pd.DataFrame, dict]:
-    """How a one-thread GEMM's time grows with the rows of its left operand: (table, linear fit).
-
-    A worker that takes B/p examples multiplies a (B/p × n) block by the whole n × n weight matrix.
-    BLAS first packs that matrix into its blocked layout, a cost that does not shrink with the rows,
-    so t(rows) ≈ fixed + per_row·rows, and splitting the examples p ways pays ``fixed`` p times.
-    The fit (least squares over ``rows``) returns ``fixed_ms`` and ``per_row_ms``; ``backend`` is the
-    BLAS (``parbp.blas.BACKENDS``).
-    """
+    """How a one-thread GEMM's time grows with the rows of its left operand, (rows × n)·(n × n): (table, least
+    squares fit t ≈ fixed_ms + per_row_ms·rows). BLAS packs the whole weight matrix whatever the rows, so
+    splitting the examples p ways pays ``fixed`` p times. ``backend``: ``parbp.blas.BACKENDS``."""
     rows = [int(r) for r in rows]
     if len(rows) < 2 or min(rows) < 1:
         raise ValueError(f"rows needs at least two positive sizes to fit a line, got {rows}")

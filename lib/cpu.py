@@ -183,13 +183,9 @@ def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
 
 @numba.njit(**_JIT)
 def example_gradients(Ws, bs, gWs, gbs, acts, deltas, X, Y, scale):
-    """The gradient of seed 001's serial backpropagation over the rows of X; returns Σ(a_L − y)².
-
-    For each example: forward with matrix-vector products (eqs. 4-5), then backward (eqs. 7-9),
-    adding its outer products a_{l-1} δ_lᵀ into the gradient accumulators ``gWs``, ``gbs``.
-    ``acts[l]`` and ``deltas[l]`` are vectors of one example; every loop runs along a row of W.
-    The weights are only read, so threads may run it on their own examples at once (the paper's design).
-    """
+    """Seed 001's serial backpropagation over the rows of X, example by example (matrix-vector forward, eqs.
+    4-5; backward, eqs. 7-9), its outer products summed into ``gWs``, ``gbs``; returns Σ(a_L − y)². The weights
+    are only read, so threads may run it on their own examples at once (the paper's design)."""
     L = len(Ws)
     for l in range(L):
         gWs[l][:] = 0
@@ -517,14 +513,9 @@ class BlasParallelTrainer(MatrixTrainer):
 
 
 class HybridTrainer(MatrixTrainer):
-    """``threads`` threads in all: the examples split across ``groups`` workers, each running its matrix
-    products on ``threads // groups`` BLAS threads. ``groups=None`` picks 2 groups when ``threads`` is
-    even, else 1 (pure BLAS parallelism), so ``threads`` means the same as for the other trainers.
-    ``update`` shares the update among the groups as for ``threads``.
-
-    Note: OpenBLAS serializes multi-threaded GEMMs issued by different threads at once (one
-    level-3 lock), so with OpenBLAS, groups overlap only outside their GEMMs when each has > 1 thread.
-    """
+    """``threads`` threads in all: the examples split across ``groups`` workers (None: 2 when ``threads`` is
+    even, else 1), each with ``threads // groups`` BLAS threads; ``update`` as for ``threads``. OpenBLAS
+    serializes multi-threaded GEMMs from several threads, so such groups overlap only outside their GEMMs."""
 
     name = "hybrid"
     options = {"threads": CORES, "groups": None, "update": "rows"}
@@ -540,15 +531,10 @@ class HybridTrainer(MatrixTrainer):
 
 
 class HogwildTrainer(MatrixTrainer):
-    """Lock-free asynchronous SGD on one node (Hogwild!, seed 002).
-
-    Each of ``threads`` workers takes its share of the minibatch and walks through it ``microbatch``
-    examples at a time: forward and backward with the weights as it finds them, then an immediate
-    in-place update of the shared weights, with no lock and no barrier between workers, so a worker
-    may read weights another is halfway through writing. Each microbatch update uses ``lr/B`` per
-    example, so with one worker and ``microbatch = B`` a step equals synchronous SGD; the workers
-    meet only when ``step`` returns. The returned loss is measured on the weights each microbatch saw.
-    """
+    """Lock-free asynchronous SGD on one node (Hogwild!, seed 002): each of ``threads`` workers walks its share
+    of the minibatch ``microbatch`` examples at a time, updating the shared weights at once, with no lock or
+    barrier (lr/B per example: one worker with ``microbatch = B`` is synchronous SGD). The loss returned is
+    measured on the weights each microbatch saw."""
 
     name = "hogwild"
     exact = False

@@ -414,14 +414,9 @@ def _kdd_numeric_columns(encoding: str) -> np.ndarray:
 
 
 def load(name: str, **kwargs) -> Dataset:
-    """Load a dataset by name: "mnist", "fashion-mnist" or "kddcup99".
-
-    kddcup99 takes ``subset="10percent"`` (494,021 rows, default) or ``"full"`` (4,898,431 rows),
-    ``encoding="onehot"`` (default: 38 numeric + 84 indicator columns = 122 inputs) or ``"ordinal"``
-    (the 41 raw features, categories as integer codes), and the split ``seed``.
-    One-hot is the default because an MLP would otherwise read an order into service names; the paper's
-    42-unit input layer matches the 41 features plus a bias/label column of the raw file.
-    """
+    """Load a dataset by name: "mnist", "fashion-mnist" or "kddcup99". kddcup99 takes ``subset`` ("10percent",
+    the default, or "full"), ``encoding`` ("onehot", the default: 122 inputs, so an MLP reads no order into
+    service names; or "ordinal": the paper's 41 raw features) and the split ``seed``."""
     if check_choice("dataset", name, NAMES, unknown=True) == "kddcup99":
         return _load_kdd(**kwargs)
     if kwargs:

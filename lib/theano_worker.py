@@ -81,13 +81,9 @@ def read_message(stream):
 
 # -- the graph -------------------------------------------------------------------------------------
 class SGDGraph:
-    """The study's network as Theano-API graphs: sigmoid layers, MSE loss, plain SGD.
-
-    ``theano`` is the library module (``theano`` or ``pytensor``), ``T`` its tensor module and
-    ``sigmoid`` its sigmoid op. Parameters live in shared variables; one SGD step is a single
-    compiled function whose updates rewrite them in place, as a Theano user would write it:
-        loss = 1/B Σ ||Y - A_L||²,   grads = T.grad(loss, params),   p <- p - lr * g
-    """
+    """The study's network as Theano-API graphs (``theano`` or ``pytensor``, its tensor module ``T`` and sigmoid
+    op): shared parameters, and one compiled SGD step whose updates rewrite them in place, as a Theano user
+    would write it: loss = 1/B Σ ||Y - A_L||², grads = T.grad(loss, params), p <- p - lr * g."""
 
     def __init__(self, theano, T, sigmoid, params, dtype: str, mode=None):
         self.theano, self.T, self.mode = theano, T, mode
@@ -143,13 +139,9 @@ def bundled_openblas():
 
 
 def blas_ldflags(choice: str) -> str:
-    """Theano's ``blas__ldflags`` for a BLAS choice.
-
-    "numpy": empty flags, so Theano calls BLAS through numpy's C API; it works everywhere, but its GEMM
-    with a transposed operand (the weight-gradient update X^T Δ) is slow. "openblas": link the compiled
-    graph against the OpenBLAS bundled in scipy's wheel, as a Theano install with a real BLAS would be
-    (6x faster at batch 10 here). "auto": "openblas" where that library exists, else "numpy".
-    """
+    """Theano's ``blas__ldflags`` for a BLAS choice: "numpy", none (BLAS through numpy's C API: slow for the
+    transposed GEMM of the update); "openblas", scipy's bundled OpenBLAS linked in as a real Theano install
+    would (6x faster at batch 10 here); "auto", "openblas" where it exists, else "numpy"."""
     if choice not in BLAS_CHOICES:
         raise ValueError(f"blas must be one of {BLAS_CHOICES}, got {choice!r}")
     lib = None if choice == "numpy" else bundled_openblas()
