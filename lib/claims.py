@@ -62,22 +62,13 @@ class Figures:
     def __init__(self, root: Path | str = FIGURES):
         self.root = Path(root)
 
-    def path(self, stem: str, notebook: str) -> Path:
+    def read(self, stem: str, notebook: str, command: str | None = None) -> tuple[pd.DataFrame, str]:
+        """The CSV and its name; a missing one's message names ``command`` (an experiment's, not the study's)."""
         for name in [f"{stem}_{label}.csv" for label in LABELS] + [f"{stem}.csv"]:
             if (self.root / name).exists():
-                return self.root / name
-        raise Missing(f"not measured yet: no figures/{stem}_{{paper,full}}.csv; run {STUDY.format(nb=notebook)}")
-
-    def read(self, stem: str, notebook: str, command: str | None = None) -> tuple[pd.DataFrame, str]:
-        """The CSV and its name; ``command`` (when the CSV comes from an experiment, not the study) is what
-        a missing one's message names."""
-        try:
-            path = self.path(stem, notebook)
-        except Missing:
-            if command is None:
-                raise
-            raise Missing(f"not measured yet: no figures/{stem}.csv; run {command}") from None
-        return pd.read_csv(path), f"figures/{path.name}"
+                return pd.read_csv(self.root / name), f"figures/{name}"
+        raise Missing(f"not measured yet: no figures/{stem}.csv; run {command}" if command else
+                      f"not measured yet: no figures/{stem}_{{paper,full}}.csv; run {STUDY.format(nb=notebook)}")
 
 
 @dataclass

@@ -5,10 +5,9 @@
     python -m parbp.gpu_campaign --payload build/gpu-payload    (make gpu-payload) builds what travels beside
                                                                 the tree, then measures the trip: > 64 MiB fails
 
-The GPU this study can expect is lent for a quarter of an hour with no network, so the campaign is one
-command that needs nothing from outside the tree and the payload (``make gpu-payload``), and every step
-runs in its own process under its own time limit, inside one overall limit (``LIMIT_S``): a step that
-hangs costs its own share, not the rerun. Into OUT it writes
+The GPU is lent for a quarter of an hour with no network: one command needing only the tree and the payload,
+each step in its own process under its own limit inside ``LIMIT_S`` (a hung step costs its share, not the
+rerun). Into OUT it writes
 
   machine.json    the machine (``parbp.envinfo.summary``, nvidia-smi) and where parbp was imported from
   tests.log       tests/test_cuda.py and tests/test_cupy.py, on the GPU (the simulator off)
