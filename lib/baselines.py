@@ -232,10 +232,8 @@ class TheanoTrainer(_Library):
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
         self._stderr = tempfile.TemporaryFile()  # Theano is chatty; kept for error messages
-        self._proc = subprocess.Popen(
-            [str(theano_python()), "-u", theano_worker.__file__], env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-        )
+        self._proc = subprocess.Popen([str(theano_python()), "-u", theano_worker.__file__], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         # kill the worker when this trainer is garbage collected or the interpreter exits
         self._finalizer = weakref.finalize(self, _stop_worker, self._proc)
         try:

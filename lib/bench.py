@@ -77,9 +77,7 @@ def takes_threads(impl: str) -> bool:
     return "threads" in trainers.get(variant(impl)[0]).options
 
 
-# ---------------------------------------------------------------------------------------------------
-# What one sample times
-# ---------------------------------------------------------------------------------------------------
+# -- What one sample times -------------------------------------------------------------------------
 class _Sgemm:
     """A product of two n×n float32 matrices at a given number of threads, by one library: numpy's
     matmul (OpenBLAS), PyTorch's (the MKL linked into it) or MKL's through ``parbp.blas``."""
@@ -190,9 +188,7 @@ def _time_side_by_side(fns: list, repeats: int, warmup: int, rewarm_s: float = R
     return side_by_side(fns, repeats, warmup, MIN_SAMPLE_S, rewarm_s, MAX_CONFIG_S)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The Python API
-# ---------------------------------------------------------------------------------------------------
+# -- The Python API --------------------------------------------------------------------------------
 def sgemm_gflops(threads: int = 1, n: int = SGEMM_N, repeats: int = 5, device: str = "cpu",
                  library: str = "numpy") -> float:
     """This machine's float32 GEMM speed through ``library`` (``SGEMM_LIBRARIES``): n×n matrices, median of ``repeats``."""
@@ -364,9 +360,7 @@ def gemm_fixed_cost(rows=(10, 25, 50, 100, 200, 400), n: int = 1024, repeats: in
                                            "backend": backend}
 
 
-# ---------------------------------------------------------------------------------------------------
-# The command line
-# ---------------------------------------------------------------------------------------------------
+# -- The command line ------------------------------------------------------------------------------
 def with_environment(df: pd.DataFrame) -> pd.DataFrame:
     """The table with the machine it ran on (parbp.envinfo) as constant ``env_*`` columns."""
     from threadpoolctl import threadpool_info

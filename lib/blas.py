@@ -75,9 +75,7 @@ def gemm_into(A, B, out, trans_a=False, trans_b=False, backend="openblas"):
     np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The weight update as one GEMM
-# ---------------------------------------------------------------------------------------------------
+# -- The weight update as one GEMM -----------------------------------------------------------------
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # (symbol, integer type) by BLAS build: numpy's wheels (ILP64 OpenBLAS with scipy_ prefix and 64_ suffix),
 # other ILP64 builds, and the plain LP64 CBLAS of conda-forge, MKL or a system OpenBLAS.
@@ -161,9 +159,7 @@ def gemm_update(A, D, W, lr, backend="openblas"):
     axpy(W, G, W.dtype.type(lr))
 
 
-# ---------------------------------------------------------------------------------------------------
-# MKL, when the optional wheel is installed
-# ---------------------------------------------------------------------------------------------------
+# -- MKL, when the optional wheel is installed -----------------------------------------------------
 _MKL_THREADING = {"sequential": 1}  # MKL_Set_Threading_Layer's code
 _MKL_LP64 = 0
 
@@ -232,9 +228,7 @@ def library(backend: str) -> str:
     return "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip() for i in info)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Which backend, decided on this machine by timing a step's GEMMs with each
-# ---------------------------------------------------------------------------------------------------
+# -- Which backend, decided on this machine by timing a step's GEMMs with each ---------------------
 CHOICE_FILE = BUILD / "blas_choice.json"
 CHOICE_ROWS = (10, 100, 1000)  # examples per worker at which the step's GEMMs are timed
 CHOICE_SIZES = (784, 1024, 1024, 10)  # Net-2h on MNIST, the study's main network

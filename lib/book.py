@@ -4,11 +4,9 @@ and a gallery of the committed figures. Works offline.
     python -m parbp.book                     # build/book/index.html from the last `make study`
     python -m parbp.book --source stored     # from the notebooks as stored in notebooks/ only
 
-Why nbconvert and not Jupyter Book: the notebooks are already executed (by ``make study`` or as stored), so
-the book only has to render them; nbconvert does that with what JupyterLab already installs, needs no build
-configuration, and with a local MathJax (``jupyter-server-mathjax``) and no require.js/widget CDN scripts the
-pages load nothing from the network. Figures in outputs are embedded as data URIs; the gallery copies the
-PNGs of ``figures/`` beside the pages.
+nbconvert, not Jupyter Book: the notebooks are already executed, so rendering is all, with what JupyterLab
+installs; a local MathJax and no CDN scripts let the pages load nothing from the network. Output figures are
+embedded as data URIs; the gallery copies ``figures/``' PNGs beside the pages.
 """
 from __future__ import annotations
 

@@ -86,8 +86,7 @@ def _params(arrays: dict[str, np.ndarray], path) -> list[tuple[np.ndarray, np.nd
         raise CheckpointError(f"{path} lacks array {e.args[0]}; it was not loaded") from None
 
 
-# --------------------------------------------------------------------------------------------
-# Training checkpoints
+# -- Training checkpoints --------------------------------------------------------------------------
 
 
 def save(path, params, state: dict) -> Path:
@@ -131,8 +130,7 @@ def rng_from_state(state: dict) -> np.random.Generator:
     return np.random.Generator(bitgen)
 
 
-# --------------------------------------------------------------------------------------------
-# Saved networks (a trained model handed from one notebook to another)
+# -- Saved networks (a trained model handed from one notebook to another) --------------------------
 
 
 def save_params(path, params, meta: dict) -> Path:

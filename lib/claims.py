@@ -146,8 +146,7 @@ def faster(ratio: float, noise: float = NOISE, spread: Interval | None = None) -
     return verdict, f"ratio {iv} against > {1 + MARGIN:.2f}: {what}"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# seeds 000 (slides) and 001 (paper): the network sizes, threads, BLAS, CUDA, Theano
+# -- seeds 000 (slides) and 001 (paper): the network sizes, threads, BLAS, CUDA, Theano ------------
 
 
 def n_params(net: str, claimed: float) -> Callable[[Figures], Outcome]:
@@ -422,8 +421,7 @@ def kdd_full_set(fig):
                    "example compare; per-epoch times and accuracies do not", src)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# seed 003: the two tables
+# -- seed 003: the two tables ----------------------------------------------------------------------
 
 
 def _seed003(fig) -> tuple[pd.Series, pd.DataFrame, str]:
@@ -680,8 +678,7 @@ def seed003_cpu(fig):
     return Outcome(ours, "reproduced" if grows else "differs", why, src)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# seed 004 (data vs model parallelism) and seed 002 (CMU lecture: compression, memory, lock-free threads)
+# -- seed 004 (data vs model parallelism) and seed 002 (CMU lecture: compression, memory, lock-free threads) ---
 
 
 def scheme_faster(prefix: str) -> Callable[[Figures], Outcome]:

@@ -7,12 +7,9 @@
     hybrid           examples split across groups, BLAS threads inside each group (seed 000's future work)
     hogwild          lock-free asynchronous SGD (seed 002): p workers update the shared weights with no barrier
 
-Everything that is not a matrix product runs in small fused numba kernels (bias + sigmoid, the deltas, the
-bias gradient), so a step makes no temporaries and touches each activation once. The matrix products go to
-BLAS (``parbp.blas``: numpy's OpenBLAS, or MKL where this machine's measurements chose it for the
-step's shapes), transposed operands passed as views (BLAS takes them as flags, nothing is copied) and
-every output written in place; the weight update W ← W − lr·AᵀΔ is itself one GEMM (beta = 1),
-so the gradient is never stored.
+What is not a matrix product runs in small fused numba kernels, so a step makes no temporaries and touches
+each activation once; the products go to BLAS (``parbp.blas``), transposed operands as views and outputs in
+place, the update W ← W − lr·AᵀΔ itself one GEMM (beta = 1), so the gradient is never stored.
 """
 from __future__ import annotations
 
@@ -39,9 +36,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (o
 # branch inside the loops, which is what lets LLVM vectorize them. fastmath: reassociate reductions.
 _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
-# ---------------------------------------------------------------------------------------------------
-# Elementwise kernels
-# ---------------------------------------------------------------------------------------------------
+# -- Elementwise kernels ---------------------------------------------------------------------------
 @intrinsic
 def _float32_from_bits(typingctx, bits):
     """Reinterpret the low 32 bits of an integer as a float32 (how 2**n is built without a libm call)."""
@@ -163,9 +158,7 @@ def reduce_update(W, partials, lr, r0, r1):
                 W[i, j] -= lr * partials[k, i, j]
 
 
-# ---------------------------------------------------------------------------------------------------
-# The paper's serial algorithm: one example at a time
-# ---------------------------------------------------------------------------------------------------
+# -- The paper's serial algorithm: one example at a time -------------------------------------------
 @numba.njit(**_JIT)
 def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
     """One minibatch step of seed 001's serial backpropagation; returns Σ(a_L − y)² over the minibatch:
@@ -223,9 +216,7 @@ def example_gradients(Ws, bs, gWs, gbs, acts, deltas, X, Y, scale):
     return sse
 
 
-# ---------------------------------------------------------------------------------------------------
-# Trainers
-# ---------------------------------------------------------------------------------------------------
+# -- Trainers --------------------------------------------------------------------------------------
 def forward_matrix(Ws, bs, X, chunk=4096):
     """Output activations for many rows (predict), a chunk of rows at a time to bound memory."""
     out = np.empty((X.shape[0], Ws[-1].shape[1]), dtype=X.dtype)

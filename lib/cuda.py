@@ -51,10 +51,8 @@ def check_layout(tile: int, reg_block: int, dtype="float32") -> tuple[int, int]:
     check_choice("reg_block", reg_block, REG_BLOCKS)
     shared = shared_bytes(tile, reg_block, dtype)
     if shared > MAX_SHARED:
-        raise ValueError(
-            f"tile={tile}, reg_block={reg_block} in {np.dtype(dtype)} needs {shared} bytes of shared memory per "
-            f"block, more than the {MAX_SHARED} every GPU grants; use a smaller tile or reg_block"
-        )
+        raise ValueError(f"tile={tile}, reg_block={reg_block} in {np.dtype(dtype)} needs {shared} bytes of shared "
+                         f"memory per block, more than the {MAX_SHARED} every GPU grants; use a smaller tile or reg_block")
     return tile, reg_block
 
 
@@ -63,9 +61,7 @@ def shared_bytes(tile: int, reg_block: int, dtype="float32") -> int:
     return 2 * tile * (tile * reg_block + 1) * np.dtype(dtype).itemsize
 
 
-# ---------------------------------------------------------------------------------------------------
-# Kernel 1, 3 and 5: one tiled matrix product, three epilogues
-# ---------------------------------------------------------------------------------------------------
+# -- Kernel 1, 3 and 5: one tiled matrix product, three epilogues ----------------------------------
 FORWARD, DELTA, UPDATE = "forward", "delta", "update"
 
 
@@ -241,9 +237,7 @@ def _check_shapes(kernel, **arrays):
                 raise ValueError(f"{kernel}: {name} has shape {arr.shape}, which disagrees with {seen[d][1]}")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Kernels 2 and 4: elementwise
-# ---------------------------------------------------------------------------------------------------
+# -- Kernels 2 and 4: elementwise ------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _elementwise_kernels(dtype: str):
     ONE = np.dtype(dtype).type(1)
@@ -358,9 +352,7 @@ def check_kernels(batch: int = 7, n_in: int = 37, n_out: int = 53, layouts=((8, 
     return pd.DataFrame(rows, columns=["kernel", "config", "max |error|", "max |value|"])
 
 
-# ---------------------------------------------------------------------------------------------------
-# The trainer
-# ---------------------------------------------------------------------------------------------------
+# -- The trainer -----------------------------------------------------------------------------------
 def split_for(n_in: int, n_out: int, batch: int, tile: int, reg_block: int, sms: int) -> int:
     """How many chunks of the batch the update splits into: about 8 blocks per multiprocessor (the last,
     partial wave of blocks then costs little), each chunk at least 8 tiles of examples deep (the atomic adds
@@ -420,10 +412,8 @@ class NumbaCudaTrainer(Trainer):
     def __init__(self, *args, simulator: bool = False, **kwargs):
         if simulator:
             if not simulator_enabled():
-                raise TrainerUnavailable(
-                    "simulator=True needs numba's CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 before numba is "
-                    "first imported (this process has numba on the real CUDA target)"
-                )
+                raise TrainerUnavailable("simulator=True needs numba's CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 before "
+                                         "numba is first imported (this process has numba on the real CUDA target)")
             # Asked for by name, the simulator stands in for the GPU: shadow the class-level check.
             self.availability = lambda: (True, "")
         super().__init__(*args, simulator=bool(simulator), **kwargs)
@@ -443,11 +433,8 @@ class NumbaCudaTrainer(Trainer):
             "Y": cuda.device_array((B, self.n_out), self.dtype),
             "D": [None] + [cuda.device_array((B, n), self.dtype) for n in self.sizes[1:]],
             "partials": cuda.device_array(reduce_blocks(B, self.n_out), np.float64),
-            "split": [
-                1 if not self._sms else split_for(n_in, n_out, B, self.tile, self.reg_block, self._sms)
-                for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])
-            ],
-        }
+            "split": [1 if not self._sms else split_for(n_in, n_out, B, self.tile, self.reg_block, self._sms)
+                      for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])]}
 
     def _forward(self, X) -> dict:
         buf = self._batch_buffers(X.shape[0])

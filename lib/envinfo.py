@@ -45,10 +45,8 @@ def blas() -> list[dict]:
     """The BLAS/OpenMP libraries numpy (and friends) loaded, with their thread counts (threadpoolctl)."""
     import numpy  # noqa: F401  (loads numpy's BLAS so threadpoolctl can see it)
 
-    return [
-        {k: lib.get(k) for k in ("user_api", "internal_api", "version", "architecture", "num_threads", "filepath")}
-        for lib in threadpool_info()
-    ]
+    keys = ("user_api", "internal_api", "version", "architecture", "num_threads", "filepath")
+    return [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
 
 
 def gpu() -> str:

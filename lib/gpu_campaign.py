@@ -68,9 +68,7 @@ DRY = Plan(nets=[[9, 7]], gpu_batches=[8], cpu_batches=[8],  # a simulated step:
            limits={"tests": 150, "kernels": 120, "bench": 240})
 
 
-# ---------------------------------------------------------------------------------------------------
-# What travels
-# ---------------------------------------------------------------------------------------------------
+# -- What travels ----------------------------------------------------------------------------------
 def travel_bytes(carry=(), root: Path = Path(".")) -> dict:
     """Bytes that a trip to the GPU machine takes: the tree (tracked and untracked-not-ignored files) and each
     carried path."""
@@ -117,9 +115,7 @@ def measure(carry) -> int:
     return 0 if fits else 1
 
 
-# ---------------------------------------------------------------------------------------------------
-# The steps (each run in its own process by ``campaign``)
-# ---------------------------------------------------------------------------------------------------
+# -- The steps (each run in its own process by ``campaign``) ---------------------------------------
 def machine(out: Path, plan: Plan) -> None:
     import parbp
     from parbp import envinfo
@@ -181,9 +177,7 @@ def bench(out: Path, plan: Plan) -> None:
 STEPS = {"machine": machine, "kernels": kernels, "bench": bench, "tests": None}
 
 
-# ---------------------------------------------------------------------------------------------------
-# The campaign
-# ---------------------------------------------------------------------------------------------------
+# -- The campaign ----------------------------------------------------------------------------------
 def campaign(out: Path, dry_run: bool = False, limit_s: float = LIMIT_S) -> int:
     """Every step in its own process, from the repository root (the working directory: the tests live
     there), each under min(its limit, what is left of ``limit_s``); returns how many steps failed."""
