@@ -25,7 +25,20 @@ class TrainerUnavailable(RuntimeError):
     """This trainer cannot run on this machine (no GPU, a missing package, ...); the message says why."""
 
 
-class Trainer:
+class Closing:
+    """What holds workers, devices, subprocesses or namespaces until ``close``; ``with`` closes it."""
+
+    def close(self) -> None:
+        """Release what it holds (nothing, unless a subclass says otherwise)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Trainer(Closing):
     name = "abstract"
     #: accepted keyword options and their defaults, e.g. {"threads": 1}
     options: dict = {}
@@ -88,15 +101,6 @@ class Trainer:
     def apply_gradients(self, grads, lr) -> None:
         """``W -= lr * dW`` for every layer, with gradients shaped like ``params``."""
         self._apply_gradients(grads, float(lr))
-
-    def close(self) -> None:
-        """Release workers, devices or subprocesses (a no-op for most trainers)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __repr__(self):
         opts = "".join(f", {k}={v!r}" for k, v in self.opts.items())

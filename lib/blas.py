@@ -3,7 +3,7 @@
     gemm_into(A, B, out)        out ← op(A)·op(B)             written in place
     gemm_update(A, D, W, lr)    W ← W − lr·AᵀD                one GEMM with beta = 1: the weight update
     axpy(W, G, lr)              W ← W − lr·G                  an update from a gradient already summed
-    backend_for(rows, threads)  "openblas" or "mkl": the one measured fastest here for a step's GEMMs
+    decide(rows, threads)       ("openblas" or "mkl", why): the one measured fastest here for a step's GEMMs
 
 Each library through its own CBLAS. MKL (``pip install parbp[mkl]``) is loaded privately and sequential: it
 may serve the one-thread products (the ``threads`` workers among them), OpenBLAS the multi-threaded ones.
@@ -361,15 +361,10 @@ def forced_backend() -> str | None:
     raise ValueError(f"PARBP_BLAS={forced!r}: expected one of auto, {', '.join(BACKENDS)}")
 
 
-def backend_for(rows: int, threads: int = 1) -> str:
-    """The backend for GEMMs over ``rows`` examples at ``threads`` BLAS threads: OpenBLAS for more than
-    one thread; else ``PARBP_BLAS`` if set, OpenBLAS if it is the only one, else this machine's measured
-    choice for the nearest measured case."""
-    return decide(rows, threads)[0]
-
-
 def decide(rows: int, threads: int = 1) -> tuple[str, str]:
-    """(backend, the reason) for ``backend_for``: what a result records beside its timings."""
+    """(backend, the reason: what a result records beside its timings) for GEMMs over ``rows`` examples at
+    ``threads`` BLAS threads: OpenBLAS for more than one thread; else ``PARBP_BLAS`` if set, OpenBLAS if it is
+    the only one, else this machine's measured choice for the nearest measured case."""
     return _decide(int(rows), int(threads), os.environ.get("PARBP_BLAS"))
 
 

@@ -120,10 +120,6 @@ def data_fingerprint(dataset) -> dict:
             "n_test": len(getattr(dataset, "X_test", ())), "train_blake2b": h.hexdigest()}
 
 
-def rng_state(rng: np.random.Generator) -> dict:
-    return rng.bit_generator.state
-
-
 def rng_from_state(state: dict) -> np.random.Generator:
     bitgen = getattr(np.random, state["bit_generator"])()
     bitgen.state = state

@@ -389,12 +389,9 @@ def launch_geometry(sizes, batch: int, tile: int = 16, reg_block: int = 4, sms: 
 
 
 class NumbaCudaTrainer(Trainer):
-    """The paper's five kernels (see the module docstring), float32 by default.
-
-    Options: ``tile`` (threads per block edge and shared tile depth, one of TILES), ``reg_block``
-    (outputs per thread along each axis, one of REG_BLOCKS; 1 is the paper's kernel) and ``simulator``
-    (run on numba's CUDA simulator, which must already be enabled; for tests and the notebook only).
-    """
+    """The paper's five kernels (see the module docstring), float32 by default. Options: ``tile`` (TILES),
+    ``reg_block`` (REG_BLOCKS; 1 is the paper's kernel), ``simulator`` (run on numba's CUDA simulator, already
+    enabled: for tests and the notebook only)."""
 
     name = "numba-cuda"
     device, family = "gpu", "cuda"

@@ -109,7 +109,7 @@ def fit(trainer: Trainer, dataset, epochs: int, batch_size: int, lr: float, lr_d
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", val_acc=f"{history[-1]['val_acc']:.4f}")
         if checkpoint is not None:
             ckpt.save(checkpoint, trainer.params, {"identity": identity, "epoch": epoch, "history": history,
-                                                   "rng": ckpt.rng_state(rng)})
+                                                   "rng": rng.bit_generator.state})
     bar.close()
     return pd.DataFrame(history)
 
