@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .cli import check_choice
 from .results import BUILD, FIGURES, NOTEBOOKS, ROOT
+from .study import EXECUTED, notebooks as numbered
 
-EXECUTED = BUILD / "executed"
 OUT = BUILD / "book"
 SOURCES = ("auto", "executed", "stored")
 
@@ -58,8 +58,7 @@ def sources(source: str = "auto") -> list[Path]:
     """The notebooks to render. ``auto``: each notebook's executed copies from the last study
     (``build/executed/``; 05 has one per run) where there are any, else the stored notebook."""
     check_choice("source", source, SOURCES, unknown=True)
-    stored = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    executed = sorted(EXECUTED.glob("[0-9][0-9]_*.ipynb")) if EXECUTED.is_dir() else []
+    stored, executed = numbered(NOTEBOOKS), numbered(EXECUTED)
     if source == "executed" and not executed:
         raise FileNotFoundError(f"no executed notebooks in {EXECUTED}; run `make study` first or use --source stored")
     if source == "stored":
