@@ -25,10 +25,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import nets, results, seed003
+from . import committed, nets, results, seed003
 from .results import FIGURES
 
-LABELS = ("paper", "full")  # the profile labels in figure names, the paper profile's first
 STUDY = "make study (or: python -m parbp.study --only {nb})"
 VERDICTS = ("reproduced", "differs", "explained", "not comparable", "not measurable here", "inconclusive",
             "not measured yet")
@@ -64,9 +63,9 @@ class Figures:
 
     def read(self, stem: str, notebook: str, command: str | None = None) -> tuple[pd.DataFrame, str]:
         """The CSV and its name; a missing one's message names ``command`` (an experiment's, not the study's)."""
-        for name in [f"{stem}_{label}.csv" for label in LABELS] + [f"{stem}.csv"]:
-            if (self.root / name).exists():
-                return pd.read_csv(self.root / name), f"figures/{name}"
+        for path in committed.candidates(stem, self.root):  # the paper profile's, the full one's, the one file
+            if path.exists():
+                return pd.read_csv(path), f"figures/{path.name}"
         raise Missing(f"not measured yet: no figures/{stem}.csv; run {command}" if command else
                       f"not measured yet: no figures/{stem}_{{paper,full}}.csv; run {STUDY.format(nb=notebook)}")
 
@@ -1033,7 +1032,7 @@ def table(root: Path | str = FIGURES) -> pd.DataFrame:
     for c in CLAIMS:
         o = evaluate(c, fig)
         assert o.verdict in VERDICTS, (c.claim, o.verdict)
-        label = next((lb for lb in LABELS if f"_{lb}.csv" in o.source), "full")
+        label = next((lb for lb in committed.PROFILES if f"_{lb}.csv" in o.source), "full")
         rows.append({"seed": c.seed, "where": c.where, "claim": c.claim, "quantity": c.quantity,
                      "setting": c.setting, "claimed": c.claimed, "ours": o.ours, "tolerance": c.tolerance,
                      "verdict": o.verdict, "why": o.why, "figure": c.figure.format(label=label), "source": o.source})
