@@ -363,12 +363,9 @@ def gemm_fixed_cost(rows=(10, 25, 50, 100, 200, 400), n: int = 1024, repeats: in
 # -- The command line ------------------------------------------------------------------------------
 def with_environment(df: pd.DataFrame) -> pd.DataFrame:
     """The table with the machine it ran on (parbp.envinfo) as constant ``env_*`` columns."""
-    from threadpoolctl import threadpool_info
-
     env = {f"env_{k}": v for k, v in envinfo.summary().items()}
     # OpenBLAS picks its kernels by CPU model; a CPU newer than the build falls back to older ones
-    env["env_blas_kernels"] = "; ".join(sorted({f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
-                                               for i in threadpool_info() if i.get("user_api") == "blas"}))
+    env["env_blas_kernels"] = "; ".join(sorted({envinfo.kernels(i) for i in envinfo.blas() if i["user_api"] == "blas"}))
     return df.assign(**env)
 
 

@@ -34,6 +34,7 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from .envinfo import cpu_name, kernels
 from .results import BUILD
 from .timing import side_by_side
 
@@ -225,7 +226,7 @@ def library(backend: str) -> str:
     if backend == "mkl":
         return f"{mkl_version()} ({_mkl().threading_layer} threads)"
     info = [c.info() for c in _numpy_blas().lib_controllers]
-    return "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip() for i in info)
+    return "; ".join(kernels(i) for i in info)
 
 
 # -- Which backend, decided on this machine by timing a step's GEMMs with each ---------------------
@@ -241,8 +242,6 @@ _choice_lock = threading.Lock()
 
 def machine_key() -> str:
     """What the decision depends on: the CPU model and the libraries' versions."""
-    from .envinfo import cpu_name
-
     return " | ".join([cpu_name(), f"numpy {np.__version__}", library("openblas"),
                        *([library("mkl")] if _mkl() is not None else [])])
 

@@ -49,6 +49,11 @@ def blas() -> list[dict]:
     return [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
 
 
+def kernels(lib: dict) -> str:
+    """A BLAS library as threadpoolctl reports it, in a few words: its API, version and CPU kernels."""
+    return f"{lib.get('internal_api')} {lib.get('version')} {lib.get('architecture') or ''}".rstrip()
+
+
 def gpu() -> str:
     """The GPU's name, or '' when there is none (numba's simulator is not a GPU)."""
     try:
@@ -65,9 +70,8 @@ def gpu() -> str:
 def machine_label() -> str:
     """One line naming the machine, stamped on every figure: CPU, cores, numpy's BLAS and its kernels, GPU."""
     numpy_blas = next((b for b in blas() if b["user_api"] == "blas" and "numpy" in (b["filepath"] or "")), None)
-    kernels = f"{numpy_blas['internal_api']} {numpy_blas['version']} {numpy_blas['architecture'] or ''}".rstrip() \
-        if numpy_blas else "BLAS unknown"
-    return f"{cpu_name()}, {os.cpu_count()} cores, {kernels}, GPU: {gpu() or 'none'}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {kernels(numpy_blas) if numpy_blas else 'BLAS unknown'}, " \
+           f"GPU: {gpu() or 'none'}"
 
 
 def label_of(row) -> str:
@@ -86,8 +90,7 @@ def summary() -> dict:
         "cores_physical": psutil.cpu_count(logical=False),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "blas": "; ".join(f"{b['internal_api']} {b['version']} {b['architecture'] or ''} ({b['num_threads']} threads)"
-                          for b in blas_libs),
+        "blas": "; ".join(f"{kernels(b)} ({b['num_threads']} threads)" for b in blas_libs),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(auto)"),
         "gpu": gpu() or "none",
         **{f"v_{k}": v for k, v in versions().items()},
