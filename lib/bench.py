@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -277,7 +275,7 @@ def _table(rows, fns, samples, ref_samples, references, counts, wanted, n_in, n_
     best = {t: max((g, lib) for (lib, tt), g in library_gflops.items() if tt == t) for t in counts
             if any(tt == t for _, tt in library_gflops)}
     sgemm = {t: g for t, (g, _) in best.items()}
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else np.nan
+    load = envinfo.load()
     ceiling = {(kind, t): times[kind, 1] / times[kind, t] for kind in CEILINGS for t in counts if (kind, t) in times}
     by_round = {t: np.divide(ref_samples["sgemm", 1], ref_samples["sgemm", t]) for t in counts if ("sgemm", t) in times}
     table = []

@@ -34,7 +34,7 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from .envinfo import cpu_name, kernels
+from .envinfo import cpu_name, kernels, load
 from .results import BUILD
 from .timing import side_by_side
 
@@ -295,7 +295,7 @@ def measure_choice() -> dict:
                           "rounds_won": {b: sum(v < (1 - CHOICE_MARGIN) * o for v, o in zip(s, samples["openblas"]))
                                          for b, s in samples.items() if b != "openblas"}})
     return {"key": machine_key(), "backends": available_backends(), "decisions": decisions,
-            "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "loadavg": load(),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 

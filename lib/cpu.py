@@ -14,7 +14,6 @@ place, the update W ← W − lr·AᵀΔ itself one GEMM (beta = 1), so the grad
 from __future__ import annotations
 
 import math
-import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -26,11 +25,11 @@ from numba.extending import intrinsic, overload
 
 from .base import Trainer
 from .cli import check_choice, check_positive_int
+from .envinfo import usable_cores
 from . import blas as _blas
 from .blas import axpy, blas_threads, gemm_into, gemm_update
 
-#: cores this process may run on: the default number of workers
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CORES = usable_cores()  # the default number of workers
 
 # nogil: worker threads run the kernels truly in parallel. error_model="numpy": no ZeroDivisionError
 # branch inside the loops, which is what lets LLVM vectorize them. fastmath: reassociate reductions.

@@ -12,6 +12,16 @@ from threadpoolctl import threadpool_info
 PACKAGES = ("numpy", "numba", "scipy", "torch", "pytensor", "cupy", "mpi4py", "ipyparallel", "pandas")
 
 
+def load() -> float:
+    """The 1-minute load average (NaN where the OS has none): how busy the shared machine was."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -88,7 +98,7 @@ def summary() -> dict:
         "cpu": cpu_name(),
         "cores_logical": psutil.cpu_count(logical=True),
         "cores_physical": psutil.cpu_count(logical=False),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "affinity": usable_cores(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "blas": "; ".join(f"{kernels(b)} ({b['num_threads']} threads)" for b in blas_libs),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(auto)"),

@@ -27,13 +27,13 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from . import envinfo
 from .cli import check_choice
 from .profiles import PROFILES
 
@@ -185,7 +185,7 @@ def _run_one(nb, out, params, key, force, notebooks_dir, ckpt_dir, failures, log
     if "checkpoint_dir" in pm.inspect_notebook(str(nb)):
         run_params["checkpoint_dir"] = str(ckpt_dir / _sha(key)[:16])
     log(f"== {out.name} {params or '(stored defaults)'}")
-    load = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy it was
+    load = round(envinfo.load(), 2)  # the machine is shared: say how busy it was
     start = time.perf_counter()
     try:
         pm.execute_notebook(str(nb), str(out), parameters=run_params, cwd=str(notebooks_dir),
