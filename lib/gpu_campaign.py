@@ -153,7 +153,7 @@ def bench(out: Path, plan: Plan) -> None:
     import pandas as pd
 
     from parbp import bench as b
-    from parbp import experiments, results, trainers
+    from parbp import experiments, results
 
     path, tables = out / "bench_gpu.csv", []
 
@@ -166,7 +166,7 @@ def bench(out: Path, plan: Plan) -> None:
         return b.run(impls, plan.nets, batches, threads, n_in=plan.n_in, n_out=plan.n_out,
                      progress=lambda msg: print(msg, flush=True), **{"repeats": plan.repeats, **kwargs})
 
-    save(run([*trainers.gpu(), "torch"], plan.gpu_batches, [1], device="gpu", **plan.gpu_options),
+    save(run(b.gpu_impls(), plan.gpu_batches, [1], device="gpu", **plan.gpu_options),
          "GPU trainers and torch on CUDA")
     save(run([experiments.BASELINE], plan.cpu_batches, [1], repeats=max(3, plan.repeats // 2), compare_torch=False),
          "the paper's baseline, on the CPU")
