@@ -15,6 +15,7 @@ sgemm_efficiency_low and rounds_core_lost flag rounds where the compute ceiling 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
@@ -164,10 +165,8 @@ class _Steps:
 
     def __call__(self):
         # a small learning rate keeps the weights (and so the speed of exp) near where training starts
-        if self.pin_blas:
-            with blas_threads(1):
-                return self.trainer.step(self.X, self.Y, 1e-3)
-        return self.trainer.step(self.X, self.Y, 1e-3)
+        with blas_threads(1) if self.pin_blas else contextlib.nullcontext():
+            return self.trainer.step(self.X, self.Y, 1e-3)
 
     def gemm_backend(self) -> tuple[str, str]:
         """(the BLAS this trainer's products ran on, why) as of its last step."""

@@ -403,8 +403,7 @@ def parallel_same_accuracy(fig):
     lose accuracy is the one without the barrier: lock-free threads against synchronous, same epochs and rate."""
     h, _, sync, lockfree, src = _hogwild(fig, lambda h: h[h.epoch == h.epoch.max()].set_index("run").test_acc)
     ours = float(sync.iloc[0] - lockfree.iloc[0])
-    verdict = "reproduced" if ours <= 0.005 else "differs"
-    return Outcome(ours, verdict, f"{lockfree.index[0]} ends at {lockfree.iloc[0]:.4f}, synchronous at "
+    return Outcome(ours, "reproduced" if ours <= 0.005 else "differs", f"{lockfree.index[0]} ends at {lockfree.iloc[0]:.4f}, synchronous at "
                    f"{sync.iloc[0]:.4f} after {int(h.epoch.max())} epochs: {ours * 100:+.2f} points lost "
                    "(tolerance 0.5)", src)
 
@@ -839,8 +838,7 @@ def compression_bits(ours_col: str, vgg_col: str, what: str) -> Callable[[Figure
 def no_top1_loss(fig):
     lost, src = _goal(fig, "Net-1h: accuracy lost by P+Q+H")
     ours = float(lost.value)
-    verdict = "reproduced" if ours <= 0.5 else "differs"
-    return Outcome(ours, verdict, f"Net-1h loses {ours:.2f} points of test accuracy after P+Q+H (VGG-16: top-1 "
+    return Outcome(ours, "reproduced" if ours <= 0.5 else "differs", f"Net-1h loses {ours:.2f} points of test accuracy after P+Q+H (VGG-16: top-1 "
                    "error 31.50 % -> 31.17 %; tolerance: <= 0.5 points lost)", src)
 
 
