@@ -25,7 +25,20 @@ class TrainerUnavailable(RuntimeError):
     """This trainer cannot run on this machine (no GPU, a missing package, ...); the message says why."""
 
 
-class Trainer:
+class Closing:
+    """What holds workers, devices, subprocesses or namespaces until ``close``; ``with`` closes it."""
+
+    def close(self) -> None:
+        """Release what it holds (nothing, unless a subclass says otherwise)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Trainer(Closing):
     name = "abstract"
     #: accepted keyword options and their defaults, e.g. {"threads": 1}
     options: dict = {}
@@ -74,16 +87,7 @@ class Trainer:
     @params.setter
     def params(self, params) -> None:
         """Load parameters (e.g. a broadcast from rank 0); shapes must match the network."""
-        params = list(params)
-        if len(params) != len(self.sizes) - 1:
-            raise ValueError(f"expected {len(self.sizes) - 1} layers of (W, b), got {len(params)}")
-        cast = []
-        for l, (W, b) in enumerate(params):
-            shape = (self.sizes[l], self.sizes[l + 1])
-            if np.shape(W) != shape or np.shape(b) != (shape[1],):
-                raise ValueError(f"layer {l}: expected W{shape} and b({shape[1]},), got W{np.shape(W)} b{np.shape(b)}")
-            cast.append((np.array(W, dtype=self.dtype), np.array(b, dtype=self.dtype)))
-        self._set_params(cast)
+        self._set_params(self._check_layers(params, "W", "b"))
 
     def predict(self, X) -> np.ndarray:
         return self._predict(self._check_X(X))
@@ -98,20 +102,23 @@ class Trainer:
         """``W -= lr * dW`` for every layer, with gradients shaped like ``params``."""
         self._apply_gradients(grads, float(lr))
 
-    def close(self) -> None:
-        """Release workers, devices or subprocesses (a no-op for most trainers)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     def __repr__(self):
         opts = "".join(f", {k}={v!r}" for k, v in self.opts.items())
         return f"<{self.name} {'-'.join(map(str, self.sizes))} {self.dtype}{opts}>"
 
     # -- shared checks -------------------------------------------------------------------------
+    def _check_layers(self, layers, w: str, b: str, cast=np.array) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``layers`` shaped like the parameters, [(``w``, ``b``), ...], each array ``cast`` to this dtype
+        (``np.array`` copies); a ValueError names the layer that does not fit."""
+        layers = list(layers)
+        if len(layers) != len(self.sizes) - 1:
+            raise ValueError(f"expected {len(self.sizes) - 1} layers of ({w}, {b}), got {len(layers)}")
+        for l, (W, B) in enumerate(layers):
+            shape = (self.sizes[l], self.sizes[l + 1])
+            if np.shape(W) != shape or np.shape(B) != (shape[1],):
+                raise ValueError(f"layer {l}: expected {w}{shape} and {b}({shape[1]},), got {w}{np.shape(W)} {b}{np.shape(B)}")
+        return [(cast(W, dtype=self.dtype), cast(B, dtype=self.dtype)) for W, B in layers]
+
     def _check_X(self, X) -> np.ndarray:
         X = np.asarray(X)
         if X.ndim != 2 or X.shape[1] != self.n_in:

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import theano_worker
 from .base import Trainer, TrainerUnavailable
-from .cli import check_positive_int
+from .cli import check_choice, check_positive_int
 from .results import ROOT as REPO
 
 
@@ -32,25 +32,34 @@ from .results import ROOT as REPO
 # PyTorch
 
 
-def _installed(module: str, missing: str) -> tuple[bool, str]:
-    """Availability of a trainer that needs only an importable package."""
-    return (True, "") if importlib.util.find_spec(module) is not None else (False, missing)
-
-
-class TorchTrainer(Trainer):
-    name = "torch"
+class _Library(Trainer):
+    """A trainer written with a library's own API, the library's threads bounded by the ``threads`` option.
+    ``package`` (when set): the importable package it needs, and what to say when it is missing."""
     family = "library"
+    package: tuple[str, str] | None = None
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        if cls.package is None or importlib.util.find_spec(cls.package[0]) is not None:
+            return True, ""
+        return False, cls.package[1]
+
+    def _threads(self) -> int:
+        return check_positive_int("option threads", self.opts["threads"])
+
+
+class TorchTrainer(_Library):
+    name = "torch"
     options = {"threads": 1, "device": "cpu"}
     DEVICES = ("cpu", "cuda")
-    availability = classmethod(lambda cls: _installed("torch", "PyTorch is not installed (pip install torch)"))
+    package = ("torch", "PyTorch is not installed (pip install torch)")
 
     def _setup(self, params):
         import torch
         from torch import nn
 
-        device, self.threads = self.opts["device"], check_positive_int("option threads", self.opts["threads"])
-        if device not in self.DEVICES:
-            raise ValueError(f"option device must be one of {self.DEVICES}, got {device!r}")
+        device, self.threads = self.opts["device"], self._threads()
+        check_choice("option device", device, self.DEVICES)
         if device == "cuda" and not torch.cuda.is_available():
             raise TrainerUnavailable("trainer 'torch' with device='cuda' needs a CUDA GPU and a CUDA build of "
                                      f"PyTorch; this one ({torch.__version__}) sees none. Use device='cpu'.")
@@ -118,21 +127,20 @@ class TorchTrainer(Trainer):
 # PyTensor (Theano's maintained fork), in process
 
 
-class PyTensorTrainer(Trainer):
+class PyTensorTrainer(_Library):
     name = "pytensor"
-    family = "library"
     # mode: PyTensor's compilation mode. None = its default (C code where it can, and without a BLAS
     # to link against, as after `pip install pytensor`, its GEMMs go through numpy/scipy's BLAS);
     # "NUMBA" compiles the graph with numba instead.
     options = {"threads": 1, "mode": None}
-    availability = classmethod(lambda cls: _installed("pytensor", "PyTensor is not installed (pip install pytensor)"))
+    package = ("pytensor", "PyTensor is not installed (pip install pytensor)")
 
     def _setup(self, params):
         import warnings
 
         from threadpoolctl import ThreadpoolController
 
-        self.threads = check_positive_int("option threads", self.opts["threads"])
+        self.threads = self._threads()
         with warnings.catch_warnings():  # "could not link to a BLAS": expected after pip install, see above
             warnings.filterwarnings("ignore", message=".*could not link to a BLAS.*")
             import pytensor
@@ -188,9 +196,8 @@ def theano_compiledir() -> Path:
 _THEANO_CHECKED: dict[str, tuple[bool, str]] = {}
 
 
-class TheanoTrainer(Trainer):
+class TheanoTrainer(_Library):
     name = "theano"
-    family = "library"
     # blas: which BLAS the compiled graph calls (see theano_worker.blas_ldflags): "auto" links the
     # OpenBLAS bundled with the env's scipy, "numpy" goes through numpy's C API (`blas__ldflags=`)
     options = {"threads": 1, "blas": "auto"}
@@ -214,9 +221,8 @@ class TheanoTrainer(Trainer):
         return _THEANO_CHECKED[key]
 
     def _setup(self, params):
-        threads = check_positive_int("option threads", self.opts["threads"])
-        if self.opts["blas"] not in theano_worker.BLAS_CHOICES:
-            raise ValueError(f"option blas must be one of {theano_worker.BLAS_CHOICES}, got {self.opts['blas']!r}")
+        threads = self._threads()
+        check_choice("option blas", self.opts["blas"], theano_worker.BLAS_CHOICES)
         compiledir = theano_compiledir()
         compiledir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
@@ -226,10 +232,8 @@ class TheanoTrainer(Trainer):
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(threads)
         self._stderr = tempfile.TemporaryFile()  # Theano is chatty; kept for error messages
-        self._proc = subprocess.Popen(
-            [str(theano_python()), "-u", theano_worker.__file__], env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-        )
+        self._proc = subprocess.Popen([str(theano_python()), "-u", theano_worker.__file__], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         # kill the worker when this trainer is garbage collected or the interpreter exits
         self._finalizer = weakref.finalize(self, _stop_worker, self._proc)
         try:

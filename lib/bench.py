@@ -2,34 +2,22 @@
 
     python -m parbp.bench --net 2h --batch 100 1000 --impl all --threads 1 2
 
-Every trainer steps on synthetic data shaped like the dataset (only its dimensions matter). Each one
-is warmed up (JIT compilation, buffers, BLAS thread start-up), then timed in rounds: one round takes
-one sample of every configuration and of the reference sgemm in turn, so a burst of load from another
-process slows all of them alike instead of one. Each sample is preceded by ``REWARM_S`` of untimed
-steps (the previous configuration's idle BLAS threads spin that long) and times whole steps (several,
-if one step is shorter than ``MIN_SAMPLE_S``); a configuration's time is the median of its samples.
-
-Columns: ms_per_step; s_per_epoch (``EPOCH_EXAMPLES`` examples); gflops (``parbp.nets.flops_per_step``
-over the time); vs_sgemm (gflops ÷ the best 2048³ float32 GEMM this machine offers at the same number
-of threads, this run: the fastest of numpy's (OpenBLAS), PyTorch's (its own MKL) and MKL's through
-``parbp.blas`` when installed, each in its own sgemm_*_gflops column, the winner in sgemm_best);
-gemm_backend and gemm_reason (the BLAS the trainer's products ran on, and why: ``parbp.blas.decide``);
-vs_torch (PyTorch's ms per step ÷ this one, same batch and threads, this run: above 1 is faster);
-efficiency (parallel efficiency: the same trainer's one-thread time ÷ (this time × threads));
-sgemm_efficiency and stream_efficiency (the machine's own ceilings for it, this run: ``threads``
-independent one-thread sgemms, or memory streams, at once against one alone; see ``_Independent``);
-sgemm_efficiency_low and rounds_core_lost (the compute-bound ceiling round by round: its lowest value,
-and how many rounds it fell below ``1 − CORE_LOST/threads``, i.e. closer to having one core fewer than
-to having them all; on a shared virtual machine a core is sometimes taken away for a while, and every
-multi-threaded sample of such a round runs at the speed of fewer threads).
+Every trainer steps on synthetic data shaped like the dataset, warmed up, then timed in interleaved rounds
+(``timing.side_by_side``: a burst of load slows every configuration alike), each sample after ``REWARM_S``
+of untimed steps; a configuration's time is the median of its samples. Beside the step times (ms_per_step,
+s_per_epoch, gflops) the same rounds time the references the ratios divide by: the best 2048³ float32 GEMM
+of numpy, PyTorch and MKL at the same threads (vs_sgemm, sgemm_*), PyTorch's step (vs_torch: above 1 is
+faster), the same trainer on one thread (efficiency), and the machine's own ceilings for ``threads``
+independent one-thread sgemms or memory streams (sgemm_efficiency, stream_efficiency; see ``_Independent``).
+sgemm_efficiency_low and rounds_core_lost flag rounds where the compute ceiling fell below
+``1 − CORE_LOST/threads``: on a shared VM a core is sometimes taken away for a while.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +25,7 @@ import pandas as pd
 
 from . import blas, envinfo, results, trainers
 from .blas import blas_threads
+from .cli import Parser, check_choice, positive_int
 from .results import FIGURES
 from .timing import side_by_side
 from .nets import flops_per_step, layer_sizes
@@ -87,46 +76,37 @@ def takes_threads(impl: str) -> bool:
     return "threads" in trainers.get(variant(impl)[0]).options
 
 
-# ---------------------------------------------------------------------------------------------------
-# What one sample times
-# ---------------------------------------------------------------------------------------------------
+# -- What one sample times -------------------------------------------------------------------------
 class _Sgemm:
     """A product of two n×n float32 matrices at a given number of threads, by one library: numpy's
     matmul (OpenBLAS), PyTorch's (the MKL linked into it) or MKL's through ``parbp.blas``."""
 
     def __init__(self, threads, n=SGEMM_N, device="cpu", library="numpy"):
         self.threads, self.flops = threads, 2 * n**3
-        if library not in SGEMM_LIBRARIES:
-            raise ValueError(f"sgemm library must be one of {SGEMM_LIBRARIES}, got {library!r}")
-        if device == "cpu" and library == "torch":
+        check_choice("sgemm library", library, SGEMM_LIBRARIES)
+        if device == "gpu" or library == "torch":
             import torch
 
-            a = torch.rand(n, n)
-            out = torch.empty(n, n)
+            if device == "gpu" and not torch.cuda.is_available():
+                raise RuntimeError("no CUDA device visible to torch")
+            a = torch.rand(n, n, device="cuda" if device == "gpu" else "cpu")
+            out = torch.empty_like(a)
 
             def run():
+                if device == "gpu":
+                    return torch.mm(a, a, out=out), torch.cuda.synchronize()
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
                 torch.mm(a, a, out=out)
 
             self._run = run
-        elif device == "cpu" and library == "mkl":
-            if "mkl" not in blas.available_backends():
-                raise RuntimeError("MKL is not installed (pip install 'parbp[mkl]')")
-            a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-            out = np.empty_like(a)
-            self._run = lambda: blas.gemm_into(a, a, out, backend="mkl")
-        elif device == "gpu":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise RuntimeError("no CUDA device visible to torch")
-            a = torch.rand(n, n, device="cuda")
-            self._run = lambda: (torch.mm(a, a), torch.cuda.synchronize())
-        else:
-            a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-            out = np.empty_like(a)
-            self._run = lambda: np.matmul(a, a, out=out)
+            return
+        if library == "mkl" and "mkl" not in blas.available_backends():
+            raise RuntimeError("MKL is not installed (pip install 'parbp[mkl]')")
+        a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+        out = np.empty_like(a)
+        self._run = (lambda: blas.gemm_into(a, a, out, backend="mkl")) if library == "mkl" else \
+            (lambda: np.matmul(a, a, out=out))
 
     def __call__(self):
         with blas_threads(self.threads):
@@ -134,13 +114,9 @@ class _Sgemm:
 
 
 class _Independent:
-    """``workers`` one-thread copies of a kernel at once, each on its own arrays, in its own thread.
-
-    They share nothing but the machine (caches, memory bandwidth, clock), so their parallel efficiency
-    (one copy's time ÷ the time of ``workers`` copies at once) is this machine's ceiling for any
-    program. Two kernels bound it from both sides: "sgemm", an n×n matmul (compute-bound), and
-    "stream", ``a + 1`` over STREAM_MB-sized arrays (memory-bound). A trainer's step mixes both.
-    """
+    """``workers`` one-thread copies of a kernel at once, each on its own arrays and thread: sharing only the
+    machine, their parallel efficiency is its ceiling for any program, compute-bound ("sgemm", an n×n matmul)
+    or memory-bound ("stream", ``a + 1`` over STREAM_MB-sized arrays). A trainer's step mixes both."""
 
     def __init__(self, workers, kind, n=SGEMM_N):
         from concurrent.futures import ThreadPoolExecutor
@@ -189,10 +165,8 @@ class _Steps:
 
     def __call__(self):
         # a small learning rate keeps the weights (and so the speed of exp) near where training starts
-        if self.pin_blas:
-            with blas_threads(1):
-                return self.trainer.step(self.X, self.Y, 1e-3)
-        return self.trainer.step(self.X, self.Y, 1e-3)
+        with blas_threads(1) if self.pin_blas else contextlib.nullcontext():
+            return self.trainer.step(self.X, self.Y, 1e-3)
 
     def gemm_backend(self) -> tuple[str, str]:
         """(the BLAS this trainer's products ran on, why) as of its last step."""
@@ -211,9 +185,7 @@ def _time_side_by_side(fns: list, repeats: int, warmup: int, rewarm_s: float = R
     return side_by_side(fns, repeats, warmup, MIN_SAMPLE_S, rewarm_s, MAX_CONFIG_S)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The Python API
-# ---------------------------------------------------------------------------------------------------
+# -- The Python API --------------------------------------------------------------------------------
 def sgemm_gflops(threads: int = 1, n: int = SGEMM_N, repeats: int = 5, device: str = "cpu",
                  library: str = "numpy") -> float:
     """This machine's float32 GEMM speed through ``library`` (``SGEMM_LIBRARIES``): n×n matrices, median of ``repeats``."""
@@ -225,14 +197,10 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
         dtype: str = "float32", device: str = "cpu", repeats: int = 7, warmup: int = 2,
         progress=None, sgemm_n: int = SGEMM_N, compare_torch: bool = True, rewarm_s: float = REWARM_S,
         **options) -> pd.DataFrame:
-    """Time every (impl, net, batch, threads) side by side; one row each, columns ``COLUMNS``.
-
-    impls that take no ``threads`` option run once, at threads=1 (BLAS pinned to one thread).
-    Unless ``compare_torch=False``, "torch" is timed as well (at each thread count and batch) so
-    ``vs_torch`` is measured in the same run; its rows are returned only if it was asked for.
-    Trainers that cannot run here are left out, with the reason sent to ``progress`` (a print-like
-    callable; None is silent). ``options`` go to every trainer that accepts them.
-    """
+    """Time every (impl, net, batch, threads) side by side; one row each, columns ``COLUMNS``. Trainers without
+    a ``threads`` option run at 1; "torch" is timed beside them for ``vs_torch`` unless ``compare_torch=False``
+    (its rows returned only if asked for); trainers that cannot run here are left out, the reason sent to
+    ``progress`` (print-like; None is silent). ``options`` go to every trainer that accepts them."""
     impls, nets, batches, threads = list(impls), list(nets), [int(b) for b in batches], [int(t) for t in threads]
     if not impls:
         raise ValueError("no implementations to benchmark")
@@ -306,18 +274,14 @@ def _table(rows, fns, samples, ref_samples, references, counts, wanted, n_in, n_
     best = {t: max((g, lib) for (lib, tt), g in library_gflops.items() if tt == t) for t in counts
             if any(tt == t for _, tt in library_gflops)}
     sgemm = {t: g for t, (g, _) in best.items()}
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else np.nan
+    load = envinfo.load()
     ceiling = {(kind, t): times[kind, 1] / times[kind, t] for kind in CEILINGS for t in counts if (kind, t) in times}
     by_round = {t: np.divide(ref_samples["sgemm", 1], ref_samples["sgemm", t]) for t in counts if ("sgemm", t) in times}
     table = []
     for (impl, net, batch, t), fn, s in zip(rows, fns, samples):
-        sec = float(np.median(s))
-        gflops = fn.flops / sec / 1e9
-        table.append(dict(impl=impl, threads=t, batch=batch, ms_per_step=sec * 1e3,
-                          s_per_epoch=sec * math.ceil(EPOCH_EXAMPLES / batch), gflops=gflops,
-                          vs_sgemm=gflops / sgemm[t] if t in sgemm else np.nan, vs_torch=np.nan,
+        row = _step_row(impl, net, batch, t, fn, s, n_in, n_out, dtype, device)
+        table.append(dict(row, vs_sgemm=row["gflops"] / sgemm[t] if t in sgemm else np.nan, vs_torch=np.nan,
                           net=net if isinstance(net, str) else "-".join(map(str, layer_sizes(net, n_in, n_out))),
-                          n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s),
                           sgemm_gflops=sgemm.get(t, np.nan), sgemm_best=best[t][1] if t in best else "",
                           **{f"sgemm_{lib}_gflops": library_gflops.get((lib, t), np.nan) for lib in SGEMM_LIBRARIES},
                           efficiency=np.nan, loadavg=load, **dict(zip(("gemm_backend", "gemm_reason"), fn.gemm_backend())),
@@ -346,13 +310,18 @@ def measure(impl: str, net="2h", batch: int = 100, threads: int = 1, n_in: int =
         raise ValueError(f"trainer {impl!r} takes no threads option; measure it at threads=1")
     fn = _Steps(impl, net, int(batch), int(threads), n_in, n_out, dtype, device, options)
     try:
-        s = _time_side_by_side([fn], repeats, warmup=2)[0]
+        return _step_row(impl, net, batch, threads, fn, _time_side_by_side([fn], repeats, warmup=2)[0], n_in, n_out,
+                         dtype, device)
     finally:
         fn.close()
-    sec = float(np.median(s))
+
+
+def _step_row(impl, net, batch, threads, fn, samples, n_in, n_out, dtype, device) -> dict:
+    """A configuration's time from its samples (their median): per step, per epoch and as GFLOP/s."""
+    sec = float(np.median(samples))
     return dict(impl=impl, threads=threads, batch=batch, ms_per_step=sec * 1e3,
                 s_per_epoch=sec * math.ceil(EPOCH_EXAMPLES / batch), gflops=fn.flops / sec / 1e9,
-                net=net, n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(s))
+                net=net, n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(samples))
 
 
 class _RowsTimesWeights:
@@ -371,14 +340,9 @@ class _RowsTimesWeights:
 
 def gemm_fixed_cost(rows=(10, 25, 50, 100, 200, 400), n: int = 1024, repeats: int = 7,
                     backend: str = "openblas") -> tuple[pd.DataFrame, dict]:
-    """How a one-thread GEMM's time grows with the rows of its left operand: (table, linear fit).
-
-    A worker that takes B/p examples multiplies a (B/p × n) block by the whole n × n weight matrix.
-    BLAS first packs that matrix into its blocked layout, a cost that does not shrink with the rows,
-    so t(rows) ≈ fixed + per_row·rows, and splitting the examples p ways pays ``fixed`` p times.
-    The fit (least squares over ``rows``) returns ``fixed_ms`` and ``per_row_ms``; ``backend`` is the
-    BLAS (``parbp.blas.BACKENDS``).
-    """
+    """How a one-thread GEMM's time grows with the rows of its left operand, (rows × n)·(n × n): (table, least
+    squares fit t ≈ fixed_ms + per_row_ms·rows). BLAS packs the whole weight matrix whatever the rows, so
+    splitting the examples p ways pays ``fixed`` p times. ``backend``: ``parbp.blas.BACKENDS``."""
     rows = [int(r) for r in rows]
     if len(rows) < 2 or min(rows) < 1:
         raise ValueError(f"rows needs at least two positive sizes to fit a line, got {rows}")
@@ -435,17 +399,13 @@ def plot_gemm_fixed_cost(table: pd.DataFrame, n: int = 1024):
     fig.tight_layout()
     return fig
 
-# ---------------------------------------------------------------------------------------------------
-# The command line
-# ---------------------------------------------------------------------------------------------------
+
+# -- The command line ------------------------------------------------------------------------------
 def with_environment(df: pd.DataFrame) -> pd.DataFrame:
     """The table with the machine it ran on (parbp.envinfo) as constant ``env_*`` columns."""
-    from threadpoolctl import threadpool_info
-
     env = {f"env_{k}": v for k, v in envinfo.summary().items()}
     # OpenBLAS picks its kernels by CPU model; a CPU newer than the build falls back to older ones
-    env["env_blas_kernels"] = "; ".join(sorted({f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
-                                               for i in threadpool_info() if i.get("user_api") == "blas"}))
+    env["env_blas_kernels"] = "; ".join(sorted({envinfo.kernels(i) for i in envinfo.blas() if i["user_api"] == "blas"}))
     return df.assign(**env)
 
 
@@ -515,8 +475,6 @@ def _impl(text: str) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     from .data import NAMES
     from .nets import HIDDEN
-
-    from .cli import Parser, positive_int
 
     p = Parser(prog="python -m parbp.bench", description=__doc__.split("\n\n")[0],
                formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -3,25 +3,18 @@
     gemm_into(A, B, out)        out ← op(A)·op(B)             written in place
     gemm_update(A, D, W, lr)    W ← W − lr·AᵀD                one GEMM with beta = 1: the weight update
     axpy(W, G, lr)              W ← W − lr·G                  an update from a gradient already summed
-    backend_for(rows, threads)  "openblas" or "mkl": the one measured fastest here for a step's GEMMs
+    decide(rows, threads)       ("openblas" or "mkl", why): the one measured fastest here for a step's GEMMs
 
-Two libraries, each reached through its own CBLAS. numpy's OpenBLAS is always there. MKL (the optional
-``mkl`` wheel, ``pip install parbp[mkl]``) is loaded privately (``RTLD_LOCAL``, so its symbols clash with
-neither numpy's OpenBLAS nor the MKL linked statically into PyTorch), sequential: it serves the
-products that run on one thread (the workers of the paper's ``threads`` design among them), OpenBLAS
-the multi-threaded ones. Which one runs a step's one-thread products is decided on each machine by
-timing the GEMMs of a Net-2h step with each, side by side, at a few batch sizes (``choice``); the
-decision is cached per CPU model and library versions in ``build/blas_choice.json`` and can be forced
-with ``PARBP_BLAS=openblas|mkl``.
-On the AMD EPYC the study was built on OpenBLAS and MKL are close; on Intel Xeons, MKL is much faster
-at small batches (it is what makes PyTorch fast there).
+Each library through its own CBLAS. MKL (``pip install parbp[mkl]``) is loaded privately and sequential: it
+may serve the one-thread products (the ``threads`` workers among them), OpenBLAS the multi-threaded ones.
+Which one is decided per machine by timing a Net-2h step's GEMMs with each, side by side (``choice``; cached
+per CPU and library versions in ``build/blas_choice.json``; ``PARBP_BLAS=openblas|mkl`` forces it): on Intel
+Xeons MKL is much faster at small batches, on the AMD EPYC they are close.
 
-Not scipy's BLAS, although ``scipy.linalg.blas.sgemm`` has the ``alpha``/``beta`` the update needs: the
-OpenBLAS bundled with scipy serializes calls made from several threads at once (measured: two workers
-on two cores ran at 0.87× one; numpy's ran at 1.80×). numpy's matmul has no ``beta``, so ``gemm_update``
-calls numpy's own library through ctypes (which releases the GIL during the call), found with
-threadpoolctl. Where that library has no CBLAS GEMM under a name we know, it falls back to a matmul
-into a temporary and a second pass over W.
+Not scipy's BLAS: the OpenBLAS bundled with scipy serializes calls from several threads (two workers on two
+cores ran at 0.87× one; numpy's at 1.80×). numpy's matmul has no ``beta``, so ``gemm_update`` calls numpy's
+own library through ctypes (found with threadpoolctl; the GIL is released), or, where it has no CBLAS GEMM
+under a name we know, a matmul into a temporary and a second pass over W.
 """
 from __future__ import annotations
 
@@ -41,6 +34,7 @@ import numba
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from .envinfo import cpu_name, kernels, load
 from .results import BUILD
 from .timing import side_by_side
 
@@ -82,9 +76,7 @@ def gemm_into(A, B, out, trans_a=False, trans_b=False, backend="openblas"):
     np.matmul(A.T if trans_a else A, B.T if trans_b else B, out=out)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The weight update as one GEMM
-# ---------------------------------------------------------------------------------------------------
+# -- The weight update as one GEMM -----------------------------------------------------------------
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # (symbol, integer type) by BLAS build: numpy's wheels (ILP64 OpenBLAS with scipy_ prefix and 64_ suffix),
 # other ILP64 builds, and the plain LP64 CBLAS of conda-forge, MKL or a system OpenBLAS.
@@ -150,13 +142,9 @@ def axpy(W, G, lr):
 
 
 def gemm_update(A, D, W, lr, backend="openblas"):
-    """W ← W − lr·AᵀD in one GEMM: alpha = −lr, beta = 1, so the gradient AᵀD is never stored.
-
-    A is (B, m), D is (B, n), W is (m, n), all of one float dtype, each a row-major view with unit
-    column stride (a block of columns ``A[:, r0:r1]`` with its rows ``W[r0:r1]`` is fine: that is how
-    workers split the update). ``backend`` picks the library (``BACKENDS``). Without a CBLAS (or for
-    other layouts), AᵀD goes to a temporary and a second pass subtracts it.
-    """
+    """W ← W − lr·AᵀD in one GEMM (alpha = −lr, beta = 1: the gradient is never stored). A (B, m), D (B, n),
+    W (m, n) of one dtype, row-major views with unit column stride (``A[:, r0:r1]`` with ``W[r0:r1]``: a
+    worker's share). Without a CBLAS, or for other layouts, AᵀD goes to a temporary and a second pass."""
     (B, m), n = A.shape, D.shape[1]
     if D.shape[0] != B or W.shape != (m, n) or not (A.dtype == D.dtype == W.dtype):
         raise ValueError(f"gemm_update: expected A (B, m), D (B, n), W (m, n) of one dtype, got "
@@ -172,9 +160,7 @@ def gemm_update(A, D, W, lr, backend="openblas"):
     axpy(W, G, W.dtype.type(lr))
 
 
-# ---------------------------------------------------------------------------------------------------
-# MKL, when the optional wheel is installed
-# ---------------------------------------------------------------------------------------------------
+# -- MKL, when the optional wheel is installed -----------------------------------------------------
 _MKL_THREADING = {"sequential": 1}  # MKL_Set_Threading_Layer's code
 _MKL_LP64 = 0
 
@@ -195,13 +181,9 @@ def mkl_path() -> str | None:
 
 @functools.cache
 def _mkl():
-    """MKL loaded privately (RTLD_LOCAL: its CBLAS symbols must not replace numpy's OpenBLAS ones, nor
-    meet the copy linked into PyTorch), sequential, or None where it is not installed.
-
-    Sequential: MKL serves the products that run on one thread, the workers of ``threads`` and
-    ``hybrid`` (the paper's design) and the one-thread trainers; multi-threaded products stay on
-    OpenBLAS. A third thread pool in the process (MKL's GNU OpenMP, beside OpenBLAS's and PyTorch's)
-    made MKL's one-thread calls 10-20x slower in a full benchmark run on a 2-core machine."""
+    """MKL loaded privately (RTLD_LOCAL: its symbols meet neither numpy's OpenBLAS nor PyTorch's MKL) and
+    sequential (a third thread pool, MKL's OpenMP, made its one-thread calls 10-20x slower in a full benchmark
+    on 2 cores), or None where it is not installed."""
     path = mkl_path()
     if path is None:
         return None
@@ -244,12 +226,10 @@ def library(backend: str) -> str:
     if backend == "mkl":
         return f"{mkl_version()} ({_mkl().threading_layer} threads)"
     info = [c.info() for c in _numpy_blas().lib_controllers]
-    return "; ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip() for i in info)
+    return "; ".join(kernels(i) for i in info)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Which backend, decided on this machine by timing a step's GEMMs with each
-# ---------------------------------------------------------------------------------------------------
+# -- Which backend, decided on this machine by timing a step's GEMMs with each ---------------------
 CHOICE_FILE = BUILD / "blas_choice.json"
 CHOICE_ROWS = (10, 100, 1000)  # examples per worker at which the step's GEMMs are timed
 CHOICE_SIZES = (784, 1024, 1024, 10)  # Net-2h on MNIST, the study's main network
@@ -262,8 +242,6 @@ _choice_lock = threading.Lock()
 
 def machine_key() -> str:
     """What the decision depends on: the CPU model and the libraries' versions."""
-    from .envinfo import cpu_name
-
     return " | ".join([cpu_name(), f"numpy {np.__version__}", library("openblas"),
                        *([library("mkl")] if _mkl() is not None else [])])
 
@@ -317,7 +295,7 @@ def measure_choice() -> dict:
                           "rounds_won": {b: sum(v < (1 - CHOICE_MARGIN) * o for v, o in zip(s, samples["openblas"]))
                                          for b, s in samples.items() if b != "openblas"}})
     return {"key": machine_key(), "backends": available_backends(), "decisions": decisions,
-            "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "loadavg": load(),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
@@ -374,25 +352,18 @@ def _choice() -> dict:
 def forced_backend() -> str | None:
     """``PARBP_BLAS`` when it names a backend; None for ``auto`` or unset."""
     forced = os.environ.get("PARBP_BLAS", "auto").strip().lower()
-    if forced == "auto":
-        return None
-    if forced not in BACKENDS:
-        raise ValueError(f"PARBP_BLAS={forced!r}: expected one of auto, {', '.join(BACKENDS)}")
-    if forced not in available_backends():
-        raise RuntimeError(f"PARBP_BLAS={forced}: not installed here (pip install 'parbp[mkl]'); "
-                           f"available: {', '.join(available_backends())}")
-    return forced
-
-
-def backend_for(rows: int, threads: int = 1) -> str:
-    """The backend for GEMMs over ``rows`` examples at ``threads`` BLAS threads: OpenBLAS for more than
-    one thread; else ``PARBP_BLAS`` if set, OpenBLAS if it is the only one, else this machine's measured
-    choice for the nearest measured case."""
-    return decide(rows, threads)[0]
+    if forced in ("auto", *available_backends()):
+        return None if forced == "auto" else forced
+    if forced in BACKENDS:
+        raise RuntimeError(f"PARBP_BLAS={forced}: not installed here (pip install 'parbp[mkl]'); available: "
+                           + ", ".join(available_backends()))
+    raise ValueError(f"PARBP_BLAS={forced!r}: expected one of auto, {', '.join(BACKENDS)}")
 
 
 def decide(rows: int, threads: int = 1) -> tuple[str, str]:
-    """(backend, the reason) for ``backend_for``: what a result records beside its timings."""
+    """(backend, the reason: what a result records beside its timings) for GEMMs over ``rows`` examples at
+    ``threads`` BLAS threads: OpenBLAS for more than one thread; else ``PARBP_BLAS`` if set, OpenBLAS if it is
+    the only one, else this machine's measured choice for the nearest measured case."""
     return _decide(int(rows), int(threads), os.environ.get("PARBP_BLAS"))
 
 

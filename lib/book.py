@@ -4,11 +4,9 @@ and a gallery of the committed figures. Works offline.
     python -m parbp.book                     # build/book/index.html from the last `make study`
     python -m parbp.book --source stored     # from the notebooks as stored in notebooks/ only
 
-Why nbconvert and not Jupyter Book: the notebooks are already executed (by ``make study`` or as stored), so
-the book only has to render them; nbconvert does that with what JupyterLab already installs, needs no build
-configuration, and with a local MathJax (``jupyter-server-mathjax``) and no require.js/widget CDN scripts the
-pages load nothing from the network. Figures in outputs are embedded as data URIs; the gallery copies the
-PNGs of ``figures/`` beside the pages.
+nbconvert, not Jupyter Book: the notebooks are already executed, so rendering is all, with what JupyterLab
+installs; a local MathJax and no CDN scripts let the pages load nothing from the network. Output figures are
+embedded as data URIs; the gallery copies ``figures/``' PNGs beside the pages.
 """
 from __future__ import annotations
 
@@ -18,9 +16,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from .cli import check_choice
 from .results import BUILD, FIGURES, NOTEBOOKS, ROOT
+from .study import EXECUTED, notebooks as numbered
 
-EXECUTED = BUILD / "executed"
 OUT = BUILD / "book"
 SOURCES = ("auto", "executed", "stored")
 
@@ -58,10 +57,8 @@ nav.book-nav a{margin-right:1.5em}
 def sources(source: str = "auto") -> list[Path]:
     """The notebooks to render. ``auto``: each notebook's executed copies from the last study
     (``build/executed/``; 05 has one per run) where there are any, else the stored notebook."""
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; choose one of {SOURCES}")
-    stored = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    executed = sorted(EXECUTED.glob("[0-9][0-9]_*.ipynb")) if EXECUTED.is_dir() else []
+    check_choice("source", source, SOURCES, unknown=True)
+    stored, executed = numbered(NOTEBOOKS), numbered(EXECUTED)
     if source == "executed" and not executed:
         raise FileNotFoundError(f"no executed notebooks in {EXECUTED}; run `make study` first or use --source stored")
     if source == "stored":
@@ -175,8 +172,7 @@ def main(argv=None) -> int:
                         help="auto: build/executed/ if the last study left notebooks there, else notebooks/")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    index = build(args.out, args.source)
-    print(f"book: {index}")
+    print(f"book: {build(args.out, args.source)}")
     return 0
 
 

@@ -7,11 +7,9 @@
     save_params(path, params, meta)            # a trained network for another notebook or program
     params, meta = load_params(path)
 
-The file is a plain ``.npz``: arrays ``W0, b0, W1, b1, ...`` (W of shape (n_in, n_out), as every trainer
-stores it) and ``meta``, a JSON string (for a saved network its keys are the caller's, at the top level). The JSON carries a SHA-256 of every array's bytes, so a file whose
-bytes changed after it was written is refused (the zip's own CRC catches most of that already; a truncated
-file does not even open as a zip). Writing goes through ``parbp.results.atomic_write``: a run killed while
-saving leaves the previous checkpoint in place, never half of a new one.
+A plain ``.npz``: ``W0, b0, W1, b1, ...`` (W (n_in, n_out), as every trainer stores it) and ``meta``, a JSON
+string holding a SHA-256 of every array, so a file changed after writing is refused. Written through
+``results.atomic_write``: a run killed while saving leaves the previous checkpoint, never half of a new one.
 """
 from __future__ import annotations
 
@@ -88,8 +86,7 @@ def _params(arrays: dict[str, np.ndarray], path) -> list[tuple[np.ndarray, np.nd
         raise CheckpointError(f"{path} lacks array {e.args[0]}; it was not loaded") from None
 
 
-# --------------------------------------------------------------------------------------------
-# Training checkpoints
+# -- Training checkpoints --------------------------------------------------------------------------
 
 
 def save(path, params, state: dict) -> Path:
@@ -123,18 +120,13 @@ def data_fingerprint(dataset) -> dict:
             "n_test": len(getattr(dataset, "X_test", ())), "train_blake2b": h.hexdigest()}
 
 
-def rng_state(rng: np.random.Generator) -> dict:
-    return rng.bit_generator.state
-
-
 def rng_from_state(state: dict) -> np.random.Generator:
     bitgen = getattr(np.random, state["bit_generator"])()
     bitgen.state = state
     return np.random.Generator(bitgen)
 
 
-# --------------------------------------------------------------------------------------------
-# Saved networks (a trained model handed from one notebook to another)
+# -- Saved networks (a trained model handed from one notebook to another) --------------------------
 
 
 def save_params(path, params, meta: dict) -> Path:

@@ -1,8 +1,5 @@
-"""Every checkable claim of the seeds, as data, with the rule that judges it from the committed CSVs.
-
-A claim names its seed, where the seed says it, the quantity compared, the setting on both sides (the seed's
-and ours), the seed's number (when it gives one), its tolerance, the figure whose CSV holds ours, and a
-``check`` that reads that CSV and returns our number and one verdict:
+"""Every checkable claim of the seeds, as data (``CLAIMS``), with a ``check`` that reads the committed CSV
+holding ours and returns our number and one verdict:
 
 * ``reproduced``: ours agrees with the seed within the tolerance;
 * ``differs``: it does not, and the reason says by how much and what was measured about why;
@@ -14,14 +11,10 @@ and ours), the seed's number (when it gives one), its tolerance, the figure whos
   either side;
 * ``not measured yet``: the CSV is not in figures/; the reason names the command that makes it.
 
-Timings are judged on intervals, never on one number: the median of repeated, interleaved rounds with their
-min-max where the CSV has rounds, else the one value widened by ``NOISE`` (how far repeat runs of a timing moved
-between two paper-profile runs on this shared VM). A verdict is given only where the whole interval clears the
-tolerance's edge, which makes it robust to the run-to-run noise a single run cannot show.
-
-``table()`` runs every check; notebook 10 writes the result. No number of ours is typed here: each comes from
-a CSV in ``figures/`` (the ``paper`` profile's file when there is one, else the default profile's) or, for the
-network sizes, from ``parbp.nets``. The seed's numbers are typed, as the seed states them.
+Timings are judged on intervals: the median and min-max of interleaved rounds, else one value ± ``NOISE``; a
+verdict is given only where the whole interval clears the tolerance's edge. ``table()`` runs every check
+(notebook 10 writes it). Our numbers all come from ``figures/`` (the paper profile's CSV first) or
+``parbp.nets``; only the seeds' numbers are typed here.
 """
 from __future__ import annotations
 
@@ -32,10 +25,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from . import nets, results, seed003
+from . import committed, nets, results, seed003
 from .results import FIGURES
 
-LABELS = ("paper", "full")  # the profile labels in figure names, the paper profile's first
 STUDY = "make study (or: python -m parbp.study --only {nb})"
 VERDICTS = ("reproduced", "differs", "explained", "not comparable", "not measurable here", "inconclusive",
             "not measured yet")
@@ -43,6 +35,16 @@ VERDICTS = ("reproduced", "differs", "explained", "not comparable", "not measura
 
 class Missing(Exception):
     """A CSV that is not in figures/ yet; the message says what makes it."""
+
+
+def missing_if(absent: bool, what: str, src: str, nb: str) -> None:
+    """Raise Missing when the rows a claim needs (``what``) are ``absent`` from ``src`` (notebook ``nb``'s CSV)."""
+    if absent:
+        raise Missing(f"not measured yet: {what} in {src}; run {STUDY.format(nb=nb)}")
+
+
+class NotHere(Exception):
+    """What this machine cannot measure; the message says what would."""
 
 
 @dataclass
@@ -59,22 +61,13 @@ class Figures:
     def __init__(self, root: Path | str = FIGURES):
         self.root = Path(root)
 
-    def path(self, stem: str, notebook: str) -> Path:
-        for name in [f"{stem}_{label}.csv" for label in LABELS] + [f"{stem}.csv"]:
-            if (self.root / name).exists():
-                return self.root / name
-        raise Missing(f"not measured yet: no figures/{stem}_{{paper,full}}.csv; run {STUDY.format(nb=notebook)}")
-
     def read(self, stem: str, notebook: str, command: str | None = None) -> tuple[pd.DataFrame, str]:
-        """The CSV and its name; ``command`` (when the CSV comes from an experiment, not the study) is what
-        a missing one's message names."""
-        try:
-            path = self.path(stem, notebook)
-        except Missing:
-            if command is None:
-                raise
-            raise Missing(f"not measured yet: no figures/{stem}.csv; run {command}") from None
-        return pd.read_csv(path), f"figures/{path.name}"
+        """The CSV and its name; a missing one's message names ``command`` (an experiment's, not the study's)."""
+        for path in committed.candidates(stem, self.root):  # the paper profile's, the full one's, the one file
+            if path.exists():
+                return pd.read_csv(path), f"figures/{path.name}"
+        raise Missing(f"not measured yet: no figures/{stem}.csv; run {command}" if command else
+                      f"not measured yet: no figures/{stem}_{{paper,full}}.csv; run {STUDY.format(nb=notebook)}")
 
 
 @dataclass
@@ -152,8 +145,7 @@ def faster(ratio: float, noise: float = NOISE, spread: Interval | None = None) -
     return verdict, f"ratio {iv} against > {1 + MARGIN:.2f}: {what}"
 
 
-# ---------------------------------------------------------------------------------------------------------
-# seeds 000 (slides) and 001 (paper): the network sizes, threads, BLAS, CUDA, Theano
+# -- seeds 000 (slides) and 001 (paper): the network sizes, threads, BLAS, CUDA, Theano ------------
 
 
 def n_params(net: str, claimed: float) -> Callable[[Figures], Outcome]:
@@ -183,8 +175,7 @@ def _example_threads(fig) -> tuple[pd.DataFrame, str]:
 def _speedups(fig, impl: str, stem="05_speedup_threads_2h_mnist") -> tuple[pd.DataFrame, str]:
     df, src = fig.read(stem, "05")
     df = df[df.impl == impl]
-    if df.empty:
-        raise Missing(f"not measured yet: no {impl} rows in {src}; run {STUDY.format(nb='05')}")
+    missing_if(df.empty, f"no {impl} rows", src, "05")
     one = df[df.threads == 1].set_index("batch").s_per_epoch
     top = df[df.threads == df.threads.max()].set_index("batch").s_per_epoch
     return pd.DataFrame({"speedup": one / top, "threads": df.threads.max(), "s_top": top}).dropna(), src
@@ -219,8 +210,7 @@ def time_falls_with_smaller_batch(fig):
     time per epoch at the smallest batch against the largest."""
     df, src = fig.read("05_speedup_batch_2h_mnist", "05")
     t = df[df.impl == "serial-example"].set_index("batch").s_per_epoch.sort_index()
-    if t.empty:
-        raise Missing(f"not measured yet: no serial-example rows in {src}; run {STUDY.format(nb='05')}")
+    missing_if(t.empty, "no serial-example rows", src, "05")
     ratio = float(t.iloc[-1] / t.iloc[0])
     verdict, why = faster(ratio)
     gemm = df[df.impl == "serial-blas"].set_index("batch").s_per_epoch.sort_index()
@@ -235,8 +225,7 @@ def blas_faster(fig):
     df, src2 = fig.read("05_speedup_batch_2h_mnist", "05")
     batch = int(per_example.batch.iloc[0])
     blas = df[(df.impl == "blas-parallel") & (df.threads == df.threads.max()) & (df.batch == batch)]
-    if blas.empty:
-        raise Missing(f"not measured yet: no blas-parallel row at batch {batch} in {src2}; run {STUDY.format(nb='05')}")
+    missing_if(blas.empty, f"no blas-parallel row at batch {batch}", src2, "05")
     b = float(blas.speedup.iloc[0])
     s = repeats(per_example.speedup)
     ratio = Interval(b / s.mid, b * (1 - NOISE) / s.hi, b * (1 + NOISE) / s.lo, "blas-parallel one run ±20 %, "
@@ -281,15 +270,13 @@ THEANO = ("theano", "pytensor")
 
 
 def gpu_rows(fig) -> pd.DataFrame:
-    """figures/bench_gpu.csv, when it holds GPU rows: the GPU trainers and, from the same run on the same
-    machine, the CPU trainers and the per-example serial loop, so a speedup never divides one machine's time
-    by another's. Empty when there is no such file or it has no GPU row."""
+    """figures/bench_gpu.csv: the GPU trainers and, from the same run on the same machine, the CPU trainers and
+    the per-example serial loop, so a speedup never divides one machine's time by another's. NotHere when there
+    is no such file or it has no GPU row."""
     path = fig.root / GPU_CSV
-    if not path.exists():
-        return pd.DataFrame()
-    df = pd.read_csv(path)
+    df = pd.read_csv(path) if path.exists() else pd.DataFrame()
     if "device" not in df or not (df.device == "gpu").any():
-        return pd.DataFrame()
+        raise NotHere(f"no GPU measurement (figures/{GPU_CSV}); {GPU_COMMAND}")
     return df
 
 
@@ -303,16 +290,13 @@ def cuda_20x(fig):
     from .experiments import BASELINE, with_speedup
 
     df = gpu_rows(fig)
-    if df.empty:
-        return Outcome(None, "not measurable here", f"no GPU measurement (figures/{GPU_CSV}); {GPU_COMMAND}")
     ours = df[(df.net == "1h") & (df.impl == CUDA_KERNELS)]
     base = df[(df.net == "1h") & (df.impl == BASELINE) & (df.threads == 1)]
     s = with_speedup(pd.concat([ours, base])) if len(ours) and len(base) else ours.assign(speedup=np.nan)
-    s = s[(s.impl == CUDA_KERNELS) & s.speedup.notna()]
+    s = s[(s.impl == CUDA_KERNELS) & s.speedup.notna()].sort_values("batch")
     if s.empty:
         return Outcome(None, "not measured yet", f"figures/{GPU_CSV} has no Net-1h {CUDA_KERNELS} and {BASELINE} rows "
                        f"at a common batch size (the campaign times both in one run); {GPU_COMMAND}")
-    s = s.sort_values("batch")
     best = s.loc[s.speedup.idxmax()]
     verdict, why = within(float(best.speedup), 20, 5, "x", noise=NOISE)
     by_batch = ", ".join(f"{r.speedup:.0f}x at {int(r.batch)}" for r in s.itertuples())
@@ -329,19 +313,16 @@ def cuda_20x(fig):
 def theano_cuda_batch(fig):
     """Theano on the GPU: how much its GFLOP/s grow from the smallest to the largest batch measured."""
     df = gpu_rows(fig)
-    if df.empty:
-        return Outcome(None, "not measurable here", f"no GPU measurement (figures/{GPU_CSV}); {GPU_COMMAND}")
     theano = df[(df.device == "gpu") & df.impl.isin(THEANO)]
     if theano.empty:
-        return Outcome(None, "not measurable here",
-                       f"figures/{GPU_CSV} has GPU rows but none for Theano: theano-pymc has no working GPU backend "
-                       "for current CUDA, so the campaign times numba-cuda, cupy and torch instead")
+        raise NotHere(f"figures/{GPU_CSV} has GPU rows but none for Theano: theano-pymc has no working GPU backend "
+                      "for current CUDA, so the campaign times numba-cuda, cupy and torch instead")
     net = "1h" if (theano.net == "1h").any() else theano.net.iloc[0]
     t = theano[theano.net == net].groupby("batch").gflops.max().sort_index()
     if len(t) < 2:
         return Outcome(None, "not measured yet", f"figures/{GPU_CSV} has Theano GPU rows at one batch size only (Net-{net})")
     ours = float(t.iloc[-1] / t.iloc[0])
-    grows = t.iloc[-1] / t.iloc[0] >= 10 * (1 + NOISE)  # 'very fast': ten times the throughput, beyond the spread
+    grows = ours >= 10 * (1 + NOISE)  # 'very fast': ten times the throughput, beyond the spread
     return Outcome(ours, "reproduced" if grows else "differs",
                    f"Theano on the GPU ({', '.join(theano.impl.unique())}, Net-{net}): {t.iloc[0]:.3g} GFLOP/s at batch "
                    f"{int(t.index[0])}, {t.iloc[-1]:.3g} at {int(t.index[-1])}, {ours:.1f}x "
@@ -398,8 +379,7 @@ def not_faster_than_theano(fig):
     per_example, src1 = _example_threads(fig)
     t, src2, top = _at_top(fig)
     batch, net = int(per_example.batch.iloc[0]), per_example.net.iloc[0]
-    if batch not in t.index or "theano" not in t:
-        raise Missing(f"not measured yet: no theano row at batch {batch} in {src2}; run {STUDY.format(nb='05')}")
+    missing_if(batch not in t.index or "theano" not in t, f"no theano row at batch {batch}", src2, "05")
     ours_s = float(per_example.s_threads.median()) * 50_000 / batch  # a step per minibatch, seconds per epoch
     ratio = t.loc[batch, "theano"] / ours_s  # > 1: ours faster than Theano
     verdict, why = faster(ratio)
@@ -409,18 +389,21 @@ def not_faster_than_theano(fig):
                    f"design, takes {t.loc[batch, 'threads'] / t.loc[batch, 'theano']:.2f}x Theano's time", f"{src1}, {src2}")
 
 
+def _hogwild(fig, per_run) -> tuple[pd.DataFrame, pd.Series, pd.Series, pd.Series, str]:
+    """Notebook 03's runs and ``per_run(runs)``: all of it, the synchronous run's, the Hogwild run's; the CSV."""
+    h, src = fig.read("03_hogwild", "03")
+    s = per_run(h)
+    sync, free = s[s.index.str.startswith("synchronous")], s[s.index.str.startswith("Hogwild")]
+    missing_if(sync.empty or free.empty, "synchronous and Hogwild runs", src, "03")
+    return h, s, sync, free, src
+
+
 def parallel_same_accuracy(fig):
     """The paper's pthreads sum the serial gradient's terms (equal by construction); the parallel version that can
     lose accuracy is the one without the barrier: lock-free threads against synchronous, same epochs and rate."""
-    h, src = fig.read("03_hogwild", "03")
-    last = h[h.epoch == h.epoch.max()].set_index("run").test_acc
-    sync = last[last.index.str.startswith("synchronous")]
-    lockfree = last[last.index.str.startswith("Hogwild")]
-    if sync.empty or lockfree.empty:
-        raise Missing(f"not measured yet: synchronous and Hogwild runs in {src}; run {STUDY.format(nb='03')}")
+    h, _, sync, lockfree, src = _hogwild(fig, lambda h: h[h.epoch == h.epoch.max()].set_index("run").test_acc)
     ours = float(sync.iloc[0] - lockfree.iloc[0])
-    verdict = "reproduced" if ours <= 0.005 else "differs"
-    return Outcome(ours, verdict, f"{lockfree.index[0]} ends at {lockfree.iloc[0]:.4f}, synchronous at "
+    return Outcome(ours, "reproduced" if ours <= 0.005 else "differs", f"{lockfree.index[0]} ends at {lockfree.iloc[0]:.4f}, synchronous at "
                    f"{sync.iloc[0]:.4f} after {int(h.epoch.max())} epochs: {ours * 100:+.2f} points lost "
                    "(tolerance 0.5)", src)
 
@@ -436,16 +419,13 @@ def kdd_full_set(fig):
                    "example compare; per-epoch times and accuracies do not", src)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# seed 003: the two tables
+# -- seed 003: the two tables ----------------------------------------------------------------------
 
 
-def _seed003(fig) -> tuple[pd.DataFrame, str]:
-    return fig.read("06_seed003_table", "06")
-
-
-def _times(t: pd.DataFrame) -> pd.Series:
-    return t.set_index(["method", "processes"]).time_s
+def _seed003(fig) -> tuple[pd.Series, pd.DataFrame, str]:
+    """Notebook 06's table: its times by (method, processes), the table, the CSV's name."""
+    t, src = fig.read("06_seed003_table", "06")
+    return t.set_index(["method", "processes"]).time_s, t, src
 
 
 def _async_reason(fig, p: int) -> str:
@@ -469,17 +449,25 @@ def _async_reason(fig, p: int) -> str:
 SEED003_EXPLAIN = "python -m parbp.seed003_experiments (figures/06_seed003_explain_paper.csv; notebook 06 shows it)"
 
 
-def _explained(fig, method: str, p: int, tol: float) -> str | None:
-    """The seed-003 experiments put each suspected difference back. A variant explains our row when its accuracy
-    gained over serial in the same setting (its own 1-process row, else the reference run) matches the seed's
-    gain over its serial within ``tol``, mean over seeds. Returns the reason, or None."""
+def _explain(fig) -> tuple[pd.DataFrame, pd.Series, str] | None:
+    """The seed-003 experiments: their rows, test accuracy by (experiment, variant, processes) averaged over
+    seeds, and the CSV's name; None until that CSV is committed."""
     try:
         e, src = fig.read("06_seed003_explain", "06", SEED003_EXPLAIN)
     except Missing:
         return None
+    return e, e.groupby(["experiment", "variant", "processes"]).test_acc.mean(), src
+
+
+def _explained(fig, method: str, p: int, tol: float) -> str | None:
+    """The seed-003 experiments put each suspected difference back. A variant explains our row when its accuracy
+    gained over serial in the same setting (its own 1-process row, else the reference run) matches the seed's
+    gain over its serial within ``tol``, mean over seeds. Returns the reason, or None."""
+    if (found := _explain(fig)) is None:
+        return None
+    _, acc, src = found
     seed = seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy
     theirs = float(seed[(method, p)] - seed[("serial", 1)])
-    acc = e.groupby(["experiment", "variant", "processes"]).test_acc.mean()
     reference = acc.get("reference")
     best = None
     for (exp, variant, procs), a in acc.items():
@@ -500,18 +488,15 @@ def _explained(fig, method: str, p: int, tol: float) -> str | None:
 def _async_workers(fig, p: int, claimed: float, tol: float) -> Outcome | None:
     """Async with p workers (06's server rule), from the seed-003 experiments: its accuracy gained over serial in
     the same setting against the seed's gain, mean over seeds; None until that CSV is committed."""
-    try:
-        e, src = fig.read("06_seed003_explain", "06", SEED003_EXPLAIN)
-    except Missing:
+    if (found := _explain(fig)) is None:
         return None
-    acc = e.groupby(["experiment", "variant", "processes"]).test_acc.mean()
+    e, acc, src = found
     if ("async", "delta", p) not in acc.index or "reference" not in acc.index.get_level_values(0):
         return None
     base = float(acc.xs("reference").iloc[0])
-    gain = float(acc[("async", "delta", p)] - base)
-    theirs = claimed - float(seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy[("serial", 1)])
-    verdict, why = within(gain, theirs, tol, " (gain over serial)")
     ours = float(acc[("async", "delta", p)])
+    theirs = claimed - float(seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy[("serial", 1)])
+    verdict, why = within(ours - base, theirs, tol, " (gain over serial)")
     setting = f" ({e.setting.iloc[0]})" if "setting" in e else ""
     why = (f"{p} workers reach {ours:.4f}, serial {base:.4f} in the same setting{setting}; the gain over "
            f"serial against the seed's: {why}")
@@ -530,11 +515,9 @@ def _async_workers(fig, p: int, claimed: float, tol: float) -> Outcome | None:
 
 def _sync_reason(fig, p: int) -> str:
     """The seed-003 experiments' serial SGD at batch p·100, which averaging after every step amounts to."""
-    try:
-        e, src = fig.read("06_seed003_explain", "06", SEED003_EXPLAIN)
-    except Missing:
+    if (found := _explain(fig)) is None:
         return ""
-    acc = e.groupby(["experiment", "variant", "processes"]).test_acc.mean()
+    _, acc, src = found
     if ("sync", "serial_batch", p) not in acc.index or ("sync", "average", p) not in acc.index:
         return ""
     setups = {v: a - acc.get((x, v, 1), np.nan) for (x, v, n), a in acc.items() if x == "seed_setup" and n == p}
@@ -547,10 +530,9 @@ def _sync_reason(fig, p: int) -> str:
 
 def seed003_accuracy(method: str, p: int, tol: float = 0.02) -> Callable[[Figures], Outcome]:
     def check(fig):
-        t, src = _seed003(fig)
+        _, t, src = _seed003(fig)
         row = t[(t.method == method) & (t.processes == p)]
-        if row.empty:
-            raise Missing(f"not measured yet: no {method} x{p} row in {src}; run {STUDY.format(nb='06')}")
+        missing_if(row.empty, f"no {method} x{p} row", src, "06")
         ours = float(row.test_acc.iloc[0])
         claimed = float(seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy[(method, p)])
         if method == "async":  # the seed's x{p} is p workers; 06's is p - 1 workers and a server
@@ -576,43 +558,45 @@ def seed003_accuracy(method: str, p: int, tol: float = 0.02) -> Callable[[Figure
 
 
 def seed003_time(fig):
-    at = _times((t := _seed003(fig))[0])
+    at, _, src = _seed003(fig)
     ratio = float(at[("sync", 2)] / at[("serial", 1)])
     verdict, why = faster(ratio)
     return Outcome(ratio, verdict, f"sync x2's time over serial's: {why}" + ("" if verdict != "differs" else
                    "; here each rank trains on 1/p of the examples per epoch and the parameters are one 3 MB "
-                   "Allreduce through shared memory, so averaging saves time"), t[1])
+                   "Allreduce through shared memory, so averaging saves time"), src)
+
+
+def faster_at_each(ratios: dict) -> tuple[str, dict]:
+    """``faster`` on each ratio: reproduced when all are, differs when any does, else inconclusive; and each why."""
+    v = {k: faster(r) for k, r in ratios.items()}
+    verdicts = {x for x, _ in v.values()}
+    return ("reproduced" if verdicts == {"reproduced"} else "differs" if "differs" in verdicts else "inconclusive",
+            {k: why for k, (_, why) in v.items()})
 
 
 def seed003_sync_more_slower(fig):
-    at = _times((t := _seed003(fig))[0])
-    v = {p: faster(float(at[("sync", p)] / at[("serial", 1)])) for p in (3, 4)}
-    verdicts = {x for x, _ in v.values()}
-    verdict = "reproduced" if verdicts == {"reproduced"} else "differs" if "differs" in verdicts else "inconclusive"
+    at, _, src = _seed003(fig)
+    verdict, whys = faster_at_each({p: float(at[("sync", p)] / at[("serial", 1)]) for p in (3, 4)})
     return Outcome(float(at[("sync", 4)] / at[("serial", 1)]), verdict,
-                   "; ".join(f"sync x{p} over serial: {why}" for p, (_, why) in v.items())
-                   + ". The seed's own ratios (1.05, 1.07) are within one run's spread", t[1])
+                   "; ".join(f"sync x{p} over serial: {why}" for p, why in whys.items())
+                   + ". The seed's own ratios (1.05, 1.07) are within one run's spread", src)
 
 
 def seed003_sync_loss(fig):
-    t, src = _seed003(fig)
+    _, t, src = _seed003(fig)
     x = t.set_index(["method", "processes"]).test_loss
     ours = float(x[("sync", 2)] / x[("serial", 1)])
-    verdict = "reproduced" if ours < 1 else "differs"
-    return Outcome(ours, verdict, f"test loss sync x2 over serial {ours:.3f} (seed {0.2709 / 0.3726:.3f}; the claim: "
-                   "< 1). The seed's loss is not on our MSE's scale, its ratio is" + (
+    return Outcome(ours, "reproduced" if ours < 1 else "differs", f"test loss sync x2 over serial {ours:.3f} (seed "
+                   f"{0.2709 / 0.3726:.3f}; the claim: < 1). The seed's loss is not on our MSE's scale, its ratio is" + (
                        "" if ours < 1 else "; sync here takes 1/p of serial's steps per epoch (see sync's accuracy)"),
                    src)
 
 
 def seed003_async_faster(fig):
     """The seed's async x2 is two workers; 06's is one worker and a server. The seed-003 experiments run two."""
-    at = _times((t := _seed003(fig))[0])
-    try:
-        e, src = fig.read("06_seed003_explain", "06", SEED003_EXPLAIN)
-    except Missing:
-        e = None
-    if e is not None:
+    at, _, src = _seed003(fig)
+    if (found := _explain(fig)) is not None:
+        e, _, esrc = found
         serial = e[e.experiment == "reference"].groupby("seed").time_s.first()
         two = e[(e.experiment == "async") & (e.variant == "delta") & (e.processes == 2)].groupby("seed").time_s.first()
         ratios = (serial / two).dropna()
@@ -620,83 +604,79 @@ def seed003_async_faster(fig):
             iv = repeats(ratios) if len(ratios) > 1 else one_run(float(ratios.iloc[0]))
             verdict, why = faster(iv.mid, spread=iv)
             return Outcome(iv.mid, verdict, f"serial's time over async with two workers (and a server: 3 processes "
-                           f"on 2 cores), per seed: {why}", src)
+                           f"on 2 cores), per seed: {why}", esrc)
     ratio = float(at[("serial", 1)] / at[("async", 2)])
     return Outcome(ratio, "not comparable", f"ours async x2 is one worker and a server (serial's arithmetic "
-                   f"plus a round trip a step; serial over it {ratio:.2f}x); the seed's is two workers", t[1])
+                   f"plus a round trip a step; serial over it {ratio:.2f}x); the seed's is two workers", src)
 
 
 def seed003_async_vs_sync(fig):
-    at = _times((t := _seed003(fig))[0])
+    at, _, src = _seed003(fig)
     ps = sorted(p for (m, p) in at.index if m == "async" and ("sync", p) in at.index)
-    if not ps:
-        raise Missing(f"not measured yet: async and sync at one process count in {t[1]}; run {STUDY.format(nb='06')}")
-    v = {p: faster(float(at[("sync", p)] / at[("async", p)])) for p in ps}
-    verdicts = {x for x, _ in v.values()}
-    verdict = "reproduced" if verdicts == {"reproduced"} else "differs" if "differs" in verdicts else "inconclusive"
-    why = "; ".join(f"x{p}: sync's time over async's {why}" for p, (_, why) in v.items())
+    missing_if(not ps, "async and sync at one process count", src, "06")
+    ratios = {p: float(at[("sync", p)] / at[("async", p)]) for p in ps}
+    verdict, whys = faster_at_each(ratios)
+    why = "; ".join(f"x{p}: sync's time over async's {why}" for p, why in whys.items())
     if verdict == "differs":
         why += ("; here sync's ranks each pass over 1/p of the data with one Allreduce a step, while every async "
                 "step is a round trip to the server (06's async xp is p - 1 workers: x2 is serial's work plus the "
                 "round trips)")
-    return Outcome(min(float(at[("sync", p)] / at[("async", p)]) for p in ps), verdict, why, t[1])
+    return Outcome(min(ratios.values()), verdict, why, src)
 
 
 def seed003_async_time_falls(fig):
-    at = _times((t := _seed003(fig))[0])
+    at, _, src = _seed003(fig)
     a = at.xs("async", level="method").sort_index() if "async" in at.index.get_level_values(0) else at.iloc[0:0]
-    if len(a) < 2:
-        raise Missing(f"not measured yet: async on 2 or more process counts in {t[1]}; run {STUDY.format(nb='06')}")
+    missing_if(len(a) < 2, "async on 2 or more process counts", src, "06")
     ratio = float(a.iloc[0] / a.iloc[-1])
     verdict, why = faster(ratio)
     return Outcome(ratio, verdict, f"async x{a.index[0]} time over async x{a.index[-1]}: {why}; times "
                    + ", ".join(f"x{p} {s:.1f} s" for p, s in a.items()) + "; from 2 processes on, this machine's "
-                   "2 cores are full", t[1])
+                   "2 cores are full", src)
 
 
 def seed003_async_degrades(fig):
-    t, src = _seed003(fig)
+    _, t, src = _seed003(fig)
     a = t[t.method == "async"].set_index("processes").test_acc
-    if not {2, 4} <= set(a.index):
-        raise Missing(f"not measured yet: async x2 and x4 in {src}; run {STUDY.format(nb='06')}")
+    missing_if(not {2, 4} <= set(a.index), "async x2 and x4", src, "06")
     ours = float(a[2] - a[4])
-    verdict = "reproduced" if ours > 0 else "differs"
-    return Outcome(ours, verdict, f"test accuracy async x2 {a[2]:.4f}, x4 {a[4]:.4f} (seed: 0.9111, 0.8596)", src)
+    return Outcome(ours, "reproduced" if ours > 0 else "differs",
+                   f"test accuracy async x2 {a[2]:.4f}, x4 {a[4]:.4f} (seed: 0.9111, 0.8596)", src)
+
+
+def _usage_by_processes(fig, column: str) -> tuple[pd.Series, float, str]:
+    """Notebook 06's usage of serial then sync x2..x4 (``column``), the last over the first, the CSV's name."""
+    u, src = fig.read("06_seed003_usage", "06")
+    sync = u[u.method.isin(["serial", "sync"])].sort_values("processes").set_index("processes")[column]
+    missing_if(len(sync) < 3, "sync on 1-4 processes", src, "06")
+    return sync, float(sync.iloc[-1] / sync.iloc[0]), src
+
+
+def _by_processes(what: str, sync: pd.Series) -> str:
+    return f"{what} of the machine, serial then sync x2..x{sync.index.max()}: " + ", ".join(f"{v:.1f}%" for v in sync.values)
 
 
 def seed003_memory(fig):
     """Each of the seed's processes held its own interpreter, data and model, as ours do: memory then grows in
     proportion to the processes. Judged on the proportion, which sharing the data set would break."""
-    u, src = fig.read("06_seed003_usage", "06")
-    sync = u[u.method.isin(["serial", "sync"])].sort_values("processes").set_index("processes").memory_percent_of_machine
-    if len(sync) < 3:
-        raise Missing(f"not measured yet: sync on 1-4 processes in {src}; run {STUDY.format(nb='06')}")
-    ours = float(sync.iloc[-1] / sync.iloc[0])
+    sync, ours, src = _usage_by_processes(fig, "memory_percent_of_machine")
     claimed = 43.3 / 12.0
     verdict, why = within(ours / claimed, 1.0, 0.25, " (ours/seed)")
-    return Outcome(ours, verdict, f"memory of the machine, serial then sync x2..x{sync.index.max()}: "
-                   + ", ".join(f"{v:.1f}%" for v in sync.values) + f"; last over first {ours:.2f}x against the "
+    return Outcome(ours, verdict, _by_processes("memory", sync) + f"; last over first {ours:.2f}x against the "
                    f"seed's {claimed:.2f}x: {why}. Every rank loads the whole data set, as the seed's did", src)
 
 
 def seed003_cpu(fig):
-    u, src = fig.read("06_seed003_usage", "06")
-    sync = u[u.method.isin(["serial", "sync"])].sort_values("processes").set_index("processes").cpu_percent_of_machine
-    if len(sync) < 3:
-        raise Missing(f"not measured yet: sync on 1-4 processes in {src}; run {STUDY.format(nb='06')}")
-    ours = float(sync.iloc[-1] / sync.iloc[0])
+    sync, ours, src = _usage_by_processes(fig, "cpu_percent_of_machine")
     # grows: never falls by more than a point, and ends >= 1.2x serial (a full CPU stays at ~100 %)
     grows = bool(np.all(np.diff(sync.values) > -1.0)) and ours >= 1.2
-    why = (f"CPU of the machine, serial then sync x2..x{sync.index.max()}: "
-           + ", ".join(f"{v:.1f}%" for v in sync.values) + " (tolerance: no step down of over 1 point, "
-           "the last >= 1.2x the first)")
+    why = _by_processes("CPU", sync) + " (tolerance: no step down of over 1 point, the last >= 1.2x the first)"
     if sync.values.max() > 95:
         why += "; this machine has 2 cores: from 2 processes on the CPU is full"
     return Outcome(ours, "reproduced" if grows else "differs", why, src)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# seed 004 (data vs model parallelism) and seed 002 (CMU lecture: compression, memory, lock-free threads)
+# -- seed 004 (data vs model parallelism) and seed 002 (CMU lecture: compression, memory, lock-free threads) ---
 
 
 def scheme_faster(prefix: str) -> Callable[[Figures], Outcome]:
@@ -705,8 +685,7 @@ def scheme_faster(prefix: str) -> Callable[[Figures], Outcome]:
         s, src = fig.read("07_summary", "07")
         rows = s[s.method.str.startswith(prefix) | s.method.str.contains("m=")] if prefix == "model" else \
             s[s.method.str.startswith(prefix)]
-        if rows.empty:
-            raise Missing(f"not measured yet: no {prefix} rows in {src}; run {STUDY.format(nb='07')}")
+        missing_if(rows.empty, f"no {prefix} rows", src, "07")
         best = rows.loc[rows.vs_serial.idxmax()]
         verdict, why = faster(float(best.vs_serial))
         return Outcome(float(best.vs_serial), verdict, f"{best.method} (the fastest of "
@@ -721,10 +700,16 @@ def _subset(fig) -> tuple[pd.DataFrame, str]:
     return fig.read("07_seed004_subset", "07", SEED004)
 
 
-def _to_threshold(runs: pd.DataFrame, threshold: float, column: str) -> pd.Series:
-    """Per run, the first ``column`` value (epoch or seconds) at which the validation loss is <= threshold."""
+def _threshold(runs: pd.DataFrame) -> float:
+    """A validation loss every run reaches: the subset run's best (where it stops improving), worst over seeds."""
+    return float(runs[runs.method == "subset SGD"].groupby("seed").val_loss.min().max())
+
+
+def _to_threshold(runs: pd.DataFrame, threshold: float, column: str) -> pd.DataFrame:
+    """Per method (columns) and seed, the first ``column`` value (epoch or seconds) at which the validation loss
+    is <= threshold."""
     hit = runs[runs.val_loss <= threshold].groupby(["method", "seed"])[column].min()
-    return hit.reindex(runs.groupby(["method", "seed"]).size().index)
+    return hit.reindex(runs.groupby(["method", "seed"]).size().index).unstack(0)
 
 
 def subset_vs_data_parallel(fig):
@@ -746,9 +731,8 @@ def epochs_to_converge(fig):
     """Epochs (and wall-clock) for the validation loss to reach a threshold every run reaches, set at the
     subset run's best loss (where it stops improving), so neither side's plateau decides it."""
     df, src = _subset(fig)
-    threshold = float(df[df.method == "subset SGD"].groupby("seed").val_loss.min().max())
-    epochs = _to_threshold(df, threshold, "epoch").unstack(0)
-    seconds = _to_threshold(df, threshold, "seconds").unstack(0)
+    threshold = _threshold(df)
+    epochs, seconds = _to_threshold(df, threshold, "epoch"), _to_threshold(df, threshold, "seconds")
     ratio = epochs["subset SGD"] / epochs["data parallel"]
     verdict, why = faster(float(ratio.median()), spread=repeats(ratio))
     return Outcome(float(ratio.median()), verdict, f"validation loss <= {threshold:.4f}: epochs subset SGD "
@@ -761,8 +745,8 @@ def wall_clock_to_converge(fig):
     """Data parallelism's W workers are not run here (2 cores): its time is that of one process doing all W
     workers' work, an upper bound. If the subset still takes longer, data parallelism wins at any speedup."""
     df, src = _subset(fig)
-    threshold = float(df[df.method == "subset SGD"].groupby("seed").val_loss.min().max())
-    seconds = _to_threshold(df, threshold, "seconds").unstack(0)
+    threshold = _threshold(df)
+    seconds = _to_threshold(df, threshold, "seconds")
     ratio = (seconds["subset SGD"] / seconds["data parallel"]).dropna()
     if ratio.empty:
         return Outcome(None, "differs", f"data parallelism never reached validation loss {threshold:.4f}", src)
@@ -798,8 +782,7 @@ def _goal(fig, *starts: str) -> tuple[pd.Series, str]:
     """The first row of 09's goals whose name starts with one of ``starts`` (09 has named them both ways)."""
     g, src = fig.read("09_goals", "09")
     row = g[g.goal.str.startswith(tuple(starts))]
-    if row.empty:
-        raise Missing(f"not measured yet: no goal '{starts[0]}...' in {src}; run {STUDY.format(nb='09')}")
+    missing_if(row.empty, f"no goal '{starts[0]}...'", src, "09")
     return row.iloc[0], src
 
 
@@ -827,8 +810,7 @@ def vgg_fc(column: str) -> float:
 def _ours_total(fig) -> tuple[pd.Series, str]:
     t, src = fig.read("09_compression_table", "09")
     total = t[(t.layer == "total") & (t.net == "1h")]
-    if total.empty:
-        raise Missing(f"not measured yet: no Net-1h total in {src}; run {STUDY.format(nb='09')}")
+    missing_if(total.empty, "no Net-1h total", src, "09")
     return total.iloc[0], src
 
 
@@ -856,8 +838,7 @@ def compression_bits(ours_col: str, vgg_col: str, what: str) -> Callable[[Figure
 def no_top1_loss(fig):
     lost, src = _goal(fig, "Net-1h: accuracy lost by P+Q+H")
     ours = float(lost.value)
-    verdict = "reproduced" if ours <= 0.5 else "differs"
-    return Outcome(ours, verdict, f"Net-1h loses {ours:.2f} points of test accuracy after P+Q+H (VGG-16: top-1 "
+    return Outcome(ours, "reproduced" if ours <= 0.5 else "differs", f"Net-1h loses {ours:.2f} points of test accuracy after P+Q+H (VGG-16: top-1 "
                    "error 31.50 % -> 31.17 %; tolerance: <= 0.5 points lost)", src)
 
 
@@ -865,8 +846,7 @@ def gradient_duplication(fig):
     """The paper's pthreads keep a partial gradient per thread: measured bytes above the shared-update form."""
     f, src = fig.read("09_footprint", "09")
     one = f[f.net == "1h"].set_index(["trainer", "batch"]).measured_bytes
-    if "threads:partials" not in one.index.get_level_values(0):
-        raise Missing(f"not measured yet: no threads:partials rows in {src}; run {STUDY.format(nb='09')}")
+    missing_if("threads:partials" not in one.index.get_level_values(0), "no threads:partials rows", src, "09")
     weights = nets.n_params(nets.layer_sizes("1h", 784, 10)) * 4
     copies = (one["threads:partials"] - one["threads"]).dropna() / weights
     ours = float(copies.median())
@@ -880,11 +860,7 @@ def gradient_duplication(fig):
 def lock_free(fig):
     """Seed 002: within a machine, skip the locks. Lock-free threads (Hogwild) against synchronous SGD: time per
     epoch, same rate and epochs (accuracy: seed 001's claim)."""
-    h, src = fig.read("03_hogwild", "03")
-    s = h[h.epoch > 0].groupby("run").seconds.median()
-    sync, free = s[s.index.str.startswith("synchronous")], s[s.index.str.startswith("Hogwild")]
-    if sync.empty or free.empty:
-        raise Missing(f"not measured yet: synchronous and Hogwild runs in {src}; run {STUDY.format(nb='03')}")
+    _, s, sync, free, src = _hogwild(fig, lambda h: h[h.epoch > 0].groupby("run").seconds.median())
     verdict, why = faster(float(sync.iloc[0] / free.iloc[0]))
     one = s[s.index.str.startswith("sequential")]  # the same microbatches on one worker: what the split costs
     if verdict != "reproduced" and len(one):
@@ -1040,6 +1016,8 @@ def evaluate(claim: Claim, fig: Figures) -> Outcome:
         return claim.check(fig)
     except Missing as e:
         return Outcome(None, "not measured yet", str(e))
+    except NotHere as e:
+        return Outcome(None, "not measurable here", str(e))
     except KeyError as e:  # the CSV is there but lacks the row the claim needs
         return Outcome(None, "not measured yet", f"not measured yet: no row {e} in the CSV; run make study")
 
@@ -1052,7 +1030,7 @@ def table(root: Path | str = FIGURES) -> pd.DataFrame:
     for c in CLAIMS:
         o = evaluate(c, fig)
         assert o.verdict in VERDICTS, (c.claim, o.verdict)
-        label = next((lb for lb in LABELS if f"_{lb}.csv" in o.source), "full")
+        label = next((lb for lb in committed.PROFILES if f"_{lb}.csv" in o.source), "full")
         rows.append({"seed": c.seed, "where": c.where, "claim": c.claim, "quantity": c.quantity,
                      "setting": c.setting, "claimed": c.claimed, "ours": o.ours, "tolerance": c.tolerance,
                      "verdict": o.verdict, "why": o.why, "figure": c.figure.format(label=label), "source": o.source})

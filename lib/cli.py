@@ -62,6 +62,15 @@ def check_positive_int(name: str, value) -> int:
     return int(value)
 
 
+def check_choice(name: str, value, choices, unknown: bool = False):
+    """``value`` when it is one of ``choices``, else ValueError naming ``name`` and the choices (``unknown``:
+    worded as an unknown name, for names of things: a dataset, a profile)."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {list(choices)}" if unknown else
+                         f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 #: argparse types for the command lines' numbers
 positive_int = _number_type(int, lambda v: v >= 1, "a positive integer")
 nonnegative_int = _number_type(int, lambda v: v >= 0, "an integer >= 0")

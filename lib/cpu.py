@@ -7,17 +7,13 @@
     hybrid           examples split across groups, BLAS threads inside each group (seed 000's future work)
     hogwild          lock-free asynchronous SGD (seed 002): p workers update the shared weights with no barrier
 
-Everything that is not a matrix product runs in small fused numba kernels (bias + sigmoid, the deltas, the
-bias gradient), so a step makes no temporaries and touches each activation once. The matrix products go to
-BLAS (``parbp.blas``: numpy's OpenBLAS, or MKL where this machine's measurements chose it for the
-step's shapes), transposed operands passed as views (BLAS takes them as flags, nothing is copied) and
-every output written in place; the weight update W ← W − lr·AᵀΔ is itself one GEMM (beta = 1),
-so the gradient is never stored.
+What is not a matrix product runs in small fused numba kernels, so a step makes no temporaries and touches
+each activation once; the products go to BLAS (``parbp.blas``), transposed operands as views and outputs in
+place, the update W ← W − lr·AᵀΔ itself one GEMM (beta = 1), so the gradient is never stored.
 """
 from __future__ import annotations
 
 import math
-import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -28,20 +24,18 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from .base import Trainer
-from .cli import check_positive_int
+from .cli import check_choice, check_positive_int
+from .envinfo import usable_cores
 from . import blas as _blas
 from .blas import axpy, blas_threads, gemm_into, gemm_update
 
-#: cores this process may run on: the default number of workers
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+CORES = usable_cores()  # the default number of workers
 
 # nogil: worker threads run the kernels truly in parallel. error_model="numpy": no ZeroDivisionError
 # branch inside the loops, which is what lets LLVM vectorize them. fastmath: reassociate reductions.
 _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
-# ---------------------------------------------------------------------------------------------------
-# Elementwise kernels
-# ---------------------------------------------------------------------------------------------------
+# -- Elementwise kernels ---------------------------------------------------------------------------
 @intrinsic
 def _float32_from_bits(typingctx, bits):
     """Reinterpret the low 32 bits of an integer as a float32 (how 2**n is built without a libm call)."""
@@ -89,15 +83,9 @@ FLOAT32_TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 def sigmoid(z):
-    """σ(z) = 1/(1 + e**−z). In numba, float32 results below float32's smallest normal number are 0.
-
-    Those results (z < −87.34) are subnormal, and whether a CPU delivers them depends on things a library
-    does not control: the FTZ/DAZ bits another library may have set, and the code LLVM picks for the
-    CPU it compiles for. With fastmath the division becomes a reciprocal estimate and a Newton step:
-    for Intel's AVX-512 cores (which prefer 256-bit vectors) VRCPPS, which always flushes results
-    below 2**-126 to 0; for AMD's Zen 4 (512-bit vectors) VRCP14PS, which does not. Flushing
-    explicitly makes the result one and the same everywhere, off by less than 1.2e-38 from the exact one.
-    """
+    """σ(z) = 1/(1 + e**−z). In numba, float32 results below float32's smallest normal number are 0: whether a
+    CPU delivers such subnormals depends on FTZ/DAZ bits and on the reciprocal LLVM picks (Intel's VRCPPS
+    flushes them, AMD Zen 4's VRCP14PS does not); flushing explicitly makes every CPU agree (error < 1.2e-38)."""
     return 1.0 / (1.0 + math.exp(-z))
 
 
@@ -169,9 +157,7 @@ def reduce_update(W, partials, lr, r0, r1):
                 W[i, j] -= lr * partials[k, i, j]
 
 
-# ---------------------------------------------------------------------------------------------------
-# The paper's serial algorithm: one example at a time
-# ---------------------------------------------------------------------------------------------------
+# -- The paper's serial algorithm: one example at a time -------------------------------------------
 @numba.njit(**_JIT)
 def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
     """One minibatch step of seed 001's serial backpropagation; returns Σ(a_L − y)² over the minibatch:
@@ -189,13 +175,9 @@ def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
 
 @numba.njit(**_JIT)
 def example_gradients(Ws, bs, gWs, gbs, acts, deltas, X, Y, scale):
-    """The gradient of seed 001's serial backpropagation over the rows of X; returns Σ(a_L − y)².
-
-    For each example: forward with matrix-vector products (eqs. 4-5), then backward (eqs. 7-9),
-    adding its outer products a_{l-1} δ_lᵀ into the gradient accumulators ``gWs``, ``gbs``.
-    ``acts[l]`` and ``deltas[l]`` are vectors of one example; every loop runs along a row of W.
-    The weights are only read, so threads may run it on their own examples at once (the paper's design).
-    """
+    """Seed 001's serial backpropagation over the rows of X, example by example (matrix-vector forward, eqs.
+    4-5; backward, eqs. 7-9), its outer products summed into ``gWs``, ``gbs``; returns Σ(a_L − y)². The weights
+    are only read, so threads may run it on their own examples at once (the paper's design)."""
     L = len(Ws)
     for l in range(L):
         gWs[l][:] = 0
@@ -233,9 +215,7 @@ def example_gradients(Ws, bs, gWs, gbs, acts, deltas, X, Y, scale):
     return sse
 
 
-# ---------------------------------------------------------------------------------------------------
-# Trainers
-# ---------------------------------------------------------------------------------------------------
+# -- Trainers --------------------------------------------------------------------------------------
 def forward_matrix(Ws, bs, X, chunk=4096):
     """Output activations for many rows (predict), a chunk of rows at a time to bound memory."""
     out = np.empty((X.shape[0], Ws[-1].shape[1]), dtype=X.dtype)
@@ -281,17 +261,6 @@ class _ParamsTrainer(Trainer):
             W[...] = W_new
             b[...] = b_new
 
-    def _check_grads(self, grads):
-        grads = list(grads)
-        if len(grads) != len(self.W):
-            raise ValueError(f"expected {len(self.W)} layers of (dW, db), got {len(grads)}")
-        out = []
-        for l, ((gW, gb), W, b) in enumerate(zip(grads, self.W, self.b)):
-            if np.shape(gW) != W.shape or np.shape(gb) != b.shape:
-                raise ValueError(f"layer {l}: expected dW{W.shape} and db{b.shape}, got dW{np.shape(gW)} db{np.shape(gb)}")
-            out.append((np.ascontiguousarray(gW, dtype=self.dtype), np.ascontiguousarray(gb, dtype=self.dtype)))
-        return out
-
 
 class SerialExampleTrainer(_ParamsTrainer):
     """Seed 001's serial algorithm: a numba loop over the examples, matrix-vector products only."""
@@ -320,20 +289,14 @@ class SerialExampleTrainer(_ParamsTrainer):
 class MatrixTrainer(_ParamsTrainer):
     """The minibatch matrix form, its examples split across ``groups`` workers with ``blas`` BLAS threads each.
 
-    One step. First, each worker on its rows of the minibatch (Z_l = A_{l-1}W_l is one GEMM per layer):
-      forward    A_l ← σ(A_{l-1}W_l + b_l)                      GEMM + fused kernel
-      backward   Δ_L ← 2/B (A_L − Y)∘σ',  Δ_{l-1} ← (Δ_l W_lᵀ)∘σ'   GEMM + fused kernel
-    Then, once every delta has been computed from the old weights, the update W_l ← W_l − lr·A_{l-1}ᵀΔ_l,
-    which sums over all the examples. Two ways to share it among workers (``update``):
-      "rows"      worker k owns a block of rows of every W (and entries of every b) and updates it from the
-                  whole minibatch, W[r] ← W[r] − lr·A[:, r]ᵀΔ: one GEMM with beta = 1 per layer. The sum over
-                  examples happens inside the GEMM, and no gradient is ever stored.
-      "partials"  the paper's pthreads design: worker k writes the partial gradient of its own examples,
-                  G_k = A_kᵀΔ_k, then W ← W − lr·Σ_k G_k in one pass that reduces and updates, its rows split
-                  across the workers. That pass reads p + 1 weight-sized arrays per step; at small batches
-                  it is what limits the speedup.
-    With one worker both are the single GEMM W ← W − lr·AᵀΔ. Subclasses fix ``groups``, ``blas`` and
-    ``update`` from their options.
+    Each worker runs forward (A_l ← σ(A_{l-1}W_l + b_l)) and backward (Δ_L ← 2/B (A_L − Y)∘σ',
+    Δ_{l-1} ← (Δ_l W_lᵀ)∘σ') on its rows, a GEMM and a fused kernel per layer. Then, from the old weights'
+    deltas, the update W_l ← W_l − lr·A_{l-1}ᵀΔ_l over all the examples, shared among workers (``update``):
+      "rows"      worker k updates its block of rows of every W from the whole minibatch: one GEMM with
+                  beta = 1 per layer; no gradient is stored.
+      "partials"  the paper's pthreads: worker k writes G_k = A_kᵀΔ_k, then one pass, its rows split across
+                  the workers, reduces and updates, W ← W − lr·Σ_k G_k (p + 1 weight-sized reads a step).
+    Subclasses fix ``groups``, ``blas`` and ``update`` from their options.
     """
 
     name = "matrix"
@@ -346,9 +309,7 @@ class MatrixTrainer(_ParamsTrainer):
 
     def _setup(self, params):
         self.groups, self.blas = self._workers()
-        self.update = self.opts.get("update", "rows")
-        if self.update not in self.UPDATES:
-            raise ValueError(f"trainer {self.name!r}: update must be one of {self.UPDATES}, got {self.update!r}")
+        self.update = check_choice(f"trainer {self.name!r}: update", self.opts.get("update", "rows"), self.UPDATES)
         super()._setup(params)
         self._capacity = 0
         self._partials = None
@@ -491,7 +452,7 @@ class MatrixTrainer(_ParamsTrainer):
         return sse / B, grads
 
     def _apply_gradients(self, grads, lr):
-        grads = self._check_grads(grads)
+        grads = self._check_layers(grads, "dW", "db", np.ascontiguousarray)
         lr = self.dtype.type(lr)
         parts = self.groups if self._pool is not None else 1
 
@@ -542,14 +503,9 @@ class BlasParallelTrainer(MatrixTrainer):
 
 
 class HybridTrainer(MatrixTrainer):
-    """``threads`` threads in all: the examples split across ``groups`` workers, each running its matrix
-    products on ``threads // groups`` BLAS threads. ``groups=None`` picks 2 groups when ``threads`` is
-    even, else 1 (pure BLAS parallelism), so ``threads`` means the same as for the other trainers.
-    ``update`` shares the update among the groups as for ``threads``.
-
-    Note: OpenBLAS serializes multi-threaded GEMMs issued by different threads at once (one
-    level-3 lock), so with OpenBLAS, groups overlap only outside their GEMMs when each has > 1 thread.
-    """
+    """``threads`` threads in all: the examples split across ``groups`` workers (None: 2 when ``threads`` is
+    even, else 1), each with ``threads // groups`` BLAS threads; ``update`` as for ``threads``. OpenBLAS
+    serializes multi-threaded GEMMs from several threads, so such groups overlap only outside their GEMMs."""
 
     name = "hybrid"
     options = {"threads": CORES, "groups": None, "update": "rows"}
@@ -565,15 +521,10 @@ class HybridTrainer(MatrixTrainer):
 
 
 class HogwildTrainer(MatrixTrainer):
-    """Lock-free asynchronous SGD on one node (Hogwild!, seed 002).
-
-    Each of ``threads`` workers takes its share of the minibatch and walks through it ``microbatch``
-    examples at a time: forward and backward with the weights as it finds them, then an immediate
-    in-place update of the shared weights, with no lock and no barrier between workers, so a worker
-    may read weights another is halfway through writing. Each microbatch update uses ``lr/B`` per
-    example, so with one worker and ``microbatch = B`` a step equals synchronous SGD; the workers
-    meet only when ``step`` returns. The returned loss is measured on the weights each microbatch saw.
-    """
+    """Lock-free asynchronous SGD on one node (Hogwild!, seed 002): each of ``threads`` workers walks its share
+    of the minibatch ``microbatch`` examples at a time, updating the shared weights at once, with no lock or
+    barrier (lr/B per example: one worker with ``microbatch = B`` is synchronous SGD). The loss returned is
+    measured on the weights each microbatch saw."""
 
     name = "hogwild"
     exact = False

@@ -9,26 +9,18 @@ The paper decomposes one minibatch step into five kernels, and so do we:
   5. ``update_layer``    W_l += α A_{l-1}^T Δ_l, b_l += α Σ Δ_l  per-example outer products summed over the
                                                               batch, α = -lr (eq. 9; the 1/B is in Δ_L)
 
-Layout: one example per row, every array C-contiguous (row-major), W_l of shape (n_{l-1}, n_l), so
-``Z = A @ W + b`` exactly as in ``reference.py``. (The paper stored activations column-major; with rows
-the operands that need transposing on their way into shared memory move from the update to the forward
-and backward products: see ``_matmul_kernel``.)
-
-The three products share one kernel template, ``_matmul_kernel``: a thread block of tile × tile threads
-computes a (tile·r) × (tile·r) block of the output, each thread an r × r sub-block held in registers
-(r = ``reg_block``; r = 1 is the paper's one-output-per-thread kernel). The reduction dimension is walked
-``tile`` at a time through shared memory. Outputs past the edge of a matrix are masked, so any width
-works; threads whose outputs all fall outside are the idle threads of the slides (widths not a multiple
-of the tile). The weight update has few output tiles but a long reduction (the batch): on a GPU it is split
+Layout: one example per row, every array row-major, W_l of shape (n_{l-1}, n_l), so ``Z = A @ W + b`` as in
+``reference.py`` (the paper stored activations column-major). The three products share one kernel template,
+``_matmul_kernel``: a block of tile × tile threads computes a (tile·r) × (tile·r) block of the output, each
+thread an r × r sub-block in registers (r = ``reg_block``; 1 is the paper's kernel), walking the reduction
+``tile`` at a time through shared memory. Outputs past a matrix's edge are masked: threads with no output
+inside are the slides' idle threads. The update (few output tiles, a long reduction over the batch) is split
 over several blocks per tile whose partial sums meet by atomic adds (split-K, ``split_for``).
 
-Weights, biases, activations and deltas live on the device between steps; ``params`` copies to the host
-only when read. Every kernel is a module-level launcher taking device arrays, so a test or a notebook can
-run each one alone.
-
-Without a GPU, numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before numba is first imported)
-runs the same kernels in Python threads, slowly. The simulator is no GPU: the trainer reports itself
-unavailable there unless it is asked for by ``NumbaCudaTrainer(..., simulator=True)``.
+Parameters and buffers stay on the device between steps; each kernel is a module-level launcher taking
+device arrays, so a test can run it alone. Without a GPU, numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``
+before numba's first import) runs the same kernels slowly; the trainer runs there only when asked by
+``NumbaCudaTrainer(..., simulator=True)``.
 """
 from __future__ import annotations
 
@@ -39,6 +31,7 @@ import numpy as np
 from numba import config, cuda, float64, from_dtype
 
 from .base import Trainer, TrainerUnavailable
+from .cli import check_choice
 
 TILES = (8, 16, 32)        # threads per block edge and depth of a shared-memory tile
 REG_BLOCKS = (1, 2, 4, 8)  # outputs per thread along each axis (register blocking)
@@ -54,16 +47,12 @@ def simulator_enabled() -> bool:
 
 def check_layout(tile: int, reg_block: int, dtype="float32") -> tuple[int, int]:
     """Validate the kernel geometry; returns (tile, reg_block) or raises ValueError naming the valid choices."""
-    if tile not in TILES:
-        raise ValueError(f"tile must be one of {TILES}, got {tile!r}")
-    if reg_block not in REG_BLOCKS:
-        raise ValueError(f"reg_block must be one of {REG_BLOCKS}, got {reg_block!r}")
+    check_choice("tile", tile, TILES)
+    check_choice("reg_block", reg_block, REG_BLOCKS)
     shared = shared_bytes(tile, reg_block, dtype)
     if shared > MAX_SHARED:
-        raise ValueError(
-            f"tile={tile}, reg_block={reg_block} in {np.dtype(dtype)} needs {shared} bytes of shared memory per "
-            f"block, more than the {MAX_SHARED} every GPU grants; use a smaller tile or reg_block"
-        )
+        raise ValueError(f"tile={tile}, reg_block={reg_block} in {np.dtype(dtype)} needs {shared} bytes of shared "
+                         f"memory per block, more than the {MAX_SHARED} every GPU grants; use a smaller tile or reg_block")
     return tile, reg_block
 
 
@@ -72,9 +61,7 @@ def shared_bytes(tile: int, reg_block: int, dtype="float32") -> int:
     return 2 * tile * (tile * reg_block + 1) * np.dtype(dtype).itemsize
 
 
-# ---------------------------------------------------------------------------------------------------
-# Kernel 1, 3 and 5: one tiled matrix product, three epilogues
-# ---------------------------------------------------------------------------------------------------
+# -- Kernel 1, 3 and 5: one tiled matrix product, three epilogues ----------------------------------
 FORWARD, DELTA, UPDATE = "forward", "delta", "update"
 
 
@@ -110,6 +97,11 @@ def _matmul_kernel(kind: str, tile: int, reg_block: int, dtype: str):
     A_ALONG_K = kind != UPDATE
     B_ALONG_K = kind == DELTA
     IS_FORWARD, IS_DELTA = kind == FORWARD, kind == DELTA  # plain booleans: the kernel compares no strings
+
+    @cuda.jit(device=True)
+    def tile_slot(flat, along_k, width):
+        """(k, row or column) of a tile's element ``flat``: along k, consecutive threads take consecutive k."""
+        return (flat % T, flat // T) if along_k else (flat // width, flat % width)
 
     @cuda.jit(**_jit_options(NT))
     def kernel(A, B, C, bias, alpha):
@@ -148,29 +140,18 @@ def _matmul_kernel(kind: str, tile: int, reg_block: int, dtype: str):
             # All NT threads load the BM × T tile of op(A) and the T × BN tile of op(B), R elements each.
             for p in range(R):
                 flat = tid + p * NT
-                if A_ALONG_K:
-                    kk, i = flat % T, flat // T
-                    m, k = m0 + i, k0 + kk
-                    v = A[m, k] if m < M and k < k_end else ZERO
-                else:
-                    i, kk = flat % BM, flat // BM
-                    m, k = m0 + i, k0 + kk
-                    v = ZERO
-                    if k < k_end:
-                        if m < M:
-                            v = A[k, m]
-                        elif m == M:  # the bias row of ones
-                            v = ONE
+                kk, i = tile_slot(flat, A_ALONG_K, BM)
+                m, k = m0 + i, k0 + kk
+                v = ZERO
+                if k < k_end:
+                    if m < M:
+                        v = A[m, k] if A_ALONG_K else A[k, m]
+                    elif m == M and not A_ALONG_K:  # the update's bias row of ones
+                        v = ONE
                 As[kk, i] = v
-                if B_ALONG_K:
-                    kk, j = flat % T, flat // T
-                    n, k = n0 + j, k0 + kk
-                    v = B[n, k] if n < N and k < k_end else ZERO
-                else:
-                    j, kk = flat % BN, flat // BN
-                    n, k = n0 + j, k0 + kk
-                    v = B[k, n] if n < N and k < k_end else ZERO
-                Bs[kk, j] = v
+                kk, j = tile_slot(flat, B_ALONG_K, BN)
+                n, k = n0 + j, k0 + kk
+                Bs[kk, j] = (B[n, k] if B_ALONG_K else B[k, n]) if n < N and k < k_end else ZERO
             cuda.syncthreads()
             # Each k: R + R shared loads feed R·R multiply-adds (the point of register blocking).
             for kk in range(T):
@@ -237,12 +218,8 @@ def backward_delta(D, W, out, tile=16, reg_block=4):
 
 
 def update_layer(W, b, A, D, alpha, tile=16, reg_block=4, split=1):
-    """Kernel 5: ``W += alpha * A.T @ D`` and ``b += alpha * D.sum(0)`` in place (eq. 9 with alpha = -lr).
-
-    The sum over the batch is the accumulation of the per-example outer products a_i δ_i^T. With
-    ``split`` > 1, that sum is cut into ``split`` chunks of examples whose blocks add their partial
-    products into W atomically: this keeps a GPU busy when W has few tiles but the batch is long.
-    """
+    """Kernel 5: ``W += alpha * A.T @ D`` and ``b += alpha * D.sum(0)`` in place (eq. 9 with alpha = -lr): the
+    per-example outer products summed over the batch, in ``split`` chunks whose blocks add into W atomically."""
     _check_shapes("update_layer", W=(W, ("i", "o")), b=(b, ("o",)), A=(A, ("B", "i")), D=(D, ("B", "o")))
     if not (isinstance(split, int) and 1 <= split <= A.shape[0]):
         raise ValueError(f"split must be an integer from 1 to the batch size {A.shape[0]}, got {split!r}")
@@ -260,9 +237,7 @@ def _check_shapes(kernel, **arrays):
                 raise ValueError(f"{kernel}: {name} has shape {arr.shape}, which disagrees with {seen[d][1]}")
 
 
-# ---------------------------------------------------------------------------------------------------
-# Kernels 2 and 4: elementwise
-# ---------------------------------------------------------------------------------------------------
+# -- Kernels 2 and 4: elementwise ------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _elementwise_kernels(dtype: str):
     ONE = np.dtype(dtype).type(1)
@@ -309,11 +284,8 @@ def reduce_blocks(batch: int, n_out: int) -> int:
 
 
 def output_delta(A, Y, D, partials):
-    """Kernel 2: ``D = 2/B (A - Y) ∘ A(1 - A)`` (eq. 7 for the MSE loss L = 1/B Σ||y - a||²).
-
-    ``partials`` (float64, length ``reduce_blocks(B, n_out)``) receives per-block sums of (A - Y)²;
-    the loss is ``partials.sum() / B``, added up on the host after the one small copy a step needs.
-    """
+    """Kernel 2: ``D = 2/B (A - Y) ∘ A(1 - A)`` (eq. 7). ``partials`` (float64, ``reduce_blocks(B, n_out)``)
+    receives per-block sums of (A - Y)²: the loss is ``partials.sum() / B``, summed on the host."""
     _check_shapes("output_delta", A=(A, ("B", "o")), Y=(Y, ("B", "o")), D=(D, ("B", "o")))
     blocks = reduce_blocks(*A.shape)
     if partials.shape != (blocks,) or partials.dtype != np.float64:
@@ -331,13 +303,9 @@ def dsigmoid(D, A):
 
 def check_kernels(batch: int = 7, n_in: int = 37, n_out: int = 53, layouts=((8, 1), (8, 4)), seed: int = 0,
                   A=None):
-    """Each kernel launched alone on device arrays, against numpy in float64: one row per (kernel, config)
-    with ``max |error|`` and ``max |value|`` (the largest expected entry, for a relative reading).
-
-    Random operands of shape (batch, n_in) → n_out, or ``A`` as the input activations (e.g. MNIST images,
-    which sets batch and n_in); every layout (tile, reg_block) runs the three products, the update also
-    split over 3 blocks of the batch when reg_block > 1. Odd sizes exercise every bounds check.
-    """
+    """Each kernel launched alone against numpy in float64: one row per (kernel, config) with ``max |error|``
+    and ``max |value|``. Random operands (batch, n_in) → n_out, or ``A`` as the input (e.g. MNIST images);
+    every (tile, reg_block) layout runs the three products, the update also split 3 ways when reg_block > 1."""
     import pandas as pd
 
     from .reference import mse_loss
@@ -384,28 +352,20 @@ def check_kernels(batch: int = 7, n_in: int = 37, n_out: int = 53, layouts=((8, 
     return pd.DataFrame(rows, columns=["kernel", "config", "max |error|", "max |value|"])
 
 
-# ---------------------------------------------------------------------------------------------------
-# The trainer
-# ---------------------------------------------------------------------------------------------------
+# -- The trainer -----------------------------------------------------------------------------------
 def split_for(n_in: int, n_out: int, batch: int, tile: int, reg_block: int, sms: int) -> int:
-    """How many chunks of the batch the update splits into.
-
-    W has few output tiles (272 for 1024×1024 in 64×64 tiles) but a long reduction (the batch). Aim at
-    8 blocks per multiprocessor, about four waves of resident blocks, so that the last, partial wave
-    costs little; but keep every chunk at least 8 tiles of examples deep, so the atomic adds that join
-    the chunks stay a small share of the work."""
+    """How many chunks of the batch the update splits into: about 8 blocks per multiprocessor (the last,
+    partial wave of blocks then costs little), each chunk at least 8 tiles of examples deep (the atomic adds
+    that join them stay a small share)."""
     per_block = tile * reg_block
     blocks = _blocks(n_out, per_block) * _blocks(n_in + 1, per_block)
     return max(1, min(_blocks(8 * sms, blocks), batch // (8 * tile)))
 
 
 def launch_geometry(sizes, batch: int, tile: int = 16, reg_block: int = 4, sms: int = 0) -> list[dict]:
-    """The three matmul launches of one step, as the trainer makes them (computed, not measured).
-
-    ``idle`` is the share of launched output slots that fall outside the matrix: the threads (or, with
-    register blocking, the registers) that the slides' "widths not a multiple of 32" leave without work.
-    ``sms`` > 0 applies the trainer's split of the update over a GPU with that many multiprocessors.
-    """
+    """The three matmul launches of one step, as the trainer makes them (computed, not measured). ``idle``: the
+    share of launched output slots outside the matrix (the slides' "widths not a multiple of 32"); ``sms`` > 0
+    applies the trainer's split of the update over a GPU with that many multiprocessors."""
     check_layout(tile, reg_block)
     per = tile * reg_block
     out = []
@@ -429,12 +389,9 @@ def launch_geometry(sizes, batch: int, tile: int = 16, reg_block: int = 4, sms: 
 
 
 class NumbaCudaTrainer(Trainer):
-    """The paper's five kernels (see the module docstring), float32 by default.
-
-    Options: ``tile`` (threads per block edge and shared tile depth, one of TILES), ``reg_block``
-    (outputs per thread along each axis, one of REG_BLOCKS; 1 is the paper's kernel) and ``simulator``
-    (run on numba's CUDA simulator, which must already be enabled; for tests and the notebook only).
-    """
+    """The paper's five kernels (see the module docstring), float32 by default. Options: ``tile`` (TILES),
+    ``reg_block`` (REG_BLOCKS; 1 is the paper's kernel), ``simulator`` (run on numba's CUDA simulator, already
+    enabled: for tests and the notebook only)."""
 
     name = "numba-cuda"
     device, family = "gpu", "cuda"
@@ -452,10 +409,8 @@ class NumbaCudaTrainer(Trainer):
     def __init__(self, *args, simulator: bool = False, **kwargs):
         if simulator:
             if not simulator_enabled():
-                raise TrainerUnavailable(
-                    "simulator=True needs numba's CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 before numba is "
-                    "first imported (this process has numba on the real CUDA target)"
-                )
+                raise TrainerUnavailable("simulator=True needs numba's CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 before "
+                                         "numba is first imported (this process has numba on the real CUDA target)")
             # Asked for by name, the simulator stands in for the GPU: shadow the class-level check.
             self.availability = lambda: (True, "")
         super().__init__(*args, simulator=bool(simulator), **kwargs)
@@ -475,11 +430,8 @@ class NumbaCudaTrainer(Trainer):
             "Y": cuda.device_array((B, self.n_out), self.dtype),
             "D": [None] + [cuda.device_array((B, n), self.dtype) for n in self.sizes[1:]],
             "partials": cuda.device_array(reduce_blocks(B, self.n_out), np.float64),
-            "split": [
-                1 if not self._sms else split_for(n_in, n_out, B, self.tile, self.reg_block, self._sms)
-                for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])
-            ],
-        }
+            "split": [1 if not self._sms else split_for(n_in, n_out, B, self.tile, self.reg_block, self._sms)
+                      for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])]}
 
     def _forward(self, X) -> dict:
         buf = self._batch_buffers(X.shape[0])

@@ -1,7 +1,6 @@
 """The minibatch step on a GPU with cuBLAS and fused elementwise kernels (CuPy): the GPU "blas-parallel".
 
-Per layer and step: three GEMMs and one fused elementwise pass, with every buffer allocated once per
-batch size.
+Per layer and step three GEMMs and fused elementwise passes, every buffer allocated once per batch size:
 
   forward   Z = A_{l-1} W_l                      cuBLAS gemm into A_l's buffer
             A_l = σ(Z + b_l)                      one fused kernel, in place
@@ -12,13 +11,13 @@ batch size.
                                                   accumulate, so no gradient buffer is written or read
             b_l -= lr Σ_i Δ_l[i]                  a column sum and a fused axpy
 
-The step is written against a small set of array operations (``CupyOps``). ``NumpyOps`` does the same
-operations on the host: with it the tests run this exact step, buffer handling and all, on a machine
-without a GPU. Only the CUDA kernel strings in ``CupyOps`` go untested there.
+The step is written against a few array operations (``CupyOps``); ``NumpyOps`` does them on the host, so the
+tests run this exact step without a GPU (only ``CupyOps``' kernel strings go untested there).
 """
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 from .base import Trainer
 
@@ -53,12 +52,7 @@ class NumpyOps:
             out += self.dtype.type(alpha) * (a @ b)
 
     def bias_sigmoid(self, b, z):
-        with np.errstate(over="ignore"):  # exp(-z) overflows to inf for z << 0, and σ(z) = 0 is right
-            np.add(z, b, out=z)
-            np.negative(z, out=z)
-            np.exp(z, out=z)
-            z += 1
-            np.reciprocal(z, out=z)
+        expit(np.add(z, b, out=z), out=z)
 
     def output_delta(self, a, y, d, scale):
         np.subtract(a, y, out=d)

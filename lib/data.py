@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import check_choice
 from .results import ROOT
 
 REPO_DATA = ROOT / "data"
@@ -110,8 +111,7 @@ KDD_CATEGORIES = {
 KDD_N_FEATURES = 41
 
 
-# --------------------------------------------------------------------------------------------
-# The dataset object
+# -- The dataset object ----------------------------------------------------------------------------
 
 
 @dataclass
@@ -143,49 +143,31 @@ class Dataset:
             if not np.isfinite(X).all():
                 raise DataIntegrityError(f"{self.name}: X_{split} contains NaN or infinite values")
 
-    @property
-    def n_in(self) -> int:
-        return self.X_train.shape[1]
-
-    @property
-    def n_out(self) -> int:
-        return self.Y_train.shape[1]
+    n_in = property(lambda self: self.X_train.shape[1])
+    n_out = property(lambda self: self.Y_train.shape[1])
 
     @staticmethod
     def labels(Y: np.ndarray) -> np.ndarray:
         """Integer labels from one-hot rows, or from a single 0/1 column."""
         return (Y[:, 0] > 0.5).astype(np.int64) if Y.shape[1] == 1 else Y.argmax(axis=1)
 
-    @property
-    def y_train(self):
-        return self.labels(self.Y_train)
-
-    @property
-    def y_val(self):
-        return self.labels(self.Y_val)
-
-    @property
-    def y_test(self):
-        return self.labels(self.Y_test)
+    y_train = property(lambda self: self.labels(self.Y_train))
+    y_val = property(lambda self: self.labels(self.Y_val))
+    y_test = property(lambda self: self.labels(self.Y_test))
 
     def take(self, n_train: int, n_val: int | None = None, n_test: int | None = None) -> "Dataset":
         """The first rows of each split: a quick, deterministic subset for demos and tests."""
         n_val = n_train // 5 if n_val is None else n_val
         n_test = n_val if n_test is None else n_test
-        return replace(
-            self,
-            X_train=self.X_train[:n_train], Y_train=self.Y_train[:n_train],
-            X_val=self.X_val[:n_val], Y_val=self.Y_val[:n_val],
-            X_test=self.X_test[:n_test], Y_test=self.Y_test[:n_test],
-        )
+        return replace(self, X_train=self.X_train[:n_train], Y_train=self.Y_train[:n_train], X_val=self.X_val[:n_val],
+                       Y_val=self.Y_val[:n_val], X_test=self.X_test[:n_test], Y_test=self.Y_test[:n_test])
 
     def __repr__(self):
         return (f"<Dataset {self.name}: train {self.X_train.shape}, val {self.X_val.shape}, "
                 f"test {self.X_test.shape}, {self.n_out} output(s)>")
 
 
-# --------------------------------------------------------------------------------------------
-# Finding, downloading and verifying files
+# -- Finding, downloading and verifying files ------------------------------------------------------
 
 
 def search_roots() -> list[Path]:
@@ -219,16 +201,10 @@ def read_verified(src: Source, path: Path) -> bytes:
         data = gzip.decompress(raw_file) if compressed else raw_file
     except (OSError, EOFError) as e:
         raise DataIntegrityError(f"{path} is not a readable gzip file ({e}); delete it and fetch it again") from None
-    if src.sha256:
-        ok = sha256(data) == src.sha256
-    else:
-        ok = compressed and sha256(raw_file) == src.gz_sha256
-    if not ok:
-        expected = src.sha256 or f"(of the .gz) {src.gz_sha256}"
-        raise DataIntegrityError(
-            f"{path} is corrupt or not the expected file: its sha256 does not match {expected}. "
-            f"Delete it and fetch it again (see data/README.md)."
-        )
+    if not (sha256(data) == src.sha256 if src.sha256 else compressed and sha256(raw_file) == src.gz_sha256):
+        raise DataIntegrityError(f"{path} is corrupt or not the expected file: its sha256 does not match "
+                                 f"{src.sha256 or f'(of the .gz) {src.gz_sha256}'}. Delete it and fetch it again "
+                                 "(see data/README.md).")
     return data
 
 
@@ -250,10 +226,8 @@ def fetch(src: Source) -> Path:
         return path
     searched = ", ".join(str(r / src.folder) for r in search_roots())
     if os.environ.get("PARBP_OFFLINE"):
-        raise DataNotFoundError(
-            f"{src.filename} not found (searched {searched}) and downloads are off (PARBP_OFFLINE is set). "
-            f"Point PARBP_DATA at a folder holding {src.folder}/{src.filename}."
-        )
+        raise DataNotFoundError(f"{src.filename} not found (searched {searched}) and downloads are off (PARBP_OFFLINE "
+                                f"is set). Point PARBP_DATA at a folder holding {src.folder}/{src.filename}.")
     import pooch
 
     target = _download_root() / src.folder
@@ -272,11 +246,9 @@ def fetch(src: Source) -> Path:
             errors.append(f"{mirror}: {e}")
             continue
         return got
-    raise DataNotFoundError(
-        f"{src.filename} not found (searched {searched}) and could not be downloaded:\n  "
-        + "\n  ".join(errors)
-        + f"\nIf this machine is offline, copy the file into $PARBP_DATA/{src.folder}/ and set PARBP_DATA."
-    )
+    raise DataNotFoundError(f"{src.filename} not found (searched {searched}) and could not be downloaded:\n  "
+                            + "\n  ".join(errors)
+                            + f"\nIf this machine is offline, copy the file into $PARBP_DATA/{src.folder}/ and set PARBP_DATA.")
 
 
 def read(src: Source) -> bytes:
@@ -284,8 +256,7 @@ def read(src: Source) -> bytes:
     return read_verified(src, fetch(src))
 
 
-# --------------------------------------------------------------------------------------------
-# MNIST-format (IDX) datasets
+# -- MNIST-format (IDX) datasets -------------------------------------------------------------------
 
 
 def parse_idx(data: bytes, expect_shape: tuple) -> np.ndarray:
@@ -319,19 +290,13 @@ def _load_idx_dataset(name: str, classes: tuple, n_val: int = 10_000) -> Dataset
     y_test = parse_idx(read(files["t10k-labels-idx1-ubyte"]), (10_000,))
     flat = lambda a: a.reshape(len(a), -1).astype(np.float32) / np.float32(255)  # noqa: E731  scale to [0, 1]
     n_train = len(X) - n_val  # seed 000: the first 50,000 train, the last 10,000 validate
-    return Dataset(
-        name=name,
-        X_train=flat(X[:n_train]), Y_train=one_hot(y[:n_train], 10),
-        X_val=flat(X[n_train:]), Y_val=one_hot(y[n_train:], 10),
-        X_test=flat(X_test), Y_test=one_hot(y_test, 10),
-        classes=classes,
-        info={"split": f"train = first {n_train} of the official training set, val = last {n_val}, "
-                       "test = the official 10,000", "scaling": "pixels / 255"},
-    )
+    return Dataset(name, flat(X[:n_train]), one_hot(y[:n_train], 10), flat(X[n_train:]), one_hot(y[n_train:], 10),
+                   flat(X_test), one_hot(y_test, 10), classes,
+                   {"split": f"train = first {n_train} of the official training set, val = last {n_val}, "
+                             "test = the official 10,000", "scaling": "pixels / 255"})
 
 
-# --------------------------------------------------------------------------------------------
-# KDD Cup 1999
+# -- KDD Cup 1999 ----------------------------------------------------------------------------------
 
 
 def parse_kdd(data: bytes, encoding: str = "onehot") -> tuple[np.ndarray, np.ndarray]:
@@ -375,30 +340,22 @@ def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> 
 
 def _load_kdd(subset: str = "10percent", encoding: str = "onehot", seed: int = 0,
               fractions=(25 / 36, 5 / 36, 6 / 36)) -> Dataset:
-    if subset not in KDD_SUBSETS:
-        raise ValueError(f"unknown kddcup99 subset {subset!r}; choose one of {list(KDD_SUBSETS)}")
-    if encoding not in KDD_ENCODINGS:
-        raise ValueError(f"unknown kddcup99 encoding {encoding!r}; choose one of {list(KDD_ENCODINGS)}")
+    check_choice("kddcup99 subset", subset, KDD_SUBSETS, unknown=True)
+    check_choice("kddcup99 encoding", encoding, KDD_ENCODINGS, unknown=True)
     X, y = parse_kdd(read(SOURCES["kddcup99"][subset]), encoding)
     if len(y) != KDD_SUBSETS[subset]:
         raise DataIntegrityError(f"kddcup99 {subset} should have {KDD_SUBSETS[subset]} rows, got {len(y)}")
     train, val, test = stratified_split(y, fractions, seed)
     # Standardize with training statistics only; constant columns are left centred, not divided by 0.
     numeric = _kdd_numeric_columns(encoding)
-    mean = X[train][:, numeric].mean(axis=0)
-    std = X[train][:, numeric].std(axis=0)
+    mean, std = X[train][:, numeric].mean(axis=0), X[train][:, numeric].std(axis=0)
     std[std == 0] = 1.0
     X[:, numeric] = (X[:, numeric] - mean) / std
-    X = X.astype(np.float32)
-    Y = y.astype(np.float32)[:, None]
-    return Dataset(
-        name="kddcup99",
-        X_train=X[train], Y_train=Y[train], X_val=X[val], Y_val=Y[val], X_test=X[test], Y_test=Y[test],
-        classes=("normal", "attack"),
-        info={"subset": subset, "encoding": encoding, "seed": seed,
-              "split": "stratified by label, seeded: test = 1/6, the rest train:val = 5:1 (seed 001 §5.1)",
-              "scaling": "numeric columns standardized with train mean/std"},
-    )
+    X, Y = X.astype(np.float32), y.astype(np.float32)[:, None]
+    return Dataset("kddcup99", X[train], Y[train], X[val], Y[val], X[test], Y[test], ("normal", "attack"),
+                   {"subset": subset, "encoding": encoding, "seed": seed,
+                    "split": "stratified by label, seeded: test = 1/6, the rest train:val = 5:1 (seed 001 §5.1)",
+                    "scaling": "numeric columns standardized with train mean/std"})
 
 
 def _kdd_numeric_columns(encoding: str) -> np.ndarray:
@@ -410,22 +367,14 @@ def _kdd_numeric_columns(encoding: str) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-# --------------------------------------------------------------------------------------------
-# The public entry points
+# -- The public entry points -----------------------------------------------------------------------
 
 
 def load(name: str, **kwargs) -> Dataset:
-    """Load a dataset by name: "mnist", "fashion-mnist" or "kddcup99".
-
-    kddcup99 takes ``subset="10percent"`` (494,021 rows, default) or ``"full"`` (4,898,431 rows),
-    ``encoding="onehot"`` (default: 38 numeric + 84 indicator columns = 122 inputs) or ``"ordinal"``
-    (the 41 raw features, categories as integer codes), and the split ``seed``.
-    One-hot is the default because an MLP would otherwise read an order into service names; the paper's
-    42-unit input layer matches the 41 features plus a bias/label column of the raw file.
-    """
-    if name not in NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {list(NAMES)}")
-    if name == "kddcup99":
+    """Load a dataset by name: "mnist", "fashion-mnist" or "kddcup99". kddcup99 takes ``subset`` ("10percent",
+    the default, or "full"), ``encoding`` ("onehot", the default: 122 inputs, so an MLP reads no order into
+    service names; or "ordinal": the paper's 41 raw features) and the split ``seed``."""
+    if check_choice("dataset", name, NAMES, unknown=True) == "kddcup99":
         return _load_kdd(**kwargs)
     if kwargs:
         raise ValueError(f"dataset {name!r} takes no options, got {sorted(kwargs)}")
@@ -434,11 +383,8 @@ def load(name: str, **kwargs) -> Dataset:
 
 def dims(name: str, encoding: str = "onehot") -> tuple[int, int]:
     """(n_in, n_out) of a dataset without loading it (for benchmarks on synthetic batches)."""
-    if name not in NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {list(NAMES)}")
-    if name == "kddcup99":
-        if encoding not in KDD_ENCODINGS:
-            raise ValueError(f"unknown kddcup99 encoding {encoding!r}; choose one of {list(KDD_ENCODINGS)}")
+    if check_choice("dataset", name, NAMES, unknown=True) == "kddcup99":
+        check_choice("kddcup99 encoding", encoding, KDD_ENCODINGS, unknown=True)
         return len(_kdd_numeric_columns(encoding)) + (
             sum(len(v) for v in KDD_CATEGORIES.values()) if encoding == "onehot" else 0), 1
     return 784, 10
@@ -475,9 +421,7 @@ def load_first(name: str, n: int | None = None, seed: int = 0) -> Dataset:
     ``--subset`` everywhere. Validation and test keep their first max(n // 5, 100) rows."""
     if name == TOY:
         return toy(n or 2000, seed=seed)
-    if name not in NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {[*NAMES, TOY]}")
-    ds = load(name)
+    ds = load(check_choice("dataset", name, (*NAMES, TOY), unknown=True))
     if not n:
         return ds
     if n > len(ds.X_train):

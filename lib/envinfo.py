@@ -12,6 +12,16 @@ from threadpoolctl import threadpool_info
 PACKAGES = ("numpy", "numba", "scipy", "torch", "pytensor", "cupy", "mpi4py", "ipyparallel", "pandas")
 
 
+def load() -> float:
+    """The 1-minute load average (NaN where the OS has none): how busy the shared machine was."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -45,10 +55,13 @@ def blas() -> list[dict]:
     """The BLAS/OpenMP libraries numpy (and friends) loaded, with their thread counts (threadpoolctl)."""
     import numpy  # noqa: F401  (loads numpy's BLAS so threadpoolctl can see it)
 
-    return [
-        {k: lib.get(k) for k in ("user_api", "internal_api", "version", "architecture", "num_threads", "filepath")}
-        for lib in threadpool_info()
-    ]
+    keys = ("user_api", "internal_api", "version", "architecture", "num_threads", "filepath")
+    return [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
+
+
+def kernels(lib: dict) -> str:
+    """A BLAS library as threadpoolctl reports it, in a few words: its API, version and CPU kernels."""
+    return f"{lib.get('internal_api')} {lib.get('version')} {lib.get('architecture') or ''}".rstrip()
 
 
 def gpu() -> str:
@@ -67,9 +80,8 @@ def gpu() -> str:
 def machine_label() -> str:
     """One line naming the machine, stamped on every figure: CPU, cores, numpy's BLAS and its kernels, GPU."""
     numpy_blas = next((b for b in blas() if b["user_api"] == "blas" and "numpy" in (b["filepath"] or "")), None)
-    kernels = f"{numpy_blas['internal_api']} {numpy_blas['version']} {numpy_blas['architecture'] or ''}".rstrip() \
-        if numpy_blas else "BLAS unknown"
-    return f"{cpu_name()}, {os.cpu_count()} cores, {kernels}, GPU: {gpu() or 'none'}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {kernels(numpy_blas) if numpy_blas else 'BLAS unknown'}, " \
+           f"GPU: {gpu() or 'none'}"
 
 
 def label_of(row) -> str:
@@ -86,10 +98,9 @@ def summary() -> dict:
         "cpu": cpu_name(),
         "cores_logical": psutil.cpu_count(logical=True),
         "cores_physical": psutil.cpu_count(logical=False),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "affinity": usable_cores(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "blas": "; ".join(f"{b['internal_api']} {b['version']} {b['architecture'] or ''} ({b['num_threads']} threads)"
-                          for b in blas_libs),
+        "blas": "; ".join(f"{kernels(b)} ({b['num_threads']} threads)" for b in blas_libs),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(auto)"),
         "gpu": gpu() or "none",
         **{f"v_{k}": v for k, v in versions().items()},

@@ -5,10 +5,9 @@
     python -m parbp.gpu_campaign --payload build/gpu-payload    (make gpu-payload) builds what travels beside
                                                                 the tree, then measures the trip: > 64 MiB fails
 
-The GPU this study can expect is lent for a quarter of an hour with no network, so the campaign is one
-command that needs nothing from outside the tree and the payload (``make gpu-payload``), and every step
-runs in its own process under its own time limit, inside one overall limit (``LIMIT_S``): a step that
-hangs costs its own share, not the rerun. Into OUT it writes
+The GPU is lent for a quarter of an hour with no network: one command needing only the tree and the payload,
+each step in its own process under its own limit inside ``LIMIT_S`` (a hung step costs its share, not the
+rerun). Into OUT it writes
 
   machine.json    the machine (``parbp.envinfo.summary``, nvidia-smi) and where parbp was imported from
   tests.log       tests/test_cuda.py and tests/test_cupy.py, on the GPU (the simulator off)
@@ -69,9 +68,7 @@ DRY = Plan(nets=[[9, 7]], gpu_batches=[8], cpu_batches=[8],  # a simulated step:
            limits={"tests": 150, "kernels": 120, "bench": 240})
 
 
-# ---------------------------------------------------------------------------------------------------
-# What travels
-# ---------------------------------------------------------------------------------------------------
+# -- What travels ----------------------------------------------------------------------------------
 def travel_bytes(carry=(), root: Path = Path(".")) -> dict:
     """Bytes that a trip to the GPU machine takes: the tree (tracked and untracked-not-ignored files) and each
     carried path."""
@@ -104,21 +101,21 @@ def build_payload(folder: Path) -> None:
         shutil.copyfile(data.fetch(src), folder / "data" / src.folder / src.filename)
 
 
-def measure(carry) -> int:
+def travel(carry) -> tuple[bool, str]:
+    """Whether the tree and ``carry`` fit one trip (``TRAVEL_LIMIT``), and their sizes in one line."""
     sizes = travel_bytes(carry)
     total = sum(sizes.values())
-    for name, n in sizes.items():
-        print(f"{name:<24} {n / 2**20:8.2f} MiB")
-    print(f"{'travels':<24} {total / 2**20:8.2f} MiB of {TRAVEL_LIMIT / 2**20:.0f} MiB")
-    if total > TRAVEL_LIMIT:
-        print(f"too large: {total / 2**20:.2f} MiB > {TRAVEL_LIMIT / 2**20:.0f} MiB; carry less", file=sys.stderr)
-        return 1
-    return 0
+    return total <= TRAVEL_LIMIT, (", ".join(f"{k} {n / 2**20:.2f} MiB" for k, n in sizes.items())
+                                   + f"; {total / 2**20:.2f} MiB of {TRAVEL_LIMIT / 2**20:.0f} MiB")
 
 
-# ---------------------------------------------------------------------------------------------------
-# The steps (each run in its own process by ``campaign``)
-# ---------------------------------------------------------------------------------------------------
+def measure(carry) -> int:
+    fits, sizes = travel(carry)
+    print(f"travels: {sizes}" + ("" if fits else "; too large, carry less"), file=sys.stdout if fits else sys.stderr)
+    return 0 if fits else 1
+
+
+# -- The steps (each run in its own process by ``campaign``) ---------------------------------------
 def machine(out: Path, plan: Plan) -> None:
     import parbp
     from parbp import envinfo
@@ -156,7 +153,7 @@ def bench(out: Path, plan: Plan) -> None:
     import pandas as pd
 
     from parbp import bench as b
-    from parbp import experiments, results, trainers
+    from parbp import experiments, results
 
     path, tables = out / "bench_gpu.csv", []
 
@@ -165,22 +162,22 @@ def bench(out: Path, plan: Plan) -> None:
         results.write_csv(b.with_environment(pd.concat(tables, ignore_index=True)), path)
         print(f"{what}: {len(df)} rows -> {path}\n{b.format_table(df)}", flush=True)
 
-    say = lambda msg: print(msg, flush=True)  # noqa: E731
-    save(b.run([*trainers.gpu(), "torch"], plan.nets, plan.gpu_batches, [1], n_in=plan.n_in, n_out=plan.n_out,
-               device="gpu", repeats=plan.repeats, progress=say, **plan.gpu_options), "GPU trainers and torch on CUDA")
-    save(b.run([experiments.BASELINE], plan.nets, plan.cpu_batches, [1], n_in=plan.n_in, n_out=plan.n_out,
-               repeats=max(3, plan.repeats // 2), progress=say, compare_torch=False), "the paper's baseline, on the CPU")
-    save(b.run(plan.cpu_impls, plan.nets, plan.cpu_batches, plan.threads, n_in=plan.n_in, n_out=plan.n_out,
-               repeats=plan.repeats, progress=say), "the best CPU trainers")
+    def run(impls, batches, threads, **kwargs):
+        return b.run(impls, plan.nets, batches, threads, n_in=plan.n_in, n_out=plan.n_out,
+                     progress=lambda msg: print(msg, flush=True), **{"repeats": plan.repeats, **kwargs})
+
+    save(run(b.gpu_impls(), plan.gpu_batches, [1], device="gpu", **plan.gpu_options),
+         "GPU trainers and torch on CUDA")
+    save(run([experiments.BASELINE], plan.cpu_batches, [1], repeats=max(3, plan.repeats // 2), compare_torch=False),
+         "the paper's baseline, on the CPU")
+    save(run(plan.cpu_impls, plan.cpu_batches, plan.threads), "the best CPU trainers")
 
 
 # in this order: the kernels' correctness first (seconds), then the measurement, then the tests with what is left
 STEPS = {"machine": machine, "kernels": kernels, "bench": bench, "tests": None}
 
 
-# ---------------------------------------------------------------------------------------------------
-# The campaign
-# ---------------------------------------------------------------------------------------------------
+# -- The campaign ----------------------------------------------------------------------------------
 def campaign(out: Path, dry_run: bool = False, limit_s: float = LIMIT_S) -> int:
     """Every step in its own process, from the repository root (the working directory: the tests live
     there), each under min(its limit, what is left of ``limit_s``); returns how many steps failed."""
@@ -199,11 +196,9 @@ def campaign(out: Path, dry_run: bool = False, limit_s: float = LIMIT_S) -> int:
 
     write(f"GPU campaign{' (DRY RUN: numba CUDA simulator, tiny sizes)' if dry_run else ''} into {out}\n")
     if dry_run:  # the rehearsal also weighs the trip: the tree and the payload, when built
-        sizes = travel_bytes([PAYLOAD] if Path(PAYLOAD).exists() else [])
-        total = sum(sizes.values())
-        write(f"== travel: {'passed' if total <= TRAVEL_LIMIT else 'FAILED'}: " + ", ".join(
-            f"{k} {n / 2**20:.2f} MiB" for k, n in sizes.items()) + f"; {total / 2**20:.2f} of {TRAVEL_LIMIT / 2**20:.0f} MiB\n")
-        if total > TRAVEL_LIMIT:
+        fits, sizes = travel([PAYLOAD] if Path(PAYLOAD).exists() else [])
+        write(f"== travel: {'passed' if fits else 'FAILED'}: {sizes}\n")
+        if not fits:
             failed.append("travel")
     for name in STEPS:
         left = limit_s - (time.perf_counter() - start)

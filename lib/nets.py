@@ -27,11 +27,8 @@ def parse_net(text: str):
 
 
 def layer_sizes(net, n_in: int, n_out: int) -> list[int]:
-    """Widths of every layer, input to output, for ``net`` = "1h", "2h", "64,32" or an explicit list.
-
-    An explicit list may be the hidden widths alone (``[512, 256]``) or the full
-    ``[n_in, ..., n_out]``; in the latter case its ends must match the dataset.
-    """
+    """Widths of every layer, input to output, for ``net`` = "1h", "2h", "64,32" or an explicit list: the hidden
+    widths alone (``[512, 256]``) or the full ``[n_in, ..., n_out]`` (its ends matching the dataset)."""
     if isinstance(net, str):
         net = parse_net(net)
     if isinstance(net, str):
@@ -41,9 +38,7 @@ def layer_sizes(net, n_in: int, n_out: int) -> list[int]:
             sizes = [int(s) for s in net]
         except TypeError:
             raise ValueError(f"net must be one of {sorted(HIDDEN)} or a list of layer sizes, got {net!r}") from None
-        if len(sizes) >= 2 and sizes[0] == n_in and sizes[-1] == n_out:
-            pass  # already the full list
-        else:
+        if not (len(sizes) >= 2 and sizes[0] == n_in and sizes[-1] == n_out):  # the hidden widths alone
             sizes = [n_in, *sizes, n_out]
     if any(s <= 0 for s in sizes):
         raise ValueError(f"layer sizes must be positive, got {sizes}")
@@ -51,14 +46,10 @@ def layer_sizes(net, n_in: int, n_out: int) -> list[int]:
 
 
 def init_params(sizes: list[int], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Seeded float64 parameters ``[(W, b), ...]``; every trainer starts from these (cast to its dtype).
-
-    Glorot-uniform (Glorot & Bengio 2010): ``W ~ U(-r, r)``, ``r = sqrt(6 / (fan_in + fan_out))``,
-    biases 0. It keeps each layer's pre-activations near unit scale, where σ' is largest, so the
-    deltas of eq. 8 do not vanish on the way down. We do not use the ×4 variant often recommended
-    for sigmoid: sigmoid outputs are positive (mean ≈ 0.5), so across a fan-in of 1024 the ×4 weights
-    push the output units into saturation before the first step (measured: initial MSE 2.94 vs 2.34).
-    """
+    """Seeded float64 parameters ``[(W, b), ...]``, every trainer's start (cast to its dtype): Glorot-uniform,
+    ``W ~ U(-r, r)``, ``r = sqrt(6 / (fan_in + fan_out))``, biases 0, which keeps pre-activations where σ' is
+    largest. Not the ×4 variant for sigmoid: over a fan-in of 1024 positive inputs it saturates the outputs
+    before the first step (initial MSE 2.94 vs 2.34)."""
     rng = np.random.default_rng(seed)
     params = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
@@ -73,18 +64,8 @@ def n_params(sizes: list[int]) -> int:
 
 
 def flops_per_step(sizes: list[int], batch_size: int) -> int:
-    """Floating-point operations of one SGD step on a minibatch: forward, backward and update.
-
-    Counted the way GFLOP/s is conventionally reported for dense nets, by the matrix products
-    (2 flops per multiply-add) plus the elementwise work that every implementation must do:
-      forward       2·n_{l-1}·n_l per example and layer, + bias add and sigmoid (n_l each);
-      output delta  3 per output (a - y, times σ', times the loss scale);
-      backward      2·n_l·n_{l-1} per example for each layer but the first (no delta for the input),
-                    + 2 per hidden unit for the Hadamard product with σ' = a(1-a);
-      gradient      2·n_{l-1}·n_l per example and layer for the weights, n_l for the bias;
-      update        2 per parameter per step (scale and subtract).
-    Every GFLOP/s figure in this study divides this number by measured seconds.
-    """
+    """Floating-point operations of one SGD step (every GFLOP/s of the study divides it by seconds): the matrix
+    products at 2 per multiply-add, plus the elementwise work every implementation must do."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     per_example = 0
@@ -94,8 +75,8 @@ def flops_per_step(sizes: list[int], batch_size: int) -> int:
         per_example += 2 * fan_in * fan_out + fan_out      # weight and bias gradient
         if i > 0:
             per_example += 2 * fan_out * fan_in + 2 * fan_in  # delta for the layer below, times σ'
-    per_example += 3 * sizes[-1]
-    return batch_size * per_example + 2 * n_params(sizes)
+    per_example += 3 * sizes[-1]  # the output delta: a - y, times σ', times the loss scale
+    return batch_size * per_example + 2 * n_params(sizes)  # the update: scale and subtract, once a step
 
 
 def flops_per_example(sizes: list[int], batch_size: int) -> float:

@@ -8,8 +8,10 @@ course projects such as seed 003, whose reported loss is not on the MSE's scale)
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 from .base import Trainer
+from .cli import check_choice
 
 
 class NumpyTrainer(Trainer):
@@ -18,8 +20,7 @@ class NumpyTrainer(Trainer):
     LOSSES = ("mse", "xent")
 
     def _setup(self, params):
-        if self.opts["loss"] not in self.LOSSES:
-            raise ValueError(f"unknown loss {self.opts['loss']!r}; choose one of {self.LOSSES}")
+        check_choice("loss", self.opts["loss"], self.LOSSES, unknown=True)
         self._params = [(W.copy(), b.copy()) for W, b in params]
 
     def _forward(self, X):
@@ -30,7 +31,7 @@ class NumpyTrainer(Trainer):
                 e = np.exp(z - z.max(axis=1, keepdims=True))
                 A.append(e / e.sum(axis=1, keepdims=True))
             else:
-                A.append(1.0 / (1.0 + np.exp(-z)))
+                A.append(expit(z))
         return A
 
     def _gradients(self, X, Y):

@@ -15,18 +15,9 @@ Notation (one example per row, so the paper's ``z_l = W_l^T x_l + b_l`` becomes 
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit as sigmoid  # σ(z) = 1/(1+e^{-z}), neither overflowing nor losing precision
 
 from .base import Trainer
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    """σ(z) = 1/(1+e^{-z}), written so that large |z| neither overflows nor loses precision."""
-    out = np.empty_like(z)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    out[~pos] = ez / (1.0 + ez)
-    return out
 
 
 def forward(params, X):

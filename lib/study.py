@@ -6,42 +6,35 @@
     python -m parbp.study --force            # rerun everything (make study FORCE=1)
     python -m parbp.study --publish          # also figures/study_times_PROFILE.csv and the README's table
 
-Executed copies go to ``build/executed/`` (gitignored); the experiment notebooks write ``figures/``.
-A profile (``parbp.profiles``) maps notebook names to the papermill parameters that override the stored
-(quick) defaults, or to a list of such dicts to run one notebook several times (05 runs once per network
-and dataset); a notebook a profile does not name runs once with its stored defaults.
+Executed copies go to ``build/executed/``; the experiment notebooks write ``figures/``. A profile
+(``parbp.profiles``) maps notebook names to papermill parameters over the stored (quick) defaults, or to a
+list of them to run a notebook several times (05: once per network and dataset).
 
-**Reruns.** Beside each executed copy lies ``NAME.record.json``: what produced it, as hashes of the
-notebook's code (cell sources, not outputs), its parameters, the profile, the ``parbp`` source (every
-module but this runner and the profiles, which run no notebook code) and the files its parameters name
-(09 reads the network 08 trained). A run whose record matches is
-skipped and the log says so; anything else, a run that failed or was interrupted included (its record is
-removed before it starts and written only when it succeeds), runs again.
+**Reruns.** ``NAME.record.json`` beside each executed copy hashes what produced it: the notebook's cell
+sources, its parameters, the profile, the parbp modules the notebooks can reach (``notebook_modules``) and
+the files its parameters name (09 reads 08's network). A matching record skips the run; a failed or
+interrupted run has none (it is removed before the run and written when it succeeds), so it runs again.
+A notebook with a ``checkpoint_dir`` parameter (08) gets a folder under ``build/checkpoints/`` named after
+its record's hash, so an interrupted study resumes its training (``train.fit(..., resume=True)``); the
+folder goes when the run succeeds, or before it with ``--force``.
 
-**Resuming inside a notebook.** A notebook whose parameters include ``checkpoint_dir`` (08) is given a
-folder under ``build/checkpoints/`` named after the run and its record's hash; it checkpoints its long
-training there (``parbp.train.fit(..., checkpoint=..., resume=True)``), so an interrupted study picks up
-where the training stopped, and a change of code or parameters starts afresh in a new folder. The folder
-is deleted when the run succeeds, and before it starts with ``--force``.
-
-**Times.** Every run's seconds and the load average when it started go to
-``build/executed/study_times_PROFILE.csv``; with ``--publish`` (``make study``) also to
-``figures/study_times_PROFILE.csv``, with the machine and a total row, and as a table into the README between
-``<!-- BEGIN figures/study_times_PROFILE.csv -->`` and its END marker, where the README has them.
-
-**Failures** are reported as the notebook, the cell and the error (the executed copy keeps the full
-traceback); the other notebooks still run, and the exit status is 1.
+**Times** go to ``build/executed/study_times_PROFILE.csv``; with ``--publish`` also to ``figures/`` with the
+machine and a total row, and into the README between its ``<!-- BEGIN figures/study_times_PROFILE.csv -->``
+markers. **Failures** are reported by notebook, cell and error; the others still run; the exit status is 1.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
-import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from . import envinfo
+from .cli import check_choice
 from .profiles import PROFILES
 
 from .results import BUILD, NOTEBOOKS, ROOT
@@ -49,8 +42,6 @@ from .results import BUILD, NOTEBOOKS, ROOT
 EXECUTED = BUILD / "executed"
 CHECKPOINTS = BUILD / "checkpoints"
 LIB = Path(__file__).resolve().parent
-#: modules that run no notebook code: editing them must not make every notebook stale
-NOT_NOTEBOOK_CODE = ("study.py", "profiles.py", "book.py")
 
 
 def notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
@@ -62,17 +53,59 @@ def _sha(obj) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _code_cells(path: Path) -> list[tuple[str, str]]:
+    return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
+            for c in json.loads(Path(path).read_text())["cells"]]
+
+
 def notebook_code(path: Path) -> str:
     """A hash of what a notebook runs: its cells' types and sources, not their outputs."""
-    cells = json.loads(Path(path).read_text())["cells"]
-    return _sha([(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
-                 for c in cells])
+    return _sha(_code_cells(path))
 
 
-def library_code() -> str:
-    """A hash of the parbp source the notebooks import."""
-    return _sha(b"".join(p.name.encode() + b"\0" + p.read_bytes()
-                         for p in sorted(LIB.glob("*.py")) if p.name not in NOT_NOTEBOOK_CODE))
+def imported(source: str, by_name: bool = True) -> set[str] | None:
+    """The parbp modules ``source`` imports, at the top or inside a function (``from . import x``,
+    ``from .x import y``, ``from parbp.x import y``, ``import parbp.x``) and, ``by_name``, loads by name (a
+    string ``"parbp.x"`` or ``"parbp.x:Class"``: the trainer registry, a ``-m parbp.x`` argument) or runs from a
+    shell line (``!python -m parbp.x``); None when it does not parse."""
+    shell = [line for line in source.splitlines() if line.lstrip().startswith(("%", "!"))]
+    try:
+        tree = ast.parse("\n".join(line for line in source.splitlines() if line not in shell))
+    except SyntaxError:
+        return None
+    found = set(re.findall(r"-m parbp\.(\w+)", "\n".join(shell))) if by_name else set()
+    for node in ast.walk(tree):
+        if by_name and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found |= set(re.findall(r"^parbp\.(\w+)(?::\w+)?$", node.value))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 1 or node.module == "parbp" or (node.module or "").startswith("parbp."):
+                module = (node.module or "").removeprefix("parbp").lstrip(".")
+                found |= {module.split(".")[0]} if module else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("parbp.")}
+    return found
+
+
+def notebook_modules(folder: Path = NOTEBOOKS) -> list[Path]:
+    """The parbp modules the notebooks can run: those their code cells import and, in turn, what those import
+    (every module when a cell does not parse)."""
+    every = {p.stem: p for p in LIB.glob("*.py")}
+    todo = {"__init__"}
+    for nb in notebooks(folder):
+        for kind, source in _code_cells(nb):
+            todo |= (set(every) if (found := imported(source)) is None else found) if kind == "code" else set()
+    seen = set()
+    while todo:
+        module = todo.pop()
+        if module in every and module not in seen:
+            seen.add(module)
+            todo |= imported(every[module].read_text()) or set()
+    return sorted(every[m] for m in seen)
+
+
+def library_code(folder: Path = NOTEBOOKS) -> str:
+    """A hash of the parbp source the notebooks can import (editing a module none of them reaches changes nothing)."""
+    return _sha(b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in notebook_modules(folder)))
 
 
 def input_files(nb: Path, params: dict) -> dict:
@@ -111,15 +144,14 @@ def run(profile: str = "default", only: list[str] | None = None, out_dir: Path =
     Raises NotebookFailed, after running everything else, if any notebook failed.
     """
     log = log or (lambda message: print(message, flush=True))
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {list(PROFILES)}")
+    check_choice("profile", profile, PROFILES, unknown=True)
     every = notebooks(notebooks_dir)
     chosen = [nb for nb in every if not only or any(nb.name.startswith(o) for o in only)]
     if only and not chosen:
         raise ValueError(f"no notebook matches {only}; notebooks are {[nb.name for nb in every]}")
     out_dir, checkpoints = Path(out_dir), Path(checkpoints)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parbp = library_code()
+    parbp = library_code(notebooks_dir)
     rows, failures = [], []
     for nb in chosen:
         runs = PROFILES[profile].get(nb.name, {})
@@ -153,7 +185,7 @@ def _run_one(nb, out, params, key, force, notebooks_dir, ckpt_dir, failures, log
     if "checkpoint_dir" in pm.inspect_notebook(str(nb)):
         run_params["checkpoint_dir"] = str(ckpt_dir / _sha(key)[:16])
     log(f"== {out.name} {params or '(stored defaults)'}")
-    load = round(os.getloadavg()[0], 2)  # the machine is shared: say how busy it was
+    load = round(envinfo.load(), 2)  # the machine is shared: say how busy it was
     start = time.perf_counter()
     try:
         pm.execute_notebook(str(nb), str(out), parameters=run_params, cwd=str(notebooks_dir),

@@ -1,21 +1,13 @@
 """The Theano side of the "theano" trainer, and the graph that "pytensor" compiles too.
 
-Theano (theano-pymc 1.1.2) breaks on numpy >= 1.24, so it lives in its own pinned venv
-(``make theano-env``) and this file runs there as a script: ``.theano-env/bin/python theano_worker.py``.
-The parent (``parbp.baselines.TheanoTrainer``) talks to it over stdin/stdout with the small framed
-protocol below. The same file is imported inside parbp (numpy 2) for two things: the protocol helpers,
-and ``SGDGraph``, which builds the one compiled step graph against the Theano API that both Theano
-and its maintained fork PyTensor implement. So "theano" and "pytensor" run literally the same graph code.
+Theano (theano-pymc 1.1.2) breaks on numpy >= 1.24, so this file runs as a script in its own pinned venv
+(``make theano-env``), answering ``parbp.baselines.TheanoTrainer`` over stdin/stdout. Inside parbp (numpy 2)
+it is imported for the protocol and for ``SGDGraph``, so "theano" and "pytensor" run the same graph code.
+Hence: standard library and numpy only, nothing from parbp (python 3.11, numpy 1.23, no parbp installed).
 
-Rules for this file: standard library + numpy only at import time, and nothing from parbp, because
-it must import under python 3.11 with numpy 1.23 and no parbp installed.
-
-Wire format, one message each way per request:
-    8 bytes   little-endian length n of the JSON header
-    n bytes   JSON header: {"op": ..., ..., "arrays": [[dtype_str, shape], ...]}
-    then each array's raw C-order bytes, in header order.
-Arrays cross as raw bytes plus dtype and shape, never as pickles, so numpy 1.23 and numpy 2 never
-have to agree on a pickle format.
+Wire format, one message each way per request: 8 bytes, the little-endian length n of a JSON header
+{"op": ..., "arrays": [[dtype_str, shape], ...]}; the n bytes of the header; each array's raw C-order bytes
+in header order (never pickles, on which numpy 1.23 and 2 need not agree).
 """
 from __future__ import annotations
 
@@ -81,13 +73,9 @@ def read_message(stream):
 
 # -- the graph -------------------------------------------------------------------------------------
 class SGDGraph:
-    """The study's network as Theano-API graphs: sigmoid layers, MSE loss, plain SGD.
-
-    ``theano`` is the library module (``theano`` or ``pytensor``), ``T`` its tensor module and
-    ``sigmoid`` its sigmoid op. Parameters live in shared variables; one SGD step is a single
-    compiled function whose updates rewrite them in place, as a Theano user would write it:
-        loss = 1/B Σ ||Y - A_L||²,   grads = T.grad(loss, params),   p <- p - lr * g
-    """
+    """The study's network as Theano-API graphs (``theano`` or ``pytensor``, its tensor module ``T`` and sigmoid
+    op): shared parameters, and one compiled SGD step whose updates rewrite them in place, as a Theano user
+    would write it: loss = 1/B Σ ||Y - A_L||², grads = T.grad(loss, params), p <- p - lr * g."""
 
     def __init__(self, theano, T, sigmoid, params, dtype: str, mode=None):
         self.theano, self.T, self.mode = theano, T, mode
@@ -143,13 +131,9 @@ def bundled_openblas():
 
 
 def blas_ldflags(choice: str) -> str:
-    """Theano's ``blas__ldflags`` for a BLAS choice.
-
-    "numpy": empty flags, so Theano calls BLAS through numpy's C API; it works everywhere, but its GEMM
-    with a transposed operand (the weight-gradient update X^T Δ) is slow. "openblas": link the compiled
-    graph against the OpenBLAS bundled in scipy's wheel, as a Theano install with a real BLAS would be
-    (6x faster at batch 10 here). "auto": "openblas" where that library exists, else "numpy".
-    """
+    """Theano's ``blas__ldflags`` for a BLAS choice: "numpy", none (BLAS through numpy's C API: slow for the
+    transposed GEMM of the update); "openblas", scipy's bundled OpenBLAS linked in as a real Theano install
+    would (6x faster at batch 10 here); "auto", "openblas" where it exists, else "numpy"."""
     if choice not in BLAS_CHOICES:
         raise ValueError(f"blas must be one of {BLAS_CHOICES}, got {choice!r}")
     lib = None if choice == "numpy" else bundled_openblas()

@@ -16,14 +16,10 @@ def sample(fn, calls: int) -> float:
 
 def side_by_side(fns: list, rounds: int, warmup: int = 1, min_sample_s: float = 0.02, rewarm_s: float = 0.0,
                  max_s: float = math.inf) -> list[list[float]]:
-    """Seconds per call of each fn: warm each up, then ``rounds`` interleaved rounds of one sample each
-    (a sample repeats the call for at least ``min_sample_s``, so timer resolution and jitter stay small).
-
-    Before each sample the fn runs untimed for ``rewarm_s``: idle BLAS threads spin for up to 2**28 cycles
-    (~0.1 s) after their last call, on the cores the next candidate needs, and this lets them go to sleep
-    (and the candidate's own threads and caches wake up) first. A candidate stops after 3 samples once it
-    has taken ``max_s`` seconds.
-    """
+    """Seconds per call of each fn: warm each up, then ``rounds`` interleaved rounds of one sample each (at
+    least ``min_sample_s`` of calls). Before each sample the fn runs untimed for ``rewarm_s``, so the idle BLAS
+    threads of the one before (they spin ~0.1 s) sleep and its own wake. A fn stops after 3 samples once it
+    has taken ``max_s`` seconds."""
     calls = [max(1, math.ceil(min_sample_s / max(min(sample(fn, 1) for _ in range(max(1, warmup))), 1e-9)))
              for fn in fns]
     samples, spent = [[] for _ in fns], [0.0] * len(fns)

@@ -63,19 +63,14 @@ def lr_at(lr: float, decay: float, epoch: int) -> float:
 def fit(trainer: Trainer, dataset, epochs: int, batch_size: int, lr: float, lr_decay: float = 0.0,
         seed: int = 0, progress: bool = True, eval_train: bool = True, checkpoint=None,
         resume: bool = False) -> pd.DataFrame:
-    """Train ``trainer`` on ``dataset`` with minibatch SGD and return the per-epoch history.
+    """Train ``trainer`` on ``dataset`` with minibatch SGD (epoch e at ``lr_at(lr, lr_decay, e)``) and return the
+    per-epoch history: row 0 is the untrained network; ``seconds`` is the epoch's training alone.
 
-    The learning rate of epoch e (from 0) is ``lr * (1 - lr_decay) ** e`` (seed 003 decays it 1% per epoch).
-    ``seconds`` is the training time of the epoch alone; evaluation is not counted.
-    Row 0 is the untrained network, so every curve starts at the same point for every trainer.
-
-    ``checkpoint``: a path; after every epoch the parameters, the history so far, the epoch and the state
-    of the shuffle's RNG are written there atomically (``parbp.checkpoint``). ``resume=True`` continues
-    from that file if it exists (and starts afresh if it does not); a checkpoint of another run (net,
-    trainer, options, dataset, seed, batch size, learning rate) is refused, naming what differs. Resumed,
-    a run ends with the parameters of an uninterrupted one, bit for bit, for every trainer whose step is
-    deterministic: all CPU trainers except ``hogwild``, whose workers race on the weights by design.
-    Without ``resume`` an existing checkpoint is never overwritten: FileExistsError.
+    ``checkpoint``: a path written atomically after every epoch (``parbp.checkpoint``: parameters, history,
+    epoch, the shuffle's RNG). ``resume=True`` continues from it if it exists; a checkpoint of another run is
+    refused, naming what differs, and without ``resume`` an existing one is never overwritten
+    (FileExistsError). Resumed, a deterministic trainer (all but ``hogwild``) ends bit for bit as an
+    uninterrupted run.
     """
     if epochs < 0 or batch_size <= 0:
         raise ValueError(f"epochs must be >= 0 and batch_size > 0, got epochs={epochs}, batch_size={batch_size}")
@@ -114,7 +109,7 @@ def fit(trainer: Trainer, dataset, epochs: int, batch_size: int, lr: float, lr_d
         bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", val_acc=f"{history[-1]['val_acc']:.4f}")
         if checkpoint is not None:
             ckpt.save(checkpoint, trainer.params, {"identity": identity, "epoch": epoch, "history": history,
-                                                   "rng": ckpt.rng_state(rng)})
+                                                   "rng": rng.bit_generator.state})
     bar.close()
     return pd.DataFrame(history)
 
@@ -141,16 +136,10 @@ def _evaluate(trainer, ds, epoch, train_loss, seconds, lr, eval_train) -> dict:
     """One history row. ``loss`` is the mean minibatch loss of the epoch (row 0: the full train loss)."""
     if epoch == 0:
         train_loss = mse(trainer, ds.X_train, ds.Y_train)
-    return {
-        "epoch": epoch,
-        "loss": train_loss,
-        "val_loss": mse(trainer, ds.X_val, ds.Y_val),
-        "train_acc": accuracy(trainer, ds.X_train, ds.y_train) if eval_train else float("nan"),
-        "val_acc": accuracy(trainer, ds.X_val, ds.y_val),
-        "test_acc": accuracy(trainer, ds.X_test, ds.y_test),
-        "seconds": seconds,
-        "lr": lr,
-    }
+    return {"epoch": epoch, "loss": train_loss, "val_loss": mse(trainer, ds.X_val, ds.Y_val),
+            "train_acc": accuracy(trainer, ds.X_train, ds.y_train) if eval_train else float("nan"),
+            "val_acc": accuracy(trainer, ds.X_val, ds.y_val), "test_acc": accuracy(trainer, ds.X_test, ds.y_test),
+            "seconds": seconds, "lr": lr}
 
 
 def parser():

@@ -188,7 +188,7 @@ def test_decide_takes_the_nearest_measured_case(quick_choice, monkeypatch):
     decisions = [{"threads": 1, "rows": 10, "ms": {"openblas": 2.0, "mkl": 1.0}, "backend": "mkl"},
                  {"threads": 1, "rows": 1000, "ms": {"openblas": 1.0, "mkl": 2.0}, "backend": "openblas"}]
     monkeypatch.setattr(blas, "_choice", lambda: {"decisions": decisions})
-    assert blas.backend_for(20, 1) == "mkl" and blas.backend_for(500, 2) == "openblas"
+    assert blas.decide(20, 1)[0] == "mkl" and blas.decide(500, 2)[0] == "openblas"
     assert "1000 rows" in blas.decide(500, 1)[1]
 
 
@@ -198,7 +198,7 @@ def test_without_mkl_only_openblas(quick_choice, monkeypatch):
     assert blas.decide(100, 1) == ("openblas", "the only BLAS installed")
     monkeypatch.setenv("PARBP_BLAS", "mkl")
     with pytest.raises(RuntimeError, match="not installed here"):
-        blas.backend_for(100)
+        blas.decide(100)
 
 
 def test_parbp_blas_forces_a_backend(quick_choice, monkeypatch):
@@ -206,4 +206,4 @@ def test_parbp_blas_forces_a_backend(quick_choice, monkeypatch):
     assert blas.decide(100, 1) == ("openblas", "PARBP_BLAS")
     monkeypatch.setenv("PARBP_BLAS", "atlas")
     with pytest.raises(ValueError, match="PARBP_BLAS='atlas': expected one of auto, openblas, mkl"):
-        blas.backend_for(100)
+        blas.decide(100)

@@ -1,8 +1,8 @@
 """Layers only look down: no module of parbp imports one of a higher layer (parbp.LAYERS)."""
-import ast
 from pathlib import Path
 
 import parbp
+from parbp import study
 
 LIB = Path(parbp.__file__).parent
 LEVEL = {m: i for i, (_, modules) in enumerate(parbp.LAYERS.items()) for m in modules}
@@ -10,17 +10,9 @@ NAME = {m: layer for layer, modules in parbp.LAYERS.items() for m in modules}
 
 
 def imported(path: Path) -> set[str]:
-    """The parbp modules ``path`` imports, at the top or inside a function: ``from . import x``,
-    ``from .x import y``, ``from parbp.x import y``, ``import parbp.x``."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 or node.module == "parbp" or (node.module or "").startswith("parbp."):
-                module = (node.module or "").removeprefix("parbp").lstrip(".")
-                found |= {module.split(".")[0]} if module else {a.name for a in node.names}
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("parbp.")}
-    return found
+    """The parbp modules ``path`` imports (``parbp.study.imported``: the trainer registry's by-name loads are
+    not imports, which is how a core registry lists trainers of a higher layer)."""
+    return study.imported(path.read_text(), by_name=False)
 
 
 def test_every_module_has_a_layer():

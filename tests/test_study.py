@@ -1,6 +1,7 @@
 """The study runner on a folder of tiny notebooks, as real processes: interrupted with SIGKILL during a
 notebook's training and rerun, it skips what finished, resumes the training from its checkpoint, and
 ends with the CSVs of an uninterrupted run; a failing notebook is reported by notebook, cell and error."""
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import psutil
 import pytest
 
 from parbp import checkpoint
+from parbp import study as runner
 from parbp.checkpoint import CheckpointError
 
 TESTS = os.path.dirname(__file__)
@@ -203,3 +205,22 @@ def test_published_times_name_the_machine_and_fill_the_readme(tmp_path):
 def test_publish_refuses_a_partial_study(tmp_path):
     rc, log = finish(study(fresh(tmp_path), "--only", "01", "--publish"))
     assert rc == 2 and "--publish times the whole study" in log
+
+
+def _notebook(path: Path, *sources: str) -> Path:
+    cells = [{"cell_type": "code", "source": s, "metadata": {}, "outputs": [], "execution_count": None} for s in sources]
+    path.write_text(json.dumps({"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    return path
+
+
+def test_only_the_modules_the_notebooks_can_reach_count(tmp_path):
+    _notebook(tmp_path / "01_x.ipynb", "%matplotlib inline\nfrom parbp import train\n", "!python -m parbp.seed004 --help")
+    reached = {p.stem for p in runner.notebook_modules(tmp_path)}
+    # train and what it imports, the registry's trainers by their "parbp.x:Class" strings, a shell line's module
+    assert {"__init__", "train", "trainers", "cpu", "baselines", "seed004"} <= reached
+    assert not reached & {"book", "study", "profiles"}  # nothing a notebook runs imports them
+
+
+def test_a_cell_that_does_not_parse_counts_every_module(tmp_path):
+    _notebook(tmp_path / "01_x.ipynb", "def broken(:\n")
+    assert {p.stem for p in runner.notebook_modules(tmp_path)} >= {"book", "study"}
