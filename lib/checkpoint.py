@@ -44,7 +44,9 @@ def _flatten(params) -> dict[str, np.ndarray]:
     return {f"{k}{l}": np.asarray(a) for l, (W, b) in enumerate(params) for k, a in (("W", W), ("b", b))}
 
 
-def _write(path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+def save_arrays(path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+    """Named arrays and a meta dict in one .npz, with the arrays' SHA-256: every file parbp saves (checkpoints,
+    trained networks, compressed networks) is written here and read back by ``load_arrays``."""
     from .results import atomic_write
 
     meta = {**meta, "format": FORMAT, "sha256": _digest(arrays)}
@@ -57,7 +59,7 @@ def _write(path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     return atomic_write(path, write)
 
 
-def _read(path) -> tuple[dict[str, np.ndarray], dict]:
+def load_arrays(path) -> tuple[dict[str, np.ndarray], dict]:
     """Every array and the meta dict, verified; nothing is returned from a damaged file."""
     path = Path(path)
     if not path.is_file():
@@ -91,7 +93,7 @@ def _params(arrays: dict[str, np.ndarray], path) -> list[tuple[np.ndarray, np.nd
 
 def save(path, params, state: dict) -> Path:
     """Write ``params`` and ``state`` (JSON-able: epoch, history, RNG state, the run's identity) atomically."""
-    return _write(path, _flatten(params), {"kind": "checkpoint", "state": state})
+    return save_arrays(path, _flatten(params), {"kind": "checkpoint", "state": state})
 
 
 def load(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
@@ -134,7 +136,7 @@ def save_params(path, params, meta: dict) -> Path:
     reserved = {"kind", "format", "sha256"} & set(meta)
     if reserved:
         raise ValueError(f"meta keys {sorted(reserved)} are reserved for the file's own bookkeeping")
-    return _write(path, _flatten(params), {**meta, "kind": "params"})
+    return save_arrays(path, _flatten(params), {**meta, "kind": "params"})
 
 
 def load_params(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
@@ -145,7 +147,7 @@ def load_params(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
 
 def _read_kind(path, kind: str, otherwise: str):
     """(params, meta) of a verified file of this ``kind``; CheckpointError saying it is ``otherwise``."""
-    arrays, meta = _read(path)
+    arrays, meta = load_arrays(path)
     if meta.get("kind") != kind:
         raise CheckpointError(f"{path} is {otherwise}")
     return _params(arrays, path), meta

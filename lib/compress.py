@@ -491,14 +491,14 @@ def save_compressed(path, layers: list[SharedLayer], meta: dict | None = None) -
                        f"{name}_centroids": stored["centroids"], f"{name}_bias": stored["bias"]})
         described.append({"name": name, "shape": list(stored["shape"]), "index_bits": stored["index_bits"],
                           "weight_bits": stored["weights"][1], "gap_bits": stored["gaps"][1]})
-    return checkpoint._write(path, arrays, {**(meta or {}), "kind": KIND, "layers": described})
+    return checkpoint.save_arrays(path, arrays, {**(meta or {}), "kind": KIND, "layers": described})
 
 
 def load_compressed(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
     """(params, meta) of a file from ``save_compressed``: the dense float32 weights decoded from the
     Huffman streams, and its meta with ``stored_bytes``, the P+Q+H size counted from what was read.
     A file whose arrays changed after writing is refused (``checkpoint.CheckpointError``)."""
-    arrays, meta = checkpoint._read(path)
+    arrays, meta = checkpoint.load_arrays(path)
     if meta.get("kind") != KIND:
         raise checkpoint.CheckpointError(f"{path} is not a {KIND} (its kind: {meta.get('kind')!r})")
     params, bits = [], 0

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from .base import Trainer
+from .base import Closing
 from .distributed import genv, mpiexec, run_command
 
 RANGE = "198.18.0.0/15"
@@ -122,7 +122,7 @@ def _remove_namespace(name: str) -> None:
         pass
 
 
-class Hosts:
+class Hosts(Closing):
     """N namespaces on a bridge with shaped links (see the module docstring). A context manager."""
 
     def __init__(self, n: int, rate_mbit: float | None = None, delay_us: float = 0.0, burst_bytes: int | None = None):
@@ -216,7 +216,6 @@ class Hosts:
                     ipr.link("del", index=idx)
         self._tmp.cleanup()
 
-    __enter__, __exit__ = Trainer.__enter__, Trainer.__exit__  # ``with Hosts(...) as h``: removed at the end
 
     # ----------------------------------------------------------------------------------------
     # Running things on the hosts

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from . import pipeline, trainers
-from .base import Trainer
+from .base import Closing
 from .distributed import PackedGradients, allreduce_step, block, epoch_batches, epoch_order, mpiexec
 from .train import evaluate, lr_at
 
@@ -61,7 +61,7 @@ class PeerTimeout(RuntimeError):
 # ---- The engines (client side) ---------------------------------------------------------------------------
 
 
-class Engines:
+class Engines(Closing):
     """``n`` ipyparallel engines forming one MPI world: started here with ``ipp.Cluster(engines="mpi")``,
     or those of a running cluster found through ``profile``. Each engine pins its BLAS to one thread.
 
@@ -202,7 +202,6 @@ class Engines:
         else:
             self.rc.close()  # somebody else's: just disconnect
 
-    __enter__, __exit__ = Trainer.__enter__, Trainer.__exit__  # ``with Engines(...) as eng``: closed at the end
 
 
 # ---- Engine side: state, MPI with deadlines -------------------------------------------------------------

@@ -211,3 +211,18 @@ def test_async_with_two_workers_is_explained_by_the_variant_that_puts_the_differ
     pd.DataFrame([{"experiment": e, "variant": v, "processes": p, "seed": 0, "test_acc": a, "time_s": 10.0}
                   for e, v, p, a in rows[:2]]).to_csv(tmp_path / "06_seed003_explain_paper.csv", index=False)
     assert by_claim(claims.table(tmp_path)).loc[row.name].verdict == "differs"  # nothing puts it back
+
+
+def test_the_seeds_setup_explains_a_row_only_when_it_also_gives_the_seeds_serial_run(tmp_path):
+    def setup(serial, sync2):
+        pd.DataFrame({"variant": ["h100", "h100"], "processes": [1, 2], "test_acc": [serial, sync2]}).to_csv(
+            tmp_path / "06_seed003_seed_setup.csv", index=False)
+        return claims._seed_setup(claims.Figures(str(tmp_path)), "sync", 2, 0.02)
+
+    explains, why = setup(0.94, 0.925)
+    assert not explains and "explains neither" in why and "h100 x2 reaches 0.9250" in why
+    explains, why = setup(0.89, 0.925)
+    assert explains and "serial 0.8900 (the seed's 0.8880)" in why
+    assert not setup(0.89, 0.80)[0]
+    (tmp_path / "06_seed003_seed_setup.csv").unlink()
+    assert claims._seed_setup(claims.Figures(str(tmp_path)), "sync", 2, 0.02) == (False, "")
