@@ -49,7 +49,8 @@ class Run:
     def describe(self) -> str:
         name = self.csv.relative_to(self.csv.parents[1]).as_posix()
         run = f"the {self.profile} profile's run" if self.profile else "its committed run"
-        return f"{name}: {run}, {len(self.table)} rows, measured on {self.machine}"
+        where = "" if self.machine == "unrecorded" else f", measured on {self.machine}"
+        return f"{name}: {run}, {len(self.table)} rows{where}"
 
 
 def candidates(stem: str, folder: Path = FIGURES) -> list[Path]:
@@ -185,6 +186,24 @@ def _gpu(folder: Path) -> str:
             + f"; the fastest GPU trainer, `{fastest.impl}`, reaches {fastest.gflops:,.0f} GFLOP/s on Net-{fastest.net} "
             f"at batch {int(fastest.batch):,} (GPU {', '.join(s.env_gpu.dropna().unique())}, CPU "
             f"{', '.join(s.env_cpu.unique())}; `figures/bench_gpu.csv`).")
+
+
+def cpu_speed(folder: Path = FIGURES) -> str:
+    """The README's table of CPU speed per machine (``bench.by_machine`` of ``figures/bench_cpu.csv``): the best
+    matrix trainer at each batch and thread count against PyTorch and the best sgemm, one block per CPU model."""
+    from .bench import by_machine
+
+    run = latest("bench_cpu.csv", folder)
+    t = by_machine(run.table)
+    lines = ["| CPU | batch | threads | best trainer | ms/step | PyTorch ms | time ÷ PyTorch's | ÷ best sgemm "
+             "| sgemm GFLOP/s | `threads` par. eff. | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for cpu, g in t.groupby("cpu", sort=False):
+        for i, r in enumerate(g.itertuples()):
+            eff = "" if r.threads == 1 else f"{r.threads_efficiency:.2f}"
+            lines.append(f"| {cpu if i == 0 else ''} | {r.batch:,} | {r.threads} | {r.best} | {r.best_ms:.3g} | "
+                         f"{r.torch_ms:.3g} | {r.best_over_torch_time:.2f} | {r.best_vs_sgemm:.2f} | "
+                         f"{r.sgemm_gflops:.0f} ({r.sgemm_best}) | {eff} | {r.loadavg:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 HEADLINE = (_ten_x, _accuracy, _seed003, _data_vs_model, _past_one_machine, _compression, _gpu)

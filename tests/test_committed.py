@@ -35,3 +35,9 @@ def test_the_readme_headline_is_the_one_written_from_the_committed_runs():
 def test_every_headline_line_names_the_file_its_numbers_come_from():
     for line in committed.headline().splitlines():
         assert "`figures/" in line, line
+
+
+def test_the_readme_cpu_table_is_the_one_written_from_bench_cpu():
+    readme = (ROOT / "README.md").read_text()
+    assert readme_block(readme, "figures/cpu_speed.md").strip() == committed.cpu_speed().strip()
+    assert committed.cpu_speed().count("\n") >= 3  # a header, its rule and a row per batch and thread count
