@@ -28,6 +28,7 @@ one line why the harness cannot run here (not root, a tool missing), or returns 
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import select
 import shutil
@@ -201,6 +202,7 @@ class Hosts(Closing):
 
     def close(self):
         from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
 
         for proc in self._delays:
             proc.kill()
@@ -213,7 +215,11 @@ class Hosts(Closing):
             # veth pair would too, and the next hosts of this process could not take the same names
             for ifname in (*self.links, self.bridge):
                 for idx in ipr.link_lookup(ifname=ifname):
-                    ipr.link("del", index=idx)
+                    try:
+                        ipr.link("del", index=idx)
+                    except NetlinkError as e:  # gone meanwhile: its namespace's teardown or its veth peer took it
+                        if e.code != errno.ENODEV:
+                            raise
         self._tmp.cleanup()
 
 
