@@ -372,7 +372,7 @@ def plot_gemm_fixed_cost(table: pd.DataFrame, n: int = 1024):
     workers pays again when the examples are split.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, PercentFormatter
+    from matplotlib.ticker import PercentFormatter
 
     backends = table["backend"] if "backend" in table else pd.Series("BLAS", index=table.index)
     fig, (ax_ms, ax_share) = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -386,14 +386,12 @@ def plot_gemm_fixed_cost(table: pd.DataFrame, n: int = 1024):
         ax_ms.axhline(fixed, ls="--", lw=1, color=color, label=f"{backend}: fixed part alone")
         ax_share.plot(rows.rows, fixed / rows.ms, "o-", color=color, label=backend)
         top = max(top, 1.05 * float((fixed / rows.ms).max()))
-    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
     ax_ms.set(xscale="log", yscale="log", xlabel="rows r", ylabel="ms per product",
               title=f"one-thread (r×{n})·({n}×{n})")
     ax_share.set(xscale="log", xlabel="rows r", ylabel="fixed part of the product's time", ylim=(0, top),
                  title="the share each worker pays again")
     for ax in (ax_ms, ax_share):
-        ax.xaxis.set_major_formatter(plain)
-    ax_ms.yaxis.set_major_formatter(plain)
+        results.plain_log_ticks(ax)
     ax_share.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax_ms.legend(fontsize=8)
     fig.tight_layout()

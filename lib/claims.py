@@ -543,16 +543,16 @@ def _seed_setup(fig, method: str, p: int, tol: float) -> tuple[bool, str]:
         e, src = fig.read("06_seed003_seed_setup", "06", SEED_SETUP)
     except Missing:
         return False, ""
-    acc = e.groupby(["variant", "processes"]).test_acc
+    acc = e.groupby(["variant", "processes"]).test_acc.agg(["mean", "min", "max"])
     seed = seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy
     variants = ["h100"] if method == "sync" else ["h100_async_replace", "h100_async_delta"]
-    found = [(v, acc.mean()[v, p], acc.min()[v, p], acc.max()[v, p]) for v in variants if (v, p) in acc.mean().index]
-    if not found or ("h100", 1) not in acc.mean().index:
+    found = [(v, *acc.loc[(v, p)]) for v in variants if (v, p) in acc.index]
+    if not found or ("h100", 1) not in acc.index:
         return False, ""
-    serial = acc.mean()["h100", 1]
+    serial = acc.loc[("h100", 1), "mean"]
     serial_ok = abs(serial - seed["serial", 1]) <= tol
     v, a, lo, hi = min(found, key=lambda f: abs(f[1] - seed[method, p]))
-    ok = abs(a - seed[method, p]) <= tol and abs(lo - seed[method, p]) <= tol and abs(hi - seed[method, p]) <= tol
+    ok = all(abs(x - seed[method, p]) <= tol for x in (a, lo, hi))
     why = (f"; with the seed's likely setup put back (100 hidden units, MSE, lr 1.0, all the images; {src}), "
            f"{v} x{p} reaches {a:.4f} (seeds {lo:.4f}-{hi:.4f}; the seed's {seed[method, p]:.4f}) and serial "
            f"{serial:.4f} (the seed's {seed['serial', 1]:.4f})")

@@ -46,11 +46,15 @@ class Run:
         gpu = named("env_gpu")
         return "; ".join(n for n in (cpu, gpu and f"GPU {gpu}") if n) or "unrecorded"
 
+    @property
+    def name(self) -> str:
+        """The file as the README and the notebooks name it: figures/<file>."""
+        return self.csv.relative_to(self.csv.parents[1]).as_posix()
+
     def describe(self) -> str:
-        name = self.csv.relative_to(self.csv.parents[1]).as_posix()
         run = f"the {self.profile} profile's run" if self.profile else "its committed run"
         where = "" if self.machine == "unrecorded" else f", measured on {self.machine}"
-        return f"{name}: {run}, {len(self.table)} rows{where}"
+        return f"{self.name}: {run}, {len(self.table)} rows{where}"
 
 
 def candidates(stem: str, folder: Path = FIGURES) -> list[Path]:
@@ -83,26 +87,24 @@ def show(run: Run) -> None:
 # ---------------------------------------------------------------------------------------------------
 # The README's headline: one line per experiment, every number read from its committed run
 # ---------------------------------------------------------------------------------------------------
-def _where(run: Run, cpu_column: str = "cpu") -> str:
+def _where(run: Run) -> str:
     """The machine (where the CSV records one) and the file."""
-    t = run.table
-    cpu = ", ".join(t[cpu_column].dropna().astype(str).unique()) if cpu_column in t else run.machine
-    path = f"`{run.csv.relative_to(run.csv.parents[1]).as_posix()}`"
-    return path if cpu == "unrecorded" else f"{cpu}; {path}"
+    return f"`{run.name}`" if run.machine == "unrecorded" else f"{run.machine}; `{run.name}`"
 
 
 def _ten_x(folder: Path) -> str:
     run = latest("05_speedup_batch_2h_mnist", folder)
     t = run.table
     top = t[t.batch == t.batch.max()].set_index("impl")
-    like = latest("03_example_threads.csv", folder).table
+    like_run = latest("03_example_threads.csv", folder)
+    like = like_run.table
     return (f"- **The paper's ≈ 10× speedup** (notebooks 03 and 05, Net-2h): over the serial per-example loop at batch "
             f"{int(t.batch.max()):,}, `threads` on {int(top.loc['threads', 'threads'])} cores is "
             f"{top.loc['threads', 'speedup']:.2f}× and `blas-parallel` {top.loc['blas-parallel', 'speedup']:.2f}× "
-            f"(the {run.profile} run; {_where(run, 'env_cpu')}); most of it is batching (a GEMM instead of a GEMV per "
+            f"(the {run.profile} run; {_where(run)}); most of it is batching (a GEMM instead of a GEMV per "
             f"example), not the cores: the paper's own design, the per-example loop threaded over examples, is "
             f"{like.speedup.median():.2f}× on {int(like.threads.iloc[0])} threads (median of {len(like)} rounds, "
-            f"{like.speedup.min():.2f}-{like.speedup.max():.2f}; {_where(latest('03_example_threads.csv', folder))}).")
+            f"{like.speedup.min():.2f}-{like.speedup.max():.2f}; {_where(like_run)}).")
 
 
 def _accuracy(folder: Path) -> str:
@@ -110,7 +112,7 @@ def _accuracy(folder: Path) -> str:
     r = run.table.iloc[0]
     return (f"- **Accuracy in the paper's setting** (notebook 08, the {run.profile} run): the grid search on the "
             f"validation split picks lr {r.lr:g}; Net-{r.net}, batch {int(r.batch_size)}, {int(r.epochs)} epochs give "
-            f"**{100 * r.test_acc:.2f} %** on the MNIST test set (`{run.csv.relative_to(folder.parent).as_posix()}`).")
+            f"**{100 * r.test_acc:.2f} %** on the MNIST test set (`{run.name}`).")
 
 
 def _span(values, fmt: str = ".2f") -> str:
@@ -128,7 +130,7 @@ def _seed003(folder: Path) -> str:
             f"on {sync.index.min()}-{sync.index.max()} processes; parameter averaging gives "
             + ", ".join(f"{a:.1f} %" for a in sync) + f" on {', '.join(map(str, sync.index))} processes (the seed's sync "
             f"reached 92 %) and the parameter server " + ", ".join(f"{a:.1f} %" for a in asyn)
-            + f" with {', '.join(map(str, asyn.index))} processes (`{run.csv.relative_to(folder.parent).as_posix()}`; why: "
+            + f" with {', '.join(map(str, asyn.index))} processes (`{run.name}`; why: "
             "`figures/06_seed003_explain_paper.csv`).")
 
 
@@ -168,7 +170,7 @@ def _compression(folder: Path) -> str:
     return (f"- **Seed 002's compression** (notebook 09, the {run.profile} run's trained Net-1h): pruning removes "
             f"**{pruned:.1f} %** of the weights for {lost:.2f} points of test accuracy; pruning, k-means sharing and "
             f"Huffman coding make it **{smaller:.0f}× smaller** than float32 (Deep Compression: 40× for LeNet-300-100; "
-            f"`{run.csv.relative_to(folder.parent).as_posix()}`).")
+            f"`{run.name}`).")
 
 
 def _gpu(folder: Path) -> str:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import LogFormatter, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -22,7 +22,7 @@ import seaborn as sns
 from . import trainers
 from .cli import check_positive_int
 from .nets import layer_sizes, parse_net
-from .results import NOTEBOOKS
+from .results import NOTEBOOKS, plain_log_ticks
 
 BASELINE = "serial-example"  # speedups are over the paper's serial algorithm (seed 001 §3)
 TORCH_CUDA = "torch-cuda"    # torch with device="cuda", a name of its own in the figures
@@ -246,28 +246,6 @@ def impl_style(impls) -> tuple[dict, dict]:
     slot = {name: i for i, name in enumerate([*fixed, *extra])}
     return ({i: _COLOURS[slot[i] % len(_COLOURS)] for i in impls},
             {i: _MARKERS[slot[i] % len(_MARKERS)] for i in impls})
-
-
-def plain_number(x: float) -> str:
-    """1, 30, 1,000 or 0.3: how a reader writes a tick value (matplotlib's log axes write 3×10⁰)."""
-    return f"{x:,.0f}" if x >= 1 and float(x).is_integer() else f"{x:g}"
-
-
-class PlainLogFormatter(LogFormatter):
-    """matplotlib's choice of which log ticks to label (every decade; 2, 3, 5 … across few decades), written
-    as plain numbers."""
-
-    def _num_to_string(self, x, vmin, vmax):
-        return plain_number(x)
-
-
-def plain_log_ticks(ax) -> None:
-    """Plain labels (1, 3, 10 … or 100, 1,000) on every log axis of ``ax``; call after setting the scales."""
-    for axis in (ax.xaxis, ax.yaxis):
-        if axis.get_scale() == "log":
-            base = axis.get_transform().base  # 10, or 2 for thread and process counts
-            axis.set_major_formatter(PlainLogFormatter(base=base, labelOnlyBase=False))
-            axis.set_minor_formatter(PlainLogFormatter(base=base, labelOnlyBase=False))
 
 
 def _impl_lines(ax, df: pd.DataFrame, x: str, y: str) -> None:

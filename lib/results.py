@@ -108,3 +108,24 @@ def sync_readme_block(readme, source: str, text: str, missing_ok: bool = False) 
         raise ValueError(f"{readme} has no {begin} ... {end} markers to copy {source} between")
     write_text(s[:span[0]] + "\n" + text.strip("\n") + "\n" + s[span[1]:], readme)
     return True
+
+
+def plain_number(x: float) -> str:
+    """1, 30, 1,000 or 0.3: how a reader writes a tick value (matplotlib's log axes write 3×10⁰)."""
+    return f"{x:,.0f}" if x >= 1 and float(x).is_integer() else f"{x:g}"
+
+
+def plain_log_ticks(ax) -> None:
+    """Plain labels (1, 3, 10 … or 100, 1,000) on every log axis of ``ax``, where matplotlib writes 3×10⁰;
+    matplotlib still picks which ticks get a label. Call after setting the scales."""
+    from matplotlib.ticker import LogFormatter
+
+    class Plain(LogFormatter):
+        def _num_to_string(self, x, vmin, vmax):
+            return plain_number(x)
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            base = axis.get_transform().base  # 10, or 2 for thread and process counts
+            axis.set_major_formatter(Plain(base=base, labelOnlyBase=False))
+            axis.set_minor_formatter(Plain(base=base, labelOnlyBase=False))

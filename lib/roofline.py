@@ -81,7 +81,8 @@ def plot(speed: pd.DataFrame, sgemm_gflops: float, bandwidth_gbs: float, net: st
     upper left, each with a line to its point; the minibatch points are far apart and labelled beside them.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+
+    from .results import plain_log_ticks
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     line = roof_table(sgemm_gflops, bandwidth_gbs)
@@ -101,11 +102,9 @@ def plot(speed: pd.DataFrame, sgemm_gflops: float, bandwidth_gbs: float, net: st
             else:
                 ax.annotate(text, (r.flop_per_byte, r.gflops), textcoords="offset points", xytext=(7, -13),
                             fontsize=9, color=points.get_color())
-    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (flop / byte, model)",
            ylabel="GFLOP/s (measured)", title=f"Net-{net}, one core: the two serial forms")
-    ax.xaxis.set_major_formatter(plain)
-    ax.yaxis.set_major_formatter(plain)
+    plain_log_ticks(ax)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig

@@ -8,6 +8,7 @@ import pytest
 matplotlib.use("Agg")
 
 from parbp import experiments as ex  # noqa: E402
+from parbp import results  # noqa: E402
 from parbp import trainers  # noqa: E402
 from parbp.data import Dataset  # noqa: E402
 
@@ -145,7 +146,7 @@ def test_an_epoch_is_the_datasets_training_split():
 
 
 def test_log_ticks_are_plain_numbers():
-    assert [ex.plain_number(v) for v in (1, 3, 10, 1000, 10_000, 0.3, 0.01)] == \
+    assert [results.plain_number(v) for v in (1, 3, 10, 1000, 10_000, 0.3, 0.01)] == \
         ["1", "3", "10", "1,000", "10,000", "0.3", "0.01"]
     df = ex.with_speedup(bench_rows())
     fig = ex.plot_vs_batch(df, "ms_per_step", "ms", "t")
