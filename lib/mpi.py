@@ -126,6 +126,7 @@ def abort(comm, message: str):
     on a lock held by a thread spinning in a collective), exit this process, which mpiexec also
     treats as the job's failure."""
     print(f"parbp.mpi: {message}. Aborting the job.", file=sys.stderr, flush=True)
+    time.sleep(0.5)  # the launcher's proxy forwards the line; an abort at once can tear it down first
     threading.Timer(2.0, os._exit, args=(3,)).start()
     comm.Abort(3)
 

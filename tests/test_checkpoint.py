@@ -34,7 +34,7 @@ with trainers.make(impl, net=[128], n_in=ds.n_in, n_out=ds.n_out, seed=3, **opti
                   checkpoint=None if ckpt == "-" else ckpt, resume=True)
     checkpoint.save_params(out, t.params, {{"history": h.drop(columns="seconds").to_dict("list")}})
 """
-EPOCHS = 8  # an epoch takes ~0.1 s: room for the kill to land well before the end
+EPOCHS = 16  # an epoch takes ~0.1 s: room for the kill to land well before the end, even under load
 
 
 def child(tmp_path, impl, ckpt, out, epochs=EPOCHS):
