@@ -20,7 +20,8 @@ LAYERS = {
     # timing, memory and communication measurements
     "measurement": ("bench", "memory", "roofline", "mpi_bench", "ipp_bench", "costmodel", "tensor_parallel_bench", "hosts_bench",
                     "example_threads"),
-    # the notebooks' helpers (and 04's drawing of how CUDA blocks tile a matrix), the study runner and its profiles, the GPU campaign, the seeds' claims and the book
-    "study": ("experiments", "cuda_tiling", "committed", "profiles", "study", "gpu_campaign", "seed003", "seed003_experiments", "seed004", "claims",
-              "book"),
+    # the notebooks' helpers and figures (04's drawing of how CUDA blocks tile a matrix, 07's pipelines and
+    # scaling), the committed results, the study runner and its profiles, the GPU campaign, the seeds' claims, the book
+    "study": ("experiments", "cuda_tiling", "engine_figures", "committed", "profiles", "study", "gpu_campaign",
+              "seed003", "seed003_experiments", "seed004", "claims", "book"),
 }

@@ -32,7 +32,7 @@ from .nets import flops_per_step, layer_sizes
 
 EPOCH_EXAMPLES = 50_000  # the paper's MNIST training split
 MIN_SAMPLE_S = 0.02  # a sample lasts at least this long, so timer resolution and jitter stay small
-MAX_CONFIG_S = 20.0  # stop sampling a configuration (after 3 samples) once it has taken this long
+MAX_CONFIG_S = 20.0  # stop sampling a configuration (after timing.MIN_SAMPLES) once it has taken this long
 REWARM_S = 0.15  # untimed running before each sample (see timing.side_by_side)
 STREAM_MB = 64  # array size of the memory-bound ceiling, per worker: well past the caches
 SGEMM_N = 2048
@@ -41,7 +41,7 @@ SGEMM_LIBRARIES = ("numpy", "torch", "mkl")  # whose float32 GEMM the best sgemm
 COLUMNS = ["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch",
            "efficiency", "gemm_backend", "gemm_reason", "net", "n_in", "n_out", "dtype", "device", "samples",
            "sgemm_gflops", "sgemm_best", *(f"sgemm_{lib}_gflops" for lib in SGEMM_LIBRARIES), "sgemm_efficiency",
-           "stream_efficiency", "sgemm_efficiency_low", "rounds_core_lost", "loadavg"]
+           "stream_efficiency", "sgemm_efficiency_low", "rounds_core_lost", "loadavg", "ms_rounds"]
 CEILINGS = ("sgemm", "stream")
 DEFAULT_OUT = FIGURES / "bench_cpu.csv"
 SKIP_IN_ALL = ("reference",)  # the float64 source of truth is for checking, not racing
@@ -321,7 +321,19 @@ def _step_row(impl, net, batch, threads, fn, samples, n_in, n_out, dtype, device
     sec = float(np.median(samples))
     return dict(impl=impl, threads=threads, batch=batch, ms_per_step=sec * 1e3,
                 s_per_epoch=sec * math.ceil(EPOCH_EXAMPLES / batch), gflops=fn.flops / sec / 1e9,
-                net=net, n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(samples))
+                net=net, n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(samples),
+                ms_rounds=rounds_text(samples))
+
+
+def rounds_text(samples) -> str:
+    """A configuration's samples in milliseconds, round by round (the rounds interleave every configuration, so
+    two rows' samples divided round by round give a ratio's spread; ``round_times`` reads them back)."""
+    return " ".join(f"{1e3 * s:.5g}" for s in samples)
+
+
+def round_times(text) -> np.ndarray:
+    """The milliseconds per step of each round, from ``rounds_text``; empty for a row recorded without them."""
+    return np.array([float(x) for x in text.split()]) if isinstance(text, str) else np.array([])
 
 
 class _RowsTimesWeights:

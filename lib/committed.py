@@ -135,7 +135,7 @@ def _seed003(folder: Path) -> str:
 
 
 def _data_vs_model(folder: Path) -> str:
-    run = latest("07_goals.csv", folder)
+    run = latest("07_goals", folder)
     t = run.table
     dp = t[t.method == "data parallel"].iloc[0]
     mp = t[t.method == "model parallel"]

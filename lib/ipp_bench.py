@@ -6,9 +6,10 @@ model parallel (plain, GPipe, 1F1B) side by side.
 
 Every configuration is timed on the same engines (``run_rounds``, shared with ``parbp.tensor_parallel_bench``).
 The CSV (``--out``, default figures/07_goals.csv, written atomically) has one row per configuration: median
-throughput and its ratio to serial, the pipeline's measured idle fraction next to the one ``parbp.pipeline``
-predicts from the same steps' per-stage task times, the activations each stage kept against the formula,
-the goal a row checks and whether it was met, and the machine (CPU, BLAS, load average before and after).
+throughput and its ratio to serial (the median of the rounds' ratios, with their min and max), the pipeline's
+measured idle fraction next to the one ``parbp.pipeline`` predicts from the same steps' per-stage task times,
+the activations each stage kept against the formula, the goal a row checks and whether it was met, and the
+machine (CPU, BLAS, load average before and after).
 ``cpu_share`` is CPU time over wall time per process (serial: the client; else averaged over the engines):
 near 1 when each had a core to itself, lower when other work on a shared machine took cores away, which
 makes the ratios to serial unreliable in either direction. ``vs_serial_per_cpu_s`` divides that share out
@@ -54,8 +55,11 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
             row.update(_pipeline_columns(model, batch_size, extra[key]), ceiling_vs_serial=ceiling[m])
         rows.append(row)
     df = pd.DataFrame(rows)
-    serial = df.loc[df.method == "serial", "examples_per_s"].iloc[0]
-    df["vs_serial"] = df.examples_per_s / serial
+    # over serial round by round (the rounds interleave every configuration): the median and its spread
+    serial = np.array(times[next(k for k in models if k[0] == "serial")])
+    ratios = [np.array(times[key]) / serial for key in models]
+    df["vs_serial"] = [float(np.median(r)) for r in ratios]
+    df["vs_serial_min"], df["vs_serial_max"] = [float(r.min()) for r in ratios], [float(r.max()) for r in ratios]
     df["efficiency"] = df.vs_serial / df.engines
     # an estimate for a contended machine: per CPU-second of each process instead of per wall-second. Waiting
     # ranks poll, so on an idle machine CPU time equals wall time and this equals vs_serial; the goals use vs_serial

@@ -115,10 +115,11 @@ def plain_number(x: float) -> str:
     return f"{x:,.0f}" if x >= 1 and float(x).is_integer() else f"{x:g}"
 
 
-def plain_log_ticks(ax) -> None:
+def plain_log_ticks(ax, xticks=None) -> None:
     """Plain labels (1, 3, 10 … or 100, 1,000) on every log axis of ``ax``, where matplotlib writes 3×10⁰;
-    matplotlib still picks which ticks get a label. Call after setting the scales."""
-    from matplotlib.ticker import LogFormatter
+    matplotlib picks which ticks get a label, or the x axis gets exactly ``xticks`` (a few powers of two:
+    workers, micro-batches) and no minor ticks. Call after setting the scales."""
+    from matplotlib.ticker import FixedLocator, LogFormatter, NullLocator
 
     class Plain(LogFormatter):
         def _num_to_string(self, x, vmin, vmax):
@@ -129,3 +130,6 @@ def plain_log_ticks(ax) -> None:
             base = axis.get_transform().base  # 10, or 2 for thread and process counts
             axis.set_major_formatter(Plain(base=base, labelOnlyBase=False))
             axis.set_minor_formatter(Plain(base=base, labelOnlyBase=False))
+    if xticks is not None:
+        ax.xaxis.set_major_locator(FixedLocator(list(xticks)))
+        ax.xaxis.set_minor_locator(NullLocator())

@@ -81,6 +81,23 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
             .rename(columns={"lr0": "lr", "elapsed_s": "time_s"}).reset_index(drop=True))
 
 
+TIMED = ("serial", "sync", "async")  # the methods seed 003 times
+
+
+def repeat_times(table: pd.DataFrame, rounds: int, lr: float, ds, sync_every: int = 1, **common) -> pd.DataFrame:
+    """Whole-training seconds of seed 003's timed methods: ``table``'s run of each (``results_table``; round 0)
+    and ``rounds`` - 1 more runs of each, in the same order every round, so a slow stretch of a shared machine
+    hits every configuration alike. Columns: method, mode, processes, round, time_s."""
+    timed = table[table.method.isin(TIMED)]
+    rows = [dict(method=r.method, mode=r.mode, processes=r.processes, round=0, time_s=r.time_s) for r in timed.itertuples()]
+    for k in range(1, rounds):
+        for r in timed.itertuples():
+            options = {} if r.processes == 1 else dict(sync_every=sync_every)
+            again = results_table(run(r.mode, int(r.processes), lr, ds, **options, **common))
+            rows.append(dict(method=r.method, mode=r.mode, processes=r.processes, round=k, time_s=again.time_s.iloc[0]))
+    return pd.DataFrame(rows)
+
+
 def usage_table(runs: pd.DataFrame, cores: int, memory_gib: float) -> pd.DataFrame:
     """CPU and memory as seed 003 reports them: % of the whole machine (all cores; all memory) for the job."""
     per_rank = (runs.groupby(["method", "mode", "processes", "rank"])

@@ -21,6 +21,10 @@ def test_run_returns_one_row_per_configuration():
     want = sorted([(i, 1, b) for i in ("serial-blas", "numpy") for b in (8, 16)] + [("threads", t, b) for t in (1, 2) for b in (8, 16)])
     assert got == want
     assert (df.ms_per_step > 0).all() and (df.samples == 2).all()
+    # every round's time is kept, so two rows of one run can be divided round by round
+    rounds = [bench.round_times(t) for t in df.ms_rounds]
+    assert all(len(r) == 2 for r in rounds)
+    np.testing.assert_allclose([np.median(r) for r in rounds], df.ms_per_step, rtol=1e-4)
     assert (df.net == "53-37-7").all()
     sizes = [53, 37, 7]
     np.testing.assert_allclose(df.gflops, [flops_per_step(sizes, b) / (ms / 1e3) / 1e9 for b, ms in zip(df.batch, df.ms_per_step)])

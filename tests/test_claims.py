@@ -4,7 +4,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from parbp import claims, results, seed003
+from parbp import bench, claims, results, seed003
 
 ROOT = Path(__file__).resolve().parent.parent
 VERDICTS = set(claims.VERDICTS)
@@ -226,3 +226,47 @@ def test_the_seeds_setup_explains_a_row_only_when_it_also_gives_the_seeds_serial
     assert not setup(0.89, 0.80)[0]
     (tmp_path / "06_seed003_seed_setup.csv").unlink()
     assert claims._seed_setup(claims.Figures(str(tmp_path)), "sync", 2, 0.02) == (False, "")
+
+
+def bench_csv(path, rows):
+    """A notebook-05 CSV of serial-example rows: (batch, steps per epoch, ms of each round)."""
+    pd.DataFrame([{"impl": "serial-example", "threads": 1, "batch": b, "ms_per_step": float(pd.Series(ms).median()),
+                   "s_per_epoch": float(pd.Series(ms).median()) * k / 1e3, "ms_rounds": bench.rounds_text([m / 1e3 for m in ms])}
+                  for b, k, ms in rows]).to_csv(path, index=False)
+
+
+def test_bench_timings_are_judged_round_by_round(tmp_path):
+    # a slow stretch (every other round twice as slow) hits both batch sizes alike: round by round the ratio is
+    # 1.10 in every round, a clear "faster"; from the medians alone, +-20 % straddles the edge
+    slow = [1, 2, 1, 2, 1]
+    csv = tmp_path / "05_speedup_batch_2h_mnist_paper.csv"
+    bench_csv(csv, [(10, 5000, [10 * x for x in slow]), (10000, 5, [11000 * x for x in slow])])
+    row = by_claim(claims.table(tmp_path)).loc["training time decreases as minibatch size decreases"]
+    assert row.verdict == "reproduced" and row.ours == pytest.approx(1.1) and "5 interleaved rounds" in row.why
+    df = pd.read_csv(csv).drop(columns="ms_rounds")  # a CSV from before the rounds were kept: one run, +-20 %
+    df.to_csv(csv, index=False)
+    row = by_claim(claims.table(tmp_path)).loc["training time decreases as minibatch size decreases"]
+    assert row.verdict == "inconclusive" and "one run" in row.why
+
+
+def test_seed003_times_are_judged_on_repeated_runs(tmp_path):
+    acc = {("serial", 1): 0.89, ("sync", 2): 0.85}
+    seed003_table(acc).to_csv(tmp_path / "06_seed003_table_paper.csv", index=False)   # sync x2: 20 s, serial 10 s
+    claim = "sync is slower than serial (communication overhead)"
+    pd.DataFrame([{"method": m, "mode": m, "processes": p, "round": r, "time_s": t}
+                  for r, (serial, sync) in enumerate([(10.0, 10.8), (12.0, 13.0), (9.0, 9.9)])
+                  for m, p, t in (("serial", 1, serial), ("sync", 2, sync))]).to_csv(
+        tmp_path / "06_seed003_times_paper.csv", index=False)
+    row = by_claim(claims.table(tmp_path)).loc[claim]
+    assert row.verdict == "reproduced" and "3 whole runs" in row.why and row.ours == pytest.approx(13 / 12)
+    assert row.source == "figures/06_seed003_times_paper.csv"
+
+
+@pytest.mark.parametrize("lo, verdict", [(1.1, "reproduced"), (0.9, "inconclusive")])
+def test_schemes_are_judged_on_their_interleaved_rounds(tmp_path, lo, verdict):
+    pd.DataFrame([dict(method="serial", schedule="-", micro_batches=1, engines=1, vs_serial=1.0, vs_serial_min=1.0,
+                       vs_serial_max=1.0, rounds=5, net="2h", batch_size=1000),
+                  dict(method="data parallel", schedule="-", micro_batches=1, engines=2, vs_serial=1.3, vs_serial_min=lo,
+                       vs_serial_max=1.4, rounds=5, net="2h", batch_size=1000)]).to_csv(tmp_path / "07_goals.csv", index=False)
+    row = by_claim(claims.table(tmp_path)).loc["data parallelism speeds training up over serial"]
+    assert row.verdict == verdict and "5 interleaved rounds" in row.why

@@ -41,4 +41,6 @@ def test_tiny_run_on_mpi_engines(tmp_path, capsys):
     assert set(df[df.method == "model parallel"].schedule) == {"plain", "gpipe", "1f1b"}
     assert (df.examples_per_s > 0).all() and {"cpu", "blas", "loadavg_before", "met_throughput"} <= set(df.columns)
     assert (df[df.method == "model parallel"].ceiling_vs_serial > 0).all()
+    assert (df.vs_serial_min <= df.vs_serial).all() and (df.vs_serial <= df.vs_serial_max).all()
+    assert (df[df.method == "serial"][["vs_serial", "vs_serial_min", "vs_serial_max"]] == 1).all(axis=None)
     assert "goals:" in capsys.readouterr().out

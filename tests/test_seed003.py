@@ -1,5 +1,6 @@
 """parbp.seed003: the grid search, test scores of saved parameters, and the tables beside the seed's."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from parbp import data, seed003
@@ -67,3 +68,13 @@ def test_curves_show_serial_on_top_and_whole_epochs():
         line.get_zorder() for line in acc.lines if line is not serial)
     assert all(float(t).is_integer() for t in acc.get_xticks())
     assert acc.get_ylabel() == "validation accuracy" and len(fig.legends[0].get_texts()) == 3
+
+
+def test_repeat_times_runs_the_timed_methods_again_in_rounds(runs, toy):
+    grid, lr, sync = runs
+    table = seed003.results_table(pd.concat([grid[grid.lr0 == lr], sync], ignore_index=True))
+    times = seed003.repeat_times(table, 2, lr, toy, **TINY)
+    assert sorted(times.groupby(["method", "processes"]).size().items()) == [(("serial", 1), 2), (("sync", 2), 2)]
+    assert (times.time_s > 0).all() and sorted(times["round"].unique()) == [0, 1]
+    first = times[times["round"] == 0].set_index("method").time_s
+    assert first["serial"] == table.set_index("method").time_s["serial"]  # round 0 is the table's own run
