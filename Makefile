@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# Runs every numbered notebook in order with papermill (PROFILE=default: 26 min on 2 cores;
+# Runs every numbered notebook in order with papermill (PROFILE=default, timed in figures/study_times_default.csv;
 # PROFILE=paper: the paper-scale experiments). Executed copies go to build/executed/, figures to figures/.
 # A rerun skips the runs that finished and have not changed (and resumes 08's training where it
 # stopped); FORCE=1 reruns everything.

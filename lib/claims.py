@@ -1161,6 +1161,14 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def two_runs(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Two whole runs' tables side by side, claim by claim: each run's number and verdict, and whether the
+    verdict held (the paper profile run twice in a row should give the same verdict for every claim)."""
+    cols = ["seed", "claim", "ours", "verdict"]
+    df = first[cols].merge(second[cols], on=["seed", "claim"], how="outer", suffixes=("_first", "_second"))
+    return df.assign(same=df.verdict_first == df.verdict_second)
+
+
 README_SOURCE = "figures/10_against_the_seeds.md"  # the README's block between its BEGIN/END markers
 
 
@@ -1177,10 +1185,23 @@ def sync_readme(readme: Path | str, generated: Path | str) -> None:
 def main(argv=None) -> int:
     from .cli import Parser
 
-    parser = Parser(prog="python -m parbp.claims", description="Copy figures/10_against_the_seeds.md into README.md")
+    parser = Parser(prog="python -m parbp.claims", description="Copy figures/10_against_the_seeds.md into README.md; "
+                    "with --first, compare an earlier run's table with the committed one instead")
     parser.add_argument("--readme", type=Path, default=FIGURES.parent / "README.md")
     parser.add_argument("--table", type=Path, default=FIGURES / "10_against_the_seeds.md")
+    parser.add_argument("--first", type=Path, help="an earlier whole run's figures/10_against_the_seeds.csv: writes "
+                        "both runs' verdicts claim by claim to --out")
+    parser.add_argument("--out", type=Path, default=FIGURES / "10_two_paper_runs.csv")
     args = parser.parse_args(argv)
+    if args.first:
+        if not args.first.exists():
+            parser.error(f"--first {args.first}: no such file")
+        df = two_runs(pd.read_csv(args.first), pd.read_csv(args.table.with_suffix(".csv")))
+        results.write_csv(df, args.out)
+        moved = df[~df.same]
+        print(f"{args.out}: {len(df) - len(moved)} of {len(df)} verdicts the same in both runs"
+              + "".join(f"\n  {r.seed} {r.claim}: {r.verdict_first} -> {r.verdict_second}" for r in moved.itertuples()))
+        return 0
     sync_readme(args.readme, args.table)
     print(f"{args.readme}: against-the-seeds table copied from {args.table}")
     return 0

@@ -587,12 +587,12 @@ def inference_speed(params, sparsities, batches, repeats: int = 7, seed: int = 0
             sparse = to_csr(dense)
             for B in batches:
                 X = rng.random((B, params[0][0].shape[0]), dtype=np.float32)
-                for kind, run in (("dense", lambda: predict_dense(dense, X)), ("csr", lambda: predict_csr(sparse, X))):
-                    run()  # warm
+                for kind, predict in (("dense", lambda: predict_dense(dense, X)), ("csr", lambda: predict_csr(sparse, X))):
+                    predict()  # warm
                     best = math.inf
                     for _ in range(repeats):
                         start = time.perf_counter()
-                        run()
+                        predict()
                         best = min(best, time.perf_counter() - start)
                     rows.append({"sparsity": s, "batch": B, "kind": kind, "seconds": best})
     df = pd.DataFrame(rows)

@@ -10,7 +10,6 @@ import ast
 import functools
 import math
 import numbers
-import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -335,32 +334,6 @@ def speedup_figure(kind: str, table: pd.DataFrame, title: str):
     if kind == "speedup_threads":
         return plot_speedup_vs_threads(table, f"Speedup against threads, {title}")
     raise ValueError(f"unknown figure {kind!r}; choose one of {list(FIGURES_05)}")
-
-
-_FIGURE_NAME = re.compile(r"05_(?P<kind>" + "|".join(FIGURES_05) + r")_(?P<net>[^_]+)_(?P<data>mnist|fashion-mnist|kdd99)"
-                          r"(?:_(?P<label>\w+))?\.(?:csv|png)")
-
-
-def redraw(csv: Path) -> tuple[Path, Path]:
-    """Redraw one of notebook 05's committed figures from the CSV beside it (nothing is re-measured): the
-    epoch counted as its dataset's training split, the figure stamped with the machine named in the CSV's
-    ``env_`` columns (this one if it has none)."""
-    from .envinfo import label_of
-    from .results import save_figure
-
-    csv = Path(csv)
-    name = _FIGURE_NAME.fullmatch(csv.name)
-    if not name:
-        raise ValueError(f"{csv.name} is not one of notebook 05's figures: 05_<figure>_<net>_<data>[_<label>].csv "
-                         f"with <figure> one of {list(FIGURES_05)}")
-    dataset = name["data"].replace("kdd99", "kddcup99")
-    table = per_epoch(pd.read_csv(csv), epoch_examples(dataset))
-    title = f"net {name['net']}, {dataset}" + (f" ({name['label']})" if name["label"] else "")
-    fig = speedup_figure(name["kind"], table, title)
-    machine = label_of(table.iloc[0]) if "env_cpu" in table else None
-    paths = save_figure(fig, table, csv.with_suffix(".png"), machine=machine)
-    plt.close(fig)
-    return paths
 
 
 def plot_gpu_speed(gpu_runs: pd.DataFrame):

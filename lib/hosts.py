@@ -27,10 +27,8 @@ one line why the harness cannot run here (not root, a tool missing), or returns 
 """
 from __future__ import annotations
 
-import collections
 import errno
 import os
-import select
 import shutil
 import signal
 import socket

@@ -11,7 +11,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from . import checkpoint, mpi, trainers
@@ -19,7 +18,6 @@ from .train import evaluate
 
 SETTING = dict(dataset="mnist", batch_size=100, epochs=5, lr_decay=0.01)
 SEED_LR = 1.0
-SEED_MACHINE = "Intel i7-8700 3.20 GHz (6 cores, 12 threads), 16 GB"
 
 # Seed 003, slide "Experiment & evaluation": loss, accuracy and time after 5 epochs
 SEED_RESULTS = pd.DataFrame(
@@ -33,13 +31,10 @@ SEED_USAGE = pd.DataFrame(
      ("async", 2, 52, 55, 28.0), ("async", 3, 70, 75, 35.0), ("async", 4, 80, 85, 42.9)],
     columns=["method", "processes", "cpu_percent_low", "cpu_percent_high", "memory_percent"])
 
-# Their methods in parbp.mpi's terms. "sync" is parameter averaging after every step (their v = 1/c sum w_i);
-# parbp's gradient all-reduce is the serial algorithm spread out and has no row of theirs.
-METHODS = {"serial": ("allreduce", 1), "sync": ("average", None), "async": ("async", None),
-           "allreduce": ("allreduce", None)}
-
 
 def method_of(mode: str, processes: int) -> str:
+    """Their methods in parbp.mpi's terms: "sync" is parameter averaging after every step (their v = 1/c sum w_i);
+    parbp's gradient all-reduce is the serial algorithm spread out and has no row of theirs."""
     return "serial" if processes == 1 else {"average": "sync", "async": "async", "allreduce": "allreduce"}[mode]
 
 

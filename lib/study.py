@@ -1,6 +1,6 @@
 """Run the whole study: every numbered notebook, in order, with papermill; rerun only what changed.
 
-    python -m parbp.study                    # the default profile (26 min on 2 cores)
+    python -m parbp.study                    # the default profile (figures/study_times_default.csv)
     python -m parbp.study --profile paper    # the paper-scale experiments
     python -m parbp.study --only 05 06       # a few notebooks
     python -m parbp.study --force            # rerun everything (make study FORCE=1)

@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from .data import load_first, random_batch
+from .data import load_first
 from .distributed import block, data_arguments, epoch_batches, flags, leading, run_job
 from . import ipp
 from .ipp import EngineModel
@@ -236,29 +236,6 @@ def train_steps(shard: Shard, X, Y, batches, lr: float, comm, dog) -> dict:
             "compute_s": [s - c for s, c in zip(step_s, comm_s)], "loss": losses,
             "allreduces": sent["allreduces"], "payload_bytes": sent["payload_bytes"],
             "sent_bytes": sent["sent_bytes"](shard.ranks)}
-
-
-_watchdogs: dict = {}
-
-
-def timed_steps(comm, dog=None, net="2h", batch_size: int = 1000, steps: int = 10, warmup: int = 2,
-                n_in: int = 784, n_out: int = 10, seed: int = 0) -> dict:
-    """``steps`` tensor-parallel steps of ``net`` on a random minibatch of ``batch_size`` (the step time of
-    a dense MLP does not depend on the values) under an existing communicator, after ``warmup`` steps:
-    ``train_steps``' result for this rank. ``dog`` bounds the waits (default: a ``parbp.mpi.Watchdog`` of
-    20 s, one per communicator; pass a ``parbp.ipp.BoundedComm`` as ``comm`` and ``dog``)."""
-    from threadpoolctl import threadpool_limits
-
-    sizes = layer_sizes(net, n_in, n_out)
-    shard = Shard(init_params(sizes, seed), comm.rank, comm.size)
-    X, Y = random_batch(n_in, n_out, batch_size, seed)  # the same minibatch on every rank
-    if dog is None:  # one watchdog thread per communicator, however often this is called
-        key = comm.py2f() if hasattr(comm, "py2f") else id(comm)  # mpi4py communicators are not hashable
-        dog = _watchdogs.get(key) or _watchdogs.setdefault(key, Watchdog(comm, 20.0))
-    idx = np.arange(batch_size)
-    with threadpool_limits(1):
-        train_steps(shard, X, Y, [idx] * warmup, 1e-3, comm, dog)
-        return train_steps(shard, X, Y, [idx] * steps, 1e-3, comm, dog)
 
 
 # ---- On parbp.ipp's MPI engines --------------------------------------------------------------------------

@@ -91,7 +91,7 @@ class SGDGraph:
         # cast B so that float32 graphs stay float32 (X.shape[0] is int64, which would upcast)
         loss = T.sum((Y - A) ** 2) / T.cast(X.shape[0], dtype)
         grads = theano.grad(loss, self.shared)
-        self._inputs, self._loss, self._grads, self._A = (X, Y), loss, grads, A
+        self._inputs, self._loss, self._grads = (X, Y), loss, grads
         updates = [(p, p - lr * g) for p, g in zip(self.shared, grads)]
         self.step = theano.function([X, Y, lr], loss, updates=updates, mode=mode)
         self.predict = theano.function([X], A, mode=mode)

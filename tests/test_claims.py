@@ -270,3 +270,16 @@ def test_schemes_are_judged_on_their_interleaved_rounds(tmp_path, lo, verdict):
                        vs_serial_max=1.4, rounds=5, net="2h", batch_size=1000)]).to_csv(tmp_path / "07_goals.csv", index=False)
     row = by_claim(claims.table(tmp_path)).loc["data parallelism speeds training up over serial"]
     assert row.verdict == verdict and "5 interleaved rounds" in row.why
+
+
+def test_two_runs_say_which_verdicts_moved(tmp_path):
+    first = pd.DataFrame({"seed": ["000", "001"], "claim": ["a", "b"], "ours": [1.0, 2.0],
+                          "verdict": ["reproduced", "differs"]})
+    second = first.assign(ours=[1.1, 1.9], verdict=["reproduced", "inconclusive"])
+    df = claims.two_runs(first, second)
+    assert df.same.tolist() == [True, False] and df.verdict_second.tolist() == ["reproduced", "inconclusive"]
+    first.to_csv(tmp_path / "first.csv", index=False)
+    second.to_csv(tmp_path / "10_against_the_seeds.csv", index=False)
+    assert claims.main(["--first", str(tmp_path / "first.csv"), "--table", str(tmp_path / "10_against_the_seeds.md"),
+                        "--out", str(tmp_path / "two.csv")]) == 0
+    assert pd.read_csv(tmp_path / "two.csv").same.tolist() == [True, False]

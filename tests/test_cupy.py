@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from checks import assert_gradients_then_apply_equals_step, assert_params_close, assert_steps_match_reference
 
-from parbp import cupy_gpu, reference, trainers
+from parbp import cupy_gpu, trainers
 from parbp.base import TrainerUnavailable
 
 SIZES = dict(net=[53, 29], n_in=37, n_out=5, seed=3)

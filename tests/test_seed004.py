@@ -1,6 +1,5 @@
 """parbp.seed004 and parbp.example_threads: the experiments behind seed 004's and seed 000's verdicts, on toy sizes."""
 import numpy as np
-import pandas as pd
 import pytest
 
 from parbp import claims, example_threads, nets, seed004
