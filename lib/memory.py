@@ -125,13 +125,8 @@ def _expression_peak(trainer, n, B, s) -> list[Term]:
 
     phases = []
     for l in range(1, L + 1):  # forward through layer l
-        if trainer == "numpy":  # 1/(1 + exp(-(A W + b))): exp is a call, never elided, so 2 alive
-            temps = 2 * A[l]
-        else:  # sigmoid(z): z, out, the mask pos (1 byte per entry), then the negative branch
-            # ez = exp(z[~pos]); out[~pos] = ez / (1 + ez): 3 arrays of the (1 - f) negatives alive,
-            # with f = 1/2, the share of positive pre-activations at a symmetric initialization
-            temps = 2 * A[l] + 2 * (A[l] // s) + 3 * A[l] // 2
-        phases.append((f"forward layer {l}", sum(A[1:l]) + temps))
+        # expit(A W + b): the sum z (+ b lands in A W's temporary) and expit's new array, 2 alive
+        phases.append((f"forward layer {l}", sum(A[1:l]) + 2 * A[l]))
     kept = sum(A[1:]) + A[L]  # all activations + err = A_L − Y, alive to the end of the backward pass
     for l in range(L, 0, -1):  # backward: grads[l] = (A_{l-1}ᵀ Δ_l, Σ Δ_l), then Δ_{l-1}
         grads = sum(W[l - 1:])

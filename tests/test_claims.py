@@ -278,8 +278,13 @@ def test_two_runs_say_which_verdicts_moved(tmp_path):
     second = first.assign(ours=[1.1, 1.9], verdict=["reproduced", "inconclusive"])
     df = claims.two_runs(first, second)
     assert df.same.tolist() == [True, False] and df.verdict_second.tolist() == ["reproduced", "inconclusive"]
-    first.to_csv(tmp_path / "first.csv", index=False)
+    (tmp_path / "run1").mkdir()
+    first.to_csv(tmp_path / "run1" / "first.csv", index=False)
+    pd.DataFrame({"notebook": ["(whole study)"], "machine": ["AMD EPYC, 2 cores"]}).to_csv(
+        tmp_path / "run1" / "study_times_paper.csv", index=False)
     second.to_csv(tmp_path / "10_against_the_seeds.csv", index=False)
-    assert claims.main(["--first", str(tmp_path / "first.csv"), "--table", str(tmp_path / "10_against_the_seeds.md"),
-                        "--out", str(tmp_path / "two.csv")]) == 0
-    assert pd.read_csv(tmp_path / "two.csv").same.tolist() == [True, False]
+    assert claims.main(["--first", str(tmp_path / "run1" / "first.csv"),
+                        "--table", str(tmp_path / "10_against_the_seeds.md"), "--out", str(tmp_path / "two.csv")]) == 0
+    two = pd.read_csv(tmp_path / "two.csv", keep_default_na=False)
+    assert two.same.tolist() == [True, False]
+    assert two.machine_first.tolist() == ["AMD EPYC, 2 cores"] * 2 and two.machine_second.tolist() == ["", ""]

@@ -11,7 +11,7 @@ SIZES_1H = layer_sizes("1h", 784, 10)
     ("numpy", {}), ("reference", {}), ("serial-example", {}), ("serial-blas", {}),
     ("threads", {"threads": 2}), ("threads", {"threads": 2, "update": "partials"}), ("hogwild", {"threads": 2}),
 ])
-@pytest.mark.parametrize("batch", [10, 300])
+@pytest.mark.parametrize("batch", [10, 300, 1000])
 def test_formula_matches_measured_peak(trainer, options, batch):
     df = memory.compare(trainer, "1h", [batch], **options)
     assert abs(df.ratio.iloc[0] - 1) < 0.10, df.to_string()

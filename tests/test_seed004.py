@@ -1,5 +1,6 @@
 """parbp.seed004 and parbp.example_threads: the experiments behind seed 004's and seed 000's verdicts, on toy sizes."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from parbp import claims, example_threads, nets, seed004
@@ -52,6 +53,19 @@ def test_a_network_too_big_for_one_budget_trains_in_stages_that_fit():
     assert r.one_worker_mib > r.budget_mib >= r.stage_mib_max and r.stages >= 2 and len(df) == 2
     with pytest.raises(ValueError, match="fits"):
         seed004.too_big(ds, one, epochs=1, hidden=[256, 256, 256], batch=50)
+    assert {"val_acc", "test_acc"} <= set(df)
+
+
+def test_too_big_is_judged_at_the_rate_validation_chose(tmp_path):
+    row = dict(net="784-1024-1024-1024-10", budget_mib=12.0, one_worker_mib=13.8, stages=3, stage_mib_max=9.7, epoch=2)
+    grid = pd.DataFrame([dict(row, lr=0.5, val_acc=0.11, test_acc=0.10), dict(row, lr=2.0, val_acc=0.95, test_acc=0.94),
+                         dict(row, lr=8.0, val_acc=0.93, test_acc=0.96), dict(row, lr=2.0, epoch=1, val_acc=0.99, test_acc=0.5)])
+    grid.to_csv(tmp_path / "07_seed004_too_big.csv", index=False)
+    r = claims.table(tmp_path).set_index("claim").loc["a network too large for one node's memory is trained by model parallelism"]
+    assert (r.ours, r.verdict) == (0.94, "reproduced") and "lr 2 chosen on validation" in r.why
+    grid.assign(test_acc=grid.test_acc - 0.1).to_csv(tmp_path / "07_seed004_too_big.csv", index=False)
+    r = claims.table(tmp_path).set_index("claim").loc["a network too large for one node's memory is trained by model parallelism"]
+    assert r.verdict == "differs" and "at every rate tried" in r.why
 
 
 def test_threaded_per_example_loops_compute_the_serial_step():
