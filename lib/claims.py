@@ -175,7 +175,7 @@ def faster(ratio: float, noise: float = NOISE, spread: Interval | None = None) -
     above: reproduced; all below (a tie or the other way round): differs; straddling: inconclusive."""
     iv = spread or one_run(ratio, noise)
     verdict = judge(iv, 1 + MARGIN)
-    what = {"reproduced": "faster", "inconclusive": "straddles the edge",
+    what = {"reproduced": "the claimed side faster", "inconclusive": "straddles the edge",
             "differs": "a tie" if iv.hi >= 1 - MARGIN else "the other way round"}[verdict]
     return verdict, f"ratio {iv} against > {1 + MARGIN:.2f}: {what}"
 
@@ -885,7 +885,15 @@ def too_big_for_one(fig):
                    f"{r.lr:g} chosen on validation (rule: does not fit one, fits each stage, >= 0.90)"
                    + ("" if learned else "; the memory part holds, the learning does not: the stages compute serial "
                       "training's arithmetic (parbp.pipeline.Stage), so it is the network, 3 sigmoid hidden layers "
-                      "under MSE, that stays below 0.90 at every rate tried"), src)
+                      f"under MSE, that stays below 0.90 at every rate tried{_still_rising(df, r)}"), src)
+
+
+def _still_rising(df, r) -> str:
+    """Where the chosen rate's test accuracy stood half-way through, when it was lower: the run stopped early."""
+    curve = df[df.lr == r.lr].set_index("epoch").test_acc.sort_index()
+    half = curve.index[len(curve) // 2 - 1] if len(curve) > 1 else None
+    return "" if half is None or curve[half] >= r.test_acc else (
+        f", its accuracy still rising ({curve[half]:.4f} at epoch {int(half)}, {r.test_acc:.4f} at {int(r.epoch)})")
 
 
 def _goal(fig, *starts: str) -> tuple[pd.Series, str]:
@@ -1208,7 +1216,8 @@ def main(argv=None) -> int:
     if args.first:
         if not args.first.exists():
             parser.error(f"--first {args.first}: no such file")
-        df = two_runs(pd.read_csv(args.first), pd.read_csv(args.table.with_suffix(".csv")),
+        read = lambda path: pd.read_csv(path, dtype={"seed": str})  # noqa: E731  "000", not 0
+        df = two_runs(read(args.first), read(args.table.with_suffix(".csv")),
                       (run_machine(args.first.parent), run_machine(args.table.parent)))
         results.write_csv(df, args.out)
         moved = df[~df.same]

@@ -14,7 +14,7 @@
    at each rate of a small grid, the one with the best validation accuracy judged (the paper chose its rates
    by grid search).
 
-    python -m parbp.seed004 [--budget-mib 12] [--epochs 5] [--seeds 0 1 2] [--big-epochs 3] [--big-lr 0.05 0.1 0.2 0.5]
+    python -m parbp.seed004 [--budget-mib 12] [--epochs 5] [--seeds 0 1 2] [--big-epochs 20] [--big-lr 0.05 0.1 0.2 0.5]
                             [--parts subset too-big]
 
 writes figures/07_seed004_subset.csv (one row per method, seed and epoch) and figures/07_seed004_too_big.csv
@@ -119,7 +119,7 @@ def main(argv=None):
     ap.add_argument("--budget-mib", type=cli.positive_float, default=12.0)
     ap.add_argument("--epochs", type=cli.positive_int, default=5)
     ap.add_argument("--seeds", type=cli.nonnegative_int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--big-epochs", type=cli.positive_int, default=3)
+    ap.add_argument("--big-epochs", type=cli.positive_int, default=20)
     ap.add_argument("--big-lr", type=cli.positive_float, nargs="+", default=[0.05, 0.1, 0.2, 0.5])
     ap.add_argument("--parts", nargs="+", choices=["subset", "too-big"], default=["subset", "too-big"])
     ap.add_argument("--out", default=str(results.FIGURES))
