@@ -265,17 +265,21 @@ def blas_faster(fig):
                    f"blas-parallel {b.mid:.2f}x, the per-example threads {s.mid:.2f}x; {why}", f"{src1}, {src2}")
 
 
-def _blas_rows(fig) -> tuple[dict, list[int], int, str]:
-    """blas-parallel's bench rows on 1 thread and on the most, the batches that have both, the most threads, the CSV."""
-    df, src = fig.read("05_speedup_threads_2h_mnist", "05")
+def _at_top(fig, impls, one_thread: bool = False,
+            stem: str = "05_time_per_epoch_2h_mnist") -> tuple[dict, list[int], int, str]:
+    """The bench rows of ``impls`` at the most threads (and on 1 thread with ``one_thread``), the batches where all
+    of them ran, the most threads, the CSV."""
+    df, src = fig.read(stem, "05")
     top = int(df.threads.max())
-    rows = bench_rows(df, src, impl="blas-parallel", threads=[1, top])
-    batches = sorted({b for _, t, b in rows if (("blas-parallel", 1, b) in rows and ("blas-parallel", top, b) in rows)})
+    threads = [1, top] if one_thread else [top]
+    rows = bench_rows(df, src, impl=list(impls), threads=threads)
+    batches = sorted({b for _, _, b in rows if all((i, t, b) in rows for i in impls for t in threads)})
+    missing_if(not batches, f"{', '.join(impls)} at one batch", src, "05")
     return rows, batches, top, src
 
 
 def blas_flat(fig):
-    rows, batches, top, src = _blas_rows(fig)
+    rows, batches, top, src = _at_top(fig, ("blas-parallel",), True, "05_speedup_threads_2h_mnist")
     sp = lambda t: [_speedup_rounds(rows, "blas-parallel", b, top)(t) for b in batches]  # noqa: E731
     iv = timed(lambda t: max(sp(t)) / min(sp(t)), rows, 2 * NOISE)
     mid = [float(rows["blas-parallel", 1, b].s_per_epoch / rows["blas-parallel", top, b].s_per_epoch) for b in batches]
@@ -288,7 +292,7 @@ def blas_flat(fig):
 def blas_less_than_threads(fig):
     """Each speedup over its own serial form: blas-parallel over 1-thread BLAS (notebook 05), the per-example
     threads over the per-example loop (its own interleaved rounds)."""
-    rows, batches, top, src = _blas_rows(fig)
+    rows, batches, top, src = _at_top(fig, ("blas-parallel",), True, "05_speedup_threads_2h_mnist")
     per_example, src2 = _example_threads(fig)
     s = repeats(per_example.speedup, "interleaved rounds")
     b = timed(lambda t: float(np.median([_speedup_rounds(rows, "blas-parallel", x, top)(t) for x in batches])), rows)
@@ -396,16 +400,6 @@ def theano_both(fig):
                    f"threads, matrix products: blas-parallel), median over batches {batches}: {why}; Theano's CPU graph "
                    "is BLAS GEMMs, which split each product by rows (examples) and columns (neurons) inside one call",
                    src)
-
-
-def _at_top(fig, impls, stem="05_time_per_epoch_2h_mnist") -> tuple[dict, list[int], int, str]:
-    """The bench rows of ``impls`` at the most threads, the batches where all of them ran, the threads, the CSV."""
-    df, src = fig.read(stem, "05")
-    top = int(df.threads.max())
-    rows = bench_rows(df, src, impl=list(impls), threads=top)
-    batches = sorted({b for _, _, b in rows if all((i, top, b) in rows for i in impls)})
-    missing_if(not batches, f"{', '.join(impls)} at one batch", src, "05")
-    return rows, batches, top, src
 
 
 def both_combined(fig):
