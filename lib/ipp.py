@@ -183,6 +183,13 @@ class Engines(Closing):
             who = gone or f"engine(s) {culprits} stopped answering"
             self._break(f"{who} while {what}: engine {r.parbp_engine} reports {message}")
         if ename in ("EngineError", "CompositeError") or "died" in message or "unregistered" in message:
+            gone = self._lost_engines()
+            if gone:
+                self._break(f"{gone} while {what}: {ename}: {message}")
+            if dict(zip(self.ids, self.local)).get(r.parbp_engine) is False:
+                # the hub lost its heartbeat; from another machine a stopped engine and a dead one look the same
+                self._break(f"engine {r.parbp_engine} stopped answering while {what} (the hub lost its heartbeat: "
+                            f"it died or is stopped): {ename}: {message}")
             self._break(f"engine {r.parbp_engine} died while {what}: {ename}: {message}")
         if self.mpi and len(self.ids) > 1:
             self.broken = f"engine {r.parbp_engine} raised {ename} while {what}"  # its peers may wait on it now

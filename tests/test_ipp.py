@@ -142,6 +142,29 @@ def test_failed_engine_raises_within_30_s(ds, sig, message, visible):
                                    message, lr=1.0)
 
 
+@pytest.mark.parametrize("local,message", [(False, r"engine 7 stopped answering .*\(the hub lost its heartbeat"),
+                                           (True, r"engine 7 died while")])
+def test_hub_heartbeat_loss_named_by_what_the_client_sees(local, message):
+    """The hub reports EngineError ('died') for an engine that misses its heartbeats, stopped or dead. For an
+    engine on another machine that is all the client knows; for one here whose process runs, the hub's word stands."""
+    import os
+
+    class HubError(Exception):
+        ename, evalue = "EngineError", "Engine 7 died while running task 'x'"
+
+    class Result:
+        parbp_engine = 7
+
+        def exception(self):
+            return HubError()
+
+    eng = object.__new__(pi.Engines)
+    eng.ids, eng.pids, eng.local, eng.broken, eng.mpi = [6, 7], [os.getpid()] * 2, [local] * 2, None, True
+    with pytest.raises(pi.EngineFailure, match=message):
+        eng._fail([Result()], [], "training")
+    assert eng.broken
+
+
 # --------------------------------------------------------------------------------------------
 # The schedules on paper (no engines)
 
