@@ -807,7 +807,7 @@ def _threshold(runs: pd.DataFrame) -> float:
 
 
 def _to_threshold(runs: pd.DataFrame, threshold: float, column: str) -> pd.DataFrame:
-    """Per method (columns) and seed, the first ``column`` value (epoch or seconds) at which the validation loss
+    """Per method (columns) and seed, the first ``column`` value (epoch or elapsed_s) at which the validation loss
     is <= threshold."""
     hit = runs[runs.val_loss <= threshold].groupby(["method", "seed"])[column].min()
     return hit.reindex(runs.groupby(["method", "seed"]).size().index).unstack(0)
@@ -833,7 +833,7 @@ def epochs_to_converge(fig):
     subset run's best loss (where it stops improving), so neither side's plateau decides it."""
     df, src = _subset(fig)
     threshold = _threshold(df)
-    epochs, seconds = _to_threshold(df, threshold, "epoch"), _to_threshold(df, threshold, "seconds")
+    epochs, seconds = _to_threshold(df, threshold, "epoch"), _to_threshold(df, threshold, "elapsed_s")
     ratio = epochs["subset SGD"] / epochs["data parallel"]
     verdict, why = faster(float(ratio.median()), spread=repeats(ratio))
     return Outcome(float(ratio.median()), verdict, f"validation loss <= {threshold:.4f}: epochs subset SGD "
@@ -847,7 +847,7 @@ def wall_clock_to_converge(fig):
     workers' work, an upper bound. If the subset still takes longer, data parallelism wins at any speedup."""
     df, src = _subset(fig)
     threshold = _threshold(df)
-    seconds = _to_threshold(df, threshold, "seconds")
+    seconds = _to_threshold(df, threshold, "elapsed_s")
     ratio = (seconds["subset SGD"] / seconds["data parallel"]).dropna()
     if ratio.empty:
         return Outcome(None, "differs", f"data parallelism never reached validation loss {threshold:.4f}", src)

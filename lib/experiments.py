@@ -385,8 +385,8 @@ def matplotlib_lognorm(values):
 def plot_learning_curves(history: pd.DataFrame, title: str, target: float | None = None):
     """Loss and accuracy (train/val/test) per epoch of one training run."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    loss = history.melt(id_vars="epoch", value_vars=["loss", "val_loss"], var_name="split", value_name="mse")
-    loss["split"] = loss.split.map({"loss": "train (mean minibatch loss)", "val_loss": "validation"})
+    loss = history.melt(id_vars="epoch", value_vars=["train_loss", "val_loss"], var_name="split", value_name="mse")
+    loss["split"] = loss.split.map({"train_loss": "train (mean minibatch loss)", "val_loss": "validation"})
     sns.lineplot(data=loss, x="epoch", y="mse", hue="split", marker="o", ax=left)
     left.set(yscale="log", title="MSE loss", ylabel="1/N Σ ||y - a||²")
     plain_log_ticks(left)
@@ -430,6 +430,6 @@ def grid_search(trainer: str, dataset, lrs, epochs: int, batch_size: int, net="1
         runs.append(h.rename(columns={"lr": "lr_epoch"}).assign(lr=lr).drop(columns="test_acc"))
     grid = pd.concat(runs, ignore_index=True)
     final = grid[grid.epoch == grid.epoch.max()]
-    scores = final.val_acc.where(np.isfinite(final.loss), -np.inf)  # a diverged run never wins
+    scores = final.val_acc.where(np.isfinite(final.train_loss), -np.inf)  # a diverged run never wins
     chosen = float(final.lr.to_numpy()[np.argmax(scores.to_numpy())])
     return grid, chosen

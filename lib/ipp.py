@@ -26,8 +26,9 @@ tensors with mpi4py:
 
 Faults: every MPI wait on an engine has a deadline (``timeout``): a rank whose peer died or stopped raises
 instead of blocking forever. The client polls its results and the engine processes, and raises
-``EngineFailure`` naming the engine within a few seconds; the MPI world is then broken, and ``Engines``
-says so if used again (start new ones).
+``EngineFailure`` naming the engine within a few seconds (one on another machine that the hub stops hearing
+"stopped answering": from here a dead engine and a stopped one look the same); the MPI world is then broken,
+and ``Engines`` says so if used again (start new ones).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ import pandas as pd
 from . import pipeline, trainers
 from .base import Closing
 from .distributed import PackedGradients, allreduce_step, block, epoch_batches, epoch_order, mpiexec
-from .train import evaluate, lr_at
+from .train import HISTORY, evaluate, history_row, lr_at
 
 
 class EngineFailure(RuntimeError):
@@ -326,6 +327,10 @@ class EngineModel(abc.ABC):
         out = self.on_engines(fn, *args, what=f"training ({self.name})")
         return out, {"seconds": max(o["seconds"] for o in out), "steps": out[0]["steps"], "cpu_share": cpu_share(out)}
 
+    def evaluate(self) -> tuple[float, float]:
+        """The client's copy of the parameters on the validation split: (loss, accuracy)."""
+        return evaluate(self.eval, self.ds.X_val, self.ds.Y_val, self.ds.y_val)
+
     def check_batch(self, B: int) -> None:
         """Refuse a minibatch this model cannot split, before any engine is asked."""
         if B < self.workers:
@@ -335,15 +340,14 @@ class EngineModel(abc.ABC):
         """Train and return one row per epoch (row 0: the untrained network, so every curve starts at the
         same point): losses, validation accuracy, training seconds and examples per second."""
         self.check_batch(batch_size)
-        val_loss, val_acc = evaluate(self.eval, self.ds.X_val, self.ds.Y_val, self.ds.y_val)
-        rows = [{"method": self.name, "engines": self.workers, "epoch": 0, "val_loss": val_loss, "val_acc": val_acc}]
+        who = {"method": self.name, "engines": self.workers}
+        rows = [history_row(0, float("nan"), *self.evaluate(), 0.0, **who)]
         for epoch in range(epochs):
             r = self.train_epoch(epoch, batch_size, lr_at(lr, lr_decay, epoch))
             self.eval.params = self.params
-            val_loss, val_acc = evaluate(self.eval, self.ds.X_val, self.ds.Y_val, self.ds.y_val)
-            rows.append({"method": self.name, "engines": self.workers, "epoch": epoch + 1, **r,
-                         "val_loss": val_loss, "val_acc": val_acc,
-                         "examples_per_s": r["steps"] * batch_size / r["seconds"]})
+            rows.append(history_row(epoch + 1, r["train_loss"], *self.evaluate(), r["seconds"], **who,
+                                    **{k: v for k, v in r.items() if k not in HISTORY},
+                                    examples_per_s=r["steps"] * batch_size / r["seconds"]))
         return pd.DataFrame(rows)
 
 

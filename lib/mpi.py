@@ -59,7 +59,7 @@ from .cli import Parser
 from .data import load_first
 from .distributed import (Flat, PackedGradients, allreduce_step, block, data_arguments, epoch_batches, epoch_order,
                           flags, leading, run_job)
-from .train import evaluate, lr_at, minibatches
+from .train import evaluate, history_row, lr_at, minibatches
 
 MODES = ("allreduce", "average", "async")
 ASYNC_RULES = ("delta", "staleness", "replace")
@@ -224,12 +224,12 @@ def _save(args, comm, ds, trainer, epoch, rows, elapsed, **extra) -> None:
                          "elapsed": elapsed, **extra})
 
 
-def _epoch_rows(comm, dog, epoch, usage, shared: dict) -> list[dict]:
-    """Gather every rank's usage on rank 0 and turn it into one row per rank."""
+def _epoch_rows(comm, dog, usage, shared: dict) -> list[dict]:
+    """Gather every rank's usage on rank 0 and turn it into one row per rank (``shared``: rank 0's history row)."""
     mine = {"rank": comm.rank, **usage.read()}
     with dog.wait("gathering the epoch's usage"):  # a rank stopped here must not hang the others either
         everyone = comm.gather(mine, root=0)
-    return [] if comm.rank else [{"epoch": epoch + 1, **shared, **r} for r in everyone]
+    return [] if comm.rank else [{**shared, **r} for r in everyone]
 
 
 def _epochs(args, comm, dog, ds, trainer, resumed, train_epoch):
@@ -244,7 +244,7 @@ def _epochs(args, comm, dog, ds, trainer, resumed, train_epoch):
         dt = time.perf_counter() - t0
         elapsed += dt
         shared = _summary(args, trainer, ds, epoch, lr, loss, dt, elapsed) if comm.rank == 0 else {}
-        rows += _epoch_rows(comm, dog, epoch, usage, {**shared, **counters})
+        rows += _epoch_rows(comm, dog, usage, {**shared, **counters})
         _save(args, comm, ds, trainer, epoch, rows, elapsed, **counters)
     return rows, trainer
 
@@ -404,16 +404,16 @@ def _server(args, comm, ds, trainer, flat, MPI):
     return rows
 
 
-def _server_epoch(args, ds, trainer, epoch, reports, staleness, version, usage, epoch_s, elapsed) -> list[dict]:
+def _server_epoch(args, ds, trainer, epoch, reports, staleness, version, usage, seconds, elapsed) -> list[dict]:
     """The parameter server's rows for an epoch every worker has finished: v evaluated, the updates it took
     and their staleness, and every rank's usage."""
     loss = sum(r["train_loss_sum"] for r in reports) / sum(r["steps"] for r in reports)
     st = np.array(staleness or [0])
-    shared = {**_summary(args, trainer, ds, epoch, lr_at(args.lr, args.lr_decay, epoch), loss, epoch_s, elapsed),
+    shared = {**_summary(args, trainer, ds, epoch, lr_at(args.lr, args.lr_decay, epoch), loss, seconds, elapsed),
               "updates": len(staleness), "staleness_mean": float(st.mean()), "staleness_max": int(st.max()),
               "version": version}
-    return [{"epoch": epoch + 1, **shared, "rank": 0, **usage.read()}] + [
-        {"epoch": epoch + 1, **shared, **{k: r[k] for k in ("rank", "cpu_percent", "rss_mib", "peak_rss_mib")}}
+    return [{**shared, "rank": 0, **usage.read()}] + [
+        {**shared, **{k: r[k] for k in ("rank", "cpu_percent", "rss_mib", "peak_rss_mib")}}
         for r in sorted(reports, key=lambda r: r["rank"])]
 
 
@@ -435,11 +435,10 @@ def loss_option(loss: str) -> dict:
     return {} if loss == "mse" else {"loss": loss}
 
 
-def _summary(args, trainer, ds, epoch, lr, train_loss, epoch_s, elapsed) -> dict:
-    """The epoch-level numbers rank 0 records (evaluation is not counted in the epoch time)."""
-    val_loss, val_acc = evaluate(trainer, ds.X_val, ds.Y_val, ds.y_val)
-    return {"lr": lr, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc,
-            "epoch_s": epoch_s, "elapsed_s": elapsed}
+def _summary(args, trainer, ds, epoch, lr, train_loss, seconds, elapsed) -> dict:
+    """The history row rank 0 records for ``epoch`` (evaluation is not counted in the epoch time)."""
+    return history_row(epoch + 1, train_loss, *evaluate(trainer, ds.X_val, ds.Y_val, ds.y_val), seconds,
+                       lr=lr, elapsed_s=elapsed)
 
 
 TRAIN = {"allreduce": train_allreduce, "average": train_average, "async": train_async}

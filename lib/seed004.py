@@ -60,7 +60,7 @@ def subset_vs_data_parallel(ds, budget: int, epochs: int, seeds, lr: float = 0.1
                           progress=False, eval_train=False)
             rows.append(h.assign(method=method, seed=seed, examples=len(data.X_train),
                                  workers=1 if method == "subset SGD" else workers, budget_mib=budget / MIB,
-                                 seconds=h.seconds.cumsum(), loadavg=os.getloadavg()[0]))
+                                 elapsed_s=h.seconds.cumsum(), loadavg=os.getloadavg()[0]))
     return pd.DataFrame(rows and pd.concat(rows, ignore_index=True)).assign(cpu=envinfo.cpu_name())
 
 
@@ -108,7 +108,7 @@ def too_big(ds, budget: int, epochs: int, hidden=BIG, lr: float = 0.5, batch: in
         rows.append({"net": "-".join(map(str, sizes)), "budget_mib": budget / MIB, "one_worker_mib": one / MIB,
                      "stages": stages, "split": str(split),
                      "stage_mib_max": max(stage_bytes(sizes, ls, batch) for ls in split) / MIB, "batch": batch,
-                     "lr": lr, "epoch": epoch, "seconds": elapsed, **accuracy,
+                     "lr": lr, "epoch": epoch, "elapsed_s": elapsed, **accuracy,
                      "loadavg": os.getloadavg()[0], "cpu": envinfo.cpu_name()})
     return pd.DataFrame(rows)
 
@@ -129,7 +129,7 @@ def main(argv=None):
     if "subset" in args.parts:
         sub = subset_vs_data_parallel(ds, budget, args.epochs, args.seeds)
         results.write_csv(sub, f"{args.out}/07_seed004_subset.csv")
-        end = sub[sub.epoch == sub.epoch.max()].groupby("method")[["examples", "workers", "test_acc", "seconds"]]
+        end = sub[sub.epoch == sub.epoch.max()].groupby("method")[["examples", "workers", "test_acc", "elapsed_s"]]
         print(end.agg(["mean", "min", "max"]).to_string())
     if "too-big" in args.parts:
         big = pd.concat([too_big(ds, budget, args.big_epochs, lr=lr) for lr in args.big_lr], ignore_index=True)

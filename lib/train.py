@@ -38,6 +38,16 @@ def evaluate(trainer: Trainer, X: np.ndarray, Y: np.ndarray, y: np.ndarray) -> t
     return mse(trainer, X, Y), accuracy(trainer, X, y)
 
 
+HISTORY = ("epoch", "train_loss", "val_loss", "val_acc", "seconds")
+
+
+def history_row(epoch: int, train_loss: float, val_loss: float, val_acc: float, seconds: float, **more) -> dict:
+    """One epoch of any training loop (serial ``fit``, the MPI modes, the engines): the columns every history
+    shares (``HISTORY``: the mean minibatch loss, the validation split's, the epoch's training seconds without
+    evaluation), then the loop's own. Row 0 is the untrained network."""
+    return dict(zip(HISTORY, (epoch, train_loss, val_loss, val_acc, seconds)), **more)
+
+
 def minibatches(order: np.ndarray, batch_size: int, drop_last: bool = False) -> list[np.ndarray]:
     """``order`` cut into minibatches of ``batch_size`` indices. The serial loop keeps a short last one;
     data parallelism drops it (``drop_last``), so every step splits the same number of examples."""
@@ -106,7 +116,7 @@ def fit(trainer: Trainer, dataset, epochs: int, batch_size: int, lr: float, lr_d
             bar.update()
         seconds = time.perf_counter() - start
         history.append(_evaluate(trainer, dataset, epoch, float(np.mean(losses)), seconds, lr_epoch, eval_train))
-        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}", val_acc=f"{history[-1]['val_acc']:.4f}")
+        bar.set_postfix(loss=f"{history[-1]['train_loss']:.4f}", val_acc=f"{history[-1]['val_acc']:.4f}")
         if checkpoint is not None:
             ckpt.save(checkpoint, trainer.params, {"identity": identity, "epoch": epoch, "history": history,
                                                    "rng": rng.bit_generator.state})
@@ -133,13 +143,12 @@ def _restore(trainer, path, identity, epochs):
 
 
 def _evaluate(trainer, ds, epoch, train_loss, seconds, lr, eval_train) -> dict:
-    """One history row. ``loss`` is the mean minibatch loss of the epoch (row 0: the full train loss)."""
+    """One history row (row 0's train loss: the whole training split's), with train and test accuracy."""
     if epoch == 0:
         train_loss = mse(trainer, ds.X_train, ds.Y_train)
-    return {"epoch": epoch, "loss": train_loss, "val_loss": mse(trainer, ds.X_val, ds.Y_val),
-            "train_acc": accuracy(trainer, ds.X_train, ds.y_train) if eval_train else float("nan"),
-            "val_acc": accuracy(trainer, ds.X_val, ds.y_val), "test_acc": accuracy(trainer, ds.X_test, ds.y_test),
-            "seconds": seconds, "lr": lr}
+    return history_row(epoch, train_loss, *evaluate(trainer, ds.X_val, ds.Y_val, ds.y_val), seconds,
+                       train_acc=accuracy(trainer, ds.X_train, ds.y_train) if eval_train else float("nan"),
+                       test_acc=accuracy(trainer, ds.X_test, ds.y_test), lr=lr)
 
 
 def parser():

@@ -12,7 +12,7 @@ from checks import assert_failed_engine_named
 from parbp import ipp as pi
 from parbp import data, ipp_relay, pipeline, trainers
 from parbp.distributed import epoch_order
-from parbp.train import lr_at, minibatches
+from parbp.train import HISTORY, lr_at, minibatches
 
 NET = [16, 16]  # two hidden layers: three layers to split over two or three engines
 
@@ -79,6 +79,7 @@ def test_model_parallel_equals_serial_two_stages(engines, ds, schedule, m):
     assert_same_params(mp.params, serial_run(ds, 2, 40, 2.0, 0.1).params)
     assert len(mp.steps) == 20 and all(0.0 <= t["idle_fraction"] < 1.0 for t in mp.steps)
     assert hist.idle_theory.iloc[-1] == pytest.approx(1 / (m + 1))
+    assert list(hist.columns[:len(HISTORY)]) == list(HISTORY)  # every training loop's history starts alike
     assert hist.val_loss.iloc[-1] < hist.val_loss.iloc[0] and hist.examples_per_s.iloc[1:].gt(0).all()
 
 

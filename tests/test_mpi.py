@@ -10,7 +10,7 @@ import pytest
 from checks import finish_after_stopping, finish_job
 from parbp import checkpoint, data, mpi, trainers
 from parbp.distributed import epoch_order, mpiexec
-from parbp.train import evaluate, lr_at, minibatches
+from parbp.train import HISTORY, evaluate, lr_at, minibatches
 
 TINY = dict(dataset="toy", net="16", subset=400, batch_size=40, impl="numpy")
 
@@ -43,6 +43,7 @@ def test_average_and_async_lower_the_loss(mode, n):
     df = mpi.run(mode, n, timeout=120, epochs=4, lr=2.0, sync_every=2, **TINY)
     r0 = df[df["rank"] == 0]
     assert len(r0) == 4 and set(df["rank"]) == set(range(n))
+    assert set(HISTORY) <= set(df.columns) and r0.epoch.tolist() == [1, 2, 3, 4]  # the history every loop shares
     ds = data.load_first("toy", TINY["subset"])
     untrained = trainers.get("numpy")(net=[16], n_in=ds.n_in, n_out=ds.n_out, seed=0)
     start, _ = evaluate(untrained, ds.X_val, ds.Y_val, ds.y_val)
