@@ -174,24 +174,21 @@ class Engines(Closing):
         err = r.exception()
         ename = getattr(err, "ename", type(err).__name__)
         message = getattr(err, "evalue", str(err))
+        gone = self._lost_engines()  # what the client sees of the engine processes, where it sees them
         if ename == "PeerTimeout":
             # the rank that timed out is a victim; the culprits are the ranks that are still busy (or named)
             culprits = sorted({p.parbp_engine for p in pending})
             if not culprits:
                 m = re.search(r"rank (\d+)", message)
                 culprits = [self.ids[int(m.group(1))]] if m and int(m.group(1)) < len(self.ids) else []
-            gone = self._lost_engines()
             who = gone or f"engine(s) {culprits} stopped answering"
             self._break(f"{who} while {what}: engine {r.parbp_engine} reports {message}")
         if ename in ("EngineError", "CompositeError") or "died" in message or "unregistered" in message:
-            gone = self._lost_engines()
-            if gone:
-                self._break(f"{gone} while {what}: {ename}: {message}")
-            if dict(zip(self.ids, self.local)).get(r.parbp_engine) is False:
-                # the hub lost its heartbeat; from another machine a stopped engine and a dead one look the same
-                self._break(f"engine {r.parbp_engine} stopped answering while {what} (the hub lost its heartbeat: "
-                            f"it died or is stopped): {ename}: {message}")
-            self._break(f"engine {r.parbp_engine} died while {what}: {ename}: {message}")
+            # the hub lost its heartbeat; from another machine a stopped engine and a dead one look the same
+            remote = dict(zip(self.ids, self.local)).get(r.parbp_engine) is False
+            who = gone or (f"engine {r.parbp_engine} stopped answering (the hub lost its heartbeat: it died or is "
+                           f"stopped)" if remote else f"engine {r.parbp_engine} died")
+            self._break(f"{who} while {what}: {ename}: {message}")
         if self.mpi and len(self.ids) > 1:
             self.broken = f"engine {r.parbp_engine} raised {ename} while {what}"  # its peers may wait on it now
         raise EngineFailure(f"engine {r.parbp_engine} failed while {what}: {ename}: {message}") from err

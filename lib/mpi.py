@@ -243,7 +243,7 @@ def _epochs(args, comm, dog, ds, trainer, resumed, train_epoch):
         loss, counters = train_epoch(epoch, lr)
         dt = time.perf_counter() - t0
         elapsed += dt
-        shared = _summary(args, trainer, ds, epoch, lr, loss, dt, elapsed) if comm.rank == 0 else {}
+        shared = _summary(trainer, ds, epoch, lr, loss, dt, elapsed) if comm.rank == 0 else {}
         rows += _epoch_rows(comm, dog, usage, {**shared, **counters})
         _save(args, comm, ds, trainer, epoch, rows, elapsed, **counters)
     return rows, trainer
@@ -409,7 +409,7 @@ def _server_epoch(args, ds, trainer, epoch, reports, staleness, version, usage, 
     and their staleness, and every rank's usage."""
     loss = sum(r["train_loss_sum"] for r in reports) / sum(r["steps"] for r in reports)
     st = np.array(staleness or [0])
-    shared = {**_summary(args, trainer, ds, epoch, lr_at(args.lr, args.lr_decay, epoch), loss, seconds, elapsed),
+    shared = {**_summary(trainer, ds, epoch, lr_at(args.lr, args.lr_decay, epoch), loss, seconds, elapsed),
               "updates": len(staleness), "staleness_mean": float(st.mean()), "staleness_max": int(st.max()),
               "version": version}
     return [{**shared, "rank": 0, **usage.read()}] + [
@@ -435,7 +435,7 @@ def loss_option(loss: str) -> dict:
     return {} if loss == "mse" else {"loss": loss}
 
 
-def _summary(args, trainer, ds, epoch, lr, train_loss, seconds, elapsed) -> dict:
+def _summary(trainer, ds, epoch, lr, train_loss, seconds, elapsed) -> dict:
     """The history row rank 0 records for ``epoch`` (evaluation is not counted in the epoch time)."""
     return history_row(epoch + 1, train_loss, *evaluate(trainer, ds.X_val, ds.Y_val, ds.y_val), seconds,
                        lr=lr, elapsed_s=elapsed)
