@@ -128,6 +128,7 @@ class Engines(Closing):
 
     def _wait(self, results, what, deadline):
         t_end = None if deadline is None else time.monotonic() + deadline
+        first_done = None
         while True:
             done, pending = concurrent.futures.wait(results, timeout=0.2, return_when=concurrent.futures.FIRST_EXCEPTION)
             failed = [r for r in done if r.exception() is not None]
@@ -138,6 +139,12 @@ class Engines(Closing):
             gone = self._lost_engines()
             if gone:
                 self._break(f"{gone} while {what}")
+            # the ranks of a block finish within an MPI deadline of each other; one that lags its peers longer
+            # stopped after its last message, where no peer waits on it and only the hub's heartbeat would tell
+            first_done = first_done or (time.monotonic() if done else None)
+            if first_done is not None and time.monotonic() - first_done > 2 * self.timeout:
+                self._break(f"engine(s) {sorted({r.parbp_engine for r in pending})} stopped answering: no answer "
+                            f"while {what} {2 * self.timeout:g} s after the other engines finished")
             if t_end is not None and time.monotonic() > t_end:
                 self._break(f"engine(s) {sorted({r.parbp_engine for r in pending})} stopped answering: "
                             f"no answer while {what} within {deadline:g} s")
