@@ -116,7 +116,8 @@ class Trainer(Closing):
         for l, (W, B) in enumerate(layers):
             shape = (self.sizes[l], self.sizes[l + 1])
             if np.shape(W) != shape or np.shape(B) != (shape[1],):
-                raise ValueError(f"layer {l}: expected {w}{shape} and {b}({shape[1]},), got {w}{np.shape(W)} {b}{np.shape(B)}")
+                raise ValueError(f"layer {l}: expected {w}{shape} and {b}({shape[1]},), "
+                                 f"got {w}{np.shape(W)} {b}{np.shape(B)}")
         return [(cast(W, dtype=self.dtype), cast(B, dtype=self.dtype)) for W, B in layers]
 
     def _check_X(self, X) -> np.ndarray:

@@ -12,24 +12,24 @@ so one step of each equals one step of ``parbp.reference`` up to rounding (tests
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
 import select
 import subprocess
 import tempfile
+import warnings
 import weakref
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from . import theano_worker
 from .base import Trainer, TrainerUnavailable
 from .cli import check_choice, check_positive_int
 from .results import ROOT as REPO
-
-
-# =================================================================================================
-# PyTorch
 
 
 class _Library(Trainer):
@@ -40,18 +40,17 @@ class _Library(Trainer):
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
-        if cls.package is None or importlib.util.find_spec(cls.package[0]) is not None:
-            return True, ""
-        return False, cls.package[1]
+        found = cls.package is None or importlib.util.find_spec(cls.package[0]) is not None
+        return found, "" if found else cls.package[1]
 
     def _threads(self) -> int:
         return check_positive_int("option threads", self.opts["threads"])
 
 
+# -- PyTorch ---------------------------------------------------------------------------------------
 class TorchTrainer(_Library):
     name = "torch"
     options = {"threads": 1, "device": "cpu"}
-    DEVICES = ("cpu", "cuda")
     package = ("torch", "PyTorch is not installed (pip install torch)")
 
     def _setup(self, params):
@@ -59,17 +58,14 @@ class TorchTrainer(_Library):
         from torch import nn
 
         device, self.threads = self.opts["device"], self._threads()
-        check_choice("option device", device, self.DEVICES)
+        check_choice("option device", device, ("cpu", "cuda"))
         if device == "cuda" and not torch.cuda.is_available():
             raise TrainerUnavailable("trainer 'torch' with device='cuda' needs a CUDA GPU and a CUDA build of "
                                      f"PyTorch; this one ({torch.__version__}) sees none. Use device='cpu'.")
         self.torch, self.device = torch, torch.device(device)
         torch.set_num_threads(self.threads)
-        layers = []
-        for W, b in params:
-            layers += [nn.Linear(*W.shape), nn.Sigmoid()]
-        tdtype = {np.float32: torch.float32, np.float64: torch.float64}[self.dtype.type]
-        self.model = nn.Sequential(*layers).to(device=self.device, dtype=tdtype)
+        layers = [layer for W, _ in params for layer in (nn.Linear(*W.shape), nn.Sigmoid())]
+        self.model = nn.Sequential(*layers).to(device=self.device, dtype=getattr(torch, self.dtype.name))
         self.linears = self.model[0::2]
         self._set_params(params)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1.0)  # lr is set on every step
@@ -77,29 +73,29 @@ class TorchTrainer(_Library):
     def _tensor(self, a):
         return self.torch.from_numpy(a).to(self.device)
 
-    def _loss(self, X, Y):
+    def _backward(self, X, Y):
+        """The minibatch's loss (a tensor), its gradients left in the layers' ``.grad``."""
+        self.opt.zero_grad(set_to_none=True)
         out = self.model(self._tensor(X))
         # 1/B Σ_i ||y_i - a_i||²: summed over outputs, averaged over examples (nn.MSELoss would also
         # divide by the number of outputs, a different loss)
-        return self.torch.nn.functional.mse_loss(out, self._tensor(Y), reduction="sum") / X.shape[0]
+        loss = self.torch.nn.functional.mse_loss(out, self._tensor(Y), reduction="sum") / X.shape[0]
+        loss.backward()
+        return loss
 
     def _step(self, X, Y, lr):
         if self.torch.get_num_threads() != self.threads:  # torch's thread count is process-wide
             self.torch.set_num_threads(self.threads)
-        self.opt.zero_grad(set_to_none=True)
-        loss = self._loss(X, Y)
-        loss.backward()
+        loss = self._backward(X, Y)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.step()
-        return loss.item()
+        return loss.item()  # after the step: on a GPU this waits for the whole step, which the timing needs
 
     def _gradients(self, X, Y):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self._loss(X, Y)
-        loss.backward()
-        return loss.item(), [(lin.weight.grad.T.cpu().numpy().copy(), lin.bias.grad.cpu().numpy().copy())
-                             for lin in self.linears]
+        loss = self._backward(X, Y).item()
+        return loss, [(lin.weight.grad.T.cpu().numpy().copy(), lin.bias.grad.cpu().numpy().copy())
+                      for lin in self.linears]
 
     def _apply_gradients(self, grads, lr):
         with self.torch.no_grad():
@@ -123,11 +119,40 @@ class TorchTrainer(_Library):
             return self.model(self._tensor(X)).cpu().numpy()
 
 
-# =================================================================================================
-# PyTensor (Theano's maintained fork), in process
+# -- One SGD graph (``theano_worker.SGDGraph``): under PyTensor in process, under Theano in its own env --
+def _flat(pairs) -> list:
+    return [a for pair in pairs for a in pair]
 
 
-class PyTensorTrainer(_Library):
+def _pairs(flat) -> list[tuple]:
+    return list(zip(flat[0::2], flat[1::2]))
+
+
+class _Graph(_Library):
+    """A trainer whose every operation is one request of ``theano_worker``'s protocol (``_run(header, arrays)``
+    → (reply header, reply arrays)), answered by an ``SGDGraph``."""
+
+    def _step(self, X, Y, lr):
+        return self._run({"op": "step", "lr": lr}, [X, Y])[0]["loss"]
+
+    def _gradients(self, X, Y):
+        reply, flat = self._run({"op": "gradients"}, [X, Y])
+        return reply["loss"], _pairs(flat)
+
+    def _apply_gradients(self, grads, lr):
+        self._run({"op": "apply_gradients", "lr": lr}, [np.asarray(g, dtype=self.dtype) for g in _flat(grads)])
+
+    def _get_params(self):
+        return _pairs(self._run({"op": "get_params"})[1])  # fresh arrays: copies, or a reply's own buffers
+
+    def _set_params(self, params):
+        self._run({"op": "set_params"}, _flat(params))
+
+    def _predict(self, X):
+        return self._run({"op": "predict"}, [X])[1][0]
+
+
+class PyTensorTrainer(_Graph):
     name = "pytensor"
     # mode: PyTensor's compilation mode. None = its default (C code where it can, and without a BLAS
     # to link against, as after `pip install pytensor`, its GEMMs go through numpy/scipy's BLAS);
@@ -136,10 +161,6 @@ class PyTensorTrainer(_Library):
     package = ("pytensor", "PyTensor is not installed (pip install pytensor)")
 
     def _setup(self, params):
-        import warnings
-
-        from threadpoolctl import ThreadpoolController
-
         self.threads = self._threads()
         with warnings.catch_warnings():  # "could not link to a BLAS": expected after pip install, see above
             warnings.filterwarnings("ignore", message=".*could not link to a BLAS.*")
@@ -149,34 +170,10 @@ class PyTensorTrainer(_Library):
         self.graph = theano_worker.SGDGraph(pytensor, pt, pt.sigmoid, params, str(self.dtype), mode=self.opts["mode"])
         self._blas = ThreadpoolController()
 
-    def _call(self, fn, *args):
+    def _run(self, header, arrays=()):
         # BLAS thread count is process-wide; set it for this call only
         with self._blas.limit(limits=self.threads, user_api="blas"):
-            return fn(*args)
-
-    def _step(self, X, Y, lr):
-        return self._call(self.graph.step, X, Y, self.dtype.type(lr))
-
-    def _gradients(self, X, Y):
-        loss, flat = self._call(self.graph.gradients, X, Y)
-        return loss, list(zip(flat[0::2], flat[1::2]))
-
-    def _apply_gradients(self, grads, lr):
-        self.graph.apply_gradients([np.asarray(g, dtype=self.dtype) for pair in grads for g in pair], lr)
-
-    def _get_params(self):
-        flat = self.graph.get_params()
-        return list(zip(flat[0::2], flat[1::2]))
-
-    def _set_params(self, params):
-        self.graph.set_params([a for pair in params for a in pair])
-
-    def _predict(self, X):
-        return self._call(self.graph.predict, X)
-
-
-# =================================================================================================
-# Theano, out of process
+            return self.graph.answer(header, arrays)
 
 
 def theano_python() -> Path:
@@ -193,10 +190,18 @@ def theano_compiledir() -> Path:
     return Path(tempfile.gettempdir()) / "parbp-theano"
 
 
-_THEANO_CHECKED: dict[str, tuple[bool, str]] = {}
+@functools.cache
+def _theano_importable(python: Path) -> tuple[bool, str]:
+    """Whether ``python`` finds the theano package (without importing it: cheap), with what to do if not."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('theano') is None)"
+    try:
+        found, detail = subprocess.run([str(python), "-c", probe], capture_output=True, timeout=30).returncode == 0, ""
+    except (OSError, subprocess.TimeoutExpired) as e:
+        found, detail = False, f" ({e})"
+    return found, "" if found else f"{python} cannot import theano{detail}; run `make theano-env` to (re)build it"
 
 
-class TheanoTrainer(_Library):
+class TheanoTrainer(_Graph):
     name = "theano"
     # blas: which BLAS the compiled graph calls (see theano_worker.blas_ldflags): "auto" links the
     # OpenBLAS bundled with the env's scipy, "numpy" goes through numpy's C API (`blas__ldflags=`)
@@ -209,46 +214,36 @@ class TheanoTrainer(_Library):
         if not (python.is_file() and os.access(python, os.X_OK)):
             return False, (f"no Theano environment at {python}; run `make theano-env` to build it "
                            "(or point PARBP_THEANO_PYTHON at a python that has theano-pymc 1.1.2)")
-        key = str(python)
-        if key not in _THEANO_CHECKED:  # cheap: finds the package without importing Theano
-            probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('theano') is None)"
-            try:
-                found, detail = subprocess.run([key, "-c", probe], capture_output=True, timeout=30).returncode == 0, ""
-            except (OSError, subprocess.TimeoutExpired) as e:
-                found, detail = False, f" ({e})"
-            _THEANO_CHECKED[key] = (found, "" if found else
-                                    f"{python} cannot import theano{detail}; run `make theano-env` to (re)build it")
-        return _THEANO_CHECKED[key]
+        return _theano_importable(python)
 
     def _setup(self, params):
         threads = self._threads()
         check_choice("option blas", self.opts["blas"], theano_worker.BLAS_CHOICES)
         compiledir = theano_compiledir()
         compiledir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
         # The worker adds blas__ldflags for the `blas` option. User flags come last so they can override ours.
         flags = f"floatX={self.dtype},base_compiledir={compiledir}"
-        env["THEANO_FLAGS"] = flags + ("," + env["THEANO_FLAGS"] if env.get("THEANO_FLAGS") else "")
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(threads)
+        env = {**os.environ, "THEANO_FLAGS": ",".join(filter(None, [flags, os.environ.get("THEANO_FLAGS")])),
+               **dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), str(threads))}
         self._stderr = tempfile.TemporaryFile()  # Theano is chatty; kept for error messages
         self._proc = subprocess.Popen([str(theano_python()), "-u", theano_worker.__file__], env=env,
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         # kill the worker when this trainer is garbage collected or the interpreter exits
         self._finalizer = weakref.finalize(self, _stop_worker, self._proc)
         try:
-            reply, _ = self._request({"op": "init", "dtype": str(self.dtype), "blas": self.opts["blas"]},
-                                     [a for pair in params for a in pair], timeout=self.start_timeout_s)
+            reply, _ = self._run({"op": "init", "dtype": str(self.dtype), "blas": self.opts["blas"]},
+                                 _flat(params), timeout=self.start_timeout_s)
         except RuntimeError as e:
             self.close()
             raise TrainerUnavailable(f"the Theano worker failed to start: {e}\nIf the environment is broken, "
                                      "rebuild it with `make theano-env`.") from None
         self.versions = {k: reply[k] for k in ("theano", "numpy", "floatX", "blas")}
 
-    def _request(self, header, arrays=(), timeout=None):
+    def _run(self, header, arrays=(), timeout=None):
         """Send one request and wait for its reply (at most ``timeout`` seconds for the first byte)."""
         if self._proc.poll() is not None:
             raise RuntimeError(f"the Theano worker has exited (code {self._proc.returncode}){self._stderr_tail()}")
+        msg, cause = None, ""
         try:
             theano_worker.write_message(self._proc.stdin, header, arrays)
             if timeout is not None and not select.select([self._proc.stdout], [], [], timeout)[0]:
@@ -257,10 +252,7 @@ class TheanoTrainer(_Library):
                                    f"{self._stderr_tail()}")
             msg = theano_worker.read_message(self._proc.stdout)
         except (BrokenPipeError, EOFError, OSError) as e:
-            msg = None
             cause = f" ({type(e).__name__})"
-        else:
-            cause = ""
         if msg is None:
             self._proc.wait(timeout=5)
             raise RuntimeError(f"the Theano worker died{cause} (exit code {self._proc.returncode})"
@@ -271,34 +263,9 @@ class TheanoTrainer(_Library):
         return reply, arrays
 
     def _stderr_tail(self, n=2000) -> str:
-        self._stderr.seek(0, os.SEEK_END)
-        size = self._stderr.tell()
-        self._stderr.seek(max(0, size - n))
+        self._stderr.seek(max(0, self._stderr.seek(0, os.SEEK_END) - n))
         tail = self._stderr.read().decode(errors="replace").strip()
         return f"; its stderr ends with:\n{tail}" if tail else ""
-
-    def _step(self, X, Y, lr):
-        reply, _ = self._request({"op": "step", "lr": lr}, [X, Y])
-        return reply["loss"]
-
-    def _gradients(self, X, Y):
-        reply, flat = self._request({"op": "gradients"}, [X, Y])
-        return reply["loss"], list(zip(flat[0::2], flat[1::2]))
-
-    def _apply_gradients(self, grads, lr):
-        self._request({"op": "apply_gradients", "lr": lr},
-                      [np.asarray(g, dtype=self.dtype) for pair in grads for g in pair])
-
-    def _get_params(self):
-        _, flat = self._request({"op": "get_params"})
-        return list(zip(flat[0::2], flat[1::2]))  # fresh arrays: each reply has its own buffer
-
-    def _set_params(self, params):
-        self._request({"op": "set_params"}, [a for pair in params for a in pair])
-
-    def _predict(self, X):
-        _, (A,) = self._request({"op": "predict"}, [X])
-        return A
 
     @property
     def pid(self) -> int:
@@ -312,20 +279,13 @@ class TheanoTrainer(_Library):
 def _stop_worker(proc: subprocess.Popen) -> None:
     """Ask the worker to leave (closing its stdin is the signal), then make sure it did."""
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(OSError):
             proc.stdin.close()
-        except OSError:
-            pass
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
     for stream in (proc.stdin, proc.stdout):
-        try:
+        with contextlib.suppress(OSError):
             stream.close()
-        except OSError:
-            pass
-
-
-__all__ = ["TorchTrainer", "PyTensorTrainer", "TheanoTrainer", "theano_python", "theano_compiledir"]

@@ -2,22 +2,20 @@
 
     python -m parbp.bench --net 2h --batch 100 1000 --impl all --threads 1 2
 
-Every trainer steps on synthetic data shaped like the dataset, warmed up, then timed in interleaved rounds
-(``timing.side_by_side``: a burst of load slows every configuration alike), each sample after ``REWARM_S``
-of untimed steps; a configuration's time is the median of its samples. Beside the step times (ms_per_step,
-s_per_epoch, gflops) the same rounds time the references the ratios divide by: the best 2048³ float32 GEMM
-of numpy, PyTorch and MKL at the same threads (vs_sgemm, sgemm_*), PyTorch's step (vs_torch: above 1 is
-faster), the same trainer on one thread (efficiency), and the machine's own ceilings for ``threads``
-independent one-thread sgemms or memory streams (sgemm_efficiency, stream_efficiency; see ``_Independent``).
-sgemm_efficiency_low and rounds_core_lost flag rounds where the compute ceiling fell below
-``1 − CORE_LOST/threads``: on a shared VM a core is sometimes taken away for a while.
+Every trainer steps on synthetic data shaped like the dataset, timed in interleaved rounds (``timing.side_by_side``:
+a burst of load slows every configuration alike); its time is the median of its samples. The same rounds time what
+the ratios divide by: the best 2048³ float32 GEMM of numpy, PyTorch and MKL (vs_sgemm), PyTorch's step (vs_torch:
+above 1 is faster), the trainer on one thread (efficiency), and the machine's own ceilings (``_Independent``),
+with the rounds that lost a core (``CORE_LOST``: on a shared VM one is taken away at times).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +24,10 @@ import pandas as pd
 from . import blas, envinfo, results, trainers
 from .blas import blas_threads
 from .cli import Parser, check_choice, positive_int
+from .data import NAMES, dims
+from .nets import HIDDEN, flops_per_step, layer_sizes
 from .results import FIGURES
 from .timing import side_by_side
-from .nets import flops_per_step, layer_sizes
 
 EPOCH_EXAMPLES = 50_000  # the paper's MNIST training split
 MIN_SAMPLE_S = 0.02  # a sample lasts at least this long, so timer resolution and jitter stay small
@@ -57,8 +56,7 @@ def gpu_impls() -> list[str]:
 
 
 def variant(impl: str) -> tuple[str, dict]:
-    """A trainer name with options of its own: ``"threads:update=partials"`` → ``("threads", {"update":
-    "partials"})``. Each variant is timed as its own row, its ``impl`` column the whole label."""
+    """A trainer name with options of its own: ``"hybrid:groups=2"`` → ``("hybrid", {"groups": 2})``."""
     name, *pairs = impl.split(":")
     cls = trainers.get(name)  # an unknown name fails here, listing the registered ones
     settable = sorted(set(cls.options) - {"threads"})  # threads is the benchmark's own axis
@@ -72,41 +70,37 @@ def variant(impl: str) -> tuple[str, dict]:
     return name, options
 
 
-def takes_threads(impl: str) -> bool:
-    return "threads" in trainers.get(variant(impl)[0]).options
-
-
 # -- What one sample times -------------------------------------------------------------------------
 class _Sgemm:
-    """A product of two n×n float32 matrices at a given number of threads, by one library: numpy's
-    matmul (OpenBLAS), PyTorch's (the MKL linked into it) or MKL's through ``parbp.blas``."""
+    """A float32 product (rows × n)·(n × n) at ``threads`` threads by numpy (OpenBLAS), PyTorch or MKL."""
 
-    def __init__(self, threads, n=SGEMM_N, device="cpu", library="numpy"):
-        self.threads, self.flops = threads, 2 * n**3
+    def __init__(self, threads, n=SGEMM_N, device="cpu", library="numpy", rows=None):
+        rows = rows or n
+        self.threads, self.flops = threads, 2 * rows * n * n
         check_choice("sgemm library", library, SGEMM_LIBRARIES)
         if device == "gpu" or library == "torch":
             import torch
 
             if device == "gpu" and not torch.cuda.is_available():
                 raise RuntimeError("no CUDA device visible to torch")
-            a = torch.rand(n, n, device="cuda" if device == "gpu" else "cpu")
+            a, w = (torch.rand(r, n, device="cuda" if device == "gpu" else "cpu") for r in (rows, n))
             out = torch.empty_like(a)
 
             def run():
                 if device == "gpu":
-                    return torch.mm(a, a, out=out), torch.cuda.synchronize()
+                    return torch.mm(a, w, out=out), torch.cuda.synchronize()
                 if torch.get_num_threads() != threads:
                     torch.set_num_threads(threads)
-                torch.mm(a, a, out=out)
+                torch.mm(a, w, out=out)
 
             self._run = run
             return
         if library == "mkl" and "mkl" not in blas.available_backends():
             raise RuntimeError("MKL is not installed (pip install 'parbp[mkl]')")
-        a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+        rng = np.random.default_rng(0)
+        a, w = (rng.random((r, n), dtype=np.float32) for r in (rows, n))
         out = np.empty_like(a)
-        self._run = (lambda: blas.gemm_into(a, a, out, backend="mkl")) if library == "mkl" else \
-            (lambda: np.matmul(a, a, out=out))
+        self._run = lambda: blas.gemm_into(a, w, out, backend="mkl" if library == "mkl" else "openblas")
 
     def __call__(self):
         with blas_threads(self.threads):
@@ -114,40 +108,34 @@ class _Sgemm:
 
 
 class _Independent:
-    """``workers`` one-thread copies of a kernel at once, each on its own arrays and thread: sharing only the
-    machine, their parallel efficiency is its ceiling for any program, compute-bound ("sgemm", an n×n matmul)
-    or memory-bound ("stream", ``a + 1`` over STREAM_MB-sized arrays). A trainer's step mixes both."""
+    """``workers`` one-thread copies of a kernel at once, each on its own arrays: their parallel efficiency is the
+    machine's ceiling, compute-bound ("sgemm", an n×n matmul) or memory-bound ("stream", ``a + 1``)."""
 
     def __init__(self, workers, kind, n=SGEMM_N):
-        from concurrent.futures import ThreadPoolExecutor
-
         rng = np.random.default_rng(0)
-        self.threads = workers
         shape = (n, n) if kind == "sgemm" else (STREAM_MB * 2**20 // 4,)
         self._data = [(rng.random(shape, dtype=np.float32), np.empty(shape, dtype=np.float32)) for _ in range(workers)]
         self._kernel = (lambda a, out: np.matmul(a, a, out=out)) if kind == "sgemm" else \
                        (lambda a, out: np.add(a, 1.0, out=out))
-        self._pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
-
-    def _one(self, k):
-        self._kernel(*self._data[k])
+        self._pool = ThreadPoolExecutor(max(1, workers - 1))  # its threads start with the first task
 
     def __call__(self):
         with blas_threads(1):
-            futures = [self._pool.submit(self._one, k) for k in range(1, self.threads)]
-            self._one(0)
+            futures = [self._pool.submit(self._kernel, *data) for data in self._data[1:]]
+            self._kernel(*self._data[0])
             for f in futures:
                 f.result()
 
     def close(self):
-        if self._pool is not None:
-            self._pool.shutdown()
+        self._pool.shutdown()
 
 
 class _Steps:
     """One trainer stepping on a fixed synthetic minibatch (the loss it returns forces any device sync)."""
 
     def __init__(self, impl, net, batch, threads, n_in, n_out, dtype, device, options, seed=0):
+        self.config = dict(impl=impl, threads=threads, batch=batch, net=net, n_in=n_in, n_out=n_out, dtype=dtype,
+                           device=device)
         impl, own = variant(impl)
         cls = trainers.get(impl)
         options = {**options, **own}
@@ -161,12 +149,18 @@ class _Steps:
         self.X = rng.random((batch, n_in), dtype=np.float32).astype(dtype)
         self.Y = np.eye(n_out, dtype=dtype)[rng.integers(0, n_out, batch)] if n_out > 1 else \
             rng.integers(0, 2, (batch, 1)).astype(dtype)
-        self.flops = flops_per_step(self.trainer.sizes, batch)
+        self.flops, self.epoch_steps = flops_per_step(self.trainer.sizes, batch), math.ceil(EPOCH_EXAMPLES / batch)
 
     def __call__(self):
         # a small learning rate keeps the weights (and so the speed of exp) near where training starts
         with blas_threads(1) if self.pin_blas else contextlib.nullcontext():
             return self.trainer.step(self.X, self.Y, 1e-3)
+
+    def row(self, samples) -> dict:
+        """This configuration's time from its samples (their median): per step, per epoch and as GFLOP/s."""
+        sec = float(np.median(samples))
+        return dict(self.config, ms_per_step=sec * 1e3, s_per_epoch=sec * self.epoch_steps,
+                    gflops=self.flops / sec / 1e9, samples=len(samples), ms_rounds=rounds_text(samples))
 
     def gemm_backend(self) -> tuple[str, str]:
         """(the BLAS this trainer's products ran on, why) as of its last step."""
@@ -180,15 +174,14 @@ class _Steps:
         self.trainer.close()
 
 
-def _time_side_by_side(fns: list, repeats: int, warmup: int, rewarm_s: float = REWARM_S) -> list[list[float]]:
-    """``timing.side_by_side`` with the benchmark's settings (slow configurations stop early)."""
-    return side_by_side(fns, repeats, warmup, MIN_SAMPLE_S, rewarm_s, MAX_CONFIG_S)
+# timing.side_by_side with the benchmark's settings (slow configurations stop early)
+_time_side_by_side = functools.partial(side_by_side, min_sample_s=MIN_SAMPLE_S, rewarm_s=REWARM_S, max_s=MAX_CONFIG_S)
 
 
 # -- The Python API --------------------------------------------------------------------------------
 def sgemm_gflops(threads: int = 1, n: int = SGEMM_N, repeats: int = 5, device: str = "cpu",
                  library: str = "numpy") -> float:
-    """This machine's float32 GEMM speed through ``library`` (``SGEMM_LIBRARIES``): n×n matrices, median of ``repeats``."""
+    """This machine's float32 GEMM speed through ``library`` (``SGEMM_LIBRARIES``): n×n, median of ``repeats``."""
     s = _Sgemm(threads, n, device, library)
     return s.flops / np.median(_time_side_by_side([s], repeats, warmup=1)[0]) / 1e9
 
@@ -197,10 +190,9 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
         dtype: str = "float32", device: str = "cpu", repeats: int = 7, warmup: int = 2,
         progress=None, sgemm_n: int = SGEMM_N, compare_torch: bool = True, rewarm_s: float = REWARM_S,
         **options) -> pd.DataFrame:
-    """Time every (impl, net, batch, threads) side by side; one row each, columns ``COLUMNS``. Trainers without
-    a ``threads`` option run at 1; "torch" is timed beside them for ``vs_torch`` unless ``compare_torch=False``
-    (its rows returned only if asked for); trainers that cannot run here are left out, the reason sent to
-    ``progress`` (print-like; None is silent). ``options`` go to every trainer that accepts them."""
+    """Time every (impl, net, batch, threads) side by side; one row each, columns ``COLUMNS``. "torch" is timed beside
+    them for ``vs_torch`` unless ``compare_torch=False``; trainers that cannot run here are left out, the reason
+    sent to ``progress`` (print-like; None is silent). ``options`` go to every trainer that accepts them."""
     impls, nets, batches, threads = list(impls), list(nets), [int(b) for b in batches], [int(t) for t in threads]
     if not impls:
         raise ValueError("no implementations to benchmark")
@@ -209,17 +201,13 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
             raise ValueError(f"{name} is empty")
     if any(b < 1 for b in batches) or any(t < 1 for t in threads):
         raise ValueError(f"batches and threads must be positive, got {batches} and {threads}")
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    for impl in impls:
-        variant(impl)  # unknown names and options fail here, listing the valid ones
+    check_choice("device", device, ("cpu", "gpu"))
     say = progress or (lambda *a: None)
 
     nets = [n if isinstance(n, str) else tuple(int(s) for s in n) for n in nets]  # hashable keys
     plan = _plan(impls, nets, batches, threads, compare_torch, say, options)
-    wanted = {p for p in plan if p[0] in impls}
-    fns, rows, references = [], [], {}
     counts = sorted({t for _, _, _, t in plan})
+    fns, references = [], {}
     try:
         # references timed in the same rounds: sgemm at every thread count, and on the CPU the
         # machine's ceilings for parallel efficiency (see _Independent) at every thread count and at 1
@@ -235,94 +223,76 @@ def run(impls, nets=("2h",), batches=(100, 1000), threads=(1,), n_in: int = 784,
             accepted = {k: v for k, v in options.items() if k in trainers.get(variant(impl)[0]).options}
             try:
                 fns.append(_Steps(impl, net, batch, t, n_in, n_out, dtype, device, accepted))
-                rows.append((impl, net, batch, t))
             except (trainers.TrainerUnavailable, RuntimeError, ImportError) as e:
                 say(f"skipping {impl} (net {net}, batch {batch}, threads {t}): {e}")
         say(f"timing {len(fns)} configurations + sgemm, {repeats} rounds")
-        ref_keys = list(references)
-        samples = _time_side_by_side([*fns, *(references[k] for k in ref_keys)], repeats, warmup, rewarm_s)
+        samples = _time_side_by_side([*fns, *references.values()], repeats, warmup, rewarm_s=rewarm_s)
     finally:
         for fn in [*fns, *references.values()]:
             if hasattr(fn, "close"):
                 fn.close()
-
-    df = _table(rows, fns, samples, dict(zip(ref_keys, samples[len(fns):])), references, counts, wanted,
-                n_in, n_out, dtype, device)
-    return df[df.pop("_keep")].reset_index(drop=True)[COLUMNS]
+    df = _table(fns, samples, dict(zip(references, samples[len(fns):])), references)
+    return df[df.impl.isin(impls)].reset_index(drop=True)
 
 
 def _plan(impls, nets, batches, threads, compare_torch, say, options) -> list[tuple]:
-    """(impl, net, batch, threads) of every configuration to time: the trainers asked for that can run
-    here, and torch beside them; a trainer without a threads option runs at 1 thread only."""
+    """(impl, net, batch, threads) of every configuration to time: the trainers asked for that can run here."""
     plan = []
     for impl in dict.fromkeys([*impls, *(["torch"] if compare_torch else [])]):
-        why = trainers.why_unavailable(variant(impl)[0])
-        if why and not (options.get("simulator") and "simulator" in trainers.get(variant(impl)[0]).options):
+        cls = trainers.get(variant(impl)[0])
+        ok, why = cls.availability()
+        if not ok and not (options.get("simulator") and "simulator" in cls.options):
             # (numba-cuda asked for its simulator stands in for a GPU: the campaign's dry run times it)
             say(f"skipping {impl}: {why}")
             continue
         plan += [(impl, net, batch, t) for net in nets for batch in batches
-                 for t in (threads if takes_threads(impl) else [1])]
+                 for t in (threads if "threads" in cls.options else [1])]
     return plan
 
 
-def _table(rows, fns, samples, ref_samples, references, counts, wanted, n_in, n_out, dtype, device) -> pd.DataFrame:
+def _table(fns, samples, ref_samples, references) -> pd.DataFrame:
     """One row per timed configuration, with the references timed in the same rounds beside it."""
     times = {k: float(np.median(s)) for k, s in ref_samples.items()}
-    library_gflops = {(lib, t): references[k].flops / times[k] / 1e9 for k in times if k[0] == "library"
-                      for _, lib, t in [k]}
-    best = {t: max((g, lib) for (lib, tt), g in library_gflops.items() if tt == t) for t in counts
-            if any(tt == t for _, tt in library_gflops)}
-    sgemm = {t: g for t, (g, _) in best.items()}
-    load = envinfo.load()
-    ceiling = {(kind, t): times[kind, 1] / times[kind, t] for kind in CEILINGS for t in counts if (kind, t) in times}
-    by_round = {t: np.divide(ref_samples["sgemm", 1], ref_samples["sgemm", t]) for t in counts if ("sgemm", t) in times}
-    table = []
-    for (impl, net, batch, t), fn, s in zip(rows, fns, samples):
-        row = _step_row(impl, net, batch, t, fn, s, n_in, n_out, dtype, device)
-        table.append(dict(row, vs_sgemm=row["gflops"] / sgemm[t] if t in sgemm else np.nan, vs_torch=np.nan,
-                          net=net if isinstance(net, str) else "-".join(map(str, layer_sizes(net, n_in, n_out))),
-                          sgemm_gflops=sgemm.get(t, np.nan), sgemm_best=best[t][1] if t in best else "",
+    library_gflops = {k[1:]: references[k].flops / times[k] / 1e9 for k in times if k[0] == "library"}
+    best = {t: max((g, lib) for (lib, tt), g in library_gflops.items() if tt == t) for _, t in library_gflops}
+    ceiling = {k: times[k[0], 1] / times[k] for k in times if k[0] in CEILINGS}
+    by_round = {k[1]: np.divide(ref_samples["sgemm", 1], s) for k, s in ref_samples.items() if k[0] == "sgemm"}
+    load, table = envinfo.load(), []
+    for fn, s in zip(fns, samples):
+        row, t = fn.row(s), fn.config["threads"]
+        sgemm, sgemm_best = best.get(t, (np.nan, ""))
+        ratios = by_round.get(t, np.full(1, np.nan))
+        table.append(dict(row, vs_sgemm=row["gflops"] / sgemm, sgemm_gflops=sgemm, sgemm_best=sgemm_best,
+                          net=row["net"] if isinstance(row["net"], str) else
+                          "-".join(map(str, layer_sizes(row["net"], row["n_in"], row["n_out"]))),
                           **{f"sgemm_{lib}_gflops": library_gflops.get((lib, t), np.nan) for lib in SGEMM_LIBRARIES},
-                          efficiency=np.nan, loadavg=load, **dict(zip(("gemm_backend", "gemm_reason"), fn.gemm_backend())),
+                          loadavg=load, **dict(zip(("gemm_backend", "gemm_reason"), fn.gemm_backend())),
                           **{f"{kind}_efficiency": ceiling.get((kind, t), np.nan) for kind in CEILINGS},
-                          sgemm_efficiency_low=by_round[t].min() if t in by_round else np.nan,
-                          rounds_core_lost=int((by_round[t] < 1 - CORE_LOST / t).sum()) if t in by_round else 0,
-                          _keep=(impl, net, batch, t) in wanted))
-    df = pd.DataFrame(table, columns=[*COLUMNS, "_keep"]).astype({"_keep": bool})
-    torch_ms = {(net, batch, t): ms for impl, net, batch, t, ms in
-                zip(df.impl, df.net, df.batch, df.threads, df.ms_per_step) if impl == "torch"}
-    df["vs_torch"] = [torch_ms.get(k, np.nan) / ms for k, ms in zip(zip(df.net, df.batch, df.threads), df.ms_per_step)]
-    one_thread = {(impl, net, batch): ms for impl, net, batch, t, ms in
-                  zip(df.impl, df.net, df.batch, df.threads, df.ms_per_step) if t == 1}
-    df["efficiency"] = [one_thread.get(k, np.nan) / (ms * t) for k, ms, t in
-                        zip(zip(df.impl, df.net, df.batch), df.ms_per_step, df.threads)]
+                          sgemm_efficiency_low=ratios.min(), rounds_core_lost=int((ratios < 1 - CORE_LOST / t).sum())))
+    df = pd.DataFrame(table, columns=COLUMNS)
+    ms, threads = df.ms_per_step.to_numpy(float), df.threads.to_numpy(float)  # (float also when empty)
+    df["vs_torch"] = _same_config_ms(df, df.impl == "torch", ["net", "batch", "threads"]) / ms
+    df["efficiency"] = _same_config_ms(df, df.threads == 1, ["impl", "net", "batch"]) / (ms * threads)
     return df
+
+
+def _same_config_ms(df, where, keys) -> np.ndarray:
+    """For each row, the ms_per_step of the row ``where`` selects that shares its ``keys`` (NaN if none)."""
+    return df.join(df[where].groupby(keys).ms_per_step.first().rename("_ms"), on=keys)["_ms"].to_numpy(float)
 
 
 def measure(impl: str, net="2h", batch: int = 100, threads: int = 1, n_in: int = 784, n_out: int = 10,
             repeats: int = 7, dtype: str = "float32", device: str = "cpu", **options) -> dict:
     """One configuration alone (no torch or sgemm alongside): a dict with ms_per_step, gflops, ..."""
-    why = trainers.why_unavailable(impl)
-    if why:
+    if why := trainers.why_unavailable(impl):
         raise trainers.TrainerUnavailable(f"trainer {impl!r} is unavailable here: {why}")
     if "threads" not in trainers.get(impl).options and threads != 1:
         raise ValueError(f"trainer {impl!r} takes no threads option; measure it at threads=1")
     fn = _Steps(impl, net, int(batch), int(threads), n_in, n_out, dtype, device, options)
     try:
-        return _step_row(impl, net, batch, threads, fn, _time_side_by_side([fn], repeats, warmup=2)[0], n_in, n_out,
-                         dtype, device)
+        return fn.row(_time_side_by_side([fn], repeats, warmup=2)[0])
     finally:
         fn.close()
-
-
-def _step_row(impl, net, batch, threads, fn, samples, n_in, n_out, dtype, device) -> dict:
-    """A configuration's time from its samples (their median): per step, per epoch and as GFLOP/s."""
-    sec = float(np.median(samples))
-    return dict(impl=impl, threads=threads, batch=batch, ms_per_step=sec * 1e3,
-                s_per_epoch=sec * math.ceil(EPOCH_EXAMPLES / batch), gflops=fn.flops / sec / 1e9,
-                net=net, n_in=n_in, n_out=n_out, dtype=dtype, device=device, samples=len(samples),
-                ms_rounds=rounds_text(samples))
 
 
 def rounds_text(samples) -> str:
@@ -333,41 +303,24 @@ def rounds_text(samples) -> str:
 
 def round_times(text) -> np.ndarray:
     """The milliseconds per step of each round, from ``rounds_text``; empty for a row recorded without them."""
-    return np.array([float(x) for x in text.split()]) if isinstance(text, str) else np.array([])
-
-
-class _RowsTimesWeights:
-    """One (rows × n)·(n × n) product on one BLAS thread (``backend``): a worker's forward product on its share."""
-
-    def __init__(self, rows, n, seed=0, backend="openblas"):
-        rng = np.random.default_rng(seed)
-        self.backend = backend
-        self.A, self.W = rng.random((rows, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
-        self.out = np.empty((rows, n), dtype=np.float32)
-
-    def __call__(self):
-        with blas_threads(1):
-            blas.gemm_into(self.A, self.W, self.out, backend=self.backend)
+    return np.array(text.split() if isinstance(text, str) else [], dtype=float)
 
 
 def gemm_fixed_cost(rows=(10, 25, 50, 100, 200, 400), n: int = 1024, repeats: int = 7,
                     backend: str = "openblas") -> tuple[pd.DataFrame, dict]:
-    """How a one-thread GEMM's time grows with the rows of its left operand, (rows × n)·(n × n): (table, least
-    squares fit t ≈ fixed_ms + per_row_ms·rows). BLAS packs the whole weight matrix whatever the rows, so
-    splitting the examples p ways pays ``fixed`` p times. ``backend``: ``parbp.blas.BACKENDS``."""
+    """How a one-thread (rows × n)·(n × n) GEMM's time grows with rows: (table, fit t ≈ fixed_ms + per_row_ms·rows).
+    BLAS packs the whole weight matrix whatever the rows, so splitting the examples p ways pays ``fixed`` p times."""
     rows = [int(r) for r in rows]
     if len(rows) < 2 or min(rows) < 1:
         raise ValueError(f"rows needs at least two positive sizes to fit a line, got {rows}")
     blas.cblas_gemm(np.float32, backend)  # an unknown backend fails here, naming the valid ones
-    fns = [_RowsTimesWeights(r, n, backend=backend) for r in rows]
-    samples = _time_side_by_side(fns, repeats, warmup=2, rewarm_s=0.0)
+    library = "numpy" if backend == "openblas" else backend
+    samples = _time_side_by_side([_Sgemm(1, n, library=library, rows=r) for r in rows], repeats, 2, rewarm_s=0.0)
     ms = [float(np.median(s)) * 1e3 for s in samples]
     fixed, per_row = fit_fixed_cost(rows, ms)
     table = pd.DataFrame({"rows": rows, "ms": ms, "gflops": [2 * r * n * n / (m / 1e3) / 1e9 for r, m in zip(rows, ms)],
                           "fixed_share": [fixed / m for m in ms]})
-    return table.assign(backend=backend), {"fixed_ms": float(fixed), "per_row_ms": float(per_row), "n": n,
-                                           "backend": backend}
-
+    return table.assign(backend=backend), {"fixed_ms": fixed, "per_row_ms": per_row, "n": n, "backend": backend}
 
 
 def fit_fixed_cost(rows, ms) -> tuple[float, float]:
@@ -377,23 +330,17 @@ def fit_fixed_cost(rows, ms) -> tuple[float, float]:
 
 
 def plot_gemm_fixed_cost(table: pd.DataFrame, n: int = 1024):
-    """``gemm_fixed_cost``'s table (one or several backends) on log axes, where the fixed cost shows.
-
-    Left: the time per product and its fitted line, whose flat part at few rows is the fixed cost (drawn
-    as a dashed level). Right: the share of each product's time that is fixed, the price each of p
-    workers pays again when the examples are split.
-    """
+    """``gemm_fixed_cost``'s table (one or several backends) on log axes: the time per product with its fitted line,
+    and the share of it that is fixed (what each of p workers pays again when the examples are split)."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import PercentFormatter
 
-    backends = table["backend"] if "backend" in table else pd.Series("BLAS", index=table.index)
     fig, (ax_ms, ax_share) = plt.subplots(1, 2, figsize=(9, 3.6))
     r = np.geomspace(table.rows.min(), table.rows.max(), 100)
     top = 1.0  # a share above 1 is noise (the fit's fixed part exceeds a measured time): shown, not clipped
-    for backend, rows in table.groupby(backends, sort=False):
+    for backend, rows in table.groupby(table.get("backend", pd.Series("BLAS", index=table.index)), sort=False):
         fixed, per_row = fit_fixed_cost(rows.rows, rows.ms)
-        dots = ax_ms.plot(rows.rows, rows.ms, "o", label=f"{backend}, measured")[0]
-        color = dots.get_color()
+        color = ax_ms.plot(rows.rows, rows.ms, "o", label=f"{backend}, measured")[0].get_color()
         ax_ms.plot(r, fixed + per_row * r, "-", color=color, label=f"{backend}: fixed + per row")
         ax_ms.axhline(fixed, ls="--", lw=1, color=color, label=f"{backend}: fixed part alone")
         ax_share.plot(rows.rows, fixed / rows.ms, "o-", color=color, label=backend)
@@ -420,11 +367,9 @@ def with_environment(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def keep_other_machines(df: pd.DataFrame, path) -> pd.DataFrame:
-    """This run's rows, then the rows ``path`` already holds from other CPU models (``env_cpu``): one CSV
-    keeps the latest run of every machine type measured (an Intel run does not erase the AMD one)."""
-    path = results.redirect(path)
+    """This run's rows, then those ``path`` holds from other CPU models (``env_cpu``): the latest run of each."""
     try:
-        old = pd.read_csv(path)
+        old = pd.read_csv(results.redirect(path))
     except (OSError, ValueError):
         return df
     if "env_cpu" not in old.columns or "env_cpu" not in df.columns:
@@ -434,42 +379,36 @@ def keep_other_machines(df: pd.DataFrame, path) -> pd.DataFrame:
 
 
 def _racer(impl: str) -> bool:
-    """In the race for the best trainer of ``by_machine``: this study's matrix trainers that run the serial
-    algorithm on the CPU (variants too); baselines and Hogwild are not."""
+    """In ``by_machine``'s race: this study's exact matrix trainers on the CPU (variants too), not baselines."""
     name = impl.split(":")[0]
-    if name not in trainers.names():  # e.g. torch-cuda
-        return False
-    cls = trainers.get(name)
-    return cls.device == "cpu" and cls.matrix and cls.exact
+    cls = trainers.get(name) if name in trainers.names() else None  # not registered: e.g. torch-cuda
+    return cls is not None and cls.device == "cpu" and cls.matrix and cls.exact
 
 
 def by_machine(df: pd.DataFrame) -> pd.DataFrame:
     """Per CPU model, batch and thread count: the best matrix trainer against PyTorch and against the
     best sgemm, and the parallel efficiency of ``threads`` (the paper's design), with the BLAS each used."""
-    rows = []
-    cpu = df.env_cpu if "env_cpu" in df.columns else pd.Series("this machine", index=df.index)
+    rows, cpu = [], df.get("env_cpu", "this machine")
     for (machine, net, batch, t), g in df.assign(env_cpu=cpu).groupby(["env_cpu", "net", "batch", "threads"]):
         ours = g[g.impl.map(_racer)]
         if ours.empty:
             continue
         best = ours.loc[ours.ms_per_step.idxmin()]
-        torch = g[g.impl == "torch"].ms_per_step
-        threads = g[g.impl == "threads"]
+        torch_ms = next(iter(g[g.impl == "torch"].ms_per_step), np.nan)
         rows.append({"cpu": machine, "net": net, "batch": batch, "threads": t, "best": best.impl,
-                     "best_ms": best.ms_per_step, "torch_ms": torch.iloc[0] if len(torch) else np.nan,
-                     "best_over_torch_time": best.ms_per_step / torch.iloc[0] if len(torch) else np.nan,
-                     "best_vs_sgemm": best.vs_sgemm, "sgemm_best": best.get("sgemm_best", ""),
-                     "sgemm_gflops": best.sgemm_gflops,
-                     "threads_efficiency": threads.efficiency.iloc[0] if len(threads) else np.nan,
+                     "best_ms": best.ms_per_step, "torch_ms": torch_ms,
+                     "best_over_torch_time": best.ms_per_step / torch_ms, "best_vs_sgemm": best.vs_sgemm,
+                     "sgemm_best": best.get("sgemm_best", ""), "sgemm_gflops": best.sgemm_gflops,
+                     "threads_efficiency": next(iter(g[g.impl == "threads"].efficiency), np.nan),
                      "gemm_backend": best.get("gemm_backend", ""), "blas": best.get("env_blas_kernels", ""),
                      "loadavg": best.get("loadavg", np.nan)})
     return pd.DataFrame(rows)
 
 
 def format_table(df: pd.DataFrame) -> str:
-    show = df[["impl", "threads", "batch", "ms_per_step", "s_per_epoch", "gflops", "vs_sgemm", "vs_torch", "efficiency"]]
-    show = show.rename(columns={"ms_per_step": "ms/step", "s_per_epoch": "s/epoch", "gflops": "GFLOP/s",
-                                "vs_sgemm": "÷ sgemm", "vs_torch": "÷ torch", "efficiency": "par. eff."})
+    names = {"ms_per_step": "ms/step", "s_per_epoch": "s/epoch", "gflops": "GFLOP/s", "vs_sgemm": "÷ sgemm",
+             "vs_torch": "÷ torch", "efficiency": "par. eff."}
+    show = df[["impl", "threads", "batch", *names]].rename(columns=names)
     return show.to_string(index=False, float_format=lambda v: f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}")
 
 
@@ -483,9 +422,6 @@ def _impl(text: str) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from .data import NAMES
-    from .nets import HIDDEN
-
     p = Parser(prog="python -m parbp.bench", description=__doc__.split("\n\n")[0],
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", nargs="+", default=["2h"], choices=sorted(HIDDEN), help="networks (seed 001 §5.2)")
@@ -499,21 +435,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--repeats", type=positive_int, default=7, help="timed rounds (the median is reported)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    p.add_argument("--out", type=Path, default=None, help=f"CSV path (default {DEFAULT_OUT.relative_to(DEFAULT_OUT.parent.parent)}"
-                                                           f", or figures/bench_gpu.csv with --device gpu)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="CSV path (default figures/bench_cpu.csv, or figures/bench_gpu.csv with --device gpu)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> pd.DataFrame:
-    from .data import dims
-
     args = parse_args(argv)
     everything = gpu_impls() if args.device == "gpu" else cpu_impls()
     impls = list(dict.fromkeys(i for impl in args.impl for i in (everything if impl == "all" else [impl])))
     n_in, n_out = dims(args.dataset)
-    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     df = run(impls, args.net, args.batch, args.threads, n_in=n_in, n_out=n_out, dtype=args.dtype,
-             device=args.device, repeats=args.repeats, progress=log)
+             device=args.device, repeats=args.repeats, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     if df.empty:
         print(f"nothing to time: none of {impls} can run on {args.device} here (reasons above); no CSV written")
         return df
@@ -535,8 +468,9 @@ def main(argv=None) -> pd.DataFrame:
                       ", ".join(f"{e:.3f} at {t} threads" for t, e in ceilings.items()))
         for t, row in sub[sub.threads > 1].groupby("threads").first().iterrows():
             if row.rounds_core_lost:
-                print(f"at {t} threads a core was missing in {row.rounds_core_lost} of {args.repeats} rounds (the round's "
-                      f"compute-bound ceiling fell as low as {row.sgemm_efficiency_low:.2f}): medians absorb fewer than half")
+                print(f"at {t} threads a core was missing in {row.rounds_core_lost} of {args.repeats} rounds (the "
+                      f"round's compute-bound ceiling fell as low as {row.sgemm_efficiency_low:.2f}): medians absorb "
+                      "fewer than half")
         print(format_table(sub))
     print(f"wrote {out}")
     return df

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .cli import check_choice
+from .cli import Parser, check_choice, run
 from .results import BUILD, FIGURES, NOTEBOOKS, ROOT
 from .study import EXECUTED, notebooks as numbered
 
@@ -63,21 +63,14 @@ def sources(source: str = "auto") -> list[Path]:
         raise FileNotFoundError(f"no executed notebooks in {EXECUTED}; run `make study` first or use --source stored")
     if source == "stored":
         return stored
-    chosen = []
-    for nb in stored:
-        runs = [e for e in executed if e.stem == nb.stem or re.fullmatch(rf"{re.escape(nb.stem)}_\d+", e.stem)]
-        chosen += runs or ([] if source == "executed" else [nb])
-    return chosen
+    runs = {nb: [e for e in executed if re.fullmatch(rf"{re.escape(nb.stem)}(_\d+)?", e.stem)] for nb in stored}
+    return [p for nb in stored for p in runs[nb] or ([] if source == "executed" else [nb])]
 
 
 def title_of(nb) -> str:
     """The notebook's first Markdown heading, without the #'s."""
-    for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("#"):
-                    return line.lstrip("#").strip()
-    return "untitled"
+    return next((line.lstrip("#").strip() for cell in nb.cells if cell.cell_type == "markdown"
+                 for line in cell.source.splitlines() if line.startswith("#")), "untitled")
 
 
 def _run_suffix(nb, path: Path) -> str:
@@ -96,6 +89,7 @@ def headings(page_html: str, level: int = 2) -> list[tuple[str, str]]:
 
 
 def _nav(pages: list[dict], i: int | None) -> str:
+    """The links atop every page: contents, figures and (on a notebook's page) the previous and next ones."""
     links = ['<a href="index.html">Contents</a>', '<a href="gallery.html">Figures</a>']
     if i is not None and i > 0:
         links.append(f'<a href="{pages[i - 1]["file"]}">← {html.escape(pages[i - 1]["title"])}</a>')
@@ -104,9 +98,10 @@ def _nav(pages: list[dict], i: int | None) -> str:
     return " ".join(links)
 
 
-def _page(title: str, body: str) -> str:
+def _page(title: str, nav: str, body: str) -> str:
+    """A page of the book's own (the contents, the gallery): its navigation bar, then ``body``."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n')
+            f'<style>{STYLE}</style></head><body>\n<nav class="book-nav">{nav}</nav>\n{body}\n</body></html>\n')
 
 
 def build(out: Path = OUT, source: str = "auto") -> Path:
@@ -119,8 +114,7 @@ def build(out: Path = OUT, source: str = "auto") -> Path:
     notebooks = sources(source)
     if not notebooks:
         raise FileNotFoundError(f"no notebooks NN_*.ipynb to render in {NOTEBOOKS} or {EXECUTED}")
-    out = Path(out)
-    if out.exists():
+    if (out := Path(out)).exists():
         shutil.rmtree(out)
     (out / "figures").mkdir(parents=True)
     shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", out / "mathjax")
@@ -132,9 +126,8 @@ def build(out: Path = OUT, source: str = "auto") -> Path:
               "name": str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name} for p, nb in zip(notebooks, nbs)]
     for i, (nb, page) in enumerate(zip(nbs, pages)):
         # the notebooks ran in notebooks/, so relative paths in them are relative to it
-        body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"path": str(NOTEBOOKS),
-                                                                          "name": page["title"]},
-                                                             "book_nav": _nav(pages, i)})
+        body, _ = exporter.from_notebook_node(nb, resources={"book_nav": _nav(pages, i), "metadata": {
+            "path": str(NOTEBOOKS), "name": page["title"]}})
         (out / page["file"]).write_text(body, encoding="utf-8")
         page["sections"] = headings(body)
 
@@ -144,9 +137,8 @@ def build(out: Path = OUT, source: str = "auto") -> Path:
     nav = _nav(pages, None)
     gallery = "".join(f'<figure><a href="figures/{f.name}"><img src="figures/{f.name}" alt="{f.stem}"></a>'
                       f"<figcaption>{f.name}</figcaption></figure>" for f in figures)
-    (out / "gallery.html").write_text(_page("parbp: figures", f'<nav class="book-nav">{nav}</nav>\n'
-                                            f'<h1>Figures</h1>\n<p>Every PNG in <code>figures/</code> '
-                                            f'(each has a CSV of its data beside it).</p>\n'
+    (out / "gallery.html").write_text(_page("parbp: figures", nav, '<h1>Figures</h1>\n<p>Every PNG in <code>figures/'
+                                            '</code> (each has a CSV of its data beside it).</p>\n'
                                             f'<div class="gallery">{gallery}</div>'), encoding="utf-8")
 
     n_executed = sum(p.parent == EXECUTED for p in notebooks)
@@ -156,17 +148,16 @@ def build(out: Path = OUT, source: str = "auto") -> Path:
         f'<li><a href="{p["file"]}">{html.escape(p["title"])}</a> <small>({p["name"]})</small>'
         + ("<ul>" + "".join(f'<li><a href="{p["file"]}#{a}">{html.escape(t)}</a></li>' for a, t in p["sections"])
            + "</ul>" if p["sections"] else "") + "</li>" for p in pages)
-    index = (f'<nav class="book-nav">{nav}</nav>\n<h1>parbp: parallel backpropagation, reproduced</h1>\n'
+    index = ('<h1>parbp: parallel backpropagation, reproduced</h1>\n'
              f"<p>A reproducible study of parallel backpropagation for multilayer perceptrons (Kamra et al., USC 2016, "
              f"and the seeds beside it). This book renders {origin}.</p>\n<h2>Contents</h2>\n<ol>{toc}</ol>\n"
              f'<p><a href="gallery.html">All {len(figures)} figures</a></p>')
-    (out / "index.html").write_text(_page("parbp: contents", index), encoding="utf-8")
+    (out / "index.html").write_text(_page("parbp: contents", nav, index), encoding="utf-8")
     return out / "index.html"
 
 
 def main(argv=None) -> int:
-    from .cli import Parser
-
+    """``python -m parbp.book``: build the book and print where its index page is."""
     parser = Parser(prog="python -m parbp.book", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", default="auto", choices=SOURCES,
                         help="auto: build/executed/ if the last study left notebooks there, else notebooks/")
@@ -177,6 +168,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import run
-
     sys.exit(run(main, prog="python -m parbp.book"))

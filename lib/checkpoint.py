@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .results import atomic_write
+
 FORMAT = 1  # bump when the layout changes; an old file is then refused with a message saying so
 
 
@@ -47,13 +49,10 @@ def _flatten(params) -> dict[str, np.ndarray]:
 def save_arrays(path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     """Named arrays and a meta dict in one .npz, with the arrays' SHA-256: every file parbp saves (checkpoints,
     trained networks, compressed networks) is written here and read back by ``load_arrays``."""
-    from .results import atomic_write
-
-    meta = {**meta, "format": FORMAT, "sha256": _digest(arrays)}
-    text = np.array(json.dumps(meta))
+    text = np.array(json.dumps({**meta, "format": FORMAT, "sha256": _digest(arrays)}))
 
     def write(tmp):
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f:  # a file, not a name: np.savez would add .npz to a name
             np.savez(f, meta=text, **arrays)
 
     return atomic_write(path, write)
@@ -80,14 +79,6 @@ def load_arrays(path) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, meta
 
 
-def _params(arrays: dict[str, np.ndarray], path) -> list[tuple[np.ndarray, np.ndarray]]:
-    layers = sum(1 for k in arrays if k.startswith("W"))
-    try:
-        return [(arrays[f"W{l}"], arrays[f"b{l}"]) for l in range(layers)]
-    except KeyError as e:
-        raise CheckpointError(f"{path} lacks array {e.args[0]}; it was not loaded") from None
-
-
 # -- Training checkpoints --------------------------------------------------------------------------
 
 
@@ -104,9 +95,7 @@ def load(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
 
 def check_identity(state: dict, identity: dict, path) -> None:
     """Refuse a checkpoint whose recorded run differs from this one, naming every field that differs."""
-    saved = state.get("identity", {})
-    # JSON turns tuples into lists: compare as JSON would store them
-    now = json.loads(json.dumps(identity))
+    saved, now = state.get("identity", {}), json.loads(json.dumps(identity))  # tuples stored as lists
     diffs = [f"{k}: checkpoint has {saved.get(k)!r}, this run has {now[k]!r}"
              for k in now if saved.get(k) != now[k]]
     if diffs:
@@ -123,6 +112,7 @@ def data_fingerprint(dataset) -> dict:
 
 
 def rng_from_state(state: dict) -> np.random.Generator:
+    """A generator in the state a checkpoint recorded (``rng.bit_generator.state``)."""
     bitgen = getattr(np.random, state["bit_generator"])()
     bitgen.state = state
     return np.random.Generator(bitgen)
@@ -133,8 +123,7 @@ def rng_from_state(state: dict) -> np.random.Generator:
 
 def save_params(path, params, meta: dict) -> Path:
     """Write a trained network: ``W0, b0, W1, b1, ...`` as given (W is (n_in, n_out)) and ``meta`` as JSON."""
-    reserved = {"kind", "format", "sha256"} & set(meta)
-    if reserved:
+    if reserved := {"kind", "format", "sha256"} & set(meta):
         raise ValueError(f"meta keys {sorted(reserved)} are reserved for the file's own bookkeeping")
     return save_arrays(path, _flatten(params), {**meta, "kind": "params"})
 
@@ -150,4 +139,7 @@ def _read_kind(path, kind: str, otherwise: str):
     arrays, meta = load_arrays(path)
     if meta.get("kind") != kind:
         raise CheckpointError(f"{path} is {otherwise}")
-    return _params(arrays, path), meta
+    try:
+        return [(arrays[f"W{l}"], arrays[f"b{l}"]) for l in range(sum(k.startswith("W") for k in arrays))], meta
+    except KeyError as e:
+        raise CheckpointError(f"{path} lacks array {e.args[0]}; it was not loaded") from None

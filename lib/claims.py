@@ -1,15 +1,10 @@
 """Every checkable claim of the seeds, as data (``CLAIMS``), with a ``check`` that reads the committed CSV
-holding ours and returns our number and one verdict:
-
-* ``reproduced``: ours agrees with the seed within the tolerance;
-* ``differs``: it does not, and the reason says by how much and what was measured about why;
-* ``explained``: it differs, and a committed experiment gets the seed's number back once the identified
-  difference is put back (the reason names that experiment's CSV);
-* ``not comparable``: the two sides measure different things (the reason says which);
-* ``not measurable here``: this machine cannot measure it (no GPU, 2 cores); the reason says what would;
-* ``inconclusive``: ours is a timing whose interval straddles the tolerance's edge, so a rerun may land on
-  either side;
-* ``not measured yet``: the CSV is not in figures/; the reason names the command that makes it.
+holding ours and returns our number and one of ``VERDICTS``: reproduced (ours agrees within the tolerance);
+differs (the reason says by how much and what was measured about why); explained (it differs, and a committed
+experiment, named in the reason, gets the seed's number back once the identified difference is put back); not
+comparable (the two sides measure different things); not measurable here (no GPU, 2 cores: the reason says
+what would); inconclusive (a timing whose interval straddles the tolerance's edge, so a rerun may land on either
+side); not measured yet (the CSV is not in figures/: the reason names the command that makes it).
 
 Timings are judged on intervals: the median and min-max of interleaved rounds, else one value ± ``NOISE``; a
 verdict is given only where the whole interval clears the tolerance's edge. ``table()`` runs every check
@@ -18,7 +13,9 @@ verdict is given only where the whole interval clears the tolerance's edge. ``ta
 """
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -28,9 +25,33 @@ import pandas as pd
 from . import bench, committed, nets, results, seed003
 from .results import FIGURES
 
-STUDY = "make study (or: python -m parbp.study --only {nb})"
 VERDICTS = ("reproduced", "differs", "explained", "not comparable", "not measurable here", "inconclusive",
             "not measured yet")
+#: ± for a timing measured once: how far it moved between two paper-profile runs (threads, batch 1,000: 7.7x, 5.2x)
+NOISE = 0.20
+#: "A is faster than B" means by more than this; a ratio within it is a tie
+MARGIN = 0.05
+#: a bench row with fewer interleaved rounds than this is judged as one run (± NOISE)
+MIN_ROUNDS = 5
+#: whole-training times count as repeated with this many runs of each configuration
+MIN_RUNS = 3
+#: the per-thread efficiency the paper's design must keep here for ≈ 10x to be in reach of 10x the cores
+EFFICIENCY = 0.8
+SEED_ACCURACY = seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy
+WEIGHT_BYTES_1H = nets.n_params(nets.layer_sizes("1h", 784, 10)) * 4  # Net-1h's float32 weights
+GPU_CSV = "bench_gpu.csv"  # what the GPU campaign (python -m parbp.gpu_campaign) measures on one machine
+CUDA_KERNELS = "numba-cuda"  # the paper's CUDA implementation: its five kernels (parbp.cuda)
+README_SOURCE = "figures/10_against_the_seeds.md"  # the README's block between its BEGIN/END markers
+
+# what makes each CSV: the study, else an experiment's own command
+STUDY = "make study (or: python -m parbp.study --only {nb})"
+EXAMPLE_THREADS = ("python -m parbp.example_threads on a quiet machine (figures/03_example_threads.csv; "
+                   "notebook 03 shows it)")
+SEED003_EXPLAIN = "python -m parbp.seed003_experiments (figures/06_seed003_explain_paper.csv; notebook 06 shows it)"
+SEED_SETUP = "python -m parbp.seed003_experiments --seed-setup-only --out figures/06_seed003_seed_setup.csv"
+SEED004 = "python -m parbp.seed004 (figures/07_seed004_subset.csv, 07_seed004_too_big.csv; notebook 10 shows them)"
+GPU_COMMAND = ("bash gpu/campaign.sh OUT on a machine with an NVIDIA GPU (it times python -m parbp.bench --device gpu "
+               "beside the CPU trainers; README: 'Running the GPU campaign'), then copy OUT/bench_gpu.csv to figures/")
 
 
 class Missing(Exception):
@@ -83,13 +104,6 @@ class Claim:
     setting: str = ""    # the seed's setting, then ours
 
 
-#: how far repeat runs of one timing moved on the shared 2-core VM between two paper-profile runs
-#: (threads at batch 1,000: 7.7x then 5.2x): the interval given to a timing measured once
-NOISE = 0.20
-#: "A is faster than B" means by more than this; a ratio within it is a tie
-MARGIN = 0.05
-
-
 @dataclass
 class Interval:
     """A timing (or a ratio of timings): its middle and the range a rerun may land in."""
@@ -119,25 +133,12 @@ def quotient(a: Interval, b: Interval) -> Interval:
     return Interval(a.mid / b.mid, a.lo / b.hi, a.hi / b.lo, f"{a.how} over {b.how}")
 
 
-#: a bench row with fewer interleaved rounds than this is judged as one run (± NOISE)
-MIN_ROUNDS = 5
-
-
-def epoch_rounds(row) -> np.ndarray | None:
-    """A bench row's seconds per epoch in each of its interleaved rounds; None when it recorded fewer than
-    ``MIN_ROUNDS`` (a CSV from before the rounds were kept)."""
-    t = bench.round_times(row.get("ms_rounds"))
-    return t * (row.s_per_epoch / row.ms_per_step) if len(t) >= MIN_ROUNDS else None
-
-
 def timed(f: Callable[[dict], float], rows: dict, noise: float = NOISE) -> Interval:
-    """``f`` of the bench rows' seconds per epoch (``rows``: name -> row of one run): round by round when every
-    row kept its interleaved rounds, so a slow stretch that hit all of them cancels (the median and min-max over
-    rounds); else once, on the medians, ± ``noise`` (a ratio of two speedups: twice NOISE)."""
-    rounds = {k: epoch_rounds(r) for k, r in rows.items()}
-    if all(v is not None for v in rounds.values()):
-        n = min(len(v) for v in rounds.values())
-        return repeats([f({k: v[i] for k, v in rounds.items()}) for i in range(n)], "interleaved rounds")
+    """``f`` of the rows' seconds per epoch, round by round (a slow stretch cancels), else on medians ± ``noise``."""
+    rounds = {k: bench.round_times(r.get("ms_rounds")) for k, r in rows.items()}
+    if all(len(v) >= MIN_ROUNDS for v in rounds.values()):
+        per_epoch = {k: v * (rows[k].s_per_epoch / rows[k].ms_per_step) for k, v in rounds.items()}
+        return repeats([f(dict(zip(per_epoch, r))) for r in zip(*per_epoch.values())], "interleaved rounds")
     return one_run(f({k: float(r.s_per_epoch) for k, r in rows.items()}), noise)
 
 
@@ -153,9 +154,7 @@ def judge(iv: Interval, low: float, high: float = np.inf) -> str:
     """reproduced when all of the interval is inside [low, high], differs when none of it is, else inconclusive."""
     if low <= iv.lo and iv.hi <= high:
         return "reproduced"
-    if iv.hi < low or iv.lo > high:
-        return "differs"
-    return "inconclusive"
+    return "differs" if iv.hi < low or iv.lo > high else "inconclusive"
 
 
 def within(ours: float, claimed: float, tol: float, unit: str = "", noise: float = 0.0,
@@ -170,10 +169,9 @@ def within(ours: float, claimed: float, tol: float, unit: str = "", noise: float
     return verdict, f"{iv}{unit} against {claimed:g} ± {tol:g}: {verdict}"
 
 
-def faster(ratio: float, noise: float = NOISE, spread: Interval | None = None) -> tuple[str, str]:
-    """A timing ratio (> 1: the claimed winner is faster) against 1 + MARGIN, on its interval: all of it
-    above: reproduced; all below (a tie or the other way round): differs; straddling: inconclusive."""
-    iv = spread or one_run(ratio, noise)
+def faster(ratio: float | Interval, noise: float = NOISE, spread: Interval | None = None) -> tuple[str, str]:
+    """A timing ratio (> 1: the claimed winner is faster), on its interval or ± ``noise``, against 1 + MARGIN."""
+    iv = spread or (ratio if isinstance(ratio, Interval) else one_run(ratio, noise))
     verdict = judge(iv, 1 + MARGIN)
     what = {"reproduced": "the claimed side faster", "inconclusive": "straddles the edge",
             "differs": "a tie" if iv.hi >= 1 - MARGIN else "the other way round"}[verdict]
@@ -183,47 +181,29 @@ def faster(ratio: float, noise: float = NOISE, spread: Interval | None = None) -
 # -- seeds 000 (slides) and 001 (paper): the network sizes, threads, BLAS, CUDA, Theano ------------
 
 
-def n_params(net: str, claimed: float) -> Callable[[Figures], Outcome]:
-    def check(fig):
-        ours = nets.n_params(nets.layer_sizes(net, 784, 10))
-        verdict, why = within(ours / claimed, 1.0, 0.02, " (ratio)")
-        return Outcome(ours, verdict, f"{why}; the seed rounds (weights + biases)", "parbp.nets")
-    return check
+def n_params(net: str, claimed: float, fig: Figures) -> Outcome:
+    ours = nets.n_params(nets.layer_sizes(net, 784, 10))
+    verdict, why = within(ours / claimed, 1.0, 0.02, " (ratio)")
+    return Outcome(ours, verdict, f"{why}; the seed rounds (weights + biases)", "parbp.nets")
 
 
 def training_examples(fig):
     df, src = fig.read("02_training", "02")
     ours = float(df.n_train.max())
-    verdict, why = within(ours, 50_000, 0, " examples")
-    return Outcome(ours, verdict, why, src)
-
-
-EXAMPLE_THREADS = ("python -m parbp.example_threads on a quiet machine (figures/03_example_threads.csv; "
-                   "notebook 03 shows it)")
-
-
-def _example_threads(fig) -> tuple[pd.DataFrame, str]:
-    """The paper's design like for like: its per-example loop threaded over examples against the same loop serial."""
-    return fig.read("03_example_threads", "03", EXAMPLE_THREADS)
-
-
-#: the per-thread efficiency the paper's design must keep on the cores we have for ≈ 10x to be in reach
-#: of a many-core machine; below it, even 10x the cores would not give 10x
-EFFICIENCY = 0.8
+    return Outcome(ours, *within(ours, 50_000, 0, " examples"), src)
 
 
 def threads_10x(fig):
-    """The seed's 10x is its per-example pthreads over its per-example serial loop, on a core count it does not
-    state. Here the same design on 2 cores: a speedup, its per-thread efficiency, and 10x as a projection."""
-    df, src = _example_threads(fig)
+    """The seed's per-example pthreads over its serial loop, cores not stated: here the same design on 2 cores."""
+    df, src = fig.read("03_example_threads", "03", EXAMPLE_THREADS)
     s = repeats(df.speedup)
     p = int(df.threads.iloc[0])
     eff = Interval(s.mid / p, s.lo / p, s.hi / p, s.how)
-    verdict = judge(eff, EFFICIENCY, np.inf)
-    why = (f"Net-{df.net.iloc[0]}, batch {int(df.batch.iloc[0])}: the per-example loop on {p} threads over the same loop "
-           f"serial: {s}x, per-thread efficiency {eff.mid:.2f} [{eff.lo:.2f}, {eff.hi:.2f}] on {df.cpu.iloc[0]} "
-           f"(load {df.loadavg.median():.1f}). Projection, not a measurement: 10x at that efficiency takes "
-           f"{10 / eff.mid:.1f} cores")
+    verdict = judge(eff, EFFICIENCY)
+    why = (f"Net-{df.net.iloc[0]}, batch {int(df.batch.iloc[0])}: the per-example loop on {p} threads over the "
+           f"same loop serial: {s}x, per-thread efficiency {eff.mid:.2f} [{eff.lo:.2f}, {eff.hi:.2f}] on "
+           f"{df.cpu.iloc[0]} (load {df.loadavg.median():.1f}). Projection, not a measurement: 10x at that "
+           f"efficiency takes {10 / eff.mid:.1f} cores")
     if verdict == "reproduced":
         return Outcome(s.mid, "not measurable here", why + f"; this machine has {int(df.cores.iloc[0])}. The design "
                        f"scales like for like (efficiency >= {EFFICIENCY}); the GEMM trainers' larger ratio over the "
@@ -232,27 +212,22 @@ def threads_10x(fig):
 
 
 def time_falls_with_smaller_batch(fig):
-    """The seed's implementation loops over examples; here its per-example loop, serial, in notebook 05's run:
-    time per epoch at the largest batch over the smallest, round by round."""
+    """The seed's per-example loop, serial, in notebook 05's run: time per epoch, largest batch over smallest."""
     df, src = fig.read("05_speedup_batch_2h_mnist", "05")
     rows = bench_rows(df, src, impl="serial-example", threads=1)
     small, large = min(rows), max(rows)
     iv = timed(lambda t: t[large] / t[small], rows)
-    verdict, why = faster(iv.mid, spread=iv)
+    verdict, why = faster(iv)
     gemm = df[df.impl == "serial-blas"].set_index("batch").s_per_epoch.sort_index()
+    other = "" if gemm.empty else (f"; the GEMM form goes the other way ({gemm.iloc[-1] / gemm.iloc[0]:.2f}x): a "
+                                   "larger batch is a larger, more efficient GEMM")
     return Outcome(iv.mid, verdict, f"per-example loop, time per epoch at batch {large[2]} over batch {small[2]}: "
-                   f"{why}" + ("" if gemm.empty else f"; the GEMM form goes the other way ({gemm.iloc[-1] / gemm.iloc[0]:.2f}x):"
-                               " a larger batch is a larger, more efficient GEMM"), src)
-
-
-def _speedup_rounds(rows: dict, impl: str, batch: int, top: int) -> Callable[[dict], float]:
-    """Per round: ``impl``'s time per epoch on 1 thread over its time on ``top`` threads at ``batch``."""
-    return lambda t: t[impl, 1, batch] / t[impl, top, batch]
+                   f"{why}{other}", src)
 
 
 def blas_faster(fig):
     """Like for like on speed: each side over the same serial per-example loop, in its own run."""
-    per_example, src1 = _example_threads(fig)
+    per_example, src1 = fig.read("03_example_threads", "03", EXAMPLE_THREADS)
     df, src2 = fig.read("05_speedup_batch_2h_mnist", "05")
     batch, top = int(per_example.batch.iloc[0]), int(df.threads.max())
     rows = {**bench_rows(df, src2, impl="blas-parallel", threads=top, batch=batch),
@@ -260,16 +235,14 @@ def blas_faster(fig):
     b = timed(lambda t: t["serial-example", 1, batch] / t["blas-parallel", top, batch], rows)
     s = repeats(per_example.speedup, "interleaved rounds")
     ratio = quotient(b, s)
-    verdict, why = faster(ratio.mid, spread=ratio)
+    verdict, why = faster(ratio)
     return Outcome(ratio.mid, verdict, f"Net-2h, batch {batch}, {top} threads, each over the serial per-example loop: "
                    f"blas-parallel {b.mid:.2f}x, the per-example threads {s.mid:.2f}x; {why}", f"{src1}, {src2}")
 
 
-def _at_top(fig, impls, one_thread: bool = False,
-            stem: str = "05_time_per_epoch_2h_mnist") -> tuple[dict, list[int], int, str]:
-    """The bench rows of ``impls`` at the most threads (and on 1 thread with ``one_thread``), the batches where all
-    of them ran, the most threads, the CSV."""
-    df, src = fig.read(stem, "05")
+def _at_top(fig, impls, one_thread: bool = False) -> tuple[dict, list[int], int, str]:
+    """``impls``' rows at the most threads (and 1: the thread sweep), the batches all ran, the most threads, the CSV."""
+    df, src = fig.read("05_speedup_threads_2h_mnist" if one_thread else "05_time_per_epoch_2h_mnist", "05")
     top = int(df.threads.max())
     threads = [1, top] if one_thread else [top]
     rows = bench_rows(df, src, impl=list(impls), threads=threads)
@@ -279,10 +252,10 @@ def _at_top(fig, impls, one_thread: bool = False,
 
 
 def blas_flat(fig):
-    rows, batches, top, src = _at_top(fig, ("blas-parallel",), True, "05_speedup_threads_2h_mnist")
-    sp = lambda t: [_speedup_rounds(rows, "blas-parallel", b, top)(t) for b in batches]  # noqa: E731
+    rows, batches, top, src = _at_top(fig, ("blas-parallel",), True)
+    sp = lambda t: [t["blas-parallel", 1, b] / t["blas-parallel", top, b] for b in batches]  # noqa: E731
     iv = timed(lambda t: max(sp(t)) / min(sp(t)), rows, 2 * NOISE)
-    mid = [float(rows["blas-parallel", 1, b].s_per_epoch / rows["blas-parallel", top, b].s_per_epoch) for b in batches]
+    mid = sp({k: r.s_per_epoch for k, r in rows.items()})
     verdict = judge(iv, 0, 1.25)
     return Outcome(iv.mid, verdict, f"blas-parallel speedup over its 1 thread ranges {min(mid):.2f}-{max(mid):.2f}x "
                    f"over batches {batches}: max/min {iv} against <= 1.25"
@@ -290,116 +263,95 @@ def blas_flat(fig):
 
 
 def blas_less_than_threads(fig):
-    """Each speedup over its own serial form: blas-parallel over 1-thread BLAS (notebook 05), the per-example
-    threads over the per-example loop (its own interleaved rounds)."""
-    rows, batches, top, src = _at_top(fig, ("blas-parallel",), True, "05_speedup_threads_2h_mnist")
-    per_example, src2 = _example_threads(fig)
+    """Each speedup over its own serial form: blas-parallel over 1-thread BLAS, the per-example threads over theirs."""
+    rows, batches, top, src = _at_top(fig, ("blas-parallel",), True)
+    per_example, src2 = fig.read("03_example_threads", "03", EXAMPLE_THREADS)
     s = repeats(per_example.speedup, "interleaved rounds")
-    b = timed(lambda t: float(np.median([_speedup_rounds(rows, "blas-parallel", x, top)(t) for x in batches])), rows)
+    b = timed(lambda t: np.median([t["blas-parallel", 1, x] / t["blas-parallel", top, x] for x in batches]), rows)
     ratio = quotient(s, b)
-    verdict, why = faster(ratio.mid, spread=ratio)
+    verdict, why = faster(ratio)
     return Outcome(ratio.mid, verdict, f"speedup over its own serial form on {top} threads: per-example threads "
                    f"{s.mid:.2f}x, blas-parallel {b.mid:.2f}x (median over batches); threads over blas: {why}",
                    f"{src}, {src2}")
 
 
-GPU_CSV = "bench_gpu.csv"  # what the GPU campaign (python -m parbp.gpu_campaign) measures on one machine
-GPU_COMMAND = ("bash gpu/campaign.sh OUT on a machine with an NVIDIA GPU (it times python -m parbp.bench --device gpu "
-               "beside the CPU trainers; README: 'Running the GPU campaign'), then copy OUT/bench_gpu.csv to figures/")
-CUDA_KERNELS = "numba-cuda"  # the paper's CUDA implementation: its five kernels (parbp.cuda)
-THEANO = ("theano", "pytensor")
-
-
-def gpu_rows(fig) -> pd.DataFrame:
-    """figures/bench_gpu.csv: the GPU trainers and, from the same run on the same machine, the CPU trainers and
-    the per-example serial loop, so a speedup never divides one machine's time by another's. NotHere when there
-    is no such file or it has no GPU row."""
+def gpu_rows(fig) -> tuple[pd.DataFrame, str]:
+    """figures/bench_gpu.csv (GPU and CPU trainers timed in one run) and its machine; NotHere without a GPU row."""
     path = fig.root / GPU_CSV
     df = pd.read_csv(path) if path.exists() else pd.DataFrame()
     if "device" not in df or not (df.device == "gpu").any():
         raise NotHere(f"no GPU measurement (figures/{GPU_CSV}); {GPU_COMMAND}")
-    return df
-
-
-def _machine(df: pd.DataFrame) -> str:
     name = lambda col: ", ".join(df[col].astype(str).unique()) if col in df else "unknown"  # noqa: E731
-    return f"GPU {name('env_gpu')}, CPU {name('env_cpu')}"
+    return df, f"GPU {name('env_gpu')}, CPU {name('env_cpu')}"
 
 
 def cuda_20x(fig):
     """The paper's CUDA kernels over its baseline, the per-example serial loop, on one machine (Net-1h)."""
     from .experiments import BASELINE, with_speedup
-
-    df = gpu_rows(fig)
+    df, machine = gpu_rows(fig)
     ours = df[(df.net == "1h") & (df.impl == CUDA_KERNELS)]
     base = df[(df.net == "1h") & (df.impl == BASELINE) & (df.threads == 1)]
     s = with_speedup(pd.concat([ours, base])) if len(ours) and len(base) else ours.assign(speedup=np.nan)
     s = s[(s.impl == CUDA_KERNELS) & s.speedup.notna()].sort_values("batch")
     if s.empty:
-        return Outcome(None, "not measured yet", f"figures/{GPU_CSV} has no Net-1h {CUDA_KERNELS} and {BASELINE} rows "
-                       f"at a common batch size (the campaign times both in one run); {GPU_COMMAND}")
+        return Outcome(None, "not measured yet", f"figures/{GPU_CSV} has no Net-1h {CUDA_KERNELS} and {BASELINE} "
+                       f"rows at a common batch size (the campaign times both in one run); {GPU_COMMAND}")
     best = s.loc[s.speedup.idxmax()]
     verdict, why = within(float(best.speedup), 20, 5, "x", noise=NOISE)
     by_batch = ", ".join(f"{r.speedup:.0f}x at {int(r.batch)}" for r in s.itertuples())
     gflops = s.set_index("batch").gflops
-    return Outcome(float(best.speedup), verdict,
-                   f"{CUDA_KERNELS} (the paper's five kernels) over {BASELINE} (the paper's baseline: its per-example "
-                   f"serial loop) timed in the same run, Net-1h, on {_machine(df)}: {by_batch}. The ratio grows with "
-                   f"the batch because a step's fixed launch cost is paid once per batch ({CUDA_KERNELS} "
-                   f"{gflops.iloc[0]:.0f} GFLOP/s at batch {int(gflops.index[0])}, {gflops.iloc[-1]:.0f} at "
-                   f"{int(gflops.index[-1])}) while the serial loop's rate stays flat; the seed names neither its GPU "
-                   f"nor the batch of its ≈20x. Best: {why}", f"figures/{GPU_CSV}")
+    return Outcome(float(best.speedup), verdict, f"{CUDA_KERNELS} (the paper's five kernels) over {BASELINE} (the "
+                   f"paper's baseline: its per-example serial loop) timed in the same run, Net-1h, on {machine}: "
+                   f"{by_batch}. The ratio grows with the batch because a step's fixed launch cost is paid once per "
+                   f"batch ({CUDA_KERNELS} {gflops.iloc[0]:.0f} GFLOP/s at batch {int(gflops.index[0])}, "
+                   f"{gflops.iloc[-1]:.0f} at {int(gflops.index[-1])}) while the serial loop's rate stays flat; the "
+                   f"seed names neither its GPU nor the batch of its ≈20x. Best: {why}", f"figures/{GPU_CSV}")
 
 
 def theano_cuda_batch(fig):
     """Theano on the GPU: how much its GFLOP/s grow from the smallest to the largest batch measured."""
-    df = gpu_rows(fig)
-    theano = df[(df.device == "gpu") & df.impl.isin(THEANO)]
+    df, machine = gpu_rows(fig)
+    theano = df[(df.device == "gpu") & df.impl.isin(["theano", "pytensor"])]
     if theano.empty:
         raise NotHere(f"figures/{GPU_CSV} has GPU rows but none for Theano: theano-pymc has no working GPU backend "
                       "for current CUDA, so the campaign times numba-cuda, cupy and torch instead")
     net = "1h" if (theano.net == "1h").any() else theano.net.iloc[0]
     t = theano[theano.net == net].groupby("batch").gflops.max().sort_index()
     if len(t) < 2:
-        return Outcome(None, "not measured yet", f"figures/{GPU_CSV} has Theano GPU rows at one batch size only (Net-{net})")
+        return Outcome(None, "not measured yet", f"figures/{GPU_CSV} has Theano GPU rows at one batch size only "
+                       f"(Net-{net})")
     ours = float(t.iloc[-1] / t.iloc[0])
     grows = ours >= 10 * (1 + NOISE)  # 'very fast': ten times the throughput, beyond the spread
-    return Outcome(ours, "reproduced" if grows else "differs",
-                   f"Theano on the GPU ({', '.join(theano.impl.unique())}, Net-{net}): {t.iloc[0]:.3g} GFLOP/s at batch "
-                   f"{int(t.index[0])}, {t.iloc[-1]:.3g} at {int(t.index[-1])}, {ours:.1f}x "
-                   f"({'>=' if grows else '<'} {10 * (1 + NOISE):.0f}x, ten times beyond the ±{NOISE:.0%} spread), "
-                   f"on {_machine(df)}", f"figures/{GPU_CSV}")
+    return Outcome(ours, "reproduced" if grows else "differs", f"Theano on the GPU ({', '.join(theano.impl.unique())}, "
+                   f"Net-{net}): {t.iloc[0]:.3g} GFLOP/s at batch {int(t.index[0])}, {t.iloc[-1]:.3g} at "
+                   f"{int(t.index[-1])}, {ours:.1f}x ({'>=' if grows else '<'} {10 * (1 + NOISE):.0f}x, ten times "
+                   f"beyond the ±{NOISE:.0%} spread), on {machine}", f"figures/{GPU_CSV}")
 
 
 def idle_threads(fig):
     """The idle fraction of a launch is arithmetic of its geometry; measuring it needs a GPU's counters."""
     df, src = fig.read("04_tiling", "04")
-    odd = df[(df.out_cols % 32 != 0)]
-    ours = float(odd.idle.mean()) if len(odd) else 0.0
+    odd = df[df.out_cols % 32 != 0]
     if odd.empty:
-        return Outcome(ours, "differs", "no layer here has a width that is not a multiple of 32", src)
+        return Outcome(0.0, "differs", "no layer here has a width that is not a multiple of 32", src)
+    ours = float(odd.idle.mean())
     return Outcome(ours, "not measurable here", f"arithmetic, not a measurement: layers with "
-                   f"{sorted(int(c) for c in odd.out_cols.unique())} outputs launch tiles that leave {ours:.0%} of their "
-                   "threads idle by the launch geometry; measuring it takes a GPU profiler's warp execution "
+                   f"{sorted(int(c) for c in odd.out_cols.unique())} outputs launch tiles that leave {ours:.0%} of "
+                   "their threads idle by the launch geometry; measuring it takes a GPU profiler's warp execution "
                    f"efficiency ({GPU_COMMAND}, with nsys/ncu)", src)
 
 
 def theano_both(fig):
     """If Theano combined both kinds it would gain more from its threads than either kind alone does."""
-    df, src = fig.read("05_speedup_threads_2h_mnist", "05")
-    top = int(df.threads.max())
-    kinds = ("theano", "threads", "blas-parallel")
-    rows = bench_rows(df, src, impl=list(kinds), threads=[1, top])
-    missing_if(not any(k[0] == "theano" for k in rows), "no theano rows", src, "05")
-    batches = sorted({b for _, _, b in rows if all((i, t, b) in rows for i in kinds for t in (1, top))})
-    sp = lambda t, impl, b: _speedup_rounds(rows, impl, b, top)(t)  # noqa: E731
+    rows, batches, top, src = _at_top(fig, ("theano", "threads", "blas-parallel"), True)
+    sp = lambda t, impl, b: t[impl, 1, b] / t[impl, top, b]  # noqa: E731
     iv = timed(lambda t: float(np.median([sp(t, "theano", b) / max(sp(t, "threads", b), sp(t, "blas-parallel", b))
                                           for b in batches])), rows, 2 * NOISE)
-    verdict, why = faster(iv.mid, spread=iv)
+    verdict, why = faster(iv)
     return Outcome(iv.mid, verdict, f"Theano's speedup from its threads over the better single kind (examples: "
-                   f"threads, matrix products: blas-parallel), median over batches {batches}: {why}; Theano's CPU graph "
-                   "is BLAS GEMMs, which split each product by rows (examples) and columns (neurons) inside one call",
-                   src)
+                   f"threads, matrix products: blas-parallel), median over batches {batches}: {why}; Theano's CPU "
+                   "graph is BLAS GEMMs, which split each product by rows (examples) and columns (neurons) inside one "
+                   "call", src)
 
 
 def both_combined(fig):
@@ -407,22 +359,23 @@ def both_combined(fig):
     rows, batches, top, src = _at_top(fig, ("threads", "blas-parallel", "hybrid"))
     iv = timed(lambda t: float(np.median([min(t["threads", top, b], t["blas-parallel", top, b]) / t["hybrid", top, b]
                                           for b in batches])), rows)
-    verdict, why = faster(iv.mid, spread=iv)
-    return Outcome(iv.mid, verdict, f"Net-2h on {top} threads, hybrid against the faster single kind, median over "
-                   f"batches {batches}: {why}" + ("" if verdict == "reproduced" else
-                   f"; on {top} cores there is one group of one thread or one group of {top}: nothing to combine"), src)
+    verdict, why = faster(iv)
+    why = f"Net-2h on {top} threads, hybrid against the faster single kind, median over batches {batches}: {why}"
+    if verdict != "reproduced":
+        why += f"; on {top} cores there is one group of one thread or one group of {top}: nothing to combine"
+    return Outcome(iv.mid, verdict, why, src)
 
 
 def not_faster_than_theano(fig):
     """Seed 001 §5.4: its C++ code (the per-example design) was not expected to beat Theano (GEMMs)."""
-    per_example, src1 = _example_threads(fig)
+    per_example, src1 = fig.read("03_example_threads", "03", EXAMPLE_THREADS)
     batch, net = int(per_example.batch.iloc[0]), per_example.net.iloc[0]
     rows, batches, top, src2 = _at_top(fig, ("theano", "threads"))
     missing_if(batch not in batches, f"no theano row at batch {batch}", src2, "05")
     theano = timed(lambda t: t["theano", top, batch], rows)
     ours = repeats(per_example.s_threads * 50_000 / batch, "interleaved rounds")  # a step per minibatch: s per epoch
     ratio = quotient(theano, ours)  # > 1: ours faster than Theano
-    verdict, why = faster(ratio.mid, spread=ratio)
+    verdict, why = faster(ratio)
     verdict = {"reproduced": "differs", "differs": "reproduced"}.get(verdict, verdict)  # the claim: NOT faster
     gemm = rows["threads", top, batch].s_per_epoch / rows["theano", top, batch].s_per_epoch
     return Outcome(ratio.mid, verdict, f"Net-{net}, batch {batch}, {top} threads: Theano's time per epoch over the "
@@ -440,13 +393,12 @@ def _hogwild(fig, per_run) -> tuple[pd.DataFrame, pd.Series, pd.Series, pd.Serie
 
 
 def parallel_same_accuracy(fig):
-    """The paper's pthreads sum the serial gradient's terms (equal by construction); the parallel version that can
-    lose accuracy is the one without the barrier: lock-free threads against synchronous, same epochs and rate."""
+    """The paper's pthreads sum the serial gradient (equal by construction); lock-free threads are what can lose."""
     h, _, sync, lockfree, src = _hogwild(fig, lambda h: h[h.epoch == h.epoch.max()].set_index("run").test_acc)
     ours = float(sync.iloc[0] - lockfree.iloc[0])
-    return Outcome(ours, "reproduced" if ours <= 0.005 else "differs", f"{lockfree.index[0]} ends at {lockfree.iloc[0]:.4f}, synchronous at "
-                   f"{sync.iloc[0]:.4f} after {int(h.epoch.max())} epochs: {ours * 100:+.2f} points lost "
-                   "(tolerance 0.5)", src)
+    return Outcome(ours, "reproduced" if ours <= 0.005 else "differs", f"{lockfree.index[0]} ends at "
+                   f"{lockfree.iloc[0]:.4f}, synchronous at {sync.iloc[0]:.4f} after {int(h.epoch.max())} epochs: "
+                   f"{ours * 100:+.2f} points lost (tolerance 0.5)", src)
 
 
 def kdd_full_set(fig):
@@ -463,28 +415,21 @@ def kdd_full_set(fig):
 # -- seed 003: the two tables ----------------------------------------------------------------------
 
 
-def _seed003(fig) -> tuple[pd.Series, pd.DataFrame, str]:
-    """Notebook 06's table: its times by (method, processes), the table, the CSV's name."""
+def _seed003(fig) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Notebook 06's table by (method, processes), the table, the CSV's name."""
     t, src = fig.read("06_seed003_table", "06")
-    return t.set_index(["method", "processes"]).time_s, t, src
-
-
-#: whole-training times count as repeated with this many runs of each configuration
-MIN_RUNS = 3
+    return t.set_index(["method", "processes"]), t, src
 
 
 def _seed003_times(fig, f: Callable[[pd.Series], float]) -> tuple[Interval, str]:
-    """``f`` of the whole-training times by (method, processes): run by run over notebook 06's repeated rounds
-    (figures/06_seed003_times_*.csv) when it has ``MIN_RUNS``, else once, on the table's times, ± NOISE."""
-    try:
+    """``f`` of the times by (method, processes): run by run over 06's ``MIN_RUNS`` rounds, else once ± NOISE."""
+    with suppress(Missing):
         r, src = fig.read("06_seed003_times", "06")
         by_round = r.pivot_table(index="round", columns=["method", "processes"], values="time_s").dropna()
         if len(by_round) >= MIN_RUNS:
             return repeats([f(row) for _, row in by_round.iterrows()], "whole runs"), src
-    except Missing:
-        pass
-    at, _, src = _seed003(fig)
-    return one_run(f(at)), src
+    by, _, src = _seed003(fig)
+    return one_run(f(by.time_s)), src
 
 
 def _async_reason(fig, p: int) -> str:
@@ -500,73 +445,52 @@ def _async_reason(fig, p: int) -> str:
     s, lr0 = float(a.staleness_mean.dropna().iloc[-1]), float(a.lr0.iloc[0])
     effective = lr0 * (1 + round(s))
     g = grid[np.isclose(grid.lr0, effective)]
-    match = "" if g.empty else f"; serial SGD at lr {effective:g} in the same run's grid reaches {g.test_acc.iloc[0]:.4f}"
+    match = "" if g.empty else (f"; serial SGD at lr {effective:g} in the same run's grid reaches "
+                                f"{g.test_acc.iloc[0]:.4f}")
     return (f"; measured: mean staleness {s:.2f}: each worker pushes a full step from weights {s:.2f} updates old, "
             f"about lr {lr0:g}x{1 + round(s)} = {effective:g} a step{match} ({src}, {gsrc})")
 
 
-SEED003_EXPLAIN = "python -m parbp.seed003_experiments (figures/06_seed003_explain_paper.csv; notebook 06 shows it)"
-
-
-def _explain(fig) -> tuple[pd.DataFrame, pd.Series, str] | None:
-    """The seed-003 experiments: their rows, test accuracy by (experiment, variant, processes) averaged over
-    seeds, and the CSV's name; None until that CSV is committed."""
+def _explain(fig) -> tuple[pd.DataFrame, pd.Series, str]:
+    """The seed-003 experiments, their mean accuracy by (experiment, variant, processes), the CSV; empty until run."""
     try:
         e, src = fig.read("06_seed003_explain", "06", SEED003_EXPLAIN)
     except Missing:
-        return None
+        return pd.DataFrame(), pd.Series(dtype=float), ""
     return e, e.groupby(["experiment", "variant", "processes"]).test_acc.mean(), src
 
 
-def _explained(fig, method: str, p: int, tol: float) -> str | None:
-    """The seed-003 experiments put each suspected difference back. A variant explains our row when its accuracy
-    gained over serial in the same setting (its own 1-process row, else the reference run) matches the seed's
-    gain over its serial within ``tol``, mean over seeds. Returns the reason, or None."""
-    if (found := _explain(fig)) is None:
-        return None
-    _, acc, src = found
-    seed = seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy
-    theirs = float(seed[(method, p)] - seed[("serial", 1)])
-    reference = acc.get("reference")
-    best = None
-    for (exp, variant, procs), a in acc.items():
-        if exp not in (method, *(("seed_setup",) if method == "sync" else ())) or procs != p:
-            continue
-        base = acc.get((exp, variant, 1), reference.iloc[0] if reference is not None and len(reference) else None)
-        if base is None:
-            continue
-        gap = abs((a - base) - theirs)
-        if gap <= tol and (best is None or gap < best[0]):
-            best = (gap, variant, a - base)
-    if best is None:
-        return None
-    return (f"explained by the variant '{best[1]}' with {p} workers: {best[2] * 100:+.1f} points over serial in the "
-            f"same setting, the seed's {theirs * 100:+.1f} (within {tol * 100:.0f}; {src})")
+def _put_back(fig, method: str, p: int, tol: float, why: str) -> tuple[str, str]:
+    """A row that differs: explained when a variant gains over serial what the seed's did, or its setup does."""
+    _, acc, src = _explain(fig)
+    theirs = float(SEED_ACCURACY[method, p] - SEED_ACCURACY["serial", 1])
+    reference = acc.xs("reference").iloc[0] if "reference" in acc.index.get_level_values(0) else None
+    experiments = (method, "seed_setup") if method == "sync" else (method,)
+    gains = [(variant, a - base) for (exp, variant, procs), a in acc.items() if exp in experiments and procs == p
+             and (base := acc.get((exp, variant, 1), reference)) is not None]
+    if fits := [(variant, gain) for variant, gain in gains if abs(gain - theirs) <= tol]:
+        variant, gain = min(fits, key=lambda fit: abs(fit[1] - theirs))
+        return "explained", (f"{why}; explained by the variant '{variant}' with {p} workers: {gain * 100:+.1f} points "
+                             f"over serial in the same setting, the seed's {theirs * 100:+.1f} (within "
+                             f"{tol * 100:.0f}; {src})")
+    setup_explains, setup_why = _seed_setup(fig, method, p, tol)
+    return ("explained" if setup_explains else "differs"), why + setup_why
 
 
 def _async_workers(fig, p: int, claimed: float, tol: float) -> Outcome | None:
-    """Async with p workers (06's server rule), from the seed-003 experiments: its accuracy gained over serial in
-    the same setting against the seed's gain, mean over seeds; None until that CSV is committed."""
-    if (found := _explain(fig)) is None:
-        return None
-    e, acc, src = found
+    """Async with p workers (the seed-003 experiments): its gain over serial against the seed's; or None."""
+    e, acc, src = _explain(fig)
     if ("async", "delta", p) not in acc.index or "reference" not in acc.index.get_level_values(0):
         return None
     base = float(acc.xs("reference").iloc[0])
     ours = float(acc[("async", "delta", p)])
-    theirs = claimed - float(seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy[("serial", 1)])
-    verdict, why = within(ours - base, theirs, tol, " (gain over serial)")
+    verdict, why = within(ours - base, claimed - float(SEED_ACCURACY["serial", 1]), tol, " (gain over serial)")
     setting = f" ({e.setting.iloc[0]})" if "setting" in e else ""
     why = (f"{p} workers reach {ours:.4f}, serial {base:.4f} in the same setting{setting}; the gain over "
            f"serial against the seed's: {why}")
     if verdict == "differs":
-        explained = _explained(fig, "async", p, tol)
-        if explained:
-            return Outcome(ours, "explained", f"{why}; {explained}", src)
-        setup_explains, setup_why = _seed_setup(fig, "async", p, tol)
-        if setup_explains:
-            return Outcome(ours, "explained", f"{why}{setup_why}", src)
-        why += setup_why
+        verdict, why = _put_back(fig, "async", p, tol, why)
+    if verdict == "differs":
         at_p = {v: a for (x, v, n), a in acc.items() if x == "async" and n == p and v != "delta"}
         delta = e[(e.experiment == "async") & (e.variant == "delta") & (e.processes == p)]
         stale = f"mean staleness {delta.staleness_mean.mean():.2f}; " if "staleness_mean" in delta else ""
@@ -577,156 +501,137 @@ def _async_workers(fig, p: int, claimed: float, tol: float) -> Outcome | None:
 
 
 def _sync_reason(fig, p: int) -> str:
-    """The seed-003 experiments' serial SGD at batch p·100, which averaging after every step amounts to."""
-    if (found := _explain(fig)) is None:
-        return ""
-    _, acc, src = found
+    """Why sync trails serial: 1/p of the steps; measured: serial SGD at batch p·100, what averaging amounts to."""
+    why = ("; averaging p models each trained on 1/p of the data takes 1/p as many steps per epoch, so in 5 epochs it "
+           "trails serial (the seed's sync beat its serial run)")
+    _, acc, src = _explain(fig)
     if ("sync", "serial_batch", p) not in acc.index or ("sync", "average", p) not in acc.index:
-        return ""
+        return why
     setups = {v: a - acc.get((x, v, 1), np.nan) for (x, v, n), a in acc.items() if x == "seed_setup" and n == p}
-    return (f"; measured: serial SGD at batch {p * 100} reaches {acc[('sync', 'serial_batch', p)]:.4f}, averaging over "
-            f"{p} ranks {acc[('sync', 'average', p)]:.4f} in the same setting"
+    return (f"{why}; measured: serial SGD at batch {p * 100} reaches {acc[('sync', 'serial_batch', p)]:.4f}, averaging "
+            f"over {p} ranks {acc[('sync', 'average', p)]:.4f} in the same setting"
             + ("" if not setups else "; the seed's possible setups, points over their own serial run: "
                + ", ".join(f"{v} {g * 100:+.1f}" for v, g in setups.items()) + " (the seed's: sync beat serial)")
             + f" ({src})")
 
 
-SEED_SETUP = "python -m parbp.seed003_experiments --seed-setup-only --out figures/06_seed003_seed_setup.csv"
-
-
 def _seed_setup(fig, method: str, p: int, tol: float) -> tuple[bool, str]:
-    """The seed's likely setup put back on all the images (100 hidden units, MSE, lr 1.0): does it give the
-    seed's accuracy for ``method`` x``p`` AND the seed's serial accuracy (one setup for both, or it explains
-    nothing)? Returns (explained, the measured reason); (False, "") until the CSV is committed."""
+    """(explained, why): the seed's likely setup explains ``method`` x``p`` only if it also gives the seed's serial."""
     try:
         e, src = fig.read("06_seed003_seed_setup", "06", SEED_SETUP)
     except Missing:
         return False, ""
     acc = e.groupby(["variant", "processes"]).test_acc.agg(["mean", "min", "max"])
-    seed = seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy
     variants = ["h100"] if method == "sync" else ["h100_async_replace", "h100_async_delta"]
     found = [(v, *acc.loc[(v, p)]) for v in variants if (v, p) in acc.index]
     if not found or ("h100", 1) not in acc.index:
         return False, ""
     serial = acc.loc[("h100", 1), "mean"]
-    serial_ok = abs(serial - seed["serial", 1]) <= tol
-    v, a, lo, hi = min(found, key=lambda f: abs(f[1] - seed[method, p]))
-    ok = all(abs(x - seed[method, p]) <= tol for x in (a, lo, hi))
+    serial_ok = abs(serial - SEED_ACCURACY["serial", 1]) <= tol
+    v, a, lo, hi = min(found, key=lambda f: abs(f[1] - SEED_ACCURACY[method, p]))
+    ok = all(abs(x - SEED_ACCURACY[method, p]) <= tol for x in (a, lo, hi))
     why = (f"; with the seed's likely setup put back (100 hidden units, MSE, lr 1.0, all the images; {src}), "
-           f"{v} x{p} reaches {a:.4f} (seeds {lo:.4f}-{hi:.4f}; the seed's {seed[method, p]:.4f}) and serial "
-           f"{serial:.4f} (the seed's {seed['serial', 1]:.4f})")
+           f"{v} x{p} reaches {a:.4f} (seeds {lo:.4f}-{hi:.4f}; the seed's {SEED_ACCURACY[method, p]:.4f}) and serial "
+           f"{serial:.4f} (the seed's {SEED_ACCURACY['serial', 1]:.4f})")
     if ok and not serial_ok:
         why += ": that setup gives the seed's number here but not its serial run's, so it explains neither"
     return ok and serial_ok, why
 
 
-def seed003_accuracy(method: str, p: int, tol: float = 0.02) -> Callable[[Figures], Outcome]:
-    def check(fig):
-        _, t, src = _seed003(fig)
-        row = t[(t.method == method) & (t.processes == p)]
-        missing_if(row.empty, f"no {method} x{p} row", src, "06")
-        ours = float(row.test_acc.iloc[0])
-        claimed = float(seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy[(method, p)])
-        if method == "async":  # the seed's x{p} is p workers; 06's is p - 1 workers and a server
-            workers = _async_workers(fig, p, claimed, tol)
-            if workers is not None:
-                return workers
-            if p == 2:
-                return Outcome(ours, "not comparable", f"ours async x2 is one worker and a server, serial's "
-                               f"arithmetic ({ours:.4f}); the seed's is two workers", src)
-        verdict, why = within(ours, claimed, tol)
-        if method == "async":
-            why += f"; ours x{p} is {p - 1} workers and a server, the seed's {p} workers"
-        explained = _explained(fig, method, p, tol) if verdict == "differs" else None
-        if explained:
-            return Outcome(ours, "explained", f"lr {row.lr.iloc[0]:g} (grid search); {why}; {explained}", src)
-        setup_explains, setup_why = _seed_setup(fig, method, p, tol) if verdict == "differs" else (False, "")
-        why += setup_why
-        if setup_explains:
-            return Outcome(ours, "explained", f"lr {row.lr.iloc[0]:g} (grid search); {why}", src)
-        if verdict == "differs" and method == "sync":
-            why += ("; averaging p models each trained on 1/p of the data takes 1/p as many steps per epoch, so in "
-                    "5 epochs it trails serial (the seed's sync beat its serial run)") + _sync_reason(fig, p)
-        if verdict == "differs" and method == "async":
-            why += _async_reason(fig, p)
-        return Outcome(ours, verdict, f"lr {row.lr.iloc[0]:g} (grid search); {why}", src)
-    return check
+def seed003_accuracy(method: str, p: int, fig: Figures, tol: float = 0.02) -> Outcome:
+    _, t, src = _seed003(fig)
+    row = t[(t.method == method) & (t.processes == p)]
+    missing_if(row.empty, f"no {method} x{p} row", src, "06")
+    ours = float(row.test_acc.iloc[0])
+    claimed = float(SEED_ACCURACY[method, p])
+    if method == "async":  # the seed's x{p} is p workers; 06's is p - 1 workers and a server
+        if (workers := _async_workers(fig, p, claimed, tol)) is not None:
+            return workers
+        if p == 2:
+            return Outcome(ours, "not comparable", f"ours async x2 is one worker and a server, serial's "
+                           f"arithmetic ({ours:.4f}); the seed's is two workers", src)
+    verdict, why = within(ours, claimed, tol)
+    if method == "async":
+        why += f"; ours x{p} is {p - 1} workers and a server, the seed's {p} workers"
+    if verdict == "differs":
+        verdict, why = _put_back(fig, method, p, tol, why)
+    if verdict == "differs" and method != "serial":
+        why += _sync_reason(fig, p) if method == "sync" else _async_reason(fig, p)
+    return Outcome(ours, verdict, f"lr {row.lr.iloc[0]:g} (grid search); {why}", src)
 
 
 def seed003_time(fig):
     iv, src = _seed003_times(fig, lambda t: t["sync", 2] / t["serial", 1])
-    verdict, why = faster(iv.mid, spread=iv)
+    verdict, why = faster(iv)
     return Outcome(iv.mid, verdict, f"sync x2's time over serial's: {why}" + ("" if verdict != "differs" else
                    "; here each rank trains on 1/p of the examples per epoch and the parameters are one 3 MB "
                    "Allreduce through shared memory, so averaging saves time"), src)
 
 
-def faster_at_each(intervals: dict) -> tuple[str, dict]:
-    """``faster`` on each interval: reproduced when all are, differs when any does, else inconclusive; and each why."""
-    v = {k: faster(iv.mid, spread=iv) for k, iv in intervals.items()}
-    verdicts = {x for x, _ in v.values()}
+def faster_at_each(fig, ps, ratio: Callable[[pd.Series, int], float]) -> tuple[str, dict, str]:
+    """``faster`` on 06's ``ratio(times, p)`` at each p: reproduced if all are, differs if any does; each (iv, why)."""
+    ivs = {p: _seed003_times(fig, lambda t, p=p: ratio(t, p)) for p in ps}
+    judged = {p: (iv, *faster(iv)) for p, (iv, _) in ivs.items()}
+    verdicts = {v for _, v, _ in judged.values()}
     return ("reproduced" if verdicts == {"reproduced"} else "differs" if "differs" in verdicts else "inconclusive",
-            {k: why for k, (_, why) in v.items()})
+            {p: (iv, why) for p, (iv, _, why) in judged.items()}, ivs[ps[0]][1])
 
 
 def seed003_sync_more_slower(fig):
-    ivs = {p: _seed003_times(fig, lambda t, p=p: t["sync", p] / t["serial", 1]) for p in (3, 4)}
-    verdict, whys = faster_at_each({p: iv for p, (iv, _) in ivs.items()})
-    return Outcome(ivs[4][0].mid, verdict, "; ".join(f"sync x{p} over serial: {why}" for p, why in whys.items())
-                   + ". The seed's own ratios (1.05, 1.07) are within one run's spread", ivs[4][1])
+    verdict, at, src = faster_at_each(fig, (3, 4), lambda t, p: t["sync", p] / t["serial", 1])
+    return Outcome(at[4][0].mid, verdict, "; ".join(f"sync x{p} over serial: {why}" for p, (_, why) in at.items())
+                   + ". The seed's own ratios (1.05, 1.07) are within one run's spread", src)
 
 
 def seed003_sync_loss(fig):
-    _, t, src = _seed003(fig)
-    x = t.set_index(["method", "processes"]).test_loss
-    ours = float(x[("sync", 2)] / x[("serial", 1)])
-    return Outcome(ours, "reproduced" if ours < 1 else "differs", f"test loss sync x2 over serial {ours:.3f} (seed "
-                   f"{0.2709 / 0.3726:.3f}; the claim: < 1). The seed's loss is not on our MSE's scale, its ratio is" + (
-                       "" if ours < 1 else "; sync here takes 1/p of serial's steps per epoch (see sync's accuracy)"),
-                   src)
+    by, _, src = _seed003(fig)
+    ours = float(by.test_loss["sync", 2] / by.test_loss["serial", 1])
+    lower = ours < 1
+    return Outcome(ours, "reproduced" if lower else "differs", f"test loss sync x2 over serial {ours:.3f} (seed "
+                   f"{0.2709 / 0.3726:.3f}; the claim: < 1). The seed's loss is not on our MSE's scale, its ratio is"
+                   + ("" if lower else "; sync here takes 1/p of serial's steps per epoch (see sync's accuracy)"), src)
 
 
 def seed003_async_faster(fig):
     """The seed's async x2 is two workers; 06's is one worker and a server. The seed-003 experiments run two."""
-    at, _, src = _seed003(fig)
-    if (found := _explain(fig)) is not None:
-        e, _, esrc = found
+    by, _, src = _seed003(fig)
+    e, _, esrc = _explain(fig)
+    if len(e):
         serial = e[e.experiment == "reference"].groupby("seed").time_s.first()
         two = e[(e.experiment == "async") & (e.variant == "delta") & (e.processes == 2)].groupby("seed").time_s.first()
         ratios = (serial / two).dropna()
         if len(ratios):
             iv = repeats(ratios, "seeds' runs") if len(ratios) >= MIN_RUNS else one_run(float(ratios.median()))
-            verdict, why = faster(iv.mid, spread=iv)
+            verdict, why = faster(iv)
             return Outcome(iv.mid, verdict, f"serial's time over async with two workers (and a server: 3 processes "
                            f"on 2 cores), per seed: {why}", esrc)
-    ratio = float(at[("serial", 1)] / at[("async", 2)])
+    ratio = float(by.time_s["serial", 1] / by.time_s["async", 2])
     return Outcome(ratio, "not comparable", f"ours async x2 is one worker and a server (serial's arithmetic "
                    f"plus a round trip a step; serial over it {ratio:.2f}x); the seed's is two workers", src)
 
 
 def seed003_async_vs_sync(fig):
-    at, _, src = _seed003(fig)
-    ps = sorted(p for (m, p) in at.index if m == "async" and ("sync", p) in at.index)
+    by, _, src = _seed003(fig)
+    ps = sorted(p for (m, p) in by.index if m == "async" and ("sync", p) in by.index)
     missing_if(not ps, "async and sync at one process count", src, "06")
-    ivs = {p: _seed003_times(fig, lambda t, p=p: t["sync", p] / t["async", p]) for p in ps}
-    verdict, whys = faster_at_each({p: iv for p, (iv, _) in ivs.items()})
-    why = "; ".join(f"x{p}: sync's time over async's {why}" for p, why in whys.items())
+    verdict, at_p, src = faster_at_each(fig, ps, lambda t, p: t["sync", p] / t["async", p])
+    why = "; ".join(f"x{p}: sync's time over async's {why}" for p, (_, why) in at_p.items())
     if verdict == "differs":
         why += ("; here sync's ranks each pass over 1/p of the data with one Allreduce a step, while every async "
                 "step is a round trip to the server (06's async xp is p - 1 workers: x2 is serial's work plus the "
                 "round trips)")
-    return Outcome(min(iv.mid for iv, _ in ivs.values()), verdict, why, ivs[ps[0]][1])
+    return Outcome(min(iv.mid for iv, _ in at_p.values()), verdict, why, src)
 
 
 def seed003_async_time_falls(fig):
-    at, _, src = _seed003(fig)
-    ps = sorted(p for (m, p) in at.index if m == "async")
+    by, _, src = _seed003(fig)
+    ps = sorted(p for (m, p) in by.index if m == "async")
     missing_if(len(ps) < 2, "async on 2 or more process counts", src, "06")
     iv, src = _seed003_times(fig, lambda t: t["async", ps[0]] / t["async", ps[-1]])
-    verdict, why = faster(iv.mid, spread=iv)
+    verdict, why = faster(iv)
     return Outcome(iv.mid, verdict, f"async x{ps[0]} time over async x{ps[-1]}: {why}; times (the table's run) "
-                   + ", ".join(f"x{p} {at['async', p]:.1f} s" for p in ps) + "; from 2 processes on, this machine's "
-                   "2 cores are full", src)
+                   + ", ".join(f"x{p} {by.time_s['async', p]:.1f} s" for p in ps)
+                   + "; from 2 processes on, this machine's 2 cores are full", src)
 
 
 def seed003_async_degrades(fig):
@@ -738,33 +643,29 @@ def seed003_async_degrades(fig):
                    f"test accuracy async x2 {a[2]:.4f}, x4 {a[4]:.4f} (seed: 0.9111, 0.8596)", src)
 
 
-def _usage_by_processes(fig, column: str) -> tuple[pd.Series, float, str]:
-    """Notebook 06's usage of serial then sync x2..x4 (``column``), the last over the first, the CSV's name."""
+def _usage_by_processes(fig, column: str, what: str) -> tuple[pd.Series, float, str, str]:
+    """Notebook 06's ``column`` for serial then sync x2..x4, the last over the first, in words, the CSV's name."""
     u, src = fig.read("06_seed003_usage", "06")
     sync = u[u.method.isin(["serial", "sync"])].sort_values("processes").set_index("processes")[column]
     missing_if(len(sync) < 3, "sync on 1-4 processes", src, "06")
-    return sync, float(sync.iloc[-1] / sync.iloc[0]), src
-
-
-def _by_processes(what: str, sync: pd.Series) -> str:
-    return f"{what} of the machine, serial then sync x2..x{sync.index.max()}: " + ", ".join(f"{v:.1f}%" for v in sync.values)
+    told = (f"{what} of the machine, serial then sync x2..x{sync.index.max()}: "
+            + ", ".join(f"{v:.1f}%" for v in sync.values))
+    return sync, float(sync.iloc[-1] / sync.iloc[0]), told, src
 
 
 def seed003_memory(fig):
-    """Each of the seed's processes held its own interpreter, data and model, as ours do: memory then grows in
-    proportion to the processes. Judged on the proportion, which sharing the data set would break."""
-    sync, ours, src = _usage_by_processes(fig, "memory_percent_of_machine")
+    """Each process holds its own interpreter, data and model, as the seed's: judged on the proportion."""
+    _, ours, told, src = _usage_by_processes(fig, "memory_percent_of_machine", "memory")
     claimed = 43.3 / 12.0
     verdict, why = within(ours / claimed, 1.0, 0.25, " (ours/seed)")
-    return Outcome(ours, verdict, _by_processes("memory", sync) + f"; last over first {ours:.2f}x against the "
+    return Outcome(ours, verdict, told + f"; last over first {ours:.2f}x against the "
                    f"seed's {claimed:.2f}x: {why}. Every rank loads the whole data set, as the seed's did", src)
 
 
 def seed003_cpu(fig):
-    sync, ours, src = _usage_by_processes(fig, "cpu_percent_of_machine")
-    # grows: never falls by more than a point, and ends >= 1.2x serial (a full CPU stays at ~100 %)
+    sync, ours, told, src = _usage_by_processes(fig, "cpu_percent_of_machine", "CPU")
     grows = bool(np.all(np.diff(sync.values) > -1.0)) and ours >= 1.2
-    why = _by_processes("CPU", sync) + " (tolerance: no step down of over 1 point, the last >= 1.2x the first)"
+    why = told + " (tolerance: no step down of over 1 point, the last >= 1.2x the first)"
     if sync.values.max() > 95:
         why += "; this machine has 2 cores: from 2 processes on the CPU is full"
     return Outcome(ours, "reproduced" if grows else "differs", why, src)
@@ -773,67 +674,46 @@ def seed003_cpu(fig):
 # -- seed 004 (data vs model parallelism) and seed 002 (CMU lecture: compression, memory, lock-free threads) ---
 
 
-def scheme_faster(method: str) -> Callable[[Figures], Outcome]:
-    """Seed 004: the schemes "increase training performance": examples per second over serial's, timed side by side
-    in interleaved rounds on the same engines (``parbp.ipp_bench``); the fastest configuration of ``method``."""
-    def check(fig):
-        g, src = fig.read("07_goals", "07", "python -m parbp.ipp_bench --rounds 5")
-        rows = g[g.method == method]
-        missing_if(rows.empty, f"no {method} rows", src, "07")
-        best = rows.loc[rows.vs_serial.idxmax()]
-        if "vs_serial_min" in rows and pd.notna(best.vs_serial_min):
-            iv = Interval(float(best.vs_serial), float(best.vs_serial_min), float(best.vs_serial_max),
-                          f"median, min-max of {int(best.rounds)} interleaved rounds")
-        else:
-            iv = one_run(float(best.vs_serial))
-        verdict, why = faster(iv.mid, spread=iv)
-        name = method if best.schedule == "-" else f"{best.schedule} m={int(best.micro_batches)}"
-        among = f" (the fastest of {len(rows)} configurations)" if len(rows) > 1 else ""
-        return Outcome(iv.mid, verdict, f"{name}{among} over serial, examples per second on {int(best.engines)} engines, Net-{best.net}, batch {int(best.batch_size)}: {why}",
-                       src)
-    return check
+def scheme_faster(method: str, fig: Figures) -> Outcome:
+    """Seed 004: examples per second over serial's in interleaved rounds, ``method``'s fastest configuration."""
+    g, src = fig.read("07_goals", "07", "python -m parbp.ipp_bench --rounds 5")
+    rows = g[g.method == method]
+    missing_if(rows.empty, f"no {method} rows", src, "07")
+    best = rows.loc[rows.vs_serial.idxmax()]
+    iv = (Interval(float(best.vs_serial), float(best.vs_serial_min), float(best.vs_serial_max),
+                   f"median, min-max of {int(best.rounds)} interleaved rounds")
+          if "vs_serial_min" in rows and pd.notna(best.vs_serial_min) else one_run(float(best.vs_serial)))
+    verdict, why = faster(iv)
+    name = method if best.schedule == "-" else f"{best.schedule} m={int(best.micro_batches)}"
+    among = f" (the fastest of {len(rows)} configurations)" if len(rows) > 1 else ""
+    return Outcome(iv.mid, verdict, f"{name}{among} over serial, examples per second on {int(best.engines)} "
+                   f"engines, Net-{best.net}, batch {int(best.batch_size)}: {why}", src)
 
 
-SEED004 = "python -m parbp.seed004 (figures/07_seed004_subset.csv, 07_seed004_too_big.csv; notebook 10 shows them)"
-
-
-def _subset(fig) -> tuple[pd.DataFrame, str]:
-    return fig.read("07_seed004_subset", "07", SEED004)
-
-
-def _threshold(runs: pd.DataFrame) -> float:
-    """A validation loss every run reaches: the subset run's best (where it stops improving), worst over seeds."""
-    return float(runs[runs.method == "subset SGD"].groupby("seed").val_loss.min().max())
-
-
-def _to_threshold(runs: pd.DataFrame, threshold: float, column: str) -> pd.DataFrame:
-    """Per method (columns) and seed, the first ``column`` value (epoch or elapsed_s) at which the validation loss
-    is <= threshold."""
-    hit = runs[runs.val_loss <= threshold].groupby(["method", "seed"])[column].min()
-    return hit.reindex(runs.groupby(["method", "seed"]).size().index).unstack(0)
+def _to_threshold(fig) -> tuple[pd.DataFrame, str, float, pd.DataFrame, pd.DataFrame]:
+    """The subset runs, the CSV, a loss every run reaches (the subset's best), each method and seed's epoch, s at it."""
+    runs, src = fig.read("07_seed004_subset", "07", SEED004)
+    threshold = float(runs[runs.method == "subset SGD"].groupby("seed").val_loss.min().max())
+    hit = runs[runs.val_loss <= threshold].groupby(["method", "seed"])[["epoch", "elapsed_s"]].min()
+    hit = hit.reindex(runs.groupby(["method", "seed"]).size().index)
+    return runs, src, threshold, hit.epoch.unstack(0), hit.elapsed_s.unstack(0)
 
 
 def subset_vs_data_parallel(fig):
-    """Seed 004: SGD on the largest subset that fits the memory budget, against data parallelism on all the data
-    (each worker's shard within the same budget): test accuracy at the end, over seeds."""
-    df, src = _subset(fig)
+    """Seed 004: SGD on the subset that fits the budget against data parallelism's shards: test accuracy at the end."""
+    df, src = fig.read("07_seed004_subset", "07", SEED004)
     end = df[df.epoch == df.epoch.max()].groupby(["method", "seed"]).test_acc.last().unstack(0)
-    gap = end["data parallel"] - end["subset SGD"]
-    iv = repeats(gap)
-    verdict = judge(iv, 0.0)
+    iv = repeats(end["data parallel"] - end["subset SGD"])
     ex = df.groupby("method").examples.first()
-    return Outcome(iv.mid, verdict, f"budget {df.budget_mib.iloc[0]:.0f} MiB a worker: subset SGD on "
+    return Outcome(iv.mid, judge(iv, 0.0), f"budget {df.budget_mib.iloc[0]:.0f} MiB a worker: subset SGD on "
                    f"{int(ex['subset SGD']):,} examples, data parallelism on {int(ex['data parallel']):,} over "
                    f"{int(df.workers.max())} workers; test accuracy points gained by data parallelism after "
                    f"{int(df.epoch.max())} epochs: {iv} (the claim: > 0 across seeds)", src)
 
 
 def epochs_to_converge(fig):
-    """Epochs (and wall-clock) for the validation loss to reach a threshold every run reaches, set at the
-    subset run's best loss (where it stops improving), so neither side's plateau decides it."""
-    df, src = _subset(fig)
-    threshold = _threshold(df)
-    epochs, seconds = _to_threshold(df, threshold, "epoch"), _to_threshold(df, threshold, "elapsed_s")
+    """Epochs (and wall-clock) for the validation loss to reach a threshold every run reaches."""
+    _, src, threshold, epochs, seconds = _to_threshold(fig)
     ratio = epochs["subset SGD"] / epochs["data parallel"]
     verdict, why = faster(float(ratio.median()), spread=repeats(ratio))
     return Outcome(float(ratio.median()), verdict, f"validation loss <= {threshold:.4f}: epochs subset SGD "
@@ -843,11 +723,8 @@ def epochs_to_converge(fig):
 
 
 def wall_clock_to_converge(fig):
-    """Data parallelism's W workers are not run here (2 cores): its time is that of one process doing all W
-    workers' work, an upper bound. If the subset still takes longer, data parallelism wins at any speedup."""
-    df, src = _subset(fig)
-    threshold = _threshold(df)
-    seconds = _to_threshold(df, threshold, "elapsed_s")
+    """Data parallelism's time is one process doing all its workers' work (2 cores), an upper bound."""
+    df, src, threshold, _, seconds = _to_threshold(fig)
     ratio = (seconds["subset SGD"] / seconds["data parallel"]).dropna()
     if ratio.empty:
         return Outcome(None, "differs", f"data parallelism never reached validation loss {threshold:.4f}", src)
@@ -862,32 +739,26 @@ def wall_clock_to_converge(fig):
 
 
 def too_big_for_one(fig):
-    """A network whose training footprint exceeds one worker's budget, trained split across workers, at the rate of
-    its grid with the best validation accuracy after the last epoch."""
+    """A network too big for one worker's budget, split across workers, at its grid's best validation rate."""
     df, src = fig.read("07_seed004_too_big", "07", SEED004)
     last = df[df.epoch == df.epoch.max()]
     r = last.loc[last["val_acc" if "val_acc" in last else "test_acc"].idxmax()]
-    fits_one = r.one_worker_mib <= r.budget_mib
-    fits_stages = r.stage_mib_max <= r.budget_mib
     learned = r.test_acc >= 0.9
-    ok = (not fits_one) and fits_stages and learned
+    ok = not r.one_worker_mib <= r.budget_mib and r.stage_mib_max <= r.budget_mib and learned
     grid = ", ".join(f"{x.test_acc:.4f} at lr {x.lr:g}" for x in last.itertuples())
-    return Outcome(float(r.test_acc), "reproduced" if ok else "differs",
-                   f"{r.net}: {r.one_worker_mib:.0f} MiB to train on one worker against a {r.budget_mib:.0f} MiB "
-                   f"budget; split over {int(r.stages)} stages the largest needs {r.stage_mib_max:.0f} MiB; trained "
-                   f"by model parallelism for {int(r.epoch)} epoch(s) at each rate ({grid} test accuracy), lr "
-                   f"{r.lr:g} chosen on validation (rule: does not fit one, fits each stage, >= 0.90)"
-                   + ("" if learned else "; the memory part holds, the learning does not: the stages compute serial "
-                      "training's arithmetic (parbp.pipeline.Stage), so it is the network, 3 sigmoid hidden layers "
-                      f"under MSE, that stays below 0.90 at every rate tried{_still_rising(df, r)}"), src)
-
-
-def _still_rising(df, r) -> str:
-    """Where the chosen rate's test accuracy stood half-way through, when it was lower: the run stopped early."""
-    curve = df[df.lr == r.lr].set_index("epoch").test_acc.sort_index()
-    half = curve.index[len(curve) // 2 - 1] if len(curve) > 1 else None
-    return "" if half is None or curve[half] >= r.test_acc else (
-        f", its accuracy still rising ({curve[half]:.4f} at epoch {int(half)}, {r.test_acc:.4f} at {int(r.epoch)})")
+    why = (f"{r.net}: {r.one_worker_mib:.0f} MiB to train on one worker against a {r.budget_mib:.0f} MiB budget; "
+           f"split over {int(r.stages)} stages the largest needs {r.stage_mib_max:.0f} MiB; trained by model "
+           f"parallelism for {int(r.epoch)} epoch(s) at each rate ({grid} test accuracy), lr {r.lr:g} chosen on "
+           "validation (rule: does not fit one, fits each stage, >= 0.90)")
+    if not learned:
+        why += ("; the memory part holds, the learning does not: the stages compute serial training's arithmetic "
+                "(parbp.pipeline.Stage), so it is the network, 3 sigmoid hidden layers under MSE, that stays below "
+                "0.90 at every rate tried")
+        curve = df[df.lr == r.lr].set_index("epoch").test_acc.sort_index()
+        if len(curve) > 1 and not curve[half := curve.index[len(curve) // 2 - 1]] >= r.test_acc:  # stopped early
+            why += (f", its accuracy still rising ({curve[half]:.4f} at epoch {int(half)}, {r.test_acc:.4f} at "
+                    f"{int(r.epoch)})")
+    return Outcome(float(r.test_acc), "reproduced" if ok else "differs", why, src)
 
 
 def _goal(fig, *starts: str) -> tuple[pd.Series, str]:
@@ -901,8 +772,7 @@ def _goal(fig, *starts: str) -> tuple[pd.Series, str]:
 def pruning_90(fig):
     removed, src = _goal(fig, "Net-1h: % of weights removed by P", "Net-1h: >= 90 % of weights removed")
     lost, _ = _goal(fig, "Net-1h: points lost by that round", "Net-1h: accuracy lost by P ")
-    ok = removed.value >= 90 and lost.value <= 1.0
-    return Outcome(float(removed.value), "reproduced" if ok else "differs",
+    return Outcome(float(removed.value), "reproduced" if removed.value >= 90 and lost.value <= 1.0 else "differs",
                    f"{removed.value:.1f}% of Net-1h's weights removed, {lost.value:.2f} accuracy points lost "
                    "(tolerance: >= 90 %, <= 1 point)", src)
 
@@ -919,39 +789,26 @@ def vgg_fc(column: str) -> float:
     return float(np.average(VGG_FC[column], weights=VGG_FC.weights))
 
 
-def _ours_total(fig) -> tuple[pd.Series, str]:
+def compression(ours_col: str, vgg_col: str, what: str, fig: Figures) -> Outcome:
+    """Net-1h against VGG-16's fully connected layers: bits within ±1, a size factor (100 / % kept) within 2x."""
     t, src = fig.read("09_compression_table", "09")
     total = t[(t.layer == "total") & (t.net == "1h")]
     missing_if(total.empty, "no Net-1h total", src, "09")
-    return total.iloc[0], src
-
-
-def compression_stage(ours_col: str, vgg_col: str, what: str) -> Callable[[Figures], Outcome]:
-    """A stage's size factor (100 / % kept), Net-1h against VGG-16's fully connected layers, within 2x."""
-    def check(fig):
-        r, src = _ours_total(fig)
-        ours, theirs = 100 / float(r[ours_col]), 100 / vgg_fc(vgg_col)
-        ok = theirs / 2 <= ours <= theirs * 2
-        return Outcome(ours, "reproduced" if ok else "differs", f"{what}: Net-1h {ours:.0f}x, VGG-16's fc6-8 "
-                       f"{theirs:.0f}x (its whole net, convolutions included, is the seed's headline; tolerance: "
-                       "within 2x)", src)
-    return check
-
-
-def compression_bits(ours_col: str, vgg_col: str, what: str) -> Callable[[Figures], Outcome]:
-    def check(fig):
-        r, src = _ours_total(fig)
-        ours, theirs = float(r[ours_col]), vgg_fc(vgg_col)
-        verdict, why = within(ours, theirs, 1.0, " bits")
+    if vgg_col.endswith("_bits"):
+        ours = float(total.iloc[0][ours_col])
+        verdict, why = within(ours, vgg_fc(vgg_col), 1.0, " bits")
         return Outcome(ours, verdict, f"{what} after P+Q+H, Net-1h against VGG-16's fc6-8: {why}", src)
-    return check
+    ours, theirs = 100 / float(total.iloc[0][ours_col]), 100 / vgg_fc(vgg_col)
+    ok = theirs / 2 <= ours <= theirs * 2
+    return Outcome(ours, "reproduced" if ok else "differs", f"{what}: Net-1h {ours:.0f}x, VGG-16's fc6-8 {theirs:.0f}x "
+                   "(its whole net, convolutions included, is the seed's headline; tolerance: within 2x)", src)
 
 
 def no_top1_loss(fig):
     lost, src = _goal(fig, "Net-1h: accuracy lost by P+Q+H")
     ours = float(lost.value)
-    return Outcome(ours, "reproduced" if ours <= 0.5 else "differs", f"Net-1h loses {ours:.2f} points of test accuracy after P+Q+H (VGG-16: top-1 "
-                   "error 31.50 % -> 31.17 %; tolerance: <= 0.5 points lost)", src)
+    return Outcome(ours, "reproduced" if ours <= 0.5 else "differs", f"Net-1h loses {ours:.2f} points of test "
+                   "accuracy after P+Q+H (VGG-16: top-1 error 31.50 % -> 31.17 %; tolerance: <= 0.5 points lost)", src)
 
 
 def gradient_duplication(fig):
@@ -959,8 +816,7 @@ def gradient_duplication(fig):
     f, src = fig.read("09_footprint", "09")
     one = f[f.net == "1h"].set_index(["trainer", "batch"]).measured_bytes
     missing_if("threads:partials" not in one.index.get_level_values(0), "no threads:partials rows", src, "09")
-    weights = nets.n_params(nets.layer_sizes("1h", 784, 10)) * 4
-    copies = (one["threads:partials"] - one["threads"]).dropna() / weights
+    copies = (one["threads:partials"] - one["threads"]).dropna() / WEIGHT_BYTES_1H
     ours = float(copies.median())
     ok = ours >= 1.9 and abs(ours - round(ours)) <= 0.1
     return Outcome(ours, "reproduced" if ok else "differs", f"the paper's design (a partial gradient per thread) "
@@ -970,12 +826,11 @@ def gradient_duplication(fig):
 
 
 def lock_free(fig):
-    """Seed 002: within a machine, skip the locks. Lock-free threads (Hogwild) against synchronous SGD: time per
-    epoch, same rate and epochs (accuracy: seed 001's claim)."""
+    """Seed 002: lock-free threads (Hogwild) against synchronous SGD, time per epoch at the same rate and epochs."""
     h, s, sync, free, src = _hogwild(fig, lambda h: h[h.epoch > 0].groupby("run").seconds.median())
     per_epoch = h[h.epoch > 0].pivot_table(index="epoch", columns="run", values="seconds")
     iv = repeats(per_epoch[sync.index[0]] / per_epoch[free.index[0]], "epochs (runs one after the other)")
-    verdict, why = faster(iv.mid, spread=iv)
+    verdict, why = faster(iv)
     one = s[s.index.str.startswith("sequential")]  # the same microbatches on one worker: what the split costs
     if verdict != "reproduced" and len(one):
         why += (f"; the same microbatches on one worker take {one.iloc[0] / sync.iloc[0]:.2f}x synchronous's time, "
@@ -984,12 +839,10 @@ def lock_free(fig):
 
 
 def momentum_memory(fig):
-    """Seed 002: weights + gradients + momentum = 3x the weights. The trainers here keep no momentum (the seeds'
-    SGD has none): the footprint measured is weights plus what a step needs."""
+    """Seed 002's 3x counts momentum, which no trainer here keeps (the seeds' SGD has none)."""
     f, src = fig.read("09_footprint", "09")
     numpy = f[(f.trainer == "numpy") & (f.net == "1h")].sort_values("batch")
-    weights = nets.n_params(nets.layer_sizes("1h", 784, 10)) * 4
-    ours = float(numpy.measured_bytes.iloc[0] / weights)
+    ours = float(numpy.measured_bytes.iloc[0] / WEIGHT_BYTES_1H)
     return Outcome(ours, "not comparable", f"no trainer here keeps momentum; the numpy trainer, which stores "
                    f"every gradient, holds {ours:.2f}x the weights at batch {int(numpy.batch.iloc[0])} (weights, "
                    "gradients and activations; the seed's 3x counts momentum too)", src)
@@ -999,118 +852,118 @@ def momentum_memory(fig):
 
 _S003 = "seed: i7-8700 (6 cores), mpi4py, MNIST 50,000, batch 100, 5 epochs; ours: 2 vCPUs, the same, rate by grid"
 _05 = "seed: its machine, Net-1h/2h MNIST; ours: 2 vCPUs, notebook 05's run"
+_SPEEDUP, _TABLE1, _VGG = "slide 'Results - Speedup'", "slide 'Experiment', table 1", "slide 'VGG-16 compression'"
+_LOSS, _COMPRESSION = "06_loss_curves_{label}.png", "09_compression_table_{label}.csv"
+_FASTER = "ratio > 1.05"
 
 CLAIMS = [
-    Claim("000", "slide 'Experiments', network table", "Network1 (784-1024-10) has 800,000 parameters", 800_000,
-          "-", "2 %", n_params("1h", 800_000), "weights + biases", "seed: Network1; ours: parbp.nets '1h'"),
-    Claim("000", "slide 'Experiments', network table", "Network2 (784-1024-1024-10) has 1,860,000 parameters",
-          1_860_000, "-", "2 %", n_params("2h", 1_860_000), "weights + biases", "seed: Network2; ours: parbp.nets '2h'"),
+    *[Claim("000", "slide 'Experiments', network table", f"Network{i} ({sizes}) has {n:,} parameters", n, "-", "2 %",
+            partial(n_params, net, n), "weights + biases", f"seed: Network{i}; ours: parbp.nets '{net}'")
+      for i, net, sizes, n in [(1, "1h", "784-1024-10", 800_000), (2, "2h", "784-1024-1024-10", 1_860_000)]],
     Claim("000", "slide 'MNIST dataset'", "50,000 training examples", 50_000, "02_training.png", "exact",
           training_examples, "training examples", "seed: MNIST train split; ours: the same split"),
-    Claim("000", "slide 'Results - Speedup'", "our implementation (threads): average speedup ≈ 10", 10,
-          "03_example_threads.csv", "efficiency >= 0.8 here; 10x needs >= 10 cores", threads_10x,
-          "per-example threads over the per-example serial loop (x)",
-          "seed: pthreads over examples, cores not stated; ours: the same design on 2 threads, Net-2h, batch 1000"),
-    Claim("000", "slide 'Results - Speedup'", "training time decreases as minibatch size decreases", None,
-          "05_speedup_batch_2h_mnist_{label}.png", "ratio > 1.05", time_falls_with_smaller_batch,
+    Claim("000", _SPEEDUP, "our implementation (threads): average speedup ≈ 10", 10, "03_example_threads.csv",
+          "efficiency >= 0.8 here; 10x needs >= 10 cores", threads_10x, "per-example threads over the per-example "
+          "serial loop (x)", "seed: pthreads over examples, cores not stated; ours: the same design on 2 threads, "
+          "Net-2h, batch 1000"),
+    Claim("000", _SPEEDUP, "training time decreases as minibatch size decreases", None,
+          "05_speedup_batch_2h_mnist_{label}.png", _FASTER, time_falls_with_smaller_batch,
           "time per epoch, largest batch over smallest", "seed: its per-example loops; ours: the per-example loop"),
-    Claim("000", "slide 'Results - Speedup'", "BLAS: parallelizing each matrix product gives even faster results",
-          None, "05_speedup_batch_2h_mnist_{label}.png", "ratio > 1.05", blas_faster,
-          "speedup over the serial per-example loop, BLAS over threads",
-          "seed: multithreaded BLAS vs its pthreads; ours: blas-parallel vs the per-example threads, 2 threads"),
-    Claim("000", "slide 'Results - Speedup'", "BLAS: speedup independent of batch size", None,
-          "05_speedup_threads_2h_mnist_{label}.png", "max/min <= 1.25", blas_flat,
-          "BLAS's speedup over its 1 thread, max/min over batches", _05),
-    Claim("000", "slide 'Results - Speedup'", "BLAS: speedup less than our implementation's", None,
-          "05_speedup_threads_2h_mnist_{label}.png", "ratio > 1.05", blas_less_than_threads,
-          "each speedup over its own serial form, threads over BLAS",
-          "seed: its pthreads and BLAS; ours: per-example threads (03) and blas-parallel (05), 2 threads"),
-    Claim("000", "slide 'Results - Speedup'", "CUDA implementation ≈ 20x speedup", 20, "05_speedup_batch_1h_mnist_{label}.png",
-          "±5x", cuda_20x, "CUDA over the serial loop (x)",
-          "seed: its (unnamed) GPU over its serial loop; ours: the GPU campaign's GPU over serial-example on its CPU"),
-    Claim("000", "slide 'Results - Speedup'", "neurons not a multiple of 32: some threads do not participate", None,
-          "04_tiling.png", "a GPU counter", idle_threads, "idle fraction of launched threads",
+    Claim("000", _SPEEDUP, "BLAS: parallelizing each matrix product gives even faster results", None,
+          "05_speedup_batch_2h_mnist_{label}.png", _FASTER, blas_faster, "speedup over the serial per-example loop, "
+          "BLAS over threads", "seed: multithreaded BLAS vs its pthreads; ours: blas-parallel vs the per-example "
+          "threads, 2 threads"),
+    Claim("000", _SPEEDUP, "BLAS: speedup independent of batch size", None, "05_speedup_threads_2h_mnist_{label}.png",
+          "max/min <= 1.25", blas_flat, "BLAS's speedup over its 1 thread, max/min over batches", _05),
+    Claim("000", _SPEEDUP, "BLAS: speedup less than our implementation's", None,
+          "05_speedup_threads_2h_mnist_{label}.png", _FASTER, blas_less_than_threads, "each speedup over its own "
+          "serial form, threads over BLAS", "seed: its pthreads and BLAS; ours: per-example threads (03) and "
+          "blas-parallel (05), 2 threads"),
+    Claim("000", _SPEEDUP, "CUDA implementation ≈ 20x speedup", 20, "05_speedup_batch_1h_mnist_{label}.png", "±5x",
+          cuda_20x, "CUDA over the serial loop (x)", "seed: its (unnamed) GPU over its serial loop; ours: the GPU "
+          "campaign's GPU over serial-example on its CPU"),
+    Claim("000", _SPEEDUP, "neurons not a multiple of 32: some threads do not participate", None, "04_tiling.png",
+          "a GPU counter", idle_threads, "idle fraction of launched threads",
           "seed: its CUDA kernels; ours: the same tiling's arithmetic, no GPU"),
-    Claim("000", "slide 'Results - Speedup'", "Theano apparently combines both types of parallelization", None,
-          "05_speedup_threads_2h_mnist_{label}.png", "ratio > 1.05", theano_both,
+    Claim("000", _SPEEDUP, "Theano apparently combines both types of parallelization", None,
+          "05_speedup_threads_2h_mnist_{label}.png", _FASTER, theano_both,
           "Theano's thread speedup over the better single kind's", _05),
-    Claim("000", "slide 'Results - Speedup'", "Theano CUDA scales very fast with batch size", None, "-", "-",
-          theano_cuda_batch, "Theano GPU time per epoch against batch", "seed: its GPU; ours: none here"),
+    Claim("000", _SPEEDUP, "Theano CUDA scales very fast with batch size", None, "-", "-", theano_cuda_batch,
+          "Theano GPU time per epoch against batch", "seed: its GPU; ours: none here"),
     Claim("000", "slide 'Future work'", "combine both: split examples among threads, parallelize each one's "
-          "matrix computations", None, "05_time_per_epoch_2h_mnist_{label}.png", "ratio > 1.05", both_combined,
+          "matrix computations", None, "05_time_per_epoch_2h_mnist_{label}.png", _FASTER, both_combined,
           "the faster single kind's time over hybrid's", "seed: proposed; ours: the hybrid trainer, 2 threads, Net-2h"),
-    Claim("001", "section 7", "parallel training without significant loss of accuracy", None,
-          "03_hogwild.png", "<= 0.5 points", parallel_same_accuracy, "test accuracy points lost",
-          "seed: pthreads and CUDA (sum the serial gradient); ours: lock-free threads vs synchronous, 5 epochs"),
+    Claim("001", "section 7", "parallel training without significant loss of accuracy", None, "03_hogwild.png",
+          "<= 0.5 points", parallel_same_accuracy, "test accuracy points lost", "seed: pthreads and CUDA (sum the "
+          "serial gradient); ours: lock-free threads vs synchronous, 5 epochs"),
     Claim("001", "section 5.4", "we do not expect our code to run faster than Theano", None,
           "05_time_per_epoch_2h_mnist_{label}.png", "ratio not > 1.05", not_faster_than_theano,
           "Theano's time per epoch over the per-example threads'",
           "seed: its C++ pthreads vs Theano CPU; ours: the per-example threads vs Theano, 2 threads, Net-2h"),
-    Claim("001", "section 5.1", "KDD Cup 99: about 4 million examples, 42 features", 41, "05_speedup_batch_1h_kdd99_{label}.png",
-          "same data", kdd_full_set, "inputs of the network", "seed: the full set; ours: the 10 % file, one-hot"),
-    *[Claim("003", "slide 'Experiment', table 1", f"{m} x{p}: accuracy {a:.4f} after 5 epochs", a,
-            "06_loss_curves_{label}.png", "±0.02", seed003_accuracy(m, p), "test accuracy", _S003)
+    Claim("001", "section 5.1", "KDD Cup 99: about 4 million examples, 42 features", 41,
+          "05_speedup_batch_1h_kdd99_{label}.png", "same data", kdd_full_set, "inputs of the network",
+          "seed: the full set; ours: the 10 % file, one-hot"),
+    *[Claim("003", _TABLE1, f"{m} x{p}: accuracy {a:.4f} after 5 epochs", a, _LOSS, "±0.02",
+            partial(seed003_accuracy, m, p), "test accuracy", _S003)
       for m, p, a in seed003.SEED_RESULTS[["method", "processes", "accuracy"]].itertuples(index=False)],
-    Claim("003", "slide 'Conclusion'", "sync is slower than serial (communication overhead)", 10.8651 / 9.0821,
-          "06_loss_curves_{label}.png", "ratio > 1.05", seed003_time, "sync x2's time over serial's", _S003),
-    Claim("003", "slide 'Experiment', table 1", "sync x3 and x4 are slower than serial", 9.7092 / 9.0821,
-          "06_loss_curves_{label}.png", "ratio > 1.05", seed003_sync_more_slower, "sync's time over serial's", _S003),
-    Claim("003", "slide 'Experiment', table 1", "sync x2 ends at a lower loss than serial", 0.2709 / 0.3726,
-          "06_loss_curves_{label}.png", "< 1", seed003_sync_loss, "test loss, sync x2 over serial", _S003),
-    Claim("003", "slide 'Experiment', table 1", "async x2 is faster than serial", 9.0821 / 7.5638,
-          "06_loss_curves_{label}.png", "ratio > 1.05", seed003_async_faster, "serial's time over async x2's", _S003),
-    Claim("003", "slide 'Experiment', table 1", "async is faster than sync at every process count", None,
-          "06_loss_curves_{label}.png", "ratio > 1.05 at each", seed003_async_vs_sync, "sync's time over async's",
-          _S003),
-    Claim("003", "slide 'Experiment', table 1", "async time falls as processes are added", 7.5638 / 5.9964,
-          "06_loss_curves_{label}.png", "ratio > 1.05", seed003_async_time_falls, "async x2's time over x4's", _S003),
-    Claim("003", "slide 'Conclusion'", "async loses accuracy as processes are added", 0.9111 - 0.8596,
-          "06_loss_curves_{label}.png", "> 0", seed003_async_degrades, "test accuracy, x2 minus x4", _S003),
-    Claim("003", "slide 'Experiment', table 2", "memory use grows with the process count (12 % -> 43.3 %)",
-          43.3 / 12, "-", "±25 % of the seed's ratio", seed003_memory, "memory, sync x4 over serial",
+    Claim("003", "slide 'Conclusion'", "sync is slower than serial (communication overhead)", 10.8651 / 9.0821, _LOSS,
+          _FASTER, seed003_time, "sync x2's time over serial's", _S003),
+    Claim("003", _TABLE1, "sync x3 and x4 are slower than serial", 9.7092 / 9.0821, _LOSS, _FASTER,
+          seed003_sync_more_slower, "sync's time over serial's", _S003),
+    Claim("003", _TABLE1, "sync x2 ends at a lower loss than serial", 0.2709 / 0.3726, _LOSS, "< 1", seed003_sync_loss,
+          "test loss, sync x2 over serial", _S003),
+    Claim("003", _TABLE1, "async x2 is faster than serial", 9.0821 / 7.5638, _LOSS, _FASTER, seed003_async_faster,
+          "serial's time over async x2's", _S003),
+    Claim("003", _TABLE1, "async is faster than sync at every process count", None, _LOSS, "ratio > 1.05 at each",
+          seed003_async_vs_sync, "sync's time over async's", _S003),
+    Claim("003", _TABLE1, "async time falls as processes are added", 7.5638 / 5.9964, _LOSS, _FASTER,
+          seed003_async_time_falls, "async x2's time over x4's", _S003),
+    Claim("003", "slide 'Conclusion'", "async loses accuracy as processes are added", 0.9111 - 0.8596, _LOSS, "> 0",
+          seed003_async_degrades, "test accuracy, x2 minus x4", _S003),
+    Claim("003", "slide 'Experiment', table 2", "memory use grows with the process count (12 % -> 43.3 %)", 43.3 / 12,
+          "-", "±25 % of the seed's ratio", seed003_memory, "memory, sync x4 over serial",
           "seed: 16 GB machine; ours: the VM's memory, every rank loading all the data as the seed's"),
     Claim("003", "slide 'Experiment', table 2", "CPU use grows with the process count (35-40 % -> 65-70 %)",
           67.5 / 37.5, "-", "rising", seed003_cpu, "CPU of the machine, sync x4 over serial",
           "seed: 6 cores; ours: 2 cores, full from 2 processes"),
-    Claim("004", "section 3", "data parallelism speeds training up over serial", None,
-          "07_throughput_{label}.png", "ratio > 1.05", scheme_faster("data parallel"), "examples per second over serial's",
+    Claim("004", "section 3", "data parallelism speeds training up over serial", None, "07_throughput_{label}.png",
+          _FASTER, partial(scheme_faster, "data parallel"), "examples per second over serial's",
           "seed: proposed, MNIST DNN; ours: Net-2h on 2 MPI engines"),
-    Claim("004", "section 3", "model parallelism speeds training up over serial", None,
-          "07_throughput_{label}.png", "ratio > 1.05", scheme_faster("model parallel"), "examples per second over serial's",
+    Claim("004", "section 3", "model parallelism speeds training up over serial", None, "07_throughput_{label}.png",
+          _FASTER, partial(scheme_faster, "model parallel"), "examples per second over serial's",
           "seed: proposed; ours: layers split over 2 engines, plain and pipelined"),
     Claim("004", "section 3", "SGD on the largest subset that fits in memory trails data parallelism on all the data",
           None, "07_seed004_subset.csv", "> 0 points across seeds", subset_vs_data_parallel,
           "test accuracy points, data parallel minus subset SGD",
           "seed: proposed; ours: a memory budget per worker, the subset that fits vs shards of all the data"),
     Claim("004", "section 3", "data and model parallelism: epochs for the loss to hit a threshold", None,
-          "07_seed004_subset.csv", "ratio > 1.05", epochs_to_converge, "epochs to the threshold, subset over data parallel",
+          "07_seed004_subset.csv", _FASTER, epochs_to_converge, "epochs to the threshold, subset over data parallel",
           "seed: proposed; ours: the same runs, a threshold every run reaches"),
-    Claim("004", "section 3", "how long the parameters take to converge (wall-clock)", None,
-          "07_seed004_subset.csv", "ratio > 1.05", wall_clock_to_converge, "seconds to the threshold, subset over data parallel",
+    Claim("004", "section 3", "how long the parameters take to converge (wall-clock)", None, "07_seed004_subset.csv",
+          _FASTER, wall_clock_to_converge, "seconds to the threshold, subset over data parallel",
           "seed: proposed; ours: the same runs, 2 shared cores"),
     Claim("004", "section 2", "a network too large for one node's memory is trained by model parallelism", None,
           "07_seed004_too_big.csv", "does not fit one, fits each stage, >= 0.90", too_big_for_one, "test accuracy",
-          "seed: proposed; ours: a per-worker memory budget, layers split over workers, the rate by grid search on validation"),
-    Claim("002", "slide 'Compressing a network'", "over 90 % of weights can be removed without significant loss",
-          90, "09_accuracy_vs_sparsity_{label}.png", ">= 90 %, <= 1 pt", pruning_90, "% of weights removed",
+          "seed: proposed; ours: a per-worker memory budget, layers split over workers, the rate by grid search on "
+          "validation"),
+    Claim("002", "slide 'Compressing a network'", "over 90 % of weights can be removed without significant loss", 90,
+          "09_accuracy_vs_sparsity_{label}.png", ">= 90 %, <= 1 pt", pruning_90, "% of weights removed",
           "seed: AlexNet/VGG; ours: Net-1h MNIST"),
-    Claim("002", "slide 'VGG-16 compression'", "pruning + quantization + Huffman: 49x smaller (VGG-16)", 100 / vgg_fc("rate_pqh"),
-          "09_compression_table_{label}.csv", "within 2x", compression_stage("compress rate (P+Q+H) %", "rate_pqh", "P+Q+H"),
+    Claim("002", _VGG, "pruning + quantization + Huffman: 49x smaller (VGG-16)", 100 / vgg_fc("rate_pqh"),
+          _COMPRESSION, "within 2x", partial(compression, "compress rate (P+Q+H) %", "rate_pqh", "P+Q+H"),
           "times smaller than float32", "seed: VGG-16's fully connected layers; ours: Net-1h (all fully connected)"),
-    Claim("002", "slide 'VGG-16 compression'", "pruning alone: 13x (VGG-16)", 100 / vgg_fc("kept_pct"),
-          "09_compression_table_{label}.csv", "within 2x", compression_stage("weights % (P)", "kept_pct", "P"),
-          "times fewer weights", "seed: VGG-16's fully connected layers; ours: Net-1h"),
-    Claim("002", "slide 'VGG-16 compression'", "pruning + quantization: 31x (VGG-16)", 100 / vgg_fc("rate_pq"),
-          "09_compression_table_{label}.csv", "within 2x", compression_stage("compress rate (P+Q) %", "rate_pq", "P+Q"),
-          "times smaller than float32", "seed: VGG-16's fully connected layers; ours: Net-1h"),
-    Claim("002", "slide 'VGG-16 compression'", "weight bits after P+Q+H", vgg_fc("weight_bits"),
-          "09_compression_table_{label}.csv", "±1 bit", compression_bits("weight bits (P+Q+H)", "weight_bits", "weight bits"),
-          "bits per kept weight", "seed: VGG-16's fc6-8; ours: Net-1h"),
-    Claim("002", "slide 'VGG-16 compression'", "index bits after P+Q+H", vgg_fc("index_bits"),
-          "09_compression_table_{label}.csv", "±1 bit", compression_bits("index bits (P+Q+H)", "index_bits", "index bits"),
-          "bits per sparse index", "seed: VGG-16's fc6-8; ours: Net-1h"),
+    Claim("002", _VGG, "pruning alone: 13x (VGG-16)", 100 / vgg_fc("kept_pct"), _COMPRESSION, "within 2x",
+          partial(compression, "weights % (P)", "kept_pct", "P"), "times fewer weights",
+          "seed: VGG-16's fully connected layers; ours: Net-1h"),
+    Claim("002", _VGG, "pruning + quantization: 31x (VGG-16)", 100 / vgg_fc("rate_pq"), _COMPRESSION, "within 2x",
+          partial(compression, "compress rate (P+Q) %", "rate_pq", "P+Q"), "times smaller than float32",
+          "seed: VGG-16's fully connected layers; ours: Net-1h"),
+    *[Claim("002", _VGG, f"{what} bits after P+Q+H", vgg_fc(f"{what}_bits"), _COMPRESSION, "±1 bit",
+            partial(compression, f"{what} bits (P+Q+H)", f"{what}_bits", f"{what} bits"), f"bits per {per}",
+            "seed: VGG-16's fc6-8; ours: Net-1h")
+      for what, per in [("weight", "kept weight"), ("index", "sparse index")]],
     Claim("002", "slide 'ImageNet performance'", "no loss of top-1 accuracy after compression", 31.50 - 31.17,
-          "09_compression_table_{label}.csv", "<= 0.5 points lost", no_top1_loss, "accuracy points lost",
+          _COMPRESSION, "<= 0.5 points lost", no_top1_loss, "accuracy points lost",
           "seed: VGG-16 ImageNet top-1; ours: Net-1h MNIST test accuracy"),
     Claim("002", "slide 'VGG memory footprint'", "training memory: x3 the weights with momentum", 3,
           "09_footprint_{label}.png", "-", momentum_memory, "bytes held over the weights' bytes",
@@ -1119,7 +972,7 @@ CLAIMS = [
           "09_footprint_{label}.png", "a whole copy per thread", gradient_duplication,
           "weight-sized copies held above the shared update", "seed: a thread per core; ours: 2 threads, Net-1h"),
     Claim("002", "slide 'Parallelizing over examples'", "within a machine, skip the locks: lock-free updates", None,
-          "03_hogwild.png", "ratio > 1.05", lock_free, "synchronous time per epoch over Hogwild's",
+          "03_hogwild.png", _FASTER, lock_free, "synchronous time per epoch over Hogwild's",
           "seed: many cores; ours: 2 threads, Net-1h"),
 ]
 
@@ -1127,17 +980,14 @@ CLAIMS = [
 def evaluate(claim: Claim, fig: Figures) -> Outcome:
     try:
         return claim.check(fig)
-    except Missing as e:
-        return Outcome(None, "not measured yet", str(e))
-    except NotHere as e:
-        return Outcome(None, "not measurable here", str(e))
+    except (Missing, NotHere) as e:
+        return Outcome(None, "not measured yet" if isinstance(e, Missing) else "not measurable here", str(e))
     except KeyError as e:  # the CSV is there but lacks the row the claim needs
         return Outcome(None, "not measured yet", f"not measured yet: no row {e} in the CSV; run make study")
 
 
 def table(root: Path | str = FIGURES) -> pd.DataFrame:
-    """One row per claim: the seed's words and number, the quantity and the setting on both sides, ours, the
-    tolerance, the verdict and why, the CSV it came from."""
+    """One row per claim: the seed's words and number, quantity, setting, ours, tolerance, verdict, why, source."""
     fig = Figures(root)
     rows = []
     for c in CLAIMS:
@@ -1151,43 +1001,22 @@ def table(root: Path | str = FIGURES) -> pd.DataFrame:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    """The table for the README: seed, claim, setting, theirs, ours, tolerance, verdict (the reasons stay in the
-    CSV and notebook 10)."""
+    """The table for the README (the reasons stay in the CSV and notebook 10)."""
     def num(v):
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            return "–"
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+        return "–" if pd.isna(v) else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
     lines = ["| seed | claim | setting (seed; ours) | seed's number | ours | tolerance | verdict |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r.seed} | {r.claim} | {r.setting} | {num(r.claimed)} | {num(r.ours)} | {r.tolerance} | "
               f"{r.verdict} |" for r in df.itertuples()]
-    counts = df.verdict.value_counts()
-    lines += ["", "; ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(df)} claims."]
+    lines += ["", "; ".join(f"{n} {v}" for v, n in df.verdict.value_counts().items()) + f" of {len(df)} claims."]
     return "\n".join(lines) + "\n"
 
 
 def two_runs(first: pd.DataFrame, second: pd.DataFrame, machines: tuple[str, str] = ("", "")) -> pd.DataFrame:
-    """Two whole runs' tables side by side, claim by claim: each run's number and verdict, and whether the
-    verdict held (the paper profile run twice in a row should give the same verdict for every claim), with the
-    machine each ran on (a verdict may move with the CPU; only runs on one machine test the noise)."""
+    """Two whole runs' numbers and verdicts claim by claim, whether each held, and each run's machine."""
     cols = ["seed", "claim", "ours", "verdict"]
     df = first[cols].merge(second[cols], on=["seed", "claim"], how="outer", suffixes=("_first", "_second"))
-    return df.assign(same=df.verdict_first == df.verdict_second, machine_first=machines[0],
-                     machine_second=machines[1])
-
-
-def run_machine(folder: Path) -> str:
-    """The machine a whole paper run ran on, from the study's times beside its table ("" where they are not)."""
-    times = Path(folder) / "study_times_paper.csv"
-    return str(pd.read_csv(times).machine.iloc[-1]) if times.exists() else ""
-
-
-README_SOURCE = "figures/10_against_the_seeds.md"  # the README's block between its BEGIN/END markers
-
-
-def readme_block(readme: str) -> str:
-    """The text between the README's markers (what ``sync_readme`` copied in)."""
-    return results.readme_block(readme, README_SOURCE)
+    return df.assign(same=df.verdict_first == df.verdict_second, machine_first=machines[0], machine_second=machines[1])
 
 
 def sync_readme(readme: Path | str, generated: Path | str) -> None:
@@ -1197,7 +1026,6 @@ def sync_readme(readme: Path | str, generated: Path | str) -> None:
 
 def main(argv=None) -> int:
     from .cli import Parser
-
     parser = Parser(prog="python -m parbp.claims", description="Copy figures/10_against_the_seeds.md into README.md; "
                     "with --first, compare an earlier run's table with the committed one instead")
     parser.add_argument("--readme", type=Path, default=FIGURES.parent / "README.md")
@@ -1211,8 +1039,9 @@ def main(argv=None) -> int:
         if not args.first.exists():
             parser.error(f"--first {args.first}: no such file")
         read = lambda path: pd.read_csv(path, dtype={"seed": str})  # noqa: E731  "000", not 0
+        times = [run.parent / "study_times_paper.csv" for run in (args.first, args.table)]  # name each run's machine
         df = two_runs(read(args.first), read(args.table.with_suffix(".csv")),
-                      (run_machine(args.first.parent), run_machine(args.table.parent)))
+                      tuple(str(pd.read_csv(t).machine.iloc[-1]) if t.exists() else "" for t in times))
         results.write_csv(df, args.out)
         moved = df[~df.same]
         print(f"{args.out}: {len(df) - len(moved)} of {len(df)} verdicts the same in both runs"

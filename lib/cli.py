@@ -1,9 +1,7 @@
 """What parbp's command lines share: bad input ends in one ``error: ...`` line and exit status 2.
 
-``cli.Parser`` answers a malformed command line in one line (``prog: error: ...``, no usage dump). The
-problems it cannot see (a dataset that is not there, a checkpoint of another run, a trainer this machine
-cannot run) arrive as exceptions from the library, which keeps raising them for Python callers; ``run``
-turns those into the same kind of answer instead of a traceback.
+``cli.Parser`` answers a malformed command line so; ``run`` answers so, not with a traceback, what only the library
+can see and raises (a missing dataset, a checkpoint of another run, a trainer this machine cannot run).
 """
 from __future__ import annotations
 
@@ -13,9 +11,7 @@ import numbers
 import sys
 
 from .base import TrainerUnavailable
-
-#: what a user can fix from the command line; anything else is a bug and keeps its traceback
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, TrainerUnavailable)
+from .nets import parse_net
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,7 +31,7 @@ def run(main, argv=None, prog: str | None = None) -> int:
     """``main(argv)``'s exit status, or 2 after printing ``error: ...`` for a user error."""
     try:
         status = main(argv)
-    except USER_ERRORS as e:
+    except (ValueError, FileNotFoundError, FileExistsError, TrainerUnavailable) as e:  # not bugs: a user can fix them
         print(f"{prog + ': ' if prog else ''}error: {e}", file=sys.stderr, flush=True)
         return 2
     return status if isinstance(status, int) else 0
@@ -80,8 +76,6 @@ fraction = _number_type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 def net(text: str):
     """--net: "1h", "2h" or comma-separated hidden widths."""
-    from .nets import parse_net
-
     try:
         return parse_net(text)
     except ValueError as e:

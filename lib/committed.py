@@ -33,17 +33,16 @@ class Run:
 
     @property
     def png(self) -> Path | None:
-        png = self.csv.with_suffix(".png")
-        return png if png.exists() else None
+        """The figure drawn from the CSV, if there is one."""
+        return png if (png := self.csv.with_suffix(".png")).exists() else None
 
     @property
     def machine(self) -> str:
         """Where it was measured: the CPU (and GPU) named in its rows, or "unrecorded"."""
         def named(column):
-            values = self.table[column].dropna().astype(str) if column in self.table else pd.Series(dtype=str)
-            return ", ".join(v for v in values.unique() if v not in ("", "none", "nan"))
-        cpu = next((n for n in map(named, ("env_cpu", "cpu", "machine")) if n), "")
-        gpu = named("env_gpu")
+            values = self.table[column].dropna().astype(str).unique() if column in self.table else ()
+            return ", ".join(v for v in values if v not in ("", "none", "nan"))
+        cpu, gpu = next((n for n in map(named, ("env_cpu", "cpu", "machine")) if n), ""), named("env_gpu")
         return "; ".join(n for n in (cpu, gpu and f"GPU {gpu}") if n) or "unrecorded"
 
     @property
@@ -52,6 +51,7 @@ class Run:
         return self.csv.relative_to(self.csv.parents[1]).as_posix()
 
     def describe(self) -> str:
+        """A line naming the file, the run and the machine."""
         run = f"the {self.profile} profile's run" if self.profile else "its committed run"
         where = "" if self.machine == "unrecorded" else f", measured on {self.machine}"
         return f"{self.name}: {run}, {len(self.table)} rows{where}"
@@ -59,18 +59,15 @@ class Run:
 
 def candidates(stem: str, folder: Path = FIGURES) -> list[Path]:
     """The files that could hold ``stem``'s results, most complete first."""
-    if stem.endswith(".csv"):
-        return [folder / stem]
-    return [folder / f"{stem}_{p}.csv" for p in PROFILES] + [folder / f"{stem}.csv"]
+    names = [stem] if stem.endswith(".csv") else [*(f"{stem}_{p}.csv" for p in PROFILES), f"{stem}.csv"]
+    return [folder / name for name in names]
 
 
 def latest(stem: str, folder: Path = FIGURES) -> Run:
     """The most complete committed run of ``stem`` (a figure's name without its profile, or a file name)."""
     tried = candidates(stem, folder)
-    for csv in tried:
-        if csv.exists():
-            profile = next((p for p in PROFILES if csv.stem == f"{stem}_{p}"), None)
-            return Run(stem, profile, csv, pd.read_csv(csv))
+    if csv := next((c for c in tried if c.exists()), None):
+        return Run(stem, next((p for p in PROFILES if csv.stem == f"{stem}_{p}"), None), csv, pd.read_csv(csv))
     raise FileNotFoundError(f"no committed results for {stem!r}: none of {', '.join(p.name for p in tried)} is in "
                             f"{folder} (make study PROFILE=full writes them)")
 
@@ -93,11 +90,9 @@ def _where(run: Run) -> str:
 
 
 def _ten_x(folder: Path) -> str:
-    run = latest("05_speedup_batch_2h_mnist", folder)
-    t = run.table
+    run, like_run = latest("05_speedup_batch_2h_mnist", folder), latest("03_example_threads.csv", folder)
+    t, like = run.table, like_run.table
     top = t[t.batch == t.batch.max()].set_index("impl")
-    like_run = latest("03_example_threads.csv", folder)
-    like = like_run.table
     return (f"- **The paper's ≈ 10× speedup** (notebooks 03 and 05, Net-2h): over the serial per-example loop at batch "
             f"{int(t.batch.max()):,}, `threads` on {int(top.loc['threads', 'threads'])} cores is "
             f"{top.loc['threads', 'speedup']:.2f}× and `blas-parallel` {top.loc['blas-parallel', 'speedup']:.2f}× "
@@ -123,8 +118,7 @@ def _span(values, fmt: str = ".2f") -> str:
 def _seed003(folder: Path) -> str:
     run = latest("06_seed003_table", folder)
     t = run.table.set_index(["method", "processes"]).test_acc.mul(100)
-    sync = t.loc["sync"].sort_index()
-    asyn = t.loc["async"].sort_index()
+    sync, asyn = t.loc["sync"].sort_index(), t.loc["async"].sort_index()
     return (f"- **Seed 003 at its scale** (notebook 06, the {run.profile} run): serial reaches **{t.loc[('serial', 1)]:.2f} %** "
             f"(seed: 88.8 %); all-reduce gives {_span(t.loc['allreduce'])} % "
             f"on {sync.index.min()}-{sync.index.max()} processes; parameter averaging gives "
@@ -136,11 +130,8 @@ def _seed003(folder: Path) -> str:
 
 def _data_vs_model(folder: Path) -> str:
     run = latest("07_goals", folder)
-    t = run.table
-    dp = t[t.method == "data parallel"].iloc[0]
-    mp = t[t.method == "model parallel"]
-    best = mp.loc[mp.vs_serial.idxmax()]
-    plain = mp[mp.schedule == "plain"].iloc[0]
+    dp, mp = run.table[run.table.method == "data parallel"].iloc[0], run.table[run.table.method == "model parallel"]
+    best, plain = mp.loc[mp.vs_serial.idxmax()], mp[mp.schedule == "plain"].iloc[0]
     worst_idle = (mp.idle_measured - mp.idle_predicted).abs().max()
     return (f"- **Data against model parallelism** (notebook 07, seed 004; Net-{dp.net}, batch {int(dp.batch_size):,}, "
             f"{int(dp.engines)} engines, {int(dp.rounds)} rounds): data parallel trains at **{dp.vs_serial:.2f}×** serial, "
@@ -164,9 +155,8 @@ def _past_one_machine(folder: Path) -> str:
 def _compression(folder: Path) -> str:
     run = latest("09_goals", folder)
     g = run.table.set_index("goal").value
-    pruned = g.filter(like="% of weights removed by P").iloc[0]
-    lost = g.filter(like="points lost by that round").iloc[0]
-    smaller = g.filter(like="P+Q+H times smaller").iloc[0]
+    pruned, lost, smaller = (g.filter(like=goal).iloc[0] for goal in (
+        "% of weights removed by P", "points lost by that round", "P+Q+H times smaller"))
     return (f"- **Seed 002's compression** (notebook 09, the {run.profile} run's trained Net-1h): pruning removes "
             f"**{pruned:.1f} %** of the weights for {lost:.2f} points of test accuracy; pruning, k-means sharing and "
             f"Huffman coding make it **{smaller:.0f}× smaller** than float32 (Deep Compression: 40× for LeNet-300-100; "
@@ -195,8 +185,7 @@ def cpu_speed(folder: Path = FIGURES) -> str:
     matrix trainer at each batch and thread count against PyTorch and the best sgemm, one block per CPU model."""
     from .bench import by_machine
 
-    run = latest("bench_cpu.csv", folder)
-    t = by_machine(run.table)
+    t = by_machine(latest("bench_cpu.csv", folder).table)
     lines = ["| CPU | batch | threads | best trainer | ms/step | PyTorch ms | time ÷ PyTorch's | ÷ best sgemm "
              "| sgemm GFLOP/s | `threads` par. eff. | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for cpu, g in t.groupby("cpu", sort=False):

@@ -1,26 +1,16 @@
 """Compressing a trained network (seed 002, "Compressing a network"; Han et al., Deep Compression, 2016).
 
-Three steps, each undoing less accuracy than it saves memory:
-
-    P  prune       magnitude pruning in rounds: drop each layer's smallest weights, retrain with the mask
-                   held (pruned weights get no gradient, so they stay zero), prune further, retrain again
-    Q  quantize    weight sharing: k-means (k = 2^bits) on each layer's surviving weights, linear
-                   initialization as in Deep Compression; each weight stores a lg k-bit cluster index; the
-                   centroids are then fine-tuned by the summed gradients of their members
-    H  Huffman     the cluster indices and the CSR index gaps, Huffman-coded, bits counted from the codes
-
-The pruned weights are stored as CSR (``scipy.sparse``), one row per output unit: Wᵀ, because a unit's
-incoming weights are what its dot product reads. On disk (the P+Q / P+Q+H sizes) the column index of
-each nonzero is stored as the gap from the previous nonzero in row-major order (``relative_positions``):
-gaps that do not fit in ``index_bits`` are split by escape symbols that skip 2^bits − 1 positions.
-Every size counts everything needed to rebuild the layer: streams, codebook (float32 centroids),
-Huffman code lengths and the float32 biases.
+Three steps, each undoing less accuracy than it saves memory: P, magnitude pruning in rounds with retraining;
+Q, weight sharing by k-means with fine-tuned centroids; H, Huffman coding of the cluster indices and CSR gaps.
+Every size counts all that rebuilds the layer: streams, codebook, Huffman code lengths and biases.
 """
 from __future__ import annotations
 
+import argparse
 import heapq
-import math
+import itertools
 import numbers
+import timeit
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,19 +19,18 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import expit as sigmoid
 
-from . import checkpoint
+from . import checkpoint, data, trainers
+from .cli import Parser, nonnegative_int, positive_float, positive_int, run
+from .results import BUILD, FIGURES
 from .train import accuracy, fit, shuffled_batches
 
 FLOAT_BITS = 32  # the uncompressed network: float32
 
 
-# ---------------------------------------------------------------------------------------------------
-# Argument checks
-# ---------------------------------------------------------------------------------------------------
+# -- Argument checks ----------------------------------------------------------------------------------
 def check_sparsity(value, name: str = "sparsity") -> float:
     """A fraction of weights to remove, in [0, 1) (removing all of a layer's weights disconnects it)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and 0.0 <= value < 1.0
-    if not ok:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
         raise ValueError(f"{name} must be a number in [0, 1) (the fraction of weights removed), got {value!r}")
     return float(value)
 
@@ -60,14 +49,11 @@ def _per_layer(value, n_layers: int, check, name: str) -> list:
     return [check(v, f"{name}[{l}]") for l, v in enumerate(values)]
 
 
-# ---------------------------------------------------------------------------------------------------
-# The trained network the compression starts from
-# ---------------------------------------------------------------------------------------------------
+# -- The trained network the compression starts from --------------------------------------------------
 def load_or_train(trainer, path=None, dataset=None, epochs: int = 1, batch_size: int = 10, lr: float = 0.1,
                   seed: int = 0) -> str:
-    """Give ``trainer`` the trained network to compress and say, in one line, where it came from: the
-    network saved at ``path`` (notebook 08's, by ``parbp.checkpoint.save_params``, its hash checked on
-    loading) or, with no path, one trained here on ``dataset``'s training split."""
+    """Give ``trainer`` the network to compress, and say in one line where it came from: the one notebook 08
+    saved at ``path`` (its hash checked on loading) or, with no path, one trained here on ``dataset``."""
     if path is None:
         if dataset is None:
             raise ValueError("load_or_train needs a saved network (path) or a dataset to train one on")
@@ -86,21 +72,13 @@ def load_or_train(trainer, path=None, dataset=None, epochs: int = 1, batch_size:
     return f"loaded from {path.name} ({meta})"
 
 
-# ---------------------------------------------------------------------------------------------------
-# P: magnitude pruning with retraining
-# ---------------------------------------------------------------------------------------------------
+# -- P: magnitude pruning with retraining -------------------------------------------------------------
 def magnitude_masks(params, sparsity) -> list[np.ndarray]:
     """Boolean masks keeping each layer's largest-magnitude weights; ``sparsity`` (one fraction, or one
     per layer) is the share removed. Ties at the threshold are broken by position, so the count is exact."""
-    sparsity = _per_layer(sparsity, len(params), check_sparsity, "sparsity")
-    masks = []
-    for (W, _), s in zip(params, sparsity):
-        drop = int(round(s * W.size))
-        order = np.argsort(np.abs(W), axis=None, kind="stable")
-        keep = np.ones(W.size, dtype=bool)
-        keep[order[:drop]] = False
-        masks.append(keep.reshape(W.shape))
-    return masks
+    # each weight's rank by magnitude: the round(s * size) smallest are removed
+    return [(np.argsort(np.argsort(np.abs(W), axis=None, kind="stable")) >= round(s * W.size)).reshape(W.shape)
+            for (W, _), s in zip(params, _per_layer(sparsity, len(params), check_sparsity, "sparsity"))]
 
 
 def apply_masks(params, masks):
@@ -136,9 +114,9 @@ def train_masked(trainer, dataset, masks, epochs: int, batch_size: int, lr: floa
 def prune_in_rounds(trainer, dataset, schedule, epochs: int, batch_size: int, lr: float, seed: int = 0,
                     on_round=None) -> tuple[list[np.ndarray], pd.DataFrame]:
     """Han et al.'s iterative pruning: for each entry of ``schedule`` (a sparsity, or one per layer, not
-    decreasing), prune to it by magnitude and retrain ``epochs`` with the mask held.
-    Returns the final masks and one row per round: per-layer sparsity, test accuracy before and after
-    retraining. ``on_round(row)`` is called after each round (progress)."""
+    decreasing), prune to it by magnitude and retrain ``epochs`` with the mask held. Returns the final masks
+    and a row per round (per-layer sparsity, test accuracy before and after retraining), each also given to
+    ``on_round``."""
     rows, masks = [], None
     for r, target in enumerate(schedule, start=1):
         masks = magnitude_masks(trainer.params, target)
@@ -154,9 +132,7 @@ def prune_in_rounds(trainer, dataset, schedule, epochs: int, batch_size: int, lr
     return masks, pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------------------------------------------
-# CSR storage and sparse inference
-# ---------------------------------------------------------------------------------------------------
+# -- CSR storage and sparse inference -----------------------------------------------------------------
 def to_csr(params) -> list[tuple[sp.csr_matrix, np.ndarray]]:
     """Each layer as (Wᵀ in CSR, bias): row j holds the nonzero incoming weights of unit j."""
     return [(sp.csr_matrix(np.ascontiguousarray(W.T)), b) for W, b in params]
@@ -177,20 +153,14 @@ def predict_dense(params, X):
     return A
 
 
-# ---------------------------------------------------------------------------------------------------
-# Q: weight sharing by k-means
-# ---------------------------------------------------------------------------------------------------
+# -- Q: weight sharing by k-means ---------------------------------------------------------------------
 def kmeans_1d(values, k: int, iterations: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's algorithm on scalars with linear initialization (k centroids evenly spaced between the
-    smallest and largest value, which Deep Compression found best: it keeps the rare large weights).
-    Returns (sorted centroids, label of each value). In 1-D the nearest centroid is found by bisection
-    on the midpoints between sorted centroids."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise ValueError("kmeans_1d needs at least one value")
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    """(sorted centroids, label of each value) by Lloyd's algorithm on scalars, linearly initialized (evenly
+    spaced from the smallest to the largest value, which Deep Compression found best: it keeps the rare large
+    weights). In 1-D the nearest centroid is a bisection on the midpoints between sorted centroids."""
+    values, k = np.asarray(values, dtype=np.float64).ravel(), int(k)
+    if values.size == 0 or k < 1:
+        raise ValueError(f"kmeans_1d needs at least one value and k >= 1, got {values.size} values and k = {k}")
     centroids = np.linspace(values.min(), values.max(), k)
     for _ in range(iterations):
         labels = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
@@ -200,8 +170,7 @@ def kmeans_1d(values, k: int, iterations: int = 30) -> tuple[np.ndarray, np.ndar
         if np.allclose(updated, centroids, rtol=0, atol=1e-12):
             break
         centroids = np.sort(updated)
-    labels = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
-    return centroids, labels
+    return centroids, np.searchsorted((centroids[1:] + centroids[:-1]) / 2, values)
 
 
 @dataclass
@@ -220,20 +189,11 @@ class SharedLayer:
         W[self.mask] = self.centroids[self.labels]
         return W
 
-    def csr(self) -> sp.csr_matrix:
-        """Wᵀ in CSR, its values looked up in the codebook (what a sparse inference engine multiplies)."""
-        return sp.csr_matrix(np.ascontiguousarray(self.dense().T))
-
-    @property
-    def bits(self) -> int:
-        return max(1, math.ceil(math.log2(len(self.centroids))))
-
 
 def share_weights(params, masks, bits) -> list[SharedLayer]:
     """k-means with k = 2**bits on each layer's surviving weights (``bits``: one, or one per layer)."""
-    bits = _per_layer(bits, len(params), check_bits, "bits")
     layers = []
-    for (W, b), M, nb in zip(params, masks, bits):
+    for (W, b), M, nb in zip(params, masks, _per_layer(bits, len(params), check_bits, "bits")):
         centroids, labels = kmeans_1d(W[M], 2 ** nb)
         layers.append(SharedLayer(M.copy(), centroids.astype(np.float32), labels, np.asarray(b, np.float32).copy()))
     return layers
@@ -258,50 +218,41 @@ def finetune_centroids(layers: list[SharedLayer], trainer, dataset, epochs: int,
     trainer.params = dequantize(layers)
 
 
-# ---------------------------------------------------------------------------------------------------
-# H: Huffman coding
-# ---------------------------------------------------------------------------------------------------
-@dataclass
+# -- H: Huffman coding --------------------------------------------------------------------------------
 class HuffmanCode:
-    """A canonical Huffman code over the symbols 0..n-1: code lengths define it completely, so storing
-    it takes one length per symbol (``table_bits``).
+    """A canonical Huffman code over the symbols 0..n-1, defined by its code lengths (stored: ``table_bits``).
+    Hand-written with ``heapq`` on purpose: the coders on PyPI add an end-of-file symbol to every code
+    (dahuffman), which changes the lengths being measured, or are unmaintained."""
 
-    Hand-written with ``heapq`` on purpose: the coders on PyPI either add an end-of-file symbol to every
-    code (dahuffman), which changes the lengths being measured, or are unmaintained; this one is 40 lines.
-    """
-
-    lengths: np.ndarray  # (n_symbols,) bits of each symbol's code, 0 for symbols that never occur
-    codes: np.ndarray    # (n_symbols,) the codes as integers (canonical order)
+    def __init__(self, lengths):
+        """The code from its lengths (0: the symbol never occurs): sorted by (length, symbol), codes count up."""
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.codes = np.zeros(len(self.lengths), dtype=np.int64)
+        code, previous = 0, 0
+        for s in sorted(np.flatnonzero(self.lengths), key=lambda s: (self.lengths[s], s)):
+            code <<= int(self.lengths[s]) - previous
+            self.codes[s], previous = code, int(self.lengths[s])
+            code += 1
 
     @classmethod
     def fit(cls, symbols, n_symbols: int | None = None) -> "HuffmanCode":
+        """The optimal code for ``symbols`` (non-negative integers, an alphabet of at least ``n_symbols``)."""
         symbols = np.asarray(symbols, dtype=np.int64)
         if symbols.size == 0 or symbols.min() < 0:
             raise ValueError("Huffman coding needs a non-empty sequence of non-negative integer symbols")
-        n_symbols = int(symbols.max()) + 1 if n_symbols is None else n_symbols
-        counts = np.bincount(symbols, minlength=n_symbols)
-        lengths = np.zeros(n_symbols, dtype=np.int64)
+        counts = np.bincount(symbols, minlength=n_symbols or 0)
+        lengths = np.zeros(len(counts), dtype=np.int64)
         present = np.flatnonzero(counts)
-        if len(present) == 1:
-            lengths[present] = 1  # one symbol still needs one bit per occurrence to be counted
-        else:
-            # heap of (weight, tiebreak, symbols in the subtree): merging two subtrees lengthens their codes
-            heap = [(int(counts[s]), i, [int(s)]) for i, s in enumerate(present)]
-            heapq.heapify(heap)
-            tiebreak = len(heap)
-            while len(heap) > 1:
-                w1, _, s1 = heapq.heappop(heap)
-                w2, _, s2 = heapq.heappop(heap)
-                lengths[s1 + s2] += 1
-                heapq.heappush(heap, (w1 + w2, tiebreak, s1 + s2))
-                tiebreak += 1
-        return cls(lengths, _canonical_codes(lengths))
-
-    @classmethod
-    def from_lengths(cls, lengths) -> "HuffmanCode":
-        """The code back from its stored table: canonical codes follow from the lengths alone."""
-        lengths = np.asarray(lengths, dtype=np.int64)
-        return cls(lengths, _canonical_codes(lengths))
+        # heap of (weight, tiebreak, symbols in the subtree): merging two subtrees lengthens their codes
+        tiebreak = itertools.count()
+        heap = [(int(counts[s]), next(tiebreak), [int(s)]) for s in present]
+        heapq.heapify(heap)
+        while len(heap) > 1:
+            (w1, _, s1), (w2, _, s2) = heapq.heappop(heap), heapq.heappop(heap)
+            lengths[s1 + s2] += 1
+            heapq.heappush(heap, (w1 + w2, next(tiebreak), s1 + s2))
+        lengths[present] = np.maximum(lengths[present], 1)  # a lone symbol still needs one bit per occurrence
+        return cls(lengths)
 
     @property
     def table_bits(self) -> int:
@@ -327,36 +278,21 @@ class HuffmanCode:
         out, code, length = [], 0, 0
         for bit in bits.tolist():
             code, length = (code << 1) | bit, length + 1
-            symbol = by_code.get((length, code))
-            if symbol is not None:
-                out.append(symbol)
+            if (length, code) in by_code:
+                out.append(by_code[length, code])
                 code, length = 0, 0
         if length:
             raise ValueError("the bit stream ends inside a code")
         return np.array(out, dtype=np.int64)
 
 
-def _canonical_codes(lengths: np.ndarray) -> np.ndarray:
-    """Canonical Huffman codes: symbols sorted by (length, symbol) get consecutive codes."""
-    codes = np.zeros(len(lengths), dtype=np.int64)
-    code, previous = 0, 0
-    for s in sorted(np.flatnonzero(lengths), key=lambda s: (lengths[s], s)):
-        code <<= int(lengths[s]) - previous
-        codes[s], previous = code, int(lengths[s])
-        code += 1
-    return codes
-
-
-# ---------------------------------------------------------------------------------------------------
-# The stored layer: relative positions, codebook, sizes
-# ---------------------------------------------------------------------------------------------------
+# -- The stored layer: relative positions, codebook, sizes --------------------------------------------
 def relative_positions(mask_t: np.ndarray, index_bits: int) -> np.ndarray:
     """The gap stream of a CSR matrix's nonzeros in row-major order: for each nonzero, the number of
     zeros skipped since the previous one. Gaps ≥ E = 2^bits − 1 emit the escape symbol E (skip E
     positions, no weight) as many times as needed, then the remainder."""
     escape = 2 ** check_bits(index_bits, "index_bits") - 1
-    positions = np.flatnonzero(mask_t)
-    gaps = np.diff(positions, prepend=-1) - 1
+    gaps = np.diff(np.flatnonzero(mask_t), prepend=-1) - 1
     escapes, rest = np.divmod(gaps, escape)
     # each nonzero contributes escapes[i] escape symbols followed by its remainder
     stream = np.full(int(escapes.sum()) + len(gaps), escape, dtype=np.int64)
@@ -369,22 +305,16 @@ def positions_from_gaps(stream: np.ndarray, index_bits: int) -> np.ndarray:
     escape = 2 ** index_bits - 1
     is_gap = stream != escape
     # position of each nonzero = (everything skipped so far, escapes included) + one per earlier nonzero
-    advance = np.where(is_gap, stream + 1, escape)
-    return (np.cumsum(advance) - 1)[is_gap]
-
-
-def _weight_symbols(layer: SharedLayer) -> np.ndarray:
-    """The cluster index of every nonzero in CSR order (row-major over Wᵀ)."""
-    labels = np.full(layer.mask.shape, -1, dtype=np.int64)
-    labels[layer.mask] = layer.labels
-    return labels.T[layer.mask.T]
+    return (np.cumsum(np.where(is_gap, stream + 1, escape)) - 1)[is_gap]
 
 
 def encode_layer(layer: SharedLayer, index_bits: int) -> dict:
     """The layer as it would be stored after P+Q+H: the Huffman-coded cluster indices and gap stream
     (packed bytes and their exact bit counts), the two code tables, the codebook and the biases."""
     gaps = relative_positions(layer.mask.T, index_bits)
-    weights = _weight_symbols(layer)
+    labels = np.full(layer.mask.shape, -1, dtype=np.int64)
+    labels[layer.mask] = layer.labels
+    weights = labels.T[layer.mask.T]  # the cluster indices in CSR order (row-major over Wᵀ)
     gap_code = HuffmanCode.fit(gaps, 2 ** index_bits)
     weight_code = HuffmanCode.fit(weights, len(layer.centroids))
     return {"shape": layer.mask.shape, "index_bits": index_bits, "centroids": layer.centroids,
@@ -402,50 +332,36 @@ def decode_layer(stored: dict) -> np.ndarray:
     return W_t.reshape(n_out, n_in).T
 
 
-def _index_bits(stored: dict) -> int:
-    """Bits of an encoded layer's gap stream and its code table."""
-    return stored["gaps"][1] + stored["gap_code"].table_bits
-
-
-def _weight_bits(stored: dict) -> int:
-    """Bits of an encoded layer's cluster-index stream and its code table."""
-    return stored["weights"][1] + stored["weight_code"].table_bits
+def _stream_bits(stored: dict, kind: str) -> int:
+    """Bits of an encoded layer's "gap" or "weight" (cluster-index) stream and its code table."""
+    return stored[f"{kind}s"][1] + stored[f"{kind}_code"].table_bits
 
 
 def encoded_bits(stored: dict) -> int:
-    """Everything ``encode_layer``'s output needs to rebuild the layer: both streams, both code tables,
-    the codebook and the biases (float32)."""
-    return _index_bits(stored) + _weight_bits(stored) + (len(stored["centroids"]) + len(stored["bias"])) * FLOAT_BITS
+    """The bits ``encode_layer``'s output needs to rebuild the layer: streams, code tables, codebook, biases."""
+    codebook_and_bias = (len(stored["centroids"]) + len(stored["bias"])) * FLOAT_BITS
+    return _stream_bits(stored, "gap") + _stream_bits(stored, "weight") + codebook_and_bias
 
 
 def smallest_encoding(layer: SharedLayer, max_index_bits: int = 12) -> dict:
-    """``encode_layer`` at the gap width (1 to ``max_index_bits`` bits) that stores the positions in the
-    fewest bits, code table included."""
-    return min((encode_layer(layer, ib) for ib in range(1, max_index_bits + 1)), key=_index_bits)
+    """``encode_layer`` at the gap width (1 to ``max_index_bits``) that stores the positions in the fewest bits."""
+    return min((encode_layer(layer, ib) for ib in range(1, max_index_bits + 1)), key=lambda e: _stream_bits(e, "gap"))
 
 
 def stored_bits(layer: SharedLayer, max_index_bits: int = 12) -> dict:
-    """The stored size of one layer, P+Q (fixed-width fields) and P+Q+H (Huffman-coded, the bit counts
-    of the real encoded streams), the index width of each chosen to minimize it. The codebook (float32
-    centroids) and the biases count in both, the Huffman tables in P+Q+H."""
-    nnz = int(layer.mask.sum())
-    extra = (len(layer.centroids) + len(layer.bias)) * FLOAT_BITS
-    # P+Q: fixed-width gap fields, the width that makes the stream shortest
-    index_pq = {ib: len(relative_positions(layer.mask.T, ib)) * ib for ib in range(1, max_index_bits + 1)}
-    width_pq = min(index_pq, key=index_pq.get)
-    # P+Q+H: encode with every width, keep the shortest
-    stored = smallest_encoding(layer, max_index_bits)
-    width_pqh, index_pqh, weight_pqh = stored["index_bits"], _index_bits(stored), _weight_bits(stored)
-    return {
-        "weights": layer.mask.size, "nonzeros": nnz, "k": len(layer.centroids),
-        "weight_bits_pq": nnz * layer.bits, "weight_bits_pqh": weight_pqh,
-        "index_width_pq": width_pq, "index_bits_pq": index_pq[width_pq],
-        "index_width_pqh": width_pqh, "index_bits_pqh": index_pqh,
-        "codebook_and_bias_bits": extra,
-        "total_bits_pq": nnz * layer.bits + index_pq[width_pq] + extra,
-        "total_bits_pqh": encoded_bits(stored),
-        "original_bits": (layer.mask.size + len(layer.bias)) * FLOAT_BITS,
-    }
+    """The stored size of one layer, P+Q (fixed-width fields) and P+Q+H (the real Huffman-coded streams and
+    their tables), each at its best index width; the codebook and the biases count in both."""
+    nnz, b = int(layer.mask.sum()), layer.bias
+    weight_bits_pq = nnz * max(1, (len(layer.centroids) - 1).bit_length())  # lg k bits per cluster index
+    extra = (len(layer.centroids) + len(b)) * FLOAT_BITS
+    # P+Q: fixed-width gap fields, at the width that makes the stream shortest
+    index_pq = min(len(relative_positions(layer.mask.T, ib)) * ib for ib in range(1, max_index_bits + 1))
+    stored = smallest_encoding(layer, max_index_bits)  # P+Q+H: the width whose coded gaps are shortest
+    return {"weights": layer.mask.size, "nonzeros": nnz, "original_bits": (layer.mask.size + len(b)) * FLOAT_BITS,
+            "weight_bits_pq": weight_bits_pq, "weight_bits_pqh": _stream_bits(stored, "weight"),
+            "index_bits_pq": index_pq, "index_bits_pqh": _stream_bits(stored, "gap"),
+            "index_width_pqh": stored["index_bits"],
+            "total_bits_pq": weight_bits_pq + index_pq + extra, "total_bits_pqh": encoded_bits(stored)}
 
 
 def compression_table(layers: list[SharedLayer], names=None) -> pd.DataFrame:
@@ -453,38 +369,29 @@ def compression_table(layers: list[SharedLayer], names=None) -> pd.DataFrame:
     bits per weight and per index after P+Q and P+Q+H, and the compressed size as % of float32."""
     names = names or [f"fc{l + 1}" for l in range(len(layers))]
     raw = pd.DataFrame([stored_bits(L) for L in layers], index=names)
-    total = raw.sum(numeric_only=True)
-    raw.loc["total"] = total
-    t = pd.DataFrame(index=raw.index)
-    t["#weights"] = raw.weights.astype(int)
-    t["weights % (P)"] = 100 * raw.nonzeros / raw.weights
-    t["weight bits (P+Q)"] = raw.weight_bits_pq / raw.nonzeros
-    t["weight bits (P+Q+H)"] = raw.weight_bits_pqh / raw.nonzeros
-    t["index bits (P+Q)"] = raw.index_bits_pq / raw.nonzeros
-    t["index bits (P+Q+H)"] = raw.index_bits_pqh / raw.nonzeros
-    t["compress rate (P+Q) %"] = 100 * raw.total_bits_pq / raw.original_bits
-    t["compress rate (P+Q+H) %"] = 100 * raw.total_bits_pqh / raw.original_bits
-    t["index width"] = raw.index_width_pqh.astype("Int64")  # bits of the gap alphabet chosen for P+Q+H
-    t.loc["total", "index width"] = pd.NA
-    t["bytes (P+Q+H)"] = raw.total_bits_pqh / 8
-    t["× smaller (P+Q+H)"] = raw.original_bits / raw.total_bits_pqh
-    return t
+    raw.loc["total"] = raw.sum(numeric_only=True)
+    nnz, original = raw.nonzeros, raw.original_bits
+    return pd.DataFrame({
+        "#weights": raw.weights.astype(int), "weights % (P)": 100 * nnz / raw.weights,
+        "weight bits (P+Q)": raw.weight_bits_pq / nnz, "weight bits (P+Q+H)": raw.weight_bits_pqh / nnz,
+        "index bits (P+Q)": raw.index_bits_pq / nnz, "index bits (P+Q+H)": raw.index_bits_pqh / nnz,
+        "compress rate (P+Q) %": 100 * raw.total_bits_pq / original,
+        "compress rate (P+Q+H) %": 100 * raw.total_bits_pqh / original,
+        # bits of the gap alphabet chosen for P+Q+H, per layer (the total has none)
+        "index width": raw.index_width_pqh.astype("Int64").mask(raw.index == "total"),
+        "bytes (P+Q+H)": raw.total_bits_pqh / 8, "× smaller (P+Q+H)": original / raw.total_bits_pqh})
 
 
-# ---------------------------------------------------------------------------------------------------
-# The compressed network as a file
-# ---------------------------------------------------------------------------------------------------
+# -- The compressed network as a file -----------------------------------------------------------------
 KIND = "compressed network (P+Q+H)"
 
 
 def save_compressed(path, layers: list[SharedLayer], meta: dict | None = None) -> Path:
-    """Write the P+Q+H network: per layer its two Huffman-coded streams (cluster indices, position gaps),
-    their code lengths, the codebook and the biases, each layer at its smallest encoding. ``meta`` (JSON)
-    says where it came from. Written atomically by ``parbp.checkpoint``, with a SHA-256 of every array."""
+    """Write the P+Q+H network, each layer at its smallest encoding (``encode_layer``'s streams, code lengths,
+    codebook, biases), with ``meta`` (JSON); atomically by ``parbp.checkpoint``, with every array's SHA-256."""
     arrays, described = {}, []
     for l, layer in enumerate(layers, start=1):
-        stored = smallest_encoding(layer)
-        name = f"fc{l}"
+        stored, name = smallest_encoding(layer), f"fc{l}"
         arrays.update({f"{name}_weights": stored["weights"][0], f"{name}_gaps": stored["gaps"][0],
                        f"{name}_weight_code": stored["weight_code"].lengths.astype(np.uint8),
                        f"{name}_gap_code": stored["gap_code"].lengths.astype(np.uint8),
@@ -495,9 +402,8 @@ def save_compressed(path, layers: list[SharedLayer], meta: dict | None = None) -
 
 
 def load_compressed(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
-    """(params, meta) of a file from ``save_compressed``: the dense float32 weights decoded from the
-    Huffman streams, and its meta with ``stored_bytes``, the P+Q+H size counted from what was read.
-    A file whose arrays changed after writing is refused (``checkpoint.CheckpointError``)."""
+    """(params decoded from the Huffman streams, meta with ``stored_bytes``: the P+Q+H size of what was read)
+    of a file from ``save_compressed``; one whose arrays changed after writing raises ``CheckpointError``."""
     arrays, meta = checkpoint.load_arrays(path)
     if meta.get("kind") != KIND:
         raise checkpoint.CheckpointError(f"{path} is not a {KIND} (its kind: {meta.get('kind')!r})")
@@ -506,80 +412,67 @@ def load_compressed(path) -> tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
         a = lambda field: arrays[f"{layer['name']}_{field}"]  # noqa: E731
         stored = {"shape": tuple(layer["shape"]), "index_bits": layer["index_bits"],
                   "centroids": a("centroids"), "bias": a("bias"),
-                  "weight_code": HuffmanCode.from_lengths(a("weight_code")),
-                  "gap_code": HuffmanCode.from_lengths(a("gap_code")),
+                  "weight_code": HuffmanCode(a("weight_code")), "gap_code": HuffmanCode(a("gap_code")),
                   "weights": (a("weights"), layer["weight_bits"]), "gaps": (a("gaps"), layer["gap_bits"])}
         params.append((decode_layer(stored), stored["bias"]))
         bits += encoded_bits(stored)
     return params, {**meta, "stored_bytes": bits / 8}
 
 
-# ---------------------------------------------------------------------------------------------------
-# The whole pipeline on one trained network
-# ---------------------------------------------------------------------------------------------------
+# -- The whole pipeline on one trained network --------------------------------------------------------
 def deep_compression(trainer, dataset, schedule, bits, retrain_epochs: int, batch_size: int, lr: float,
                      finetune_epochs: int, finetune_lr: float, bits_curve=(), finetune_data=None, seed: int = 0,
                      on_round=None) -> dict:
-    """P, then Q, then H on ``trainer``'s (trained) network; the test accuracy after every stage.
+    """P, then Q, then H on ``trainer``'s (trained) network, and the test accuracy (``dataset``'s) after each.
 
-    ``schedule``: the pruning rounds (see ``prune_in_rounds``); ``bits``: the final cluster-index width
-    (one, or one per layer); ``bits_curve``: widths to sweep (same for every layer) for the accuracy-
-    against-bits curve, each quantized from the pruned network and fine-tuned like the final one;
-    ``finetune_data``: the examples the centroids are fine-tuned on (default: ``dataset``, which
-    retrains the pruned network); the test split is always ``dataset``'s.
-    Returns a dict of tables: ``rounds``, ``bits_curve``, ``stages``, ``table`` (seed 002's columns),
-    and the final ``masks`` and ``shared`` layers. Leaves the P+Q+H network (decoded) in the trainer.
+    ``schedule``: the pruning rounds (``prune_in_rounds``); ``bits``: the final cluster-index width (one, or one
+    per layer); ``bits_curve``: widths (every layer alike) quantized from the pruned network and fine-tuned like
+    the final one, for the accuracy-against-bits curve; ``finetune_data``: what the centroids are fine-tuned on
+    (default: ``dataset``). Returns the tables ``rounds``, ``bits_curve``, ``stages``, ``table`` (seed 002's) and
+    the final ``masks`` and ``shared`` layers; leaves the decoded P+Q+H network in the trainer.
     """
-    acc = lambda: accuracy(trainer, dataset.X_test, dataset.y_test)
+    acc = lambda: accuracy(trainer, dataset.X_test, dataset.y_test)  # noqa: E731
     dense_acc = acc()
     masks, rounds = prune_in_rounds(trainer, dataset, schedule, retrain_epochs, batch_size, lr, seed, on_round)
-    pruned = trainer.params
-    pruned_acc = acc()
+    pruned, pruned_acc = trainer.params, acc()
 
-    def quantize(b):
-        trainer.params = pruned
+    def quantize(b):  # the pruned network's shared layers at b bits, and its accuracy before and after fine-tuning
         shared = share_weights(pruned, masks, b)
         trainer.params = dequantize(shared)
         before = acc()
-        finetune_centroids(shared, trainer, dataset if finetune_data is None else finetune_data, finetune_epochs, batch_size, finetune_lr, seed)
-        return shared, before, acc()
+        finetune_centroids(shared, trainer, finetune_data or dataset, finetune_epochs, batch_size, finetune_lr, seed)
+        return shared, {"bits": b, "test_acc_clustered": before, "test_acc_finetuned": acc()}
 
-    curve = []
-    for b in bits_curve:
-        _, before, after = quantize(b)
-        curve.append({"bits": b, "test_acc_clustered": before, "test_acc_finetuned": after})
-    shared, clustered_acc, quantized_acc = quantize(bits)
+    curve = pd.DataFrame([quantize(b)[1] for b in bits_curve])
+    shared, final = quantize(bits)
     table = compression_table(shared)
     # H is lossless: the network is rebuilt from the encoded streams and evaluated again
     trainer.params = [(decode_layer(smallest_encoding(L)), L.bias) for L in shared]
     huffman_acc = acc()
     total = table.loc["total"]
-    original = sum(W.size + b.size for W, b in pruned) * FLOAT_BITS / 8
+    original, rate_pq = sum(W.size + b.size for W, b in pruned) * FLOAT_BITS / 8, total["compress rate (P+Q) %"]
     stages = pd.DataFrame([
         {"stage": "dense (float32)", "test_acc": dense_acc, "bytes": original, "x_smaller": 1.0},
-        {"stage": "P (pruned, retrained)", "test_acc": pruned_acc, "weights_kept": 1 - rounds.weights_removed.iloc[-1]},
-        {"stage": "P+Q (clustered)", "test_acc": clustered_acc},
-        {"stage": "P+Q (centroids fine-tuned)", "test_acc": quantized_acc,
-         "bytes": original * total["compress rate (P+Q) %"] / 100, "x_smaller": 100 / total["compress rate (P+Q) %"]},
+        {"stage": "P (pruned, retrained)", "test_acc": pruned_acc,
+         "weights_kept": 1 - rounds.weights_removed.iloc[-1]},
+        {"stage": "P+Q (clustered)", "test_acc": final["test_acc_clustered"]},
+        {"stage": "P+Q (centroids fine-tuned)", "test_acc": final["test_acc_finetuned"],
+         "bytes": original * rate_pq / 100, "x_smaller": 100 / rate_pq},
         {"stage": "P+Q+H (decoded from the Huffman streams)", "test_acc": huffman_acc,
          "bytes": total["bytes (P+Q+H)"], "x_smaller": total["× smaller (P+Q+H)"]},
     ])
     stages["accuracy_lost_points"] = 100 * (dense_acc - stages.test_acc)
-    return {"rounds": rounds, "bits_curve": pd.DataFrame(curve), "stages": stages, "table": table,
+    return {"rounds": rounds, "bits_curve": curve, "stages": stages, "table": table,
             "masks": masks, "shared": shared}
 
 
 def inference_speed(params, sparsities, batches, repeats: int = 7, seed: int = 0) -> pd.DataFrame:
-    """Seconds per forward pass, dense (numpy's BLAS, one thread) against CSR (scipy.sparse, which is
-    single-threaded), with every layer magnitude-pruned to each sparsity: the best of ``repeats`` runs.
-    Where does sparse start to win? CSR does 2 flops per nonzero but reads an index per nonzero and
-    cannot block for the cache as a GEMM does; at batch 1 both are memory-bound matrix-vector products."""
-    import time
-
+    """Seconds per forward pass (best of ``repeats``), dense (numpy's BLAS, one thread) against CSR (scipy.sparse,
+    single-threaded), every layer magnitude-pruned to each sparsity. CSR reads an index per nonzero and cannot
+    block for the cache as a GEMM does; at batch 1 both are memory-bound matrix-vector products."""
     from .blas import blas_threads
 
-    rng = np.random.default_rng(seed)
-    rows = []
+    rng, rows = np.random.default_rng(seed), []
     with blas_threads(1):
         for s in sparsities:
             pruned = apply_masks(params, magnitude_masks(params, check_sparsity(s)))
@@ -587,16 +480,12 @@ def inference_speed(params, sparsities, batches, repeats: int = 7, seed: int = 0
             sparse = to_csr(dense)
             for B in batches:
                 X = rng.random((B, params[0][0].shape[0]), dtype=np.float32)
-                for kind, predict in (("dense", lambda: predict_dense(dense, X)), ("csr", lambda: predict_csr(sparse, X))):
+                for kind, predict in (("dense", lambda: predict_dense(dense, X)),
+                                      ("csr", lambda: predict_csr(sparse, X))):
                     predict()  # warm
-                    best = math.inf
-                    for _ in range(repeats):
-                        start = time.perf_counter()
-                        predict()
-                        best = min(best, time.perf_counter() - start)
+                    best = min(timeit.repeat(predict, number=1, repeat=repeats))
                     rows.append({"sparsity": s, "batch": B, "kind": kind, "seconds": best})
-    df = pd.DataFrame(rows)
-    wide = df.pivot_table(index=["sparsity", "batch"], columns="kind", values="seconds").reset_index()
+    wide = pd.DataFrame(rows).pivot_table(index=["sparsity", "batch"], columns="kind", values="seconds").reset_index()
     wide["csr_speedup"] = wide.dense / wide.csr
     return wide
 
@@ -604,22 +493,18 @@ def inference_speed(params, sparsities, batches, repeats: int = 7, seed: int = 0
 def provenance(source: str, settings: dict, result: dict) -> dict:
     """What a compressed network's file records about itself: the network it came from, the settings of
     ``deep_compression`` and the test accuracy after each stage."""
-    stages = result["stages"][["stage", "test_acc"]].to_dict("records")
-    return {"source": source, "settings": settings, "stages": stages}
+    return {"source": source, "settings": settings,
+            "stages": result["stages"][["stage", "test_acc"]].to_dict("records")}
 
 
 def compression_splits(dataset, retrain_examples: int, test_examples: int, finetune_examples: int):
     """(the data pruning retrains on, with the test split every accuracy is measured on; the data the
     centroids are fine-tuned on): the first examples of each split, at most all of them."""
-    take = lambda n, split: min(n, len(split))  # noqa: E731
-    retrain = dataset.take(take(retrain_examples, dataset.X_train), n_val=1, n_test=take(test_examples, dataset.X_test))
-    finetune = dataset.take(take(finetune_examples, dataset.X_train), n_val=1, n_test=1)
-    return retrain, finetune
+    return (dataset.take(retrain_examples, n_val=1, n_test=test_examples),
+            dataset.take(finetune_examples, n_val=1, n_test=1))
 
 
-# ---------------------------------------------------------------------------------------------------
-# Figures
-# ---------------------------------------------------------------------------------------------------
+# -- Figures ------------------------------------------------------------------------------------------
 def plot_accuracy_curves(curves: pd.DataFrame, bits_rows: pd.DataFrame):
     """Test accuracy against the share of weights removed (pruned once, and in rounds with retraining) and
     against the bits of a weight's cluster index (clustered, then with fine-tuned centroids), per network."""
@@ -671,9 +556,7 @@ def _room_for_the_stamp(fig) -> None:
     fig.subplots_adjust(bottom=fig.subplotpars.bottom + 0.04)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The command line: the study's compressed Net-1h from notebook 08's trained one
-# ---------------------------------------------------------------------------------------------------
+# -- The command line: the study's compressed Net-1h from notebook 08's trained one -------------------
 #: the paper profile's compression of Net-1h (lib/profiles.py, notebook 09; tests/test_compress.py keeps them equal)
 PAPER = {"schedule": [[0.5, 0.3], [0.8, 0.5], [0.9, 0.6], [0.95, 0.7], [0.97, 0.75], [0.97, 0.75]],
          "bits": [4, 5], "retrain_examples": 50_000, "retrain_epochs": 1, "retrain_batch": 50, "retrain_lr": 0.5,
@@ -681,11 +564,6 @@ PAPER = {"schedule": [[0.5, 0.3], [0.8, 0.5], [0.9, 0.6], [0.95, 0.7], [0.97, 0.
 
 
 def parser():
-    import argparse
-
-    from .cli import Parser, nonnegative_int, positive_float, positive_int
-    from .results import BUILD, FIGURES
-
     def round_(text):  # one pruning round: each layer's sparsity, comma-separated
         try:
             return [check_sparsity(float(v), "a round's sparsity") for v in text.split(",")]
@@ -701,19 +579,14 @@ def parser():
     p.add_argument("--schedule", nargs="+", type=round_, default=PAPER["schedule"],
                    help="pruning rounds, each the layers' sparsities comma-separated (e.g. 0.5,0.3 0.8,0.5)")
     p.add_argument("--bits", nargs="+", type=positive_int, default=PAPER["bits"], help="cluster-index bits per layer")
-    for name in ("retrain_examples", "retrain_epochs", "retrain_batch", "test_examples", "finetune_examples",
-                 "finetune_epochs"):
-        p.add_argument("--" + name.replace("_", "-"), type=positive_int, default=PAPER[name])
-    for name in ("retrain_lr", "finetune_lr"):
-        p.add_argument("--" + name.replace("_", "-"), type=positive_float, default=PAPER[name])
-    p.add_argument("--seed", type=nonnegative_int, default=PAPER["seed"])
+    types = {"retrain_lr": positive_float, "finetune_lr": positive_float, "seed": nonnegative_int}
+    for name in [k for k in PAPER if k not in ("schedule", "bits")]:
+        p.add_argument("--" + name.replace("_", "-"), type=types.get(name, positive_int), default=PAPER[name])
     return p
 
 
 def main(argv=None) -> int:
     """``python -m parbp.compress``: from build/models/net1h_mnist_paper.npz to figures/09_net1h_compressed_paper.npz"""
-    from . import data, trainers
-
     args = parser().parse_args(argv)
     retrain, finetune = compression_splits(data.load("mnist"), args.retrain_examples, args.test_examples,
                                            args.finetune_examples)
@@ -736,6 +609,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import run
-
     raise SystemExit(run(main, prog="python -m parbp.compress"))

@@ -64,6 +64,7 @@ def fit(df: pd.DataFrame) -> AlphaBeta:
 
 
 def ring_allreduce(model: AlphaBeta, nbytes, p):
+    """Reduce-scatter + all-gather around a ring of p ranks (the module docstring's formula); 0 for one rank."""
     p = np.asarray(p, dtype=float)
     return np.where(p > 1, 2 * (p - 1) * model.alpha + 2 * (p - 1) / p * nbytes * model.beta, 0.0)
 
@@ -81,16 +82,15 @@ def mpich_allreduce(model: AlphaBeta, nbytes, p):
 
 
 def parameter_server(model: AlphaBeta, nbytes, p):
+    """One server takes p gradients and sends p parameter copies through its one link; 0 for one rank."""
     p = np.asarray(p, dtype=float)
     return np.where(p > 1, 2 * p * (model.alpha + nbytes * model.beta), 0.0)
 
 
 COMM = {"ring all-reduce": ring_allreduce, "parameter server": parameter_server}
 
-# A published datacenter interconnect, for projections past one machine: InfiniBand HDR as NVIDIA's
-# ConnectX-6 adapters give it, 200 Gb/s per port (25 GB/s) and "sub-600ns latency"
-# (https://docs.nvidia.com/networking/display/ConnectX6EN/Introduction). The adapter's latency is a lower
-# bound on MPI's α: the software adds a few hundred ns more.
+# A published datacenter interconnect, for projections past one machine (200 Gb/s = 25 GB/s). The adapter's
+# latency is a lower bound on MPI's α: the software adds a few hundred ns more.
 INFINIBAND_HDR = AlphaBeta(alpha=0.6e-6, beta=1 / 25e9)
 INFINIBAND_HDR_SOURCE = ("InfiniBand HDR, NVIDIA ConnectX-6: 200 Gb/s per port, sub-600 ns latency "
                          "(docs.nvidia.com/networking/display/ConnectX6EN/Introduction)")
@@ -121,9 +121,8 @@ def measure_compute(net: str, batch_size: int = 1000, impl: str = "serial-blas",
             _, g = t.gradients(X, Y)
             t1 = time.perf_counter()
             t.apply_gradients(g, 1e-6)
-            t2 = time.perf_counter()
             grad.append(t1 - t0)
-            upd.append(t2 - t1)
+            upd.append(time.perf_counter() - t1)
     return Compute(float(np.median(grad[1:])) / batch_size, float(np.median(upd[1:])))
 
 
@@ -134,48 +133,43 @@ def project(model: AlphaBeta, compute: Compute, n_params: int, workers, batch_si
     if scaling not in ("strong", "weak"):
         raise ValueError(f"scaling must be 'strong' or 'weak', got {scaling!r}")
     workers = np.asarray([p for p in workers if scaling == "weak" or p <= batch_size])
-    nbytes = 4 * n_params
-    per_worker = batch_size / workers if scaling == "strong" else np.full(len(workers), float(batch_size))
-    t1 = compute.time(batch_size)
-    rows = []
+    t_comp = compute.time(batch_size / workers if scaling == "strong" else batch_size)
+    frames = []
     for scheme, comm in COMM.items():
-        t_comp, t_comm = compute.time(per_worker), comm(model, nbytes, workers)
+        t_comm = comm(model, 4 * n_params, workers)
         step = t_comp + t_comm
-        eff = t1 / (workers * step) if scaling == "strong" else t_comp / step
-        rows += [{"scheme": scheme, "scaling": scaling, "workers": int(p), "batch_size": batch_size,
-                  "compute_s": c, "comm_s": m, "step_s": s, "efficiency": e}
-                 for p, c, m, s, e in zip(workers, t_comp, t_comm, step, eff)]
-    return pd.DataFrame(rows)
+        eff = compute.time(batch_size) / (workers * step) if scaling == "strong" else t_comp / step
+        frames.append(pd.DataFrame({"scheme": scheme, "scaling": scaling, "workers": workers, "batch_size": batch_size,
+                                    "compute_s": t_comp, "comm_s": t_comm, "step_s": step, "efficiency": eff}))
+    return pd.concat(frames, ignore_index=True)
 
 
-def pipeline_step(model: AlphaBeta, compute: "Compute", stages, micro_batches, batch_size: int, width: int,
+def pipeline_step(model: AlphaBeta, compute: Compute, stages, micro_batches, batch_size: int, width: int,
                   imbalance: float = 1.0):
     """Step time of a p-stage pipeline (the formula in the module docstring); arrays broadcast."""
-    p = np.asarray(stages, dtype=float)
-    m = np.asarray(micro_batches, dtype=float)
+    p, m = np.asarray(stages, dtype=float), np.asarray(micro_batches, dtype=float)
     work = compute.t_example * batch_size * np.where(p > 1, imbalance, 1.0) / (p * m)
     message = np.where(p > 1, 2 * (model.alpha + 4 * width * batch_size / m * model.beta), 0.0)
     return (m + p - 1) * (work + message) + compute.t_update / p
 
 
-def project_parallelism(model: AlphaBeta, compute: "Compute", n_params: int, width: int, workers,
+def project_parallelism(model: AlphaBeta, compute: Compute, n_params: int, width: int, workers,
                         batch_size: int = 1000, micro_per_stage: int = 4, imbalance: float = 1.0) -> pd.DataFrame:
     """Data parallelism (ring all-reduce of 4N bytes) against a pipeline of as many stages as workers, for a
     fixed global batch (strong scaling). The pipeline gets m = ``micro_per_stage``·p micro-batches (GPipe's
     rule of thumb m ≥ 4p), at most one example each; its stages are the same work cut in p (``imbalance``:
     the slowest stage over the mean), boundaries ``width`` activations wide."""
     workers = np.asarray([p for p in workers if p <= batch_size])
-    t1 = compute.time(batch_size)
     m = np.minimum(micro_per_stage * workers, batch_size)
-    dp = compute.time(batch_size / workers) + ring_allreduce(model, 4 * n_params, workers)
+    dp_comm = ring_allreduce(model, 4 * n_params, workers)
     pp = pipeline_step(model, compute, workers, m, batch_size, width, imbalance)
-    rows = []
-    for scheme, step, comm, micro in (("data parallel (ring all-reduce)", dp, ring_allreduce(model, 4 * n_params, workers), np.ones_like(m)),
-                                      ("model parallel (pipeline)", pp, pp - pipeline_step(AlphaBeta(0.0, 0.0), compute, workers, m, batch_size, width, imbalance), m)):
-        rows += [{"scheme": scheme, "workers": int(p), "micro_batches": int(k), "batch_size": batch_size,
-                  "step_s": s, "comm_s": c, "efficiency": t1 / (p * s)}
-                 for p, s, c, k in zip(workers, step, comm, micro)]
-    return pd.DataFrame(rows)
+    pp_comm = pp - pipeline_step(AlphaBeta(0.0, 0.0), compute, workers, m, batch_size, width, imbalance)
+    schemes = {"data parallel (ring all-reduce)": (compute.time(batch_size / workers) + dp_comm, dp_comm, 1),
+               "model parallel (pipeline)": (pp, pp_comm, m)}
+    return pd.concat([pd.DataFrame({"scheme": scheme, "workers": workers, "micro_batches": micro,
+                                    "batch_size": batch_size, "step_s": step, "comm_s": comm,
+                                    "efficiency": compute.time(batch_size) / (workers * step)})
+                      for scheme, (step, comm, micro) in schemes.items()], ignore_index=True)
 
 
 # ---- Measuring messages (runs under mpiexec) -------------------------------------------------------------
@@ -197,14 +191,10 @@ def _measure(sizes, budget: float):
                 t0 = time.perf_counter()
                 if op == "allreduce":
                     comm.Allreduce(MPI.IN_PLACE, buf)
-                elif comm.rank == 0:
-                    comm.Send(buf, dest=1)
-                    comm.Recv(buf, source=1)
-                elif comm.rank == 1:
-                    comm.Recv(buf, source=0)
-                    comm.Send(buf, dest=0)
-                dt = time.perf_counter() - t0
-                times.append(dt / 2 if op == "pingpong" else dt)
+                elif comm.rank < 2:  # rank 0 sends and waits for the echo, rank 1 echoes
+                    for move in ((comm.Send, comm.Recv) if comm.rank == 0 else (comm.Recv, comm.Send)):
+                        move(buf, 1 - comm.rank)
+                times.append((time.perf_counter() - t0) / (2 if op == "pingpong" else 1))  # one way
             times = comm.bcast(times, root=0)  # rank 0's clock defines every result
             rows.append({"op": op, "bytes": buf.nbytes, "seconds": float(np.median(times[2:])),
                          "processes": comm.size, "reps": reps})
@@ -213,9 +203,7 @@ def _measure(sizes, budget: float):
 
 def measure_messages(processes: int = 2, transport: str = "shm", sizes=SIZES, budget: float = 0.05,
                      timeout: float = 120) -> pd.DataFrame:
-    """Run the measurement under mpiexec and return its rows. ``transport``: "shm" (MPICH's shared
-    memory, the default between processes of one machine) or "tcp" (TCP over loopback, the path a
-    message between machines takes, minus the wire)."""
+    """Run the measurement under mpiexec and return its rows; ``transport``: "shm" or "tcp" (``TRANSPORTS``)."""
     from .distributed import run_job
 
     if transport not in TRANSPORTS:
@@ -237,14 +225,13 @@ def main(argv=None):
     p.add_argument("--sizes", type=positive_int, nargs="+", default=list(SIZES), help="message sizes in bytes")
     p.add_argument("--budget", type=positive_float, default=0.05, help="about this many seconds per size and operation")
     args = p.parse_args(argv)
-    sizes = args.sizes
-    if any(s < 4 for s in sizes):
+    if any(s < 4 for s in args.sizes):
         p.error("every size must be at least 4 bytes (one float32)")
     from mpi4py import MPI
 
     if MPI.COMM_WORLD.size < 2:
         p.error("run under mpiexec with at least 2 processes")
-    rows = _measure(sizes, args.budget)
+    rows = _measure(args.sizes, args.budget)
     if rows is not None:
         from .results import write_csv
 

@@ -26,10 +26,10 @@ from numba.extending import intrinsic, overload
 from .base import Trainer
 from .cli import check_choice, check_positive_int
 from .envinfo import usable_cores
-from . import blas as _blas
-from .blas import axpy, blas_threads, gemm_into, gemm_update
+from .blas import axpy, blas_threads, decide, gemm_into, gemm_update
 
 CORES = usable_cores()  # the default number of workers
+UPDATES = ("rows", "partials")  # how the matrix trainers share the update (see MatrixTrainer)
 
 # nogil: worker threads run the kernels truly in parallel. error_model="numpy": no ZeroDivisionError
 # branch inside the loops, which is what lets LLVM vectorize them. fastmath: reassociate reductions.
@@ -39,43 +39,28 @@ _JIT = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 @intrinsic
 def _float32_from_bits(typingctx, bits):
     """Reinterpret the low 32 bits of an integer as a float32 (how 2**n is built without a libm call)."""
-    if not isinstance(bits, types.Integer):
-        return None
-
     def codegen(context, builder, signature, args):
-        value = args[0]
-        if bits.bitwidth > 32:
-            value = builder.trunc(value, llvmlite.ir.IntType(32))
+        value = builder.trunc(args[0], llvmlite.ir.IntType(32)) if bits.bitwidth > 32 else args[0]
         return builder.bitcast(value, context.get_value_type(types.float32))
 
     return types.float32(bits), codegen
 
 
-def fast_exp(x):
-    """e**x. In numba, float32 gets a polynomial LLVM can vectorize (libm's expf cannot be: 7 ns vs 0.2 ns)."""
-    return math.exp(x)
-
-
-@overload(fast_exp, inline="always")
-def _fast_exp_overload(x):
-    if x != types.float32:
-        return lambda x: math.exp(x)
-
-    def expf(x):
-        # Cephes expf: e**x = 2**n · e**r with n = round(x / ln 2), |r| ≤ ln2/2; relative error < 3e-7.
-        x = min(max(x, np.float32(-87.0)), np.float32(88.0))  # keep 2**n a normal float32
-        n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
-        r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)  # ln 2 in two parts
-        p = np.float32(1.9875691500e-4)
-        p = p * r + np.float32(1.3981999507e-3)
-        p = p * r + np.float32(8.3334519073e-3)
-        p = p * r + np.float32(4.1665795894e-2)
-        p = p * r + np.float32(1.6666665459e-1)
-        p = p * r + np.float32(5.0000001201e-1)
-        p = p * (r * r) + r + np.float32(1.0)
-        return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
-
-    return expf
+@numba.njit(inline="always")
+def fast_exp32(x):
+    """e**x for a float32: a polynomial LLVM can vectorize (libm's expf cannot be: 7 ns vs 0.2 ns). Cephes expf:
+    e**x = 2**n · e**r with n = round(x / ln 2), |r| ≤ ln2/2; relative error < 3e-7."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))  # keep 2**n a normal float32
+    n = np.floor(x * np.float32(1.44269504) + np.float32(0.5))
+    r = x - n * np.float32(0.693359375) - n * np.float32(-2.12194440e-4)  # ln 2 in two parts
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * (r * r) + r + np.float32(1.0)
+    return p * _float32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
 #: float32's smallest normal number, 2**-126. σ(z) below it (z < −87.34) is defined to be 0: see ``sigmoid``.
@@ -83,9 +68,9 @@ FLOAT32_TINY = np.float32(np.finfo(np.float32).tiny)
 
 
 def sigmoid(z):
-    """σ(z) = 1/(1 + e**−z). In numba, float32 results below float32's smallest normal number are 0: whether a
-    CPU delivers such subnormals depends on FTZ/DAZ bits and on the reciprocal LLVM picks (Intel's VRCPPS
-    flushes them, AMD Zen 4's VRCP14PS does not); flushing explicitly makes every CPU agree (error < 1.2e-38)."""
+    """σ(z) = 1/(1 + e**−z). In numba, float32 results below FLOAT32_TINY are 0: whether a CPU delivers such
+    subnormals depends on FTZ/DAZ and on its reciprocal (Intel's VRCPPS flushes them, AMD Zen 4's VRCP14PS does
+    not); flushing explicitly makes every CPU agree."""
     return 1.0 / (1.0 + math.exp(-z))
 
 
@@ -95,7 +80,7 @@ def _sigmoid_overload(z):
         return lambda z: 1.0 / (1.0 + math.exp(-z))
 
     def sigmoid32(z):
-        s = np.float32(1.0) / (np.float32(1.0) + fast_exp(-z))
+        s = np.float32(1.0) / (np.float32(1.0) + fast_exp32(-z))
         return s if s >= FLOAT32_TINY else np.float32(0.0)
 
     return sigmoid32
@@ -111,7 +96,7 @@ def bias_sigmoid(Z, b):
 
 @numba.njit(**_JIT)
 def output_delta(A, Y, D, scale):
-    """D ← scale·(A − Y)∘A∘(1 − A) (eq. 7 with scale = 2/B); returns Σ(A − Y)², accumulated in float64."""
+    """D ← scale·(A − Y)∘A∘(1 − A) (eq. 7, scale = 2/B); returns Σ(A − Y)², accumulated in float64."""
     sse = 0.0
     for i in range(A.shape[0]):
         for j in range(A.shape[1]):
@@ -160,8 +145,7 @@ def reduce_update(W, partials, lr, r0, r1):
 # -- The paper's serial algorithm: one example at a time -------------------------------------------
 @numba.njit(**_JIT)
 def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
-    """One minibatch step of seed 001's serial backpropagation; returns Σ(a_L − y)² over the minibatch:
-    the gradient example by example, then one update."""
+    """One minibatch step of seed 001's serial backpropagation (the gradient, then one update); returns Σ(a_L − y)²."""
     sse = example_gradients(Ws, bs, gWs, gbs, acts, deltas, X, Y, scale)
     for l in range(len(Ws)):
         W, b, gW, gb = Ws[l], bs[l], gWs[l], gbs[l]
@@ -175,9 +159,8 @@ def example_by_example_step(Ws, bs, gWs, gbs, acts, deltas, X, Y, lr, scale):
 
 @numba.njit(**_JIT)
 def example_gradients(Ws, bs, gWs, gbs, acts, deltas, X, Y, scale):
-    """Seed 001's serial backpropagation over the rows of X, example by example (matrix-vector forward, eqs.
-    4-5; backward, eqs. 7-9), its outer products summed into ``gWs``, ``gbs``; returns Σ(a_L − y)². The weights
-    are only read, so threads may run it on their own examples at once (the paper's design)."""
+    """The gradient over the rows of X into ``gWs``, ``gbs``, example by example (eqs. 4-9); returns Σ(a_L − y)².
+    The weights are only read, so threads may run it on their own examples at once (the paper's design)."""
     L = len(Ws)
     for l in range(L):
         gWs[l][:] = 0
@@ -222,16 +205,10 @@ def forward_matrix(Ws, bs, X, chunk=4096):
     for r0 in range(0, X.shape[0], chunk):
         a = X[r0 : r0 + chunk]
         for W, b in zip(Ws, bs):
-            z = np.empty((a.shape[0], W.shape[1]), dtype=X.dtype)
-            gemm_into(a, W, z)
-            bias_sigmoid(z, b)
-            a = z
+            a = a @ W  # numpy's matmul: gemm_into's default backend
+            bias_sigmoid(a, b)
         out[r0 : r0 + chunk] = a
     return out
-
-
-def _check_count(trainer, option, value):
-    return check_positive_int(f"trainer {trainer.name!r}: {option}", value)
 
 
 def split_rows(n: int, parts: int) -> list[tuple[int, int]]:
@@ -248,6 +225,7 @@ class _ParamsTrainer(Trainer):
     """Holds the parameters as C-ordered arrays the kernels update in place."""
 
     family = "kernels"
+    groups = blas = 1  # workers and BLAS threads per worker (predict uses them all)
 
     def _setup(self, params):
         self.W = [np.ascontiguousarray(W) for W, _ in params]
@@ -260,6 +238,10 @@ class _ParamsTrainer(Trainer):
         for W, b, (W_new, b_new) in zip(self.W, self.b, params):
             W[...] = W_new
             b[...] = b_new
+
+    def _predict(self, X):
+        with blas_threads(self.blas * self.groups):
+            return forward_matrix(self.W, self.b, X)
 
 
 class SerialExampleTrainer(_ParamsTrainer):
@@ -275,50 +257,42 @@ class SerialExampleTrainer(_ParamsTrainer):
         self._deltas = tuple(np.zeros(n, dtype=self.dtype) for n in self.sizes[1:])
 
     def _step(self, X, Y, lr):
-        B = X.shape[0]
-        t = self.dtype.type
-        sse = example_by_example_step(tuple(self.W), tuple(self.b), self._gW, self._gb, self._acts, self._deltas,
-                                      X, Y, t(lr), t(2.0 / B))
-        return sse / B
-
-    def _predict(self, X):
-        with blas_threads(1):
-            return forward_matrix(self.W, self.b, X)
+        t, B = self.dtype.type, X.shape[0]
+        return example_by_example_step(tuple(self.W), tuple(self.b), self._gW, self._gb, self._acts, self._deltas,
+                                       X, Y, t(lr), t(2.0 / B)) / B
 
 
 class MatrixTrainer(_ParamsTrainer):
     """The minibatch matrix form, its examples split across ``groups`` workers with ``blas`` BLAS threads each.
 
-    Each worker runs forward (A_l ← σ(A_{l-1}W_l + b_l)) and backward (Δ_L ← 2/B (A_L − Y)∘σ',
-    Δ_{l-1} ← (Δ_l W_lᵀ)∘σ') on its rows, a GEMM and a fused kernel per layer. Then, from the old weights'
-    deltas, the update W_l ← W_l − lr·A_{l-1}ᵀΔ_l over all the examples, shared among workers (``update``):
-      "rows"      worker k updates its block of rows of every W from the whole minibatch: one GEMM with
-                  beta = 1 per layer; no gradient is stored.
+    Each worker runs forward and backward on its rows, a GEMM and a fused kernel per layer; then the update
+    W_l ← W_l − lr·A_{l-1}ᵀΔ_l over all the examples is shared among the workers as ``update`` says:
+      "rows"      worker k updates its rows of every W from the whole minibatch, one GEMM with beta = 1 per layer.
       "partials"  the paper's pthreads: worker k writes G_k = A_kᵀΔ_k, then one pass, its rows split across
                   the workers, reduces and updates, W ← W − lr·Σ_k G_k (p + 1 weight-sized reads a step).
-    Subclasses fix ``groups``, ``blas`` and ``update`` from their options.
+    Without options it is the matrix form on one core: one worker, single-threaded BLAS.
     """
 
-    name = "matrix"
+    name = "serial-blas"
     matrix = True
-    UPDATES = ("rows", "partials")
 
     def _workers(self) -> tuple[int, int]:
-        """(groups of examples, BLAS threads per group)."""
-        raise NotImplementedError
+        """(groups of examples, BLAS threads per group), from the options: a worker per thread, if any."""
+        return (self._count("threads"), 1) if "threads" in self.options else (1, 1)
+
+    def _count(self, option) -> int:
+        """The option, which must be a positive integer."""
+        return check_positive_int(f"trainer {self.name!r}: {option}", self.opts[option])
 
     def _setup(self, params):
         self.groups, self.blas = self._workers()
-        self.update = check_choice(f"trainer {self.name!r}: update", self.opts.get("update", "rows"), self.UPDATES)
+        self.update = check_choice(f"trainer {self.name!r}: update", self.opts.get("update", "rows"), UPDATES)
         super()._setup(params)
-        self._capacity = 0
-        self._partials = None
-        self._pool = None
+        self._capacity, self._partials, self._pool, self._closed = 0, None, None, False
         if self.groups > 1:
             # the calling thread works as group 0, so the pool needs groups − 1 threads
             self._pool = ThreadPoolExecutor(self.groups - 1, thread_name_prefix=f"parbp-{self.name}")
             self._finalizer = weakref.finalize(self, self._pool.shutdown, wait=False)
-        self._closed = False
 
     def close(self):
         if self._pool is not None:
@@ -330,23 +304,11 @@ class MatrixTrainer(_ParamsTrainer):
     # -- buffers, allocated once for the largest minibatch seen ---------------------------------
     def _buffers(self, B):
         if B > self._capacity:
-            self._acts = [np.empty((B, n), dtype=self.dtype) for n in self.sizes[1:]]
-            self._deltas = [np.empty((B, n), dtype=self.dtype) for n in self.sizes[1:]]
+            self._acts, self._deltas = ([np.empty((B, n), dtype=self.dtype) for n in self.sizes[1:]] for _ in range(2))
             self._capacity = B
         return [a[:B] for a in self._acts], [d[:B] for d in self._deltas]
 
-    def _partial_buffers(self, parts):
-        if self._partials is None or self._partials[0].shape[0] < parts:
-            self._partials = [np.empty((parts, *W.shape), dtype=self.dtype) for W in self.W]
-            self._partial_b = [np.empty((parts, *b.shape), dtype=self.dtype) for b in self.b]
-        return self._partials, self._partial_b
-
     # -- the work of one group of rows ------------------------------------------------------------
-    def _choose_backend(self, rows: int) -> str:
-        """The BLAS for GEMMs over ``rows`` examples per worker (``parbp.blas.decide``), kept with its reason."""
-        self.gemm_backend, self.gemm_reason = _blas.decide(rows, self.blas)
-        return self.gemm_backend
-
     def _forward_backward(self, X, Y, r0, r1, acts, deltas, scale):
         """Activations and deltas of rows r0:r1 into the shared buffers; returns their Σ(A − Y)²."""
         L, backend = len(self.W), self.gemm_backend
@@ -365,7 +327,7 @@ class MatrixTrainer(_ParamsTrainer):
 
     def _run(self, task, n):
         """task(0..n-1) with task 0 on the calling thread; re-raises the first worker error."""
-        futures = [self._pool.submit(task, k) for k in range(1, n)] if n > 1 else []
+        futures = [self._pool.submit(task, k) for k in range(1, n)]
         try:
             first = task(0)
         except BaseException:
@@ -373,83 +335,62 @@ class MatrixTrainer(_ParamsTrainer):
             raise
         return [first, *(f.result() for f in futures)]
 
-    def _sums_partials(self, parts: int) -> bool:
-        """Whether a step over ``parts`` workers goes through the paper's partial gradients."""
-        return self.update == "partials" and parts > 1
-
-    def _prepare(self, X):
-        """(B, each worker's rows, activation buffers, delta buffers) for a minibatch X."""
+    def _prepare(self, X, gemm_rows=None):
+        """(B, each worker's rows, activation buffers, delta buffers) for X; picks the BLAS for ``gemm_rows``."""
         if self._closed:
             raise RuntimeError(f"trainer {self.name!r} was closed; make a new one")
         B = X.shape[0]
         rows = split_rows(B, self.groups)
-        self._choose_backend(rows[0][1] - rows[0][0])
+        self.gemm_backend, self.gemm_reason = decide(gemm_rows or rows[0][1] - rows[0][0], self.blas)
         return B, rows, *self._buffers(B)
 
-    def _start(self, X, Y):
-        """Forward and backward on every worker's rows: (B, workers, layer inputs A_{l-1}, deltas, Σ(A − Y)²)."""
+    def _backprop(self, X, Y, lr, targets) -> float:
+        """Forward and backward on every worker's rows, then ``W ← W − lr·AᵀΔ`` into ``targets``; returns the loss."""
         B, rows, acts, deltas = self._prepare(X)
-        scale = self.dtype.type(2.0 / B)
-        partials = self._sums_partials(len(rows))
+        parts, inputs = len(rows), [X, *acts[:-1]]
+        scale, lr = self.dtype.type(2.0 / B), self.dtype.type(lr)
+        partials = self.update == "partials" and parts > 1  # one worker's partial would be the gradient itself
+        if partials and (self._partials is None or len(self._partials[0]) < parts):
+            self._partials = [np.empty((parts, *W.shape), dtype=self.dtype) for W in self.W]
+            self._partial_b = [np.empty((parts, *b.shape), dtype=self.dtype) for b in self.b]
 
         def forward_backward(k):
             r0, r1 = rows[k]
             sse = self._forward_backward(X, Y, r0, r1, acts, deltas, scale)
             for l in range(len(self.W)) if partials else ():  # the paper: each worker's partial gradient
-                a = X[r0:r1] if l == 0 else acts[l - 1][r0:r1]
-                gemm_into(a, deltas[l][r0:r1], self._partials[l][k], trans_a=True, backend=self.gemm_backend)
+                gemm_into(inputs[l][r0:r1], deltas[l][r0:r1], self._partials[l][k], trans_a=True,
+                          backend=self.gemm_backend)
                 column_sums(deltas[l][r0:r1], self._partial_b[l][k])
             return sse
 
-        if partials:
-            self._partial_buffers(len(rows))
-        sse = sum(self._run(forward_backward, len(rows)))
-        return B, len(rows), [X, *acts[:-1]], deltas, sse
+        def update_rows(k):  # worker k: its rows of every W, its entries of every b
+            for A, D, (W, b) in zip(inputs, deltas, targets):
+                w_rows, b_cols = slice(*share(W.shape[0], parts, k)), slice(*share(b.shape[0], parts, k))
+                gemm_update(A[:, w_rows], D, W[w_rows], lr, backend=self.gemm_backend)
+                bias_update(b[b_cols], D[:, b_cols], lr)
 
-    # -- the interface -----------------------------------------------------------------------------
-    def _step(self, X, Y, lr):
-        lr = self.dtype.type(lr)
+        def reduce_partials(k):  # worker k: Σ of the partial gradients over its rows, and the update
+            for (W, _), G in zip(targets, self._partials):
+                reduce_update(W, G[:parts], lr, *share(W.shape[0], parts, k))
+
         with blas_threads(self.blas):
-            B, parts, inputs, deltas, sse = self._start(X, Y)
-
-            def update_rows(k):  # worker k: its rows of every W, its entries of every b
-                for A, D, W, b in zip(inputs, deltas, self.W, self.b):
-                    r0, r1 = share(W.shape[0], parts, k)
-                    gemm_update(A[:, r0:r1], D, W[r0:r1], lr, backend=self.gemm_backend)
-                    c0, c1 = share(b.shape[0], parts, k)
-                    bias_update(b[c0:c1], D[:, c0:c1], lr)
-
-            def reduce_partials(k):  # worker k: Σ of the partial gradients over its rows, and the update
-                for W, G in zip(self.W, self._partials):
-                    reduce_update(W, G[:parts], lr, *share(W.shape[0], parts, k))
-
-            if self._sums_partials(parts):
+            sse = sum(self._run(forward_backward, parts))
+            if partials:
                 self._run(reduce_partials, parts)
-                for b, gb in zip(self.b, self._partial_b):
+                for (_, b), gb in zip(targets, self._partial_b):
                     b -= lr * gb[:parts].sum(axis=0)
             else:
                 self._run(update_rows, parts)
         return sse / B
 
+    # -- the interface -----------------------------------------------------------------------------
+    def _step(self, X, Y, lr):
+        return self._backprop(X, Y, lr, list(zip(self.W, self.b)))
+
     def _gradients(self, X, Y):
-        grads = [(np.empty_like(W), np.empty_like(b)) for W, b in zip(self.W, self.b)]
-        with blas_threads(self.blas):
-            B, parts, inputs, deltas, sse = self._start(X, Y)
-
-            def gradient_rows(k):  # as update_rows, the gradient stored instead of applied
-                for A, D, (gW, gb) in zip(inputs, deltas, grads):
-                    r0, r1 = share(gW.shape[0], parts, k)
-                    gemm_into(A[:, r0:r1], D, gW[r0:r1], trans_a=True, backend=self.gemm_backend)
-                    c0, c1 = share(gb.shape[0], parts, k)
-                    column_sums(D[:, c0:c1], gb[c0:c1])
-
-            if self._sums_partials(parts):
-                for (gW, gb), G, Gb in zip(grads, self._partials, self._partial_b):
-                    np.sum(G[:parts], axis=0, out=gW)
-                    np.sum(Gb[:parts], axis=0, out=gb)
-            else:
-                self._run(gradient_rows, parts)
-        return sse / B, grads
+        # The gradient is the update with lr = −1 of zeros (beta = 1 adds to exact zeros: the same sums).
+        grads = [(np.zeros_like(W), np.zeros_like(b)) for W, b in zip(self.W, self.b)]
+        return self._backprop(X, Y, -1.0, grads), grads
 
     def _apply_gradients(self, grads, lr):
         grads = self._check_layers(grads, "dW", "db", np.ascontiguousarray)
@@ -458,38 +399,23 @@ class MatrixTrainer(_ParamsTrainer):
 
         def update(k):
             for W, (gW, _) in zip(self.W, grads):
-                r0, r1 = share(W.shape[0], parts, k)
-                axpy(W[r0:r1], gW[r0:r1], lr)
+                w_rows = slice(*share(W.shape[0], parts, k))
+                axpy(W[w_rows], gW[w_rows], lr)
 
         self._run(update, parts)
         for b, (_, gb) in zip(self.b, grads):
             b -= lr * gb
 
-    def _predict(self, X):
-        with blas_threads(self.blas * self.groups):
-            return forward_matrix(self.W, self.b, X)
 
-
-class SerialBlasTrainer(MatrixTrainer):
-    """The minibatch matrix form on one core: single-threaded BLAS GEMMs and fused numba kernels."""
-
-    name = "serial-blas"
-
-    def _workers(self):
-        return 1, 1
+SerialBlasTrainer = MatrixTrainer  # the minibatch matrix form on one core
 
 
 class ThreadsTrainer(MatrixTrainer):
-    """The paper's pthreads design: the minibatch split across ``threads`` workers, each running forward
-    and backward on its examples with single-threaded BLAS (which releases the GIL). The update is
-    shared by rows of W (``update="rows"``, the default) or, as in the paper, by summing the workers'
-    partial gradients (``update="partials"``); see ``MatrixTrainer``."""
+    """The paper's pthreads design: the minibatch split across ``threads`` workers, each with single-threaded
+    BLAS (which releases the GIL); ``update="partials"`` sums their partial gradients as the paper does."""
 
     name = "threads"
     options = {"threads": CORES, "update": "rows"}
-
-    def _workers(self):
-        return _check_count(self, "threads", self.opts["threads"]), 1
 
 
 class BlasParallelTrainer(MatrixTrainer):
@@ -499,21 +425,19 @@ class BlasParallelTrainer(MatrixTrainer):
     options = {"threads": CORES}
 
     def _workers(self):
-        return 1, _check_count(self, "threads", self.opts["threads"])
+        return 1, self._count("threads")
 
 
 class HybridTrainer(MatrixTrainer):
-    """``threads`` threads in all: the examples split across ``groups`` workers (None: 2 when ``threads`` is
-    even, else 1), each with ``threads // groups`` BLAS threads; ``update`` as for ``threads``. OpenBLAS
-    serializes multi-threaded GEMMs from several threads, so such groups overlap only outside their GEMMs."""
+    """``threads`` threads in all: the examples split across ``groups`` workers, each with ``threads // groups``
+    BLAS threads. OpenBLAS serializes multi-threaded GEMMs from several threads: groups overlap only outside them."""
 
     name = "hybrid"
     options = {"threads": CORES, "groups": None, "update": "rows"}
 
     def _workers(self):
-        threads = _check_count(self, "threads", self.opts["threads"])
-        groups = self.opts["groups"]
-        groups = (2 if threads % 2 == 0 else 1) if groups is None else _check_count(self, "groups", groups)
+        threads = self._count("threads")
+        groups = (2 if threads % 2 == 0 else 1) if self.opts["groups"] is None else self._count("groups")
         if threads % groups:
             raise ValueError(f"trainer {self.name!r}: groups ({groups}) must divide threads ({threads}) "
                              f"so every group gets the same number of BLAS threads")
@@ -521,25 +445,21 @@ class HybridTrainer(MatrixTrainer):
 
 
 class HogwildTrainer(MatrixTrainer):
-    """Lock-free asynchronous SGD on one node (Hogwild!, seed 002): each of ``threads`` workers walks its share
-    of the minibatch ``microbatch`` examples at a time, updating the shared weights at once, with no lock or
-    barrier (lr/B per example: one worker with ``microbatch = B`` is synchronous SGD). The loss returned is
-    measured on the weights each microbatch saw."""
+    """Lock-free asynchronous SGD (Hogwild!, seed 002): each of ``threads`` workers walks its share of the minibatch
+    ``microbatch`` examples at a time, updating the shared weights at once with no lock or barrier (one worker with
+    ``microbatch = B`` is synchronous SGD). The loss returned is measured on the weights each microbatch saw."""
 
     name = "hogwild"
     exact = False
     options = {"threads": CORES, "microbatch": 10}
 
     def _workers(self):
-        self.microbatch = _check_count(self, "microbatch", self.opts["microbatch"])
-        return _check_count(self, "threads", self.opts["threads"]), 1
+        self.microbatch = self._count("microbatch")
+        return super()._workers()
 
     def _step(self, X, Y, lr):
-        B, rows, acts, deltas = self._prepare(X)
-        self._choose_backend(self.microbatch)
-        t = self.dtype.type
-        scale, lr = t(2.0 / B), t(lr)
-        inputs = [X, *acts[:-1]]
+        B, rows, acts, deltas = self._prepare(X, gemm_rows=self.microbatch)
+        scale, lr, inputs = self.dtype.type(2.0 / B), self.dtype.type(lr), [X, *acts[:-1]]
 
         def worker(k):
             sse = 0.0
@@ -555,8 +475,8 @@ class HogwildTrainer(MatrixTrainer):
         with blas_threads(1):
             return sum(self._run(worker, len(rows))) / B
 
-    def _gradients(self, X, Y):
-        raise NotImplementedError("hogwild updates as it goes; it has no gradient of the whole minibatch to return")
+    def _gradients(self, *args):
+        raise NotImplementedError("hogwild updates as it goes: it has no gradient of the whole minibatch to return "
+                                  "or to apply; use a synchronous trainer")
 
-    def _apply_gradients(self, grads, lr):
-        raise NotImplementedError("hogwild updates as it goes; apply gradients with a synchronous trainer")
+    _apply_gradients = _gradients

@@ -11,16 +11,12 @@ The paper decomposes one minibatch step into five kernels, and so do we:
 
 Layout: one example per row, every array row-major, W_l of shape (n_{l-1}, n_l), so ``Z = A @ W + b`` as in
 ``reference.py`` (the paper stored activations column-major). The three products share one kernel template,
-``_matmul_kernel``: a block of tile × tile threads computes a (tile·r) × (tile·r) block of the output, each
-thread an r × r sub-block in registers (r = ``reg_block``; 1 is the paper's kernel), walking the reduction
-``tile`` at a time through shared memory. Outputs past a matrix's edge are masked: threads with no output
-inside are the slides' idle threads. The update (few output tiles, a long reduction over the batch) is split
-over several blocks per tile whose partial sums meet by atomic adds (split-K, ``split_for``).
+``_matmul_kernel``, tiled through shared memory with an r × r register block per thread (r = ``reg_block``; 1
+is the paper's kernel); threads past a matrix's edge are the slides' idle threads. The update (few output tiles,
+a long reduction over the batch) is split over blocks whose partial sums meet by atomic adds (``split_for``).
 
-Parameters and buffers stay on the device between steps; each kernel is a module-level launcher taking
-device arrays, so a test can run it alone. Without a GPU, numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``
-before numba's first import) runs the same kernels slowly; the trainer runs there only when asked by
-``NumbaCudaTrainer(..., simulator=True)``.
+Each kernel is a module-level launcher taking device arrays, so a test can run it alone, also on numba's CUDA
+simulator (``NUMBA_ENABLE_CUDASIM=1``), which the trainer uses only when asked (``simulator=True``).
 """
 from __future__ import annotations
 
@@ -49,26 +45,16 @@ def check_layout(tile: int, reg_block: int, dtype="float32") -> tuple[int, int]:
     """Validate the kernel geometry; returns (tile, reg_block) or raises ValueError naming the valid choices."""
     check_choice("tile", tile, TILES)
     check_choice("reg_block", reg_block, REG_BLOCKS)
-    shared = shared_bytes(tile, reg_block, dtype)
+    shared = 2 * tile * (tile * reg_block + 1) * np.dtype(dtype).itemsize  # two tile × (tile·r + 1) tiles, see below
     if shared > MAX_SHARED:
         raise ValueError(f"tile={tile}, reg_block={reg_block} in {np.dtype(dtype)} needs {shared} bytes of shared "
-                         f"memory per block, more than the {MAX_SHARED} every GPU grants; use a smaller tile or reg_block")
+                         f"memory per block, more than the {MAX_SHARED} every GPU grants; use a smaller tile "
+                         f"or reg_block")
     return tile, reg_block
-
-
-def shared_bytes(tile: int, reg_block: int, dtype="float32") -> int:
-    """Shared memory of one matmul block: two tile × (tile·r + 1) tiles (the +1 pads away bank conflicts)."""
-    return 2 * tile * (tile * reg_block + 1) * np.dtype(dtype).itemsize
 
 
 # -- Kernel 1, 3 and 5: one tiled matrix product, three epilogues ----------------------------------
 FORWARD, DELTA, UPDATE = "forward", "delta", "update"
-
-
-def _jit_options(threads: int) -> dict:
-    # One multiprocessor has 64K registers: a block of 1024 threads must make do with 64 each, or its
-    # launch fails. (The simulator's jit takes no such option.)
-    return {} if simulator_enabled() else {"max_registers": min(255, 65536 // threads)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,13 +83,16 @@ def _matmul_kernel(kind: str, tile: int, reg_block: int, dtype: str):
     A_ALONG_K = kind != UPDATE
     B_ALONG_K = kind == DELTA
     IS_FORWARD, IS_DELTA = kind == FORWARD, kind == DELTA  # plain booleans: the kernel compares no strings
+    # One multiprocessor has 64K registers: a block of 1024 threads must make do with 64 each, or its
+    # launch fails. (The simulator's jit takes no such option.)
+    jit_options = {} if simulator_enabled() else {"max_registers": min(255, 65536 // NT)}
 
     @cuda.jit(device=True)
     def tile_slot(flat, along_k, width):
         """(k, row or column) of a tile's element ``flat``: along k, consecutive threads take consecutive k."""
         return (flat % T, flat // T) if along_k else (flat // width, flat % width)
 
-    @cuda.jit(**_jit_options(NT))
+    @cuda.jit(**jit_options)
     def kernel(A, B, C, bias, alpha):
         As = cuda.shared.array(A_TILE, nb)   # As[k, i] = op(A)[m0 + i, k0 + k]
         Bs = cuda.shared.array(B_TILE, nb)   # Bs[k, j] = op(B)[k0 + k, n0 + j]
@@ -115,10 +104,7 @@ def _matmul_kernel(kind: str, tile: int, reg_block: int, dtype: str):
         tid = ty * T + tx
         m0, n0 = cuda.blockIdx.y * BM, cuda.blockIdx.x * BN
         M, N = C.shape
-        if A_ALONG_K:
-            K = A.shape[1]
-        else:
-            K = A.shape[0]
+        K = A.shape[1] if A_ALONG_K else A.shape[0]
         # Split-K (update only): block z sums examples [k_begin, k_end); partial sums meet by atomic adds.
         chunk = (K + cuda.gridDim.z - 1) // cuda.gridDim.z
         k_begin = cuda.blockIdx.z * chunk
@@ -168,25 +154,20 @@ def _matmul_kernel(kind: str, tile: int, reg_block: int, dtype: str):
             m = m0 + ty + i * T
             for j in range(R):
                 n = n0 + tx + j * T
-                if n < N:
-                    if IS_FORWARD:
-                        if m < M:  # the activation is applied before the store (eq. 6)
-                            C[m, n] = ONE / (ONE + math.exp(-acc[i, j]))
+                if n < N and m < M:
+                    if IS_FORWARD:  # the activation is applied before the store (eq. 6)
+                        C[m, n] = ONE / (ONE + math.exp(-acc[i, j]))
                     elif IS_DELTA:
-                        if m < M:
-                            C[m, n] = acc[i, j]
+                        C[m, n] = acc[i, j]
+                    elif cuda.gridDim.z > 1:  # several blocks add into the same weight
+                        cuda.atomic.add(C, (m, n), alpha * acc[i, j])
                     else:
-                        if m <= M:
-                            v = alpha * acc[i, j]
-                            if cuda.gridDim.z > 1:  # several blocks add into the same weight
-                                if m < M:
-                                    cuda.atomic.add(C, (m, n), v)
-                                else:
-                                    cuda.atomic.add(bias, n, v)
-                            elif m < M:
-                                C[m, n] += v
-                            else:
-                                bias[n] += v
+                        C[m, n] += alpha * acc[i, j]
+                elif n < N and m == M and not (IS_FORWARD or IS_DELTA):  # the update's bias row
+                    if cuda.gridDim.z > 1:
+                        cuda.atomic.add(bias, n, alpha * acc[i, j])
+                    else:
+                        bias[n] += alpha * acc[i, j]
 
     return kernel
 
@@ -211,8 +192,7 @@ def forward_layer(A, W, b, out, tile=16, reg_block=4):
 
 
 def backward_delta(D, W, out, tile=16, reg_block=4):
-    """Kernel 3: ``out = D @ W.T``, the delta pulled back through W (eq. 8 before σ').
-    D (B, n_out), W (n_in, n_out), out (B, n_in). W is read in place: no transposed copy is made."""
+    """Kernel 3: ``out = D @ W.T``, the delta pulled back through W (eq. 8 before σ'), W read in place (no copy)."""
     _check_shapes("backward_delta", D=(D, ("B", "o")), W=(W, ("i", "o")), out=(out, ("B", "i")))
     _launch_matmul(DELTA, D, W, out, W[0], 0.0, out.shape[0], tile, reg_block)  # W[0]: an unused bias
 
@@ -289,7 +269,8 @@ def output_delta(A, Y, D, partials):
     _check_shapes("output_delta", A=(A, ("B", "o")), Y=(Y, ("B", "o")), D=(D, ("B", "o")))
     blocks = reduce_blocks(*A.shape)
     if partials.shape != (blocks,) or partials.dtype != np.float64:
-        raise ValueError(f"output_delta: partials must be float64 of shape ({blocks},), got {partials.dtype} {partials.shape}")
+        raise ValueError(f"output_delta: partials must be float64 of shape ({blocks},), "
+                         f"got {partials.dtype} {partials.shape}")
     kernel, _ = _elementwise_kernels(A.dtype.name)
     kernel[blocks, REDUCE_THREADS](A, Y, D, partials, A.dtype.type(2.0 / A.shape[0]))
 
@@ -303,9 +284,8 @@ def dsigmoid(D, A):
 
 def check_kernels(batch: int = 7, n_in: int = 37, n_out: int = 53, layouts=((8, 1), (8, 4)), seed: int = 0,
                   A=None):
-    """Each kernel launched alone against numpy in float64: one row per (kernel, config) with ``max |error|``
-    and ``max |value|``. Random operands (batch, n_in) → n_out, or ``A`` as the input (e.g. MNIST images);
-    every (tile, reg_block) layout runs the three products, the update also split 3 ways when reg_block > 1."""
+    """Each kernel launched alone against numpy in float64, on random operands or ``A`` as the input (e.g. MNIST
+    images): one row per (kernel, config, e.g. each of ``layouts``) with ``max |error|`` and ``max |value|``."""
     import pandas as pd
 
     from .reference import mse_loss
@@ -323,21 +303,20 @@ def check_kernels(batch: int = 7, n_in: int = 37, n_out: int = 53, layouts=((8, 
 
     outer = sum(np.outer(A[i], D[i]) for i in range(batch)).astype(float)  # eq. 9, example by example
     for tile, r in layouts:
-        check_layout(tile, r)
+        config = f"tile={tile} r={r}"
         out = cuda.device_array((batch, n_out), np.float32)
         forward_layer(cuda.to_device(A), cuda.to_device(W), cuda.to_device(b), out, tile, r)
-        record("1 forward_layer", f"tile={tile} r={r}", out.copy_to_host(), sig(A.astype(float) @ W + b))
+        record("1 forward_layer", config, out.copy_to_host(), sig(A.astype(float) @ W + b))
 
         out = cuda.device_array((batch, n_in), np.float32)
         backward_delta(cuda.to_device(D), cuda.to_device(W), out, tile, r)
-        record("3 backward_delta", f"tile={tile} r={r}", out.copy_to_host(), D.astype(float) @ W.T)
+        record("3 backward_delta", config, out.copy_to_host(), D.astype(float) @ W.T)
 
         for split in ((1,) if r == 1 else (1, 3)):
             dW, db = cuda.to_device(W), cuda.to_device(b)
             update_layer(dW, db, cuda.to_device(A), cuda.to_device(D), -0.5, tile, r, split=split)
-            got, want = [dW.copy_to_host(), db.copy_to_host()], [W - 0.5 * outer, b - 0.5 * D.sum(0)]
-            record("5 update_layer", f"tile={tile} r={r} split={split}", np.concatenate([g.ravel() for g in got]),
-                   np.concatenate([w.ravel() for w in want]))
+            record("5 update_layer", f"{config} split={split}", np.r_[dW.copy_to_host().ravel(), db.copy_to_host()],
+                   np.r_[(W - 0.5 * outer).ravel(), b - 0.5 * D.sum(0)])
 
     Aout, Y = sig(f32(batch, 5)).astype(np.float32), np.eye(5, dtype=np.float32)[np.arange(batch) % 5]
     dD, partials = cuda.device_array((batch, 5), np.float32), cuda.device_array(reduce_blocks(batch, 5), np.float64)
@@ -354,44 +333,40 @@ def check_kernels(batch: int = 7, n_in: int = 37, n_out: int = 53, layouts=((8, 
 
 # -- The trainer -----------------------------------------------------------------------------------
 def split_for(n_in: int, n_out: int, batch: int, tile: int, reg_block: int, sms: int) -> int:
-    """How many chunks of the batch the update splits into: about 8 blocks per multiprocessor (the last,
-    partial wave of blocks then costs little), each chunk at least 8 tiles of examples deep (the atomic adds
-    that join them stay a small share)."""
+    """How many chunks of the batch the update splits into (1 if ``sms`` = 0, the simulator): about 8 blocks per
+    multiprocessor (the last partial wave costs little), each chunk 8 tiles of examples deep or more (few atomics)."""
     per_block = tile * reg_block
     blocks = _blocks(n_out, per_block) * _blocks(n_in + 1, per_block)
     return max(1, min(_blocks(8 * sms, blocks), batch // (8 * tile)))
 
 
 def launch_geometry(sizes, batch: int, tile: int = 16, reg_block: int = 4, sms: int = 0) -> list[dict]:
-    """The three matmul launches of one step, as the trainer makes them (computed, not measured). ``idle``: the
-    share of launched output slots outside the matrix (the slides' "widths not a multiple of 32"); ``sms`` > 0
-    applies the trainer's split of the update over a GPU with that many multiprocessors."""
+    """The matmul launches of one step as the trainer makes them (``sms`` > 0: its split of the update), computed.
+    ``idle``: the share of launched output slots outside the matrix (the slides' "widths not a multiple of 32")."""
     check_layout(tile, reg_block)
     per = tile * reg_block
     out = []
 
     def launch(kernel, layer, rows, cols, k, split=1):
         grid = (_blocks(cols, per), _blocks(rows, per), split)
-        slots = grid[0] * grid[1] * per * per
         out.append({"kernel": kernel, "layer": layer, "out_rows": rows, "out_cols": cols, "reduce": k,
                     "grid": grid, "blocks": grid[0] * grid[1] * split, "threads_per_block": tile * tile,
-                    "idle": 1 - rows * cols / slots, "flops": 2 * rows * cols * k})
+                    "idle": 1 - rows * cols / (grid[0] * grid[1] * per * per), "flops": 2 * rows * cols * k})
 
-    layers = list(zip(sizes[:-1], sizes[1:]))
-    for l, (n_in, n_out) in enumerate(layers, start=1):
+    layers = list(enumerate(zip(sizes[:-1], sizes[1:]), start=1))
+    for l, (n_in, n_out) in layers:
         launch("forward_layer", l, batch, n_out, n_in)
-    for l, (n_in, n_out) in reversed(list(enumerate(layers, start=1))):
+    for l, (n_in, n_out) in reversed(layers):
         if l > 1:
             launch("backward_delta", l, batch, n_in, n_out)
-        split = split_for(n_in, n_out, batch, tile, reg_block, sms) if sms else 1
-        launch("update_layer", l, n_in + 1, n_out, batch, split)  # + 1: the bias row
+        launch("update_layer", l, n_in + 1, n_out, batch,  # + 1: the bias row
+               split_for(n_in, n_out, batch, tile, reg_block, sms))
     return out
 
 
 class NumbaCudaTrainer(Trainer):
-    """The paper's five kernels (see the module docstring), float32 by default. Options: ``tile`` (TILES),
-    ``reg_block`` (REG_BLOCKS; 1 is the paper's kernel), ``simulator`` (run on numba's CUDA simulator, already
-    enabled: for tests and the notebook only)."""
+    """The paper's five kernels, float32 by default. Options: ``tile`` (TILES), ``reg_block`` (REG_BLOCKS; 1 is
+    the paper's kernel), ``simulator`` (run on numba's CUDA simulator, already enabled: tests and notebooks)."""
 
     name = "numba-cuda"
     device, family = "gpu", "cuda"
@@ -409,8 +384,9 @@ class NumbaCudaTrainer(Trainer):
     def __init__(self, *args, simulator: bool = False, **kwargs):
         if simulator:
             if not simulator_enabled():
-                raise TrainerUnavailable("simulator=True needs numba's CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 before "
-                                         "numba is first imported (this process has numba on the real CUDA target)")
+                raise TrainerUnavailable("simulator=True needs numba's CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 "
+                                         "before numba is first imported (this process has numba on the real CUDA "
+                                         "target)")
             # Asked for by name, the simulator stands in for the GPU: shadow the class-level check.
             self.availability = lambda: (True, "")
         super().__init__(*args, simulator=bool(simulator), **kwargs)
@@ -421,29 +397,25 @@ class NumbaCudaTrainer(Trainer):
         self._sms = 0 if simulator_enabled() else cuda.get_current_device().MULTIPROCESSOR_COUNT
         self._W = [cuda.to_device(W) for W, _ in params]
         self._b = [cuda.to_device(b) for _, b in params]
-        self._buffers = {}
 
     def _make_buffers(self, B: int) -> dict:
         """Device buffers for batch size B: X, Y, every A_l and Δ_l, the loss partials."""
-        return {
-            "A": [cuda.device_array((B, n), self.dtype) for n in self.sizes],  # A[0] is X
-            "Y": cuda.device_array((B, self.n_out), self.dtype),
-            "D": [None] + [cuda.device_array((B, n), self.dtype) for n in self.sizes[1:]],
-            "partials": cuda.device_array(reduce_blocks(B, self.n_out), np.float64),
-            "split": [1 if not self._sms else split_for(n_in, n_out, B, self.tile, self.reg_block, self._sms)
-                      for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])]}
+        return {"A": [cuda.device_array((B, n), self.dtype) for n in self.sizes],  # A[0] is X
+                "Y": cuda.device_array((B, self.n_out), self.dtype),
+                "D": [None] + [cuda.device_array((B, n), self.dtype) for n in self.sizes[1:]],
+                "partials": cuda.device_array(reduce_blocks(B, self.n_out), np.float64),
+                "split": [split_for(n_in, n_out, B, self.tile, self.reg_block, self._sms)
+                          for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:])]}
 
     def _forward(self, X) -> dict:
         buf = self._batch_buffers(X.shape[0])
-        A = buf["A"]
-        A[0].copy_to_device(X)
+        buf["A"][0].copy_to_device(X)
         for l, (W, b) in enumerate(zip(self._W, self._b)):
-            forward_layer(A[l], W, b, A[l + 1], self.tile, self.reg_block)
+            forward_layer(buf["A"][l], W, b, buf["A"][l + 1], self.tile, self.reg_block)
         return buf
 
     def _backward(self, buf, Y, targets, alpha) -> float:
-        """Kernels 2-5 from the stored activations; adds ``alpha ×`` the gradients into ``targets``
-        (the weights themselves for a step). Returns the loss, which waits for the device."""
+        """Kernels 2-5: adds ``alpha ×`` the gradients into ``targets``; returns the loss (waiting for the device)."""
         A, D = buf["A"], buf["D"]
         buf["Y"].copy_to_device(Y)
         output_delta(A[-1], buf["Y"], D[-1], buf["partials"])
@@ -456,14 +428,12 @@ class NumbaCudaTrainer(Trainer):
         return float(buf["partials"].copy_to_host().sum()) / Y.shape[0]
 
     def _step(self, X, Y, lr):
-        buf = self._forward(X)
-        return self._backward(buf, Y, list(zip(self._W, self._b)), -lr)
+        return self._backward(self._forward(X), Y, list(zip(self._W, self._b)), -lr)
 
     def _gradients(self, X, Y):
-        buf = self._forward(X)
         grads = [(cuda.to_device(np.zeros(W.shape, self.dtype)), cuda.to_device(np.zeros(b.shape, self.dtype)))
                  for W, b in zip(self._W, self._b)]
-        loss = self._backward(buf, Y, grads, 1.0)
+        loss = self._backward(self._forward(X), Y, grads, 1.0)
         return loss, [(gW.copy_to_host(), gb.copy_to_host()) for gW, gb in grads]
 
     def _apply_gradients(self, grads, lr):
@@ -476,7 +446,7 @@ class NumbaCudaTrainer(Trainer):
         return [(W.copy_to_host(), b.copy_to_host()) for W, b in zip(self._W, self._b)]
 
     def _set_params(self, params):
-        for (W, b), (hW, hb) in zip(zip(self._W, self._b), params):
+        for W, b, (hW, hb) in zip(self._W, self._b, params):
             W.copy_to_device(np.ascontiguousarray(hW))
             b.copy_to_device(np.ascontiguousarray(hb))
 

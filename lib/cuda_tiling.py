@@ -16,12 +16,6 @@ import pandas as pd
 from matplotlib.patches import Rectangle
 
 
-def _check_sizes(**sizes) -> None:
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
 def blocks_along(n: int, per: int) -> int:
     """Blocks of ``per`` outputs needed to cover ``n`` (the last one may stick out)."""
     return -(-n // per)
@@ -32,7 +26,9 @@ def draw_tiling(tile: int = 4, reg_block: int = 2, rows: int = 13, cols: int = 2
     hatched; (b) one block, coloured by the thread that owns each output; (c) how the forward product's
     tile of A goes into shared memory transposed. Small sizes keep it legible; the kernels' default is
     tile 16, reg_block 4 (64 × 64 outputs per block)."""
-    _check_sizes(tile=tile, reg_block=reg_block, rows=rows, cols=cols)
+    for name, value in dict(tile=tile, reg_block=reg_block, rows=rows, cols=cols).items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.4), gridspec_kw={"width_ratios": [1.4, 1, 1.3]})
     _draw_grid(axes[0], tile * reg_block, rows, cols)
     _draw_block(axes[1], tile, reg_block)
@@ -43,11 +39,9 @@ def draw_tiling(tile: int = 4, reg_block: int = 2, rows: int = 13, cols: int = 2
 
 def _draw_grid(ax, per: int, rows: int, cols: int) -> None:
     gx, gy = blocks_along(cols, per), blocks_along(rows, per)
-    for by in range(gy):
-        for bx in range(gx):
-            ax.add_patch(Rectangle((bx * per, by * per), per, per, fill=False, lw=2, ec="k"))
-            ax.text(bx * per + per / 2, by * per + per / 2, f"block\n({by},{bx})", ha="center", va="center",
-                    fontsize=9)
+    for by, bx in np.ndindex(gy, gx):
+        ax.add_patch(Rectangle((bx * per, by * per), per, per, fill=False, lw=2, ec="k"))
+        ax.text(bx * per + per / 2, by * per + per / 2, f"block\n({by},{bx})", ha="center", va="center", fontsize=9)
     ax.add_patch(Rectangle((0, 0), cols, rows, color="tab:blue", alpha=0.25, lw=0))
     # the slots past the right and the bottom edge: launched, masked, idle
     ax.add_patch(Rectangle((cols, 0), gx * per - cols, gy * per, hatch="//", fill=False, ec="tab:red", lw=0))
@@ -62,13 +56,11 @@ def _draw_block(ax, tile: int, reg_block: int) -> None:
     per = tile * reg_block
     colors = plt.cm.tab20(np.linspace(0, 1, tile * tile))
     labelled = (1 % tile, 2 % tile)
-    for i in range(per):
-        for j in range(per):
-            ty, tx = i % tile, j % tile
-            ax.add_patch(Rectangle((j, i), 1, 1, color=colors[ty * tile + tx], alpha=0.85))
-            if (ty, tx) == labelled:
-                ax.text(j + 0.5, i + 0.55, f"{i // tile},{j // tile}", ha="center", va="center", fontsize=8,
-                        weight="bold")
+    for i, j in np.ndindex(per, per):
+        ty, tx = i % tile, j % tile
+        ax.add_patch(Rectangle((j, i), 1, 1, color=colors[ty * tile + tx], alpha=0.85))
+        if (ty, tx) == labelled:
+            ax.text(j + 0.5, i + 0.55, f"{i // tile},{j // tile}", ha="center", va="center", fontsize=8, weight="bold")
     ax.set(xlim=(0, per), ylim=(per, 0), aspect="equal", xticks=range(0, per + 1, tile),
            yticks=range(0, per + 1, tile),
            title=f"(b) one block: {tile}×{tile} threads, each owns {reg_block}×{reg_block}\n"
@@ -77,9 +69,8 @@ def _draw_block(ax, tile: int, reg_block: int) -> None:
 
 
 def _cells(ax, x0, y0, w, h) -> None:
-    for i in range(h):
-        for j in range(w):
-            ax.add_patch(Rectangle((x0 + j, y0 + i), 1, 1, fill=False, ec="0.6", lw=0.6))
+    for i, j in np.ndindex(h, w):
+        ax.add_patch(Rectangle((x0 + j, y0 + i), 1, 1, fill=False, ec="0.6", lw=0.6))
     ax.add_patch(Rectangle((x0, y0), w, h, fill=False, lw=2))
 
 
@@ -89,8 +80,7 @@ def _draw_transposed_load(ax, tile: int, reg_block: int) -> None:
     per = tile * reg_block
     _cells(ax, 0, 0, tile, per)
     ax.add_patch(Rectangle((0, 0), tile, 1, color="tab:green", alpha=0.35))
-    ax.text(tile / 2, -0.3, f"A's tile, global memory\n({per} rows m × {tile} k)", ha="center", va="bottom",
-            fontsize=9)
+    ax.text(tile / 2, -0.3, f"A's tile, global memory\n({per} rows m × {tile} k)", ha="center", va="bottom", fontsize=9)
     ax.text(0, per + 1.0, f"green: threads 0..{tile - 1} read one row,\nconsecutive k: coalesced", fontsize=8,
             color="tab:green", va="top")
     x0, y0 = tile + 3, 1
@@ -116,8 +106,7 @@ def _draw_transposed_load(ax, tile: int, reg_block: int) -> None:
 def launched_work(geometry: pd.DataFrame) -> pd.DataFrame:
     """``launch_geometry``'s rows with ``launched``: the flops the whole grid runs, idle slots included
     (a masked thread still runs the inner loop, on zeros), i.e. useful flops / (1 - idle)."""
-    missing = {"flops", "idle"} - set(geometry.columns)
-    if missing:
+    if missing := {"flops", "idle"} - set(geometry.columns):
         raise ValueError(f"launched_work needs parbp.cuda.launch_geometry's columns; missing {sorted(missing)}")
     return geometry.assign(launched=geometry.flops / (1 - geometry.idle))
 

@@ -77,23 +77,21 @@ class CupyOps:
         import cupy as cp
         from cupy import cublas
 
-        self.cp, self.cublas, self.dtype = cp, cublas, np.dtype(dtype)
+        self.cp, self.dtype = cp, np.dtype(dtype)
+        self.gemm, self.to_host = cublas.gemm, cp.asnumpy  # NumpyOps.gemm follows cublas.gemm's signature
         # 'T' is the array's element type; every intermediate stays in it (no float64 detours).
-        self._bias_sigmoid = cp.ElementwiseKernel(
+        self.bias_sigmoid = cp.ElementwiseKernel(
             "T b", "T z", "z = (T)1 / ((T)1 + exp(-(z + b)))", "parbp_bias_sigmoid")
         self._output_delta = cp.ElementwiseKernel(
             "T a, T y, T scale", "T d", "d = scale * (a - y) * a * ((T)1 - a)", "parbp_output_delta")
         self._squared_error = cp.ReductionKernel(
             "T p, T t", "float64 s", "((double)p - (double)t) * ((double)p - (double)t)",
             "a + b", "s = a", "0", "parbp_squared_error")  # a, b: the reduction's own operands
-        self._dsigmoid = cp.ElementwiseKernel("T a", "T d", "d = d * a * ((T)1 - a)", "parbp_dsigmoid")
+        self.dsigmoid = cp.ElementwiseKernel("T a", "T d", "d = d * a * ((T)1 - a)", "parbp_dsigmoid")
         self._axpy = cp.ElementwiseKernel("T x, T alpha", "T y", "y += alpha * x", "parbp_axpy")
 
     def to_device(self, host):
         return self.cp.array(host, dtype=self.dtype, order="C")
-
-    def to_host(self, dev):
-        return self.cp.asnumpy(dev)
 
     def copy_into(self, dev, host):
         dev.set(host)  # a host-to-device copy into the existing buffer, no allocation
@@ -101,18 +99,9 @@ class CupyOps:
     def empty(self, shape):
         return self.cp.empty(shape, self.dtype)
 
-    def gemm(self, transa, transb, a, b, out, alpha=1.0, beta=0.0):
-        self.cublas.gemm(transa, transb, a, b, out=out, alpha=alpha, beta=beta)
-
-    def bias_sigmoid(self, b, z):
-        self._bias_sigmoid(b, z)
-
     def output_delta(self, a, y, d, scale):
         self._output_delta(a, y, self.dtype.type(scale), d)
         return self._squared_error(a, y)  # a 0-d device array: reading it is the step's one sync
-
-    def dsigmoid(self, a, d):
-        self._dsigmoid(a, d)
 
     def sum_rows(self, d, out):
         self.cp.sum(d, axis=0, out=out)
@@ -148,7 +137,6 @@ class CupyTrainer(Trainer):
         self.ops = self._make_ops()
         self._W = [self.ops.to_device(W) for W, _ in params]
         self._b = [self.ops.to_device(b) for _, b in params]
-        self._buffers = {}
 
     def _make_buffers(self, B: int) -> dict:
         """X, Y, every A_l and Δ_l and the bias gradients for batch size B, on the device."""
@@ -157,8 +145,7 @@ class CupyTrainer(Trainer):
             "A": [e((B, n)) for n in self.sizes],  # A[0] is X
             "Y": e((B, self.n_out)),
             "D": [None] + [e((B, n)) for n in self.sizes[1:]],
-            "db": [e((n,)) for n in self.sizes[1:]],
-        }
+            "db": [e((n,)) for n in self.sizes[1:]]}
 
     def _forward(self, X) -> dict:
         buf = self._batch_buffers(X.shape[0])

@@ -46,17 +46,14 @@ class Source:
     gz_sha256: str = ""       # of the canonical .gz, accepted when the raw hash is unknown
 
 
-_MNIST_MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
-_FASHION_MIRRORS = ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",)
-_KDD_MIRRORS = (
-    "http://kdd.ics.uci.edu/databases/kddcup99/",
-    "https://archive.ics.uci.edu/ml/machine-learning-databases/kddcup99-mld/",
-)
+_MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                  "https://storage.googleapis.com/cvdf-datasets/mnist/")
+_KDD_MIRRORS = ("http://kdd.ics.uci.edu/databases/kddcup99/",
+                "https://archive.ics.uci.edu/ml/machine-learning-databases/kddcup99-mld/")
 
-_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# the four files of an MNIST-format dataset and the shape each one's header must give
+_IDX = {"train-images-idx3-ubyte": (60_000, 28, 28), "train-labels-idx1-ubyte": (60_000,),
+        "t10k-images-idx3-ubyte": (10_000, 28, 28), "t10k-labels-idx1-ubyte": (10_000,)}
 
 
 def _idx_sources(folder: str, mirrors: tuple[str, ...], hashes: tuple[str, ...]) -> dict[str, Source]:
@@ -71,23 +68,19 @@ SOURCES: dict[str, dict[str, Source]] = {
         "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     )),
-    "fashion-mnist": _idx_sources("fashion-mnist", _FASHION_MIRRORS, (
+    "fashion-mnist": _idx_sources("fashion-mnist", ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",), (
         "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
         "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
         "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     )),
     "kddcup99": {
-        "10percent": Source(
-            "kddcup99", "kddcup.data_10_percent.gz",
-            "f8c8267ebcd9c0ed1fd7d6277fe5bfff8732e9b7db8e61b873542b2a534b6f9a", _KDD_MIRRORS,
-            gz_sha256="8045aca0d84e70e622d1148d7df782496f6333bf6eb979a1b0837c42a9fd9561",
-        ),
+        "10percent": Source("kddcup99", "kddcup.data_10_percent.gz",
+                            "f8c8267ebcd9c0ed1fd7d6277fe5bfff8732e9b7db8e61b873542b2a534b6f9a", _KDD_MIRRORS,
+                            gz_sha256="8045aca0d84e70e622d1148d7df782496f6333bf6eb979a1b0837c42a9fd9561"),
         # Only the canonical .gz hash of the full set is published; its row count is checked too.
-        "full": Source(
-            "kddcup99", "kddcup.data.gz", "", _KDD_MIRRORS,
-            gz_sha256="3b6c942aa0356c0ca35b7b595a26c89d343652c9db428893e7494f837b274292",
-        ),
+        "full": Source("kddcup99", "kddcup.data.gz", "", _KDD_MIRRORS,
+                       gz_sha256="3b6c942aa0356c0ca35b7b595a26c89d343652c9db428893e7494f837b274292"),
     },
 }
 
@@ -129,13 +122,11 @@ class Dataset:
     info: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        n_in, n_out = self.X_train.shape[1], self.Y_train.shape[1]
         for split in ("train", "val", "test"):
             X, Y = getattr(self, f"X_{split}"), getattr(self, f"Y_{split}")
-            if X.ndim != 2 or X.shape[1] != n_in:
-                raise DataIntegrityError(f"{self.name}: X_{split} must have shape (n, {n_in}), got {X.shape}")
-            if Y.ndim != 2 or Y.shape[1] != n_out:
-                raise DataIntegrityError(f"{self.name}: Y_{split} must have shape (n, {n_out}), got {Y.shape}")
+            for kind, A, width in (("X", X, self.n_in), ("Y", Y, self.n_out)):
+                if A.ndim != 2 or A.shape[1] != width:
+                    raise DataIntegrityError(f"{self.name}: {kind}_{split} must have shape (n, {width}), got {A.shape}")
             if X.shape[0] != Y.shape[0]:
                 raise DataIntegrityError(f"{self.name}: X_{split} has {X.shape[0]} rows but Y_{split} has {Y.shape[0]}")
             if X.dtype != np.float32 or Y.dtype != np.float32:
@@ -172,29 +163,17 @@ class Dataset:
 
 def search_roots() -> list[Path]:
     """Folders searched for dataset files, in order."""
-    roots = []
-    if os.environ.get("PARBP_DATA"):
-        roots.append(Path(os.environ["PARBP_DATA"]).expanduser())
-    roots += [REPO_DATA, SYSTEM_DATA]
-    return roots
-
-
-def _download_root() -> Path:
-    if os.environ.get("PARBP_DATA"):
-        return Path(os.environ["PARBP_DATA"]).expanduser()
-    if REPO_DATA.is_dir():
-        return REPO_DATA
-    import pooch
-
-    return Path(pooch.os_cache("parbp"))
+    return [Path(p).expanduser() for p in [os.environ.get("PARBP_DATA")] if p] + [REPO_DATA, SYSTEM_DATA]
 
 
 def sha256(data: bytes) -> str:
+    """The hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
 
 
-def read_verified(src: Source, path: Path) -> bytes:
-    """The decompressed bytes of ``path``, after checking them against ``src``'s hash."""
+def read(src: Source, path: Path | None = None) -> bytes:
+    """The decompressed bytes of ``path`` (default: ``src`` found or downloaded), checked against ``src``'s hash."""
+    path = fetch(src) if path is None else path
     raw_file = path.read_bytes()
     compressed = raw_file[:2] == b"\x1f\x8b"
     try:
@@ -210,19 +189,14 @@ def read_verified(src: Source, path: Path) -> bytes:
 
 def locate(src: Source) -> Path | None:
     """The first existing copy of ``src`` (compressed or not) under the search roots."""
-    raw_name = src.filename.removesuffix(".gz")
-    for root in search_roots():
-        for folder in (root / src.folder, root):
-            for name in (src.filename, raw_name):
-                if (folder / name).is_file():
-                    return folder / name
-    return None
+    names = (src.filename, src.filename.removesuffix(".gz"))
+    return next((path for root in search_roots() for folder in (root / src.folder, root) for name in names
+                 if (path := folder / name).is_file()), None)
 
 
 def fetch(src: Source) -> Path:
     """A verified local copy of ``src``: found on disk, or downloaded with pooch."""
-    path = locate(src)
-    if path is not None:
+    if (path := locate(src)) is not None:
         return path
     searched = ", ".join(str(r / src.folder) for r in search_roots())
     if os.environ.get("PARBP_OFFLINE"):
@@ -230,30 +204,23 @@ def fetch(src: Source) -> Path:
                                 f"is set). Point PARBP_DATA at a folder holding {src.folder}/{src.filename}.")
     import pooch
 
-    target = _download_root() / src.folder
+    # where PARBP_DATA or the repository's data/ would find it, else pooch's cache
+    root = search_roots()[0] if os.environ.get("PARBP_DATA") or REPO_DATA.is_dir() else Path(pooch.os_cache("parbp"))
     errors = []
     for mirror in src.mirrors:
         try:
             got = Path(pooch.retrieve(mirror + src.filename, known_hash=None, fname=src.filename,
-                                      path=target, progressbar=False))
-        except Exception as e:  # network errors come in many types (requests, urllib3, OSError)
-            errors.append(f"{mirror}: {type(e).__name__}: {e}")
-            continue
-        try:
-            read_verified(src, got)
-        except DataIntegrityError as e:
+                                      path=root / src.folder, progressbar=False))
+            read(src, got)
+            return got
+        except DataIntegrityError as e:  # downloaded, but not the file: gone, so that it is not found next time
             got.unlink(missing_ok=True)
             errors.append(f"{mirror}: {e}")
-            continue
-        return got
+        except Exception as e:  # network errors come in many types (requests, urllib3, OSError)
+            errors.append(f"{mirror}: {type(e).__name__}: {e}")
     raise DataNotFoundError(f"{src.filename} not found (searched {searched}) and could not be downloaded:\n  "
-                            + "\n  ".join(errors)
-                            + f"\nIf this machine is offline, copy the file into $PARBP_DATA/{src.folder}/ and set PARBP_DATA.")
-
-
-def read(src: Source) -> bytes:
-    """Find or download ``src`` and return its verified, decompressed bytes."""
-    return read_verified(src, fetch(src))
+                            + "\n  ".join(errors) + "\nIf this machine is offline, copy the file into "
+                            f"$PARBP_DATA/{src.folder}/ and set PARBP_DATA.")
 
 
 # -- MNIST-format (IDX) datasets -------------------------------------------------------------------
@@ -274,24 +241,21 @@ def parse_idx(data: bytes, expect_shape: tuple) -> np.ndarray:
 
 
 def one_hot(y: np.ndarray, n: int) -> np.ndarray:
+    """Integer labels as float32 one-hot rows of width ``n``."""
     return np.eye(n, dtype=np.float32)[y]
 
 
-MNIST_CLASSES = tuple(str(d) for d in range(10))
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
+IDX_CLASSES = {"mnist": tuple(str(d) for d in range(10)),
+               "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                                 "Bag", "Ankle boot")}
 
 
-def _load_idx_dataset(name: str, classes: tuple, n_val: int = 10_000) -> Dataset:
-    files = SOURCES[name]
-    X = parse_idx(read(files["train-images-idx3-ubyte"]), (60_000, 28, 28))
-    y = parse_idx(read(files["train-labels-idx1-ubyte"]), (60_000,))
-    X_test = parse_idx(read(files["t10k-images-idx3-ubyte"]), (10_000, 28, 28))
-    y_test = parse_idx(read(files["t10k-labels-idx1-ubyte"]), (10_000,))
+def _load_idx_dataset(name: str, n_val: int = 10_000) -> Dataset:
+    X, y, X_test, y_test = (parse_idx(read(SOURCES[name][stem]), shape) for stem, shape in _IDX.items())
     flat = lambda a: a.reshape(len(a), -1).astype(np.float32) / np.float32(255)  # noqa: E731  scale to [0, 1]
     n_train = len(X) - n_val  # seed 000: the first 50,000 train, the last 10,000 validate
     return Dataset(name, flat(X[:n_train]), one_hot(y[:n_train], 10), flat(X[n_train:]), one_hot(y[n_train:], 10),
-                   flat(X_test), one_hot(y_test, 10), classes,
+                   flat(X_test), one_hot(y_test, 10), IDX_CLASSES[name],
                    {"split": f"train = first {n_train} of the official training set, val = last {n_val}, "
                              "test = the official 10,000", "scaling": "pixels / 255"})
 
@@ -305,37 +269,26 @@ def parse_kdd(data: bytes, encoding: str = "onehot") -> tuple[np.ndarray, np.nda
 
     df = pd.read_csv(io.BytesIO(data), header=None)
     if df.shape[1] != KDD_N_FEATURES + 1:
-        raise DataIntegrityError(f"KDD Cup 99 rows must have {KDD_N_FEATURES} features + a label, got {df.shape[1]} columns")
-    label = df.pop(KDD_N_FEATURES).astype(str)
-    y = (label != "normal.").to_numpy(np.int64)
-    columns = []
-    for col in range(KDD_N_FEATURES):
-        values = df[col]
-        if col not in KDD_CATEGORIES:
-            columns.append(values.to_numpy(np.float64)[:, None])
-            continue
-        vocab = KDD_CATEGORIES[col]
-        codes = pd.Index(vocab).get_indexer(values)
+        raise DataIntegrityError(f"KDD Cup 99 rows must have {KDD_N_FEATURES} features + a label, "
+                                 f"got {df.shape[1]} columns")
+    y = (df.pop(KDD_N_FEATURES).astype(str) != "normal.").to_numpy(np.int64)
+    columns = [None if c in KDD_CATEGORIES else df[c].to_numpy(np.float64)[:, None] for c in range(KDD_N_FEATURES)]
+    for col, vocab in KDD_CATEGORIES.items():
+        codes = pd.Index(vocab).get_indexer(df[col])
         if (codes < 0).any():
-            unknown = sorted(set(values[codes < 0]))[:5]
+            unknown = sorted(set(df[col][codes < 0]))[:5]
             raise DataIntegrityError(f"KDD Cup 99 column {col} has values outside kddcup.names: {unknown}")
-        if encoding == "onehot":
-            columns.append(np.eye(len(vocab))[codes])
-        else:
-            columns.append(codes.astype(np.float64)[:, None])
+        columns[col] = np.eye(len(vocab))[codes] if encoding == "onehot" else codes.astype(np.float64)[:, None]
     return np.hstack(columns), y
 
 
 def stratified_split(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
     """Index arrays, one per fraction, with each class spread in proportion (seeded)."""
     rng = np.random.default_rng(seed)
-    parts = [[] for _ in fractions]
-    for cls in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == cls))
-        cuts = np.round(np.cumsum(fractions)[:-1] * len(idx)).astype(int)
-        for part, chunk in zip(parts, np.split(idx, cuts)):
-            part.append(chunk)
-    return [rng.permutation(np.concatenate(p)) for p in parts]
+    # per class: its indices, shuffled and cut in the fractions
+    chunks = [np.split(idx, np.round(np.cumsum(fractions)[:-1] * len(idx)).astype(int))
+              for idx in (rng.permutation(np.flatnonzero(y == cls)) for cls in np.unique(y))]
+    return [rng.permutation(np.concatenate(part)) for part in zip(*chunks)]
 
 
 def _load_kdd(subset: str = "10percent", encoding: str = "onehot", seed: int = 0,
@@ -349,8 +302,7 @@ def _load_kdd(subset: str = "10percent", encoding: str = "onehot", seed: int = 0
     # Standardize with training statistics only; constant columns are left centred, not divided by 0.
     numeric = _kdd_numeric_columns(encoding)
     mean, std = X[train][:, numeric].mean(axis=0), X[train][:, numeric].std(axis=0)
-    std[std == 0] = 1.0
-    X[:, numeric] = (X[:, numeric] - mean) / std
+    X[:, numeric] = (X[:, numeric] - mean) / np.where(std == 0, 1.0, std)
     X, Y = X.astype(np.float32), y.astype(np.float32)[:, None]
     return Dataset("kddcup99", X[train], Y[train], X[val], Y[val], X[test], Y[test], ("normal", "attack"),
                    {"subset": subset, "encoding": encoding, "seed": seed,
@@ -360,11 +312,10 @@ def _load_kdd(subset: str = "10percent", encoding: str = "onehot", seed: int = 0
 
 def _kdd_numeric_columns(encoding: str) -> np.ndarray:
     """Positions of the non-categorical columns after encoding (those get standardized)."""
-    mask = []
-    for col in range(KDD_N_FEATURES):
-        width = len(KDD_CATEGORIES[col]) if (col in KDD_CATEGORIES and encoding == "onehot") else 1
-        mask += [col not in KDD_CATEGORIES or encoding == "ordinal"] * width
-    return np.flatnonzero(mask)
+    if encoding == "ordinal":
+        return np.arange(KDD_N_FEATURES)
+    return np.flatnonzero(np.concatenate([np.zeros(len(KDD_CATEGORIES[c])) if c in KDD_CATEGORIES else [1]
+                                          for c in range(KDD_N_FEATURES)]))
 
 
 # -- The public entry points -----------------------------------------------------------------------
@@ -378,15 +329,14 @@ def load(name: str, **kwargs) -> Dataset:
         return _load_kdd(**kwargs)
     if kwargs:
         raise ValueError(f"dataset {name!r} takes no options, got {sorted(kwargs)}")
-    return _load_idx_dataset(name, MNIST_CLASSES if name == "mnist" else FASHION_CLASSES)
+    return _load_idx_dataset(name)
 
 
 def dims(name: str, encoding: str = "onehot") -> tuple[int, int]:
     """(n_in, n_out) of a dataset without loading it (for benchmarks on synthetic batches)."""
     if check_choice("dataset", name, NAMES, unknown=True) == "kddcup99":
         check_choice("kddcup99 encoding", encoding, KDD_ENCODINGS, unknown=True)
-        return len(_kdd_numeric_columns(encoding)) + (
-            sum(len(v) for v in KDD_CATEGORIES.values()) if encoding == "onehot" else 0), 1
+        return KDD_N_FEATURES + (sum(len(v) - 1 for v in KDD_CATEGORIES.values()) if encoding == "onehot" else 0), 1
     return 784, 10
 
 
@@ -398,13 +348,8 @@ def toy(n: int = 2000, n_in: int = 16, n_out: int = 4, seed: int = 0) -> Dataset
     It has no test split of its own: the validation split stands in."""
     rng = np.random.default_rng(seed)
     teacher = rng.normal(size=(n_in, n_out))
-
-    def split(m):
-        X = rng.uniform(0, 1, size=(m, n_in)).astype(np.float32)
-        return X, one_hot(((X - 0.5) @ teacher).argmax(axis=1), n_out)
-
-    X_train, Y_train = split(n)
-    X_val, Y_val = split(max(n // 5, 1))
+    X_train, X_val = (rng.uniform(0, 1, size=(m, n_in)).astype(np.float32) for m in (n, max(n // 5, 1)))
+    Y_train, Y_val = (one_hot(((X - 0.5) @ teacher).argmax(axis=1), n_out) for X in (X_train, X_val))
     return Dataset(TOY, X_train, Y_train, X_val, Y_val, X_val, Y_val)
 
 
@@ -412,8 +357,7 @@ def random_batch(n_in: int, n_out: int, rows: int, seed: int) -> tuple[np.ndarra
     """A random minibatch (X uniform in [0, 1), one-hot Y): what timing a step needs, whose time does not
     depend on the values."""
     rng = np.random.default_rng(seed)
-    X = rng.uniform(0, 1, size=(rows, n_in)).astype(np.float32)
-    return X, one_hot(rng.integers(0, n_out, rows), n_out)
+    return rng.uniform(0, 1, size=(rows, n_in)).astype(np.float32), one_hot(rng.integers(0, n_out, rows), n_out)
 
 
 def load_first(name: str, n: int | None = None, seed: int = 0) -> Dataset:
@@ -422,8 +366,6 @@ def load_first(name: str, n: int | None = None, seed: int = 0) -> Dataset:
     if name == TOY:
         return toy(n or 2000, seed=seed)
     ds = load(check_choice("dataset", name, (*NAMES, TOY), unknown=True))
-    if not n:
-        return ds
-    if n > len(ds.X_train):
+    if n and n > len(ds.X_train):
         raise ValueError(f"--subset {n} is larger than {name}'s {len(ds.X_train)} training examples")
-    return ds.take(n, max(n // 5, 100))
+    return ds.take(n, max(n // 5, 100)) if n else ds

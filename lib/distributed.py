@@ -4,12 +4,19 @@ and running a job under mpiexec."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from .cli import check_positive_int, net as net_type, positive_int
+from .data import NAMES, TOY
 from .train import minibatches
 
 
@@ -25,25 +32,22 @@ class Flat:
 
     def __init__(self, sizes, dtype, extra: int = 0):
         self.shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
-        self.n = sum(int(np.prod(s)) for s in self.shapes)
-        self.extra, self.dtype = extra, np.dtype(dtype)
+        self.counts = [int(np.prod(s)) for s in self.shapes]
+        self.n, self.extra, self.dtype = sum(self.counts), extra, np.dtype(dtype)
 
     def empty(self) -> np.ndarray:
         return np.zeros(self.n + self.extra, dtype=self.dtype)
 
     def views(self, buf):
         """[(W, b), ...] as views into ``buf``: unpacking costs nothing."""
-        ends = np.cumsum([int(np.prod(shape)) for shape in self.shapes])
-        arrays = [buf[end - int(np.prod(shape)):end].reshape(shape) for shape, end in zip(self.shapes, ends)]
+        arrays = [a.reshape(s) for a, s in zip(np.split(buf, np.cumsum(self.counts)), self.shapes)]
         return list(zip(arrays[0::2], arrays[1::2]))
 
-    def pack(self, pairs, buf, scale=None) -> np.ndarray:
+    def pack(self, pairs, buf, scale=1.0) -> np.ndarray:
+        """[(W, b), ...] times ``scale`` into ``buf`` (x · 1.0 is exactly x: a plain copy)."""
         for (W, b), (vW, vb) in zip(pairs, self.views(buf)):
-            if scale is None:
-                vW[...], vb[...] = W, b
-            else:
-                np.multiply(W, scale, out=vW)
-                np.multiply(b, scale, out=vb)
+            np.multiply(W, scale, out=vW)
+            np.multiply(b, scale, out=vb)
         return buf
 
 
@@ -96,11 +100,7 @@ def leading(df, columns: dict):
 def mpiexec() -> str:
     """The mpiexec next to this Python (the pip ``mpich`` package puts it in the venv's bin/)."""
     here = Path(sys.executable).parent / "mpiexec"
-    if here.exists():
-        return str(here)
-    import shutil
-
-    found = shutil.which("mpiexec")
+    found = str(here) if here.exists() else shutil.which("mpiexec")
     if not found:
         raise FileNotFoundError("mpiexec not found next to this Python nor on PATH; pip install mpich")
     return found
@@ -117,25 +117,16 @@ def run_job(module: str, processes: int, args: list[str], timeout: float, out=No
     return the CSV its rank 0 wrote as a DataFrame. A job that fails or outlives ``timeout`` seconds raises
     RuntimeError with the tail of its output (``explain(output)`` may add which rank died: mpiexec names only
     a pid)."""
-    import tempfile
-
-    import pandas as pd
-
-    from .cli import check_positive_int
-
     check_positive_int("processes", processes)
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(out) if out else Path(tmp) / "run.csv"
-        run_command([mpiexec(), "-n", str(processes), *genv(env or {}), sys.executable, "-m", module, *args, "--out", str(csv)],
-                    timeout, f"mpiexec -n {processes} {' '.join([module, *args[:2]])}", explain)
+        run_command([mpiexec(), "-n", str(processes), *genv(env or {}), sys.executable, "-m", module, *args,
+                     "--out", str(csv)], timeout, f"mpiexec -n {processes} {' '.join([module, *args[:2]])}", explain)
         return pd.read_csv(csv)
 
 
 def data_arguments(p, net: str = "2h", batch_size: int = 1000, batch_help: str | None = None):
     """--net, --dataset, --subset and --batch-size: what every command that trains on a dataset takes."""
-    from .cli import net as net_type, positive_int
-    from .data import NAMES, TOY
-
     p.add_argument("--net", default=net, type=net_type, help='"1h", "2h" or hidden widths like 64,32')
     p.add_argument("--dataset", default="mnist", choices=(*NAMES, TOY), help=f'"{TOY}" is synthetic')
     p.add_argument("--subset", type=positive_int, default=None, help="use only the first N training examples")
@@ -158,9 +149,6 @@ def flags(options: dict) -> list[str]:
 def run_command(cmd, timeout, what: str, explain=lambda output: ""):
     """subprocess.run with a timeout that kills the whole process group (mpiexec and all its ranks); a
     command that fails raises RuntimeError naming ``what``, with the tail of its output."""
-    import signal
-    import subprocess
-
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)

@@ -1,10 +1,12 @@
 """What machine a measurement was taken on: CPU, cores, BLAS and its threads, package versions, GPU."""
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 import re
+from pathlib import Path
 
 import psutil
 from threadpoolctl import threadpool_info
@@ -23,32 +25,22 @@ def usable_cores() -> int:
 
 
 def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    """The CPU's model name (Linux's /proc/cpuinfo, else what ``platform`` knows)."""
+    with contextlib.suppress(OSError):
+        if found := re.search(r"^model name[^:]*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M):
+            return found.group(1).strip()
     return platform.processor() or platform.machine()
 
 
 def versions() -> dict[str, str]:
+    """Python's version and each installed package's of ``PACKAGES`` (cupy under its wheel's name, cupy-cudaNN)."""
+    cupy = next((d.metadata["Name"] for d in importlib.metadata.distributions()
+                 if (d.metadata["Name"] or "").lower().startswith("cupy")), "cupy")
     out = {"python": platform.python_version()}
     for pkg in PACKAGES:
-        try:
-            out[pkg] = importlib.metadata.version(pkg if pkg != "cupy" else _cupy_dist())
-        except importlib.metadata.PackageNotFoundError:
-            pass
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[pkg] = importlib.metadata.version(cupy if pkg == "cupy" else pkg)
     return out
-
-
-def _cupy_dist() -> str:
-    for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"] or ""
-        if name.lower().startswith("cupy"):
-            return name
-    return "cupy"
 
 
 def blas() -> list[dict]:
@@ -66,14 +58,12 @@ def kernels(lib: dict) -> str:
 
 def gpu() -> str:
     """The GPU's name, or '' when there is none (numba's simulator is not a GPU)."""
-    try:
+    with contextlib.suppress(Exception):  # numba-cuda missing or the driver broken: no GPU for us either way
         from numba import config, cuda
 
         if cuda.is_available() and not config.ENABLE_CUDASIM:
             name = cuda.get_current_device().name
             return name.decode() if isinstance(name, bytes) else str(name)
-    except Exception:  # numba-cuda missing or the driver broken: no GPU for us either way
-        pass
     return ""
 
 
@@ -93,14 +83,13 @@ def label_of(row) -> str:
 
 def summary() -> dict:
     """One flat dict, suitable for a CSV header or a notebook table."""
-    blas_libs = blas()
     return {
         "cpu": cpu_name(),
         "cores_logical": psutil.cpu_count(logical=True),
         "cores_physical": psutil.cpu_count(logical=False),
         "affinity": usable_cores(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "blas": "; ".join(f"{kernels(b)} ({b['num_threads']} threads)" for b in blas_libs),
+        "blas": "; ".join(f"{kernels(b)} ({b['num_threads']} threads)" for b in blas()),
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "(auto)"),
         "gpu": gpu() or "none",
         **{f"v_{k}": v for k, v in versions().items()},

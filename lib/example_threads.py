@@ -10,8 +10,6 @@ example at a time), so nothing but the cores differs:
 Rounds are interleaved (serial, threads, serial, ...); each round's ratio serial/threads is one sample, and
 the speedup is their median with the min-max spread. The seed's core count is not stated, so its 10× is
 projected, not measured: at our per-thread efficiency, how many cores 10× would take.
-
-    python -m parbp.example_threads [--net 2h] [--batch 1000] [--threads 2] [--rounds 5] [--out CSV]
 """
 from __future__ import annotations
 
@@ -42,15 +40,13 @@ class Loops:
         self.pool = ThreadPoolExecutor(threads)
 
     def serial(self, X, Y, lr):
-        gW, gb, acts, deltas = self.buffers[0]
-        return example_by_example_step(self.W, self.b, gW, gb, acts, deltas, X, Y, np.float32(lr),
-                                       np.float32(2.0 / len(X)))
+        return example_by_example_step(self.W, self.b, *self.buffers[0], X, Y, np.float32(lr), np.float32(2.0 / len(X)))
 
     def threaded(self, X, Y, lr):
         scale = np.float32(2.0 / len(X))
         parts = split_rows(len(X), len(self.buffers))
-        sse = sum(self.pool.map(lambda k: example_gradients(self.W, self.b, *self.buffers[k], X[parts[k][0]:parts[k][1]],
-                                                            Y[parts[k][0]:parts[k][1]], scale), range(len(parts))))
+        sse = sum(self.pool.map(lambda k: example_gradients(self.W, self.b, *self.buffers[k], X[slice(*parts[k])],
+                                                            Y[slice(*parts[k])], scale), range(len(parts))))
         for l, (W, b) in enumerate(zip(self.W, self.b)):  # the partial gradients summed, then one update
             W -= np.float32(lr) * sum(buf[0][l] for buf in self.buffers[:len(parts)])
             b -= np.float32(lr) * sum(buf[1][l] for buf in self.buffers[:len(parts)])

@@ -13,23 +13,24 @@ import numbers
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.colors import LogNorm
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from . import trainers
-from .cli import check_positive_int
+from . import bench, trainers
+from .cli import check_choice, check_positive_int
+from .data import NAMES, load
 from .nets import layer_sizes, parse_net
 from .results import NOTEBOOKS, plain_log_ticks
+from .train import fit
 
 BASELINE = "serial-example"  # speedups are over the paper's serial algorithm (seed 001 §3)
 TORCH_CUDA = "torch-cuda"    # torch with device="cuda", a name of its own in the figures
 
 
-# ---------------------------------------------------------------------------------------------------
-# Parameter checks
-# ---------------------------------------------------------------------------------------------------
+# -- Parameter checks ---------------------------------------------------------------------------------
 def resolve_path(path, base: Path = NOTEBOOKS) -> Path:
     """An absolute path; a relative one is taken relative to the notebooks folder, as Jupyter does,
     so "../figures" means the repository's figures/ whether papermill runs from notebooks/ or the root."""
@@ -52,14 +53,10 @@ def from_cli(value):
 
 def _positive_list(name, values, scalar, is_valid, what):
     """A sorted, de-duplicated, non-empty list of values that pass ``is_valid`` (a single value is a list of one)."""
-    values = from_cli(values)
-    if isinstance(values, scalar) and not isinstance(values, bool):
-        values = [values]
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"{name} must be a {what} or a list of them, got {values!r}")
-    values = list(values)
+    given = from_cli(values)
+    values = [given] if isinstance(given, (str, bytes)) or not hasattr(given, "__iter__") else list(given)
     if not values or not all(not isinstance(v, bool) and isinstance(v, scalar) and is_valid(v) for v in values):
-        raise ValueError(f"{name} must be a non-empty list of {what}s, got {values!r}")
+        raise ValueError(f"{name} must be a {what} or a non-empty list of {what}s, got {given!r}")
     return sorted(set(values))
 
 
@@ -85,90 +82,58 @@ def check_net(net):
 
 
 def check_dataset(name: str) -> str:
-    from .data import NAMES
-
-    if name not in NAMES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {list(NAMES)}")
-    return name
+    return check_choice("dataset", name, NAMES, unknown=True)
 
 
 def check_fraction(name: str, value, low: float = 0.0, high: float = 1.0, closed_high: bool = False) -> float:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and low <= value and (
-        value <= high if closed_high else value < high)
-    if not ok:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            low <= value and (value <= high if closed_high else value < high)):
         raise ValueError(f"{name} must be a number in [{low}, {high}{']' if closed_high else ')'}, got {value!r}")
     return float(value)
 
 
-def impl_choices() -> list[str]:
-    return ["auto", *(n for n in trainers.names() if n != "reference"), TORCH_CUDA]
-
-
 def resolve_impls(impls) -> tuple[list[str], list[str], dict[str, str]]:
-    """(CPU trainers, GPU trainers, {name: why skipped}) to benchmark.
-
-    ``"auto"`` (alone or in a list) means every trainer that can run here: the CPU family, the library
-    baselines (torch, pytensor, theano) and, where there is a GPU, the GPU trainers and torch on CUDA.
-    Names that are unknown fail at once; known ones that cannot run here are skipped with the reason.
-    ``serial-example`` is always timed too: it is the denominator of every speedup.
-    """
-    from .bench import cpu_impls
-
+    """(CPU trainers, GPU trainers, {name: why skipped}) to benchmark. ``"auto"`` means every trainer that can
+    run here: the CPU family, the library baselines and, with a GPU, the GPU trainers and torch on CUDA.
+    Unknown names fail at once; known ones that cannot run here are skipped with the reason.
+    ``serial-example`` is always timed too: it is the denominator of every speedup."""
+    choices = ["auto", *(n for n in trainers.names() if n != "reference"), TORCH_CUDA]
     impls = from_cli(impls)
-    if isinstance(impls, str):
-        impls = [impls]
-    impls = list(impls)
-    unknown = [i for i in impls if i not in impl_choices()]
+    impls = [impls] if isinstance(impls, str) else list(impls)
+    unknown = [i for i in impls if i not in choices]
     if not impls or unknown:
-        raise ValueError(f"unknown implementation(s) {unknown or impls!r}; choose from {impl_choices()}")
+        raise ValueError(f"unknown implementation(s) {unknown or impls!r}; choose from {choices}")
     if "auto" in impls:
-        impls = [*cpu_impls(), *trainers.gpu(), TORCH_CUDA]
-    cpu, gpu, skipped = [], [], {}
-    for name in dict.fromkeys([BASELINE, *impls]):
-        why = _why_unavailable(name)
-        if why:
-            skipped[name] = why
-        elif name == TORCH_CUDA or name in trainers.gpu():
-            gpu.append(name)
-        else:
-            cpu.append(name)
+        impls = [*bench.cpu_impls(), *trainers.gpu(), TORCH_CUDA]
+    wanted = list(dict.fromkeys([BASELINE, *impls]))
+    skipped = {name: why for name in wanted if (why := _why_unavailable(name))}
+    gpu = [n for n in wanted if n not in skipped and (n == TORCH_CUDA or n in trainers.gpu())]
+    cpu = [n for n in wanted if n not in skipped and n not in gpu]
     if BASELINE in skipped:
         raise RuntimeError(f"{BASELINE} is needed as the speedup baseline but cannot run: {skipped[BASELINE]}")
     return cpu, gpu, skipped
 
 
 def _why_unavailable(name: str) -> str:
-    if name != TORCH_CUDA:
-        return trainers.why_unavailable(name)
-    why = trainers.why_unavailable("torch")
-    if why:
+    why = trainers.why_unavailable("torch" if name == TORCH_CUDA else name)
+    if why or name != TORCH_CUDA:
         return why
     import torch
 
     return "" if torch.cuda.is_available() else "torch sees no CUDA GPU"
 
 
-# ---------------------------------------------------------------------------------------------------
-# Tables
-# ---------------------------------------------------------------------------------------------------
+# -- Tables -------------------------------------------------------------------------------------------
 def run_benchmark(cpu: list[str], gpu: list[str], net, batches, threads, n_in: int, n_out: int,
                   repeats: int, warmup: int = 1, progress=print) -> pd.DataFrame:
-    """``parbp.bench.run`` on the CPU trainers, then (if any) on the GPU ones, as one table.
-
-    One warm-up sample (JIT compilation, first allocations) is enough here because the median of the
-    ``repeats`` samples is kept anyway.
-    GPU rows get threads = 1 and torch on CUDA is renamed ``torch-cuda`` so it never mixes with CPU torch.
-    """
-    from . import bench
-
-    tables = []
-    if cpu:
-        tables.append(bench.run(cpu, [net], batches, threads, n_in=n_in, n_out=n_out, repeats=repeats,
-                                warmup=warmup, progress=progress))
-    gpu_impls = [("torch" if g == TORCH_CUDA else g) for g in gpu]
-    if gpu_impls:
-        df = bench.run(gpu_impls, [net], batches, [1], n_in=n_in, n_out=n_out, repeats=repeats,
-                       warmup=warmup, device="gpu", progress=progress)
+    """``parbp.bench.run`` on the CPU trainers, then (if any) on the GPU ones, as one table. One warm-up
+    sample is enough: the median of the ``repeats`` is kept anyway. GPU rows get threads = 1 and torch on
+    CUDA is renamed ``torch-cuda`` so it never mixes with CPU torch."""
+    tables = [bench.run(cpu, [net], batches, threads, n_in=n_in, n_out=n_out, repeats=repeats, warmup=warmup,
+                        progress=progress)] if cpu else []
+    if gpu:
+        df = bench.run([("torch" if g == TORCH_CUDA else g) for g in gpu], [net], batches, [1], n_in=n_in,
+                       n_out=n_out, repeats=repeats, warmup=warmup, device="gpu", progress=progress)
         tables.append(df.assign(impl=df.impl.replace({"torch": TORCH_CUDA})))
     return pd.concat(tables, ignore_index=True)
 
@@ -183,10 +148,8 @@ def with_speedup(df: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
 
 
 def fastest_threads(df: pd.DataFrame) -> pd.DataFrame:
-    """Each implementation at each batch size with its fastest thread count (one row per impl and batch).
-
-    Not simply the most threads: on a machine shared with other jobs, or at small batches, more BLAS
-    threads can be slower than fewer, and a fair comparison gives every trainer its best setting."""
+    """Each implementation at each batch size with its fastest thread count (one row per impl and batch): not
+    simply the most threads, which on a shared machine or at small batches can be slower than fewer."""
     best = df.groupby(["impl", "batch"]).ms_per_step.idxmin()
     return df.loc[best.sort_values().to_numpy()].reset_index(drop=True)
 
@@ -208,23 +171,17 @@ def thread_scaling(df: pd.DataFrame, impl: str) -> pd.DataFrame:
 @functools.cache
 def epoch_examples(dataset: str) -> int:
     """Examples in one epoch of ``dataset``: the rows of its training split (read from the data itself)."""
-    from .data import load
-
     return len(load(check_dataset(dataset)).X_train)
 
 
 def per_epoch(df: pd.DataFrame, examples: int) -> pd.DataFrame:
-    """``s_per_epoch`` for an epoch of ``examples`` examples, and that count as ``epoch_examples``.
-
-    ``parbp.bench`` times steps on synthetic batches and counts an epoch as the paper's 50,000 MNIST
-    examples whatever the widths; an epoch of KDD Cup 99 is its own training split, many times longer."""
+    """``s_per_epoch`` for an epoch of ``examples`` examples, and that count as ``epoch_examples`` (``parbp.bench``
+    counts an epoch as MNIST's 50,000 examples; an epoch of KDD Cup 99 is its own, far longer, training split)."""
     examples = positive_int("examples", examples)
     return df.assign(s_per_epoch=df.ms_per_step / 1e3 * np.ceil(examples / df.batch), epoch_examples=examples)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Plots (seaborn; one figure per question, tidy data beside it via parbp.results.save_figure)
-# ---------------------------------------------------------------------------------------------------
+# -- Plots (seaborn; one figure per question, tidy data beside it via parbp.results.save_figure) ------
 def impl_order(df: pd.DataFrame) -> list[str]:
     """Implementations in the registry's order, so colours and legends agree across figures."""
     order = [*trainers.names(), TORCH_CUDA]
@@ -256,24 +213,19 @@ def _impl_lines(ax, df: pd.DataFrame, x: str, y: str) -> None:
 
 def impl_legend_handles(impls) -> list:
     """Legend entries for ``impls``, in the registry's order, drawn as in ``_impl_lines``."""
-    from matplotlib.lines import Line2D
-
     colours, markers = impl_style(impls)
     order = impl_order(pd.DataFrame({"impl": list(impls)}))
-    return [Line2D([], [], color=colours[i], marker=markers[i], label=i) for i in order]
+    return [plt.Line2D([], [], color=colours[i], marker=markers[i], label=i) for i in order]
 
 
 def plot_vs_batch(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool = True, hline=None):
     """One line per implementation against minibatch size (log x)."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     _impl_lines(ax, df, "batch", y)
-    ax.set_xscale("log")
-    if logy:
-        ax.set_yscale("log")
+    ax.set(xscale="log", yscale="log" if logy else "linear", xlabel="minibatch size", ylabel=ylabel, title=title)
     plain_log_ticks(ax)
     if hline is not None:
         ax.axhline(hline, color="grey", lw=0.8, ls="--")
-    ax.set(xlabel="minibatch size", ylabel=ylabel, title=title)
     ax.legend(handles=impl_legend_handles(df.impl.unique()), title=None, fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
@@ -282,8 +234,7 @@ def plot_vs_batch(df: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool 
 def plot_speedup_vs_threads(df: pd.DataFrame, title: str, per_row: int = 3):
     """Speedup over the serial baseline against threads, one panel per batch size (``per_row`` to a row),
     with the ideal line, and one legend for the whole figure."""
-    multi = df.groupby(["impl", "batch"]).threads.transform("nunique") > 1  # timed at several widths
-    data = df[multi]
+    data = df[df.groupby(["impl", "batch"]).threads.transform("nunique") > 1]  # timed at several widths
     if data.empty:
         raise ValueError("no implementation was timed at more than one thread count")
     batches = sorted(data.batch.unique())
@@ -321,19 +272,15 @@ FIGURES_05 = ("time_per_epoch", "gflops", "speedup_batch", "speedup_threads")  #
 def speedup_figure(kind: str, table: pd.DataFrame, title: str):
     """One of notebook 05's figures from its table (the CSV saved beside it): the notebook draws them with
     this, and a committed CSV is redrawn with it. The time per epoch counts the table's ``epoch_examples``."""
-    if kind == "time_per_epoch":
-        if "epoch_examples" not in table:
-            raise ValueError("the time-per-epoch table needs epoch_examples (experiments.per_epoch adds it)")
-        examples = table.epoch_examples.unique()
-        return plot_vs_batch(table, "s_per_epoch", f"seconds per epoch ({', '.join(f'{n:,}' for n in examples)} "
-                             "examples)", f"Time per epoch, {title}")
-    if kind == "gflops":
-        return plot_vs_batch(table, "gflops", "GFLOP/s", f"Throughput, {title}")
-    if kind == "speedup_batch":
-        return plot_vs_batch(table, "speedup", f"speedup over {BASELINE}", f"Speedup, {title}", hline=1.0)
-    if kind == "speedup_threads":
+    if check_choice("figure", kind, FIGURES_05, unknown=True) == "speedup_threads":
         return plot_speedup_vs_threads(table, f"Speedup against threads, {title}")
-    raise ValueError(f"unknown figure {kind!r}; choose one of {list(FIGURES_05)}")
+    if kind == "time_per_epoch" and "epoch_examples" not in table:
+        raise ValueError("the time-per-epoch table needs epoch_examples (experiments.per_epoch adds it)")
+    examples = ", ".join(f"{n:,}" for n in table.epoch_examples.unique()) if kind == "time_per_epoch" else ""
+    y, ylabel, what = {"time_per_epoch": ("s_per_epoch", f"seconds per epoch ({examples} examples)", "Time per epoch"),
+                       "gflops": ("gflops", "GFLOP/s", "Throughput"),
+                       "speedup_batch": ("speedup", f"speedup over {BASELINE}", "Speedup")}[kind]
+    return plot_vs_batch(table, y, ylabel, f"{what}, {title}", hline=1.0 if kind == "speedup_batch" else None)
 
 
 def plot_gpu_speed(gpu_runs: pd.DataFrame):
@@ -359,11 +306,10 @@ def plot_lr_grid(grid: pd.DataFrame, chosen: float, title: str):
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     # epoch 0 (the shared untrained network) included, so a one-epoch grid still draws lines
     sns.lineplot(data=grid, x="epoch", y="val_acc", hue="lr", palette="viridis", marker="o", ax=left,
-                 legend="full", hue_norm=matplotlib_lognorm(grid.lr))
+                 legend="full", hue_norm=LogNorm(vmin=float(np.min(grid.lr)), vmax=float(np.max(grid.lr))))
     left.set(title="validation accuracy during the search", ylabel="validation accuracy")
     left.xaxis.set_major_locator(MaxNLocator(integer=True))
-    final = grid[grid.epoch == grid.epoch.max()]
-    sns.lineplot(data=final, x="lr", y="val_acc", marker="o", ax=right)
+    sns.lineplot(data=grid[grid.epoch == grid.epoch.max()], x="lr", y="val_acc", marker="o", ax=right)
     right.axvline(chosen, color="crimson", ls="--", lw=1, label=f"chosen lr = {chosen:g}")
     right.set(xscale="log", title=f"after {int(grid.epoch.max())} epoch(s)", xlabel="learning rate",
               ylabel="validation accuracy")
@@ -374,12 +320,6 @@ def plot_lr_grid(grid: pd.DataFrame, chosen: float, title: str):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
-
-
-def matplotlib_lognorm(values):
-    from matplotlib.colors import LogNorm
-
-    return LogNorm(vmin=float(np.min(values)), vmax=float(np.max(values)))
 
 
 def plot_learning_curves(history: pd.DataFrame, title: str, target: float | None = None):
@@ -406,20 +346,15 @@ def plot_learning_curves(history: pd.DataFrame, title: str, target: float | None
     return fig
 
 
-# ---------------------------------------------------------------------------------------------------
-# Notebook 08: learning-rate grid search (seed 001 §5.3)
-# ---------------------------------------------------------------------------------------------------
+# -- Notebook 08: learning-rate grid search (seed 001 §5.3) -------------------------------------------
 def grid_search(trainer: str, dataset, lrs, epochs: int, batch_size: int, net="1h", lr_decay: float = 0.0,
                 seed: int = 0, progress: bool = False, **options) -> tuple[pd.DataFrame, float]:
     """Train one fresh network per learning rate on the training split; pick the best by validation accuracy.
 
-    Returns (the histories of every run stacked with an ``lr`` column, the chosen lr), the order of
-    ``parbp.seed003.grid_search``'s answer. Every run starts
-    from the same initial weights and sees the same minibatch order (same ``seed``), so the learning
-    rate is the only difference. Ties go to the smaller rate, the safer choice.
+    Returns (every run's history stacked with an ``lr`` column, the chosen lr), as ``parbp.seed003.grid_search``.
+    Every run starts from the same weights and sees the same minibatches (same ``seed``), so the learning rate
+    is the only difference. Ties go to the smaller rate, the safer choice.
     """
-    from .train import fit
-
     runs = []
     for lr in positive_floats("lrs", lrs):
         with trainers.make(trainer, net=net, n_in=dataset.n_in, n_out=dataset.n_out, seed=seed, **options) as t:
@@ -431,5 +366,4 @@ def grid_search(trainer: str, dataset, lrs, epochs: int, batch_size: int, net="1
     grid = pd.concat(runs, ignore_index=True)
     final = grid[grid.epoch == grid.epoch.max()]
     scores = final.val_acc.where(np.isfinite(final.train_loss), -np.inf)  # a diverged run never wins
-    chosen = float(final.lr.to_numpy()[np.argmax(scores.to_numpy())])
-    return grid, chosen
+    return grid, float(final.lr.to_numpy()[np.argmax(scores.to_numpy())])

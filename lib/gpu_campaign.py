@@ -109,12 +109,6 @@ def travel(carry) -> tuple[bool, str]:
                                    + f"; {total / 2**20:.2f} MiB of {TRAVEL_LIMIT / 2**20:.0f} MiB")
 
 
-def measure(carry) -> int:
-    fits, sizes = travel(carry)
-    print(f"travels: {sizes}" + ("" if fits else "; too large, carry less"), file=sys.stdout if fits else sys.stderr)
-    return 0 if fits else 1
-
-
 # -- The steps (each run in its own process by ``campaign``) ---------------------------------------
 def machine(out: Path, plan: Plan) -> None:
     import parbp
@@ -186,32 +180,27 @@ def campaign(out: Path, dry_run: bool = False, limit_s: float = LIMIT_S) -> int:
         raise SystemExit(f"run the campaign from the repository root: {TESTS[0]} is not in {Path.cwd()}")
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1" if dry_run else "0", "PYTHONUNBUFFERED": "1"}
-    log = (out / "campaign.log").open("w")
+    log = (out / "campaign.log").open("w", buffering=1)  # line-buffered: a killed campaign keeps its log
     start, failed = time.perf_counter(), []
 
     def write(text):
         log.write(text)
-        log.flush()
         print(text, end="", flush=True)
 
     write(f"GPU campaign{' (DRY RUN: numba CUDA simulator, tiny sizes)' if dry_run else ''} into {out}\n")
     if dry_run:  # the rehearsal also weighs the trip: the tree and the payload, when built
         fits, sizes = travel([PAYLOAD] if Path(PAYLOAD).exists() else [])
         write(f"== travel: {'passed' if fits else 'FAILED'}: {sizes}\n")
-        if not fits:
-            failed.append("travel")
+        failed += [] if fits else ["travel"]
     for name in STEPS:
-        left = limit_s - (time.perf_counter() - start)
-        limit = min(plan.limits.get(name, 60), left)
+        limit = min(plan.limits.get(name, 60), limit_s - (time.perf_counter() - start))  # its share of what is left
         if limit < 5:
             write(f"== {name}: not run, the campaign's {limit_s:.0f} s are spent\n")
             failed.append(name)
             continue
-        if name == "tests":
-            cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plan.tests]
-        else:
-            cmd = [sys.executable, "-m", "parbp.gpu_campaign", "--step", name, "--out", str(out)] + \
-                  (["--dry-run"] if dry_run else [])
+        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plan.tests] if name == "tests" else \
+            [sys.executable, "-m", "parbp.gpu_campaign", "--step", name, "--out", str(out),
+             *(["--dry-run"] if dry_run else [])]
         t0 = time.perf_counter()
         try:
             run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
@@ -244,9 +233,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.payload:
         build_payload(args.payload)
-        return measure([args.payload])
-    if args.measure is not None:
-        return measure(args.measure)
+    if args.payload or args.measure is not None:
+        fits, sizes = travel([args.payload] if args.payload else args.measure)
+        print(f"travels: {sizes}" + ("" if fits else "; too large, carry less"),
+              file=sys.stdout if fits else sys.stderr)
+        return 0 if fits else 1
     if args.out is None:
         p.error("--out is required (the folder for the campaign's files), unless --measure is given")
     if args.step:

@@ -10,7 +10,7 @@ so that ``mpiexec`` (in the root namespace) reaches its proxies. Traffic leaves 
   delay line   iptables (NFQUEUE) queues every packet the host sends to 198.18.0.0/15 to a user-space process in the
                namespace (``python -m parbp.hosts delay``, netfilterqueue) that releases it ``delay_us``
                later: this kernel has no netem, and a delay inside MPI's own calls would not be a network.
-  rate         a tbf qdisc on eth0 at ``rate_mbit`` (a token bucket of a few packets).
+  rate         a tbf qdisc on eth0 at ``rate_mbit`` (a token bucket of ~1 ms at the rate).
 
 So a round trip carries 2·delay_us, and a message both the delay and its serialization at the rate. The
 emulator is only as good as what ``measure_link`` gets back from it (configured against measured RTT and
@@ -21,9 +21,8 @@ that runs the command under ``ip netns exec HOST``; ``MPIR_CVAR_NOLOCAL=1`` and 
 ranks off shared memory (by default ranks of one kernel share it even across namespaces), so every byte
 crosses the links.
 
-Cleanup: names carry the creating process's id; ``close`` removes everything in a ``finally``, and
-``sweep`` (run when a ``Hosts`` starts) removes what a killed run left behind. ``unavailable()`` says in
-one line why the harness cannot run here (not root, a tool missing), or returns None.
+Cleanup: names carry the creating process's id; ``close`` removes everything, links already gone or not,
+and ``sweep`` (run when a ``Hosts`` starts) removes what a killed run left behind.
 """
 from __future__ import annotations
 
@@ -36,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ import pandas as pd
 import psutil
 
 from .base import Closing
+from .cli import Parser, run
 from .distributed import genv, mpiexec, run_command
 
 RANGE = "198.18.0.0/15"
@@ -57,14 +58,6 @@ while [ "${1#-}" != "$1" ]; do shift; done
 host="$1"; shift
 exec ip netns exec "$host" sh -c "$*"
 """
-
-
-def said_unavailable() -> bool:
-    """For a command line: print why the harness cannot run here and return True, or return False."""
-    why = unavailable()
-    if why:
-        print(why)
-    return bool(why)
 
 
 def unavailable() -> str | None:
@@ -94,31 +87,33 @@ def sweep() -> list[str]:
     """Remove the namespaces and bridges of runs whose process is gone (killed tests); return their names."""
     from pyroute2 import IPRoute, netns
 
-    removed = [name for name in netns.listnetns() if _orphaned(name)]
-    for name in removed:
-        _remove_namespace(name)
+    namespaces = [name for name in netns.listnetns() if _orphaned(name)]
     with IPRoute() as ipr:
-        for link in ipr.get_links():
-            if _orphaned(name := link.get_attr("IFLA_IFNAME")):
-                ipr.link("del", index=link["index"])
-                removed.append(name)
-    return removed
+        links = [name for link in ipr.get_links() if _orphaned(name := link.get_attr("IFLA_IFNAME"))]
+    _remove(namespaces, links)
+    return namespaces + links
 
 
-def _remove_namespace(name: str) -> None:
-    """Kill the processes left inside (only ours live there: delay lines, ranks), then remove it."""
-    from pyroute2 import netns
+def _remove(namespaces, links) -> None:
+    """Remove the namespaces, killing the processes left inside (only ours live there: delay lines, ranks),
+    then the links. A namespace outlives its removal while its sockets still hold unsent data (a cut link):
+    its veth pair would too, and the next hosts of this process could not take the same names."""
+    from pyroute2 import IPRoute, netns
+    from pyroute2.netlink.exceptions import NetlinkError
 
-    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
-    for pid in pids:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-    try:
-        netns.remove(name)
-    except OSError:
-        pass
+    for name in namespaces:
+        for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
+            with suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        with suppress(OSError):
+            netns.remove(name)
+    with IPRoute() as ipr:
+        for ifname in links:
+            try:
+                ipr.link("del", ifname=ifname)
+            except NetlinkError as e:  # gone meanwhile: its namespace's teardown or its veth peer took it
+                if e.code != errno.ENODEV:
+                    raise
 
 
 class Hosts(Closing):
@@ -131,8 +126,7 @@ class Hosts(Closing):
             raise ValueError(f"rate_mbit must be from 0.1 to 100000 (Mbit/s) or None for unshaped, got {rate_mbit!r}")
         if not 0 <= delay_us <= 1_000_000:
             raise ValueError(f"delay_us must be from 0 to 1000000 (one way, µs), got {delay_us!r}")
-        why = unavailable()
-        if why:
+        if why := unavailable():
             raise RuntimeError(why)
         self.n, self.rate_mbit, self.delay_us = int(n), rate_mbit, float(delay_us)
         # a token bucket of ~1 ms at the rate (at least 4 full frames): tbf needs burst >= one packet
@@ -160,27 +154,23 @@ class Hosts(Closing):
         from pyroute2 import IPRoute, NetNS, netns
 
         with IPRoute() as ipr:
-            ipr.link("add", ifname=self.bridge, kind="bridge")
+            ipr.link("add", ifname=self.bridge, kind="bridge", state="up")
             br = ipr.link_lookup(ifname=self.bridge)[0]
             ipr.addr("add", index=br, address=self.gateway, prefixlen=24)
-            ipr.link("set", index=br, state="up")
-            for i, name in enumerate(self.names):
+            for name, host_end, address in zip(self.names, self.links, self.addresses):
                 netns.create(name)
-                host_end = self.links[i]
-                ipr.link("add", ifname=host_end, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name})
-                v = ipr.link_lookup(ifname=host_end)[0]
-                ipr.link("set", index=v, master=br, state="up")
-        for name, address in zip(self.names, self.addresses):
-            with NetNS(name) as ns:
-                lo, eth = ns.link_lookup(ifname="lo")[0], ns.link_lookup(ifname="eth0")[0]
-                ns.link("set", index=lo, state="up")
-                ns.addr("add", index=eth, address=address, prefixlen=24)
-                ns.link("set", index=eth, state="up")
-                if self.rate_mbit is not None:
-                    ns.tc("add", "tbf", eth, handle="1:", rate=f"{int(self.rate_mbit * 1000)}kbit",
-                          burst=self.burst_bytes, latency=200_000)  # latency: the most a packet waits for tokens, µs
-            if self.delay_us > 0:
-                self._start_delay(name)
+                ipr.link("add", ifname=host_end, kind="veth", peer={"ifname": "eth0", "net_ns_fd": name}, master=br,
+                         state="up")
+                with NetNS(name) as ns:
+                    eth = ns.link_lookup(ifname="eth0")[0]
+                    ns.link("set", ifname="lo", state="up")
+                    ns.addr("add", index=eth, address=address, prefixlen=24)
+                    ns.link("set", index=eth, state="up")
+                    if self.rate_mbit is not None:  # latency: the most a packet waits for tokens, µs
+                        ns.tc("add", "tbf", eth, handle="1:", rate=f"{int(self.rate_mbit * 1000)}kbit",
+                              burst=self.burst_bytes, latency=200_000)
+                if self.delay_us > 0:
+                    self._start_delay(name)
 
     def _start_delay(self, name):
         # the xt NFQUEUE target (this kernel's nftables lacks the native queue expression)
@@ -199,30 +189,12 @@ class Hosts(Closing):
         return sum(t.user + t.system for t in (psutil.Process(proc.pid).cpu_times() for proc in self._delays))
 
     def close(self):
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
-
         for proc in self._delays:
             proc.kill()
             proc.wait()
         self._delays.clear()
-        for name in self.names:
-            _remove_namespace(name)
-        with IPRoute() as ipr:
-            # a namespace outlives its removal while its sockets still hold unsent data (a cut link): its
-            # veth pair would too, and the next hosts of this process could not take the same names
-            for ifname in (*self.links, self.bridge):
-                for idx in ipr.link_lookup(ifname=ifname):
-                    try:
-                        ipr.link("del", index=idx)
-                    except NetlinkError as e:  # gone meanwhile: its namespace's teardown or its veth peer took it
-                        if e.code != errno.ENODEV:
-                            raise
+        _remove(self.names, [*self.links, self.bridge])
         self._tmp.cleanup()
-
-
-    # ----------------------------------------------------------------------------------------
-    # Running things on the hosts
 
     def exec(self, i: int, cmd, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
         """Run ``cmd`` (a list) inside host i; kills it past ``timeout``."""
@@ -230,6 +202,7 @@ class Hosts(Closing):
                               timeout=timeout, **kwargs)
 
     def mpiexec_cmd(self, cmd, ranks: int | None = None) -> list[str]:
+        """The command line of ``mpiexec``: one rank per host on the first ``ranks`` hosts (default: all)."""
         ranks = ranks or self.n
         if not 2 <= ranks <= self.n:
             raise ValueError(f"ranks must be from 2 to {self.n} (one per host), got {ranks}")
@@ -268,22 +241,20 @@ PORT = 5201
 
 
 def _echo():
-    """Serve the probe: echo small messages back; swallow a bulk stream, then acknowledge it."""
+    """Serve the probe: echo small messages back; swallow a bulk stream to its end, then acknowledge it."""
     s = socket.create_server(("0.0.0.0", PORT), reuse_port=True)
     print("ready", flush=True)
     while True:
         c, _ = s.accept()
         c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with c:
-            mode = c.recv(1)
-            if mode == b"e":
+            if c.recv(1) == b"e":
                 while (m := c.recv(64)):
                     c.sendall(m)
             else:
-                while (m := c.recv(1 << 20)):
-                    if m.endswith(b"\xff"):
-                        c.sendall(b"k")
-                        break
+                while c.recv(1 << 20):
+                    pass
+                c.sendall(b"k")
 
 
 def _probe(peer: str, seconds: float):
@@ -294,9 +265,7 @@ def _probe(peer: str, seconds: float):
     while time.perf_counter() < end or len(rtts) < 20:
         t0 = time.perf_counter()
         c.sendall(b"x" * 8)
-        got = 0
-        while got < 8:
-            got += len(c.recv(64))
+        c.recv(8, socket.MSG_WAITALL)
         rtts.append(time.perf_counter() - t0)
     c.close()
     c = socket.create_connection((peer, PORT), timeout=60)
@@ -306,37 +275,34 @@ def _probe(peer: str, seconds: float):
     while time.perf_counter() - t0 < seconds / 2:
         c.sendall(chunk)
         sent += len(chunk)
-    c.sendall(b"\xff")
+    c.shutdown(socket.SHUT_WR)
     c.recv(1)  # the receiver has everything
-    dt = time.perf_counter() - t0
-    print(float(np.median(rtts[5:])), sent * 8 / dt / 1e6)
+    print(float(np.median(rtts[5:])), sent * 8 / (time.perf_counter() - t0) / 1e6)
 
 
 def _delay_line(delay_us: float, queue: int):
     """Hold every queued packet ``delay_us``, in order, then let it go (one thread: select on the queue's
-    socket until the oldest held packet is due). Packets are accepted by id, so only their first bytes are copied."""
+    socket until the oldest held packet is due). Packets are accepted by id, so only their first bytes are copied
+    (retain needs some)."""
     import collections
     import select
     from netfilterqueue import COPY_PACKET, NetfilterQueue
 
     held = collections.deque()
-    delay = delay_us * 1e-6
     # real-time priority: the ranks spin while they wait for a message, and on shared cores a delay line
     # scheduled behind them would add their time slices to every packet's delay
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
 
     def hold(pkt):
         pkt.retain()
-        held.append((time.perf_counter() + delay, pkt))
+        held.append((time.perf_counter() + delay_us * 1e-6, pkt))
 
     nfq = NetfilterQueue()
-    # the kernel holds up to max_len packets; we copy only the first bytes (retain needs some)
-    nfq.bind(queue, hold, max_len=20_000, mode=COPY_PACKET, range=64)
-    sock = socket.fromfd(nfq.get_fd(), socket.AF_UNIX, socket.SOCK_STREAM)
+    nfq.bind(queue, hold, max_len=20_000, mode=COPY_PACKET, range=64)  # the kernel holds up to max_len packets
     print("ready", flush=True)
     while True:
         wait = max(held[0][0] - time.perf_counter(), 0.0) if held else 1.0
-        if select.select([sock], [], [], wait)[0]:
+        if select.select([nfq.get_fd()], [], [], wait)[0]:
             nfq.run(block=False)
         now = time.perf_counter()
         while held and held[0][0] <= now:
@@ -344,8 +310,6 @@ def _delay_line(delay_us: float, queue: int):
 
 
 def main(argv=None) -> int:
-    from .cli import Parser
-
     p = Parser(prog="python -m parbp.hosts", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     d = sub.add_parser("delay", help="the delay line (runs inside a namespace)")
@@ -367,13 +331,13 @@ def main(argv=None) -> int:
         _echo()
     elif args.what == "probe":
         _probe(args.peer, args.seconds)
-    elif not said_unavailable():
+    elif why := unavailable():
+        print(why)
+    else:
         with Hosts(args.hosts, rate_mbit=args.rate_mbit, delay_us=args.delay_us) as h:
             print(pd.Series(measure_link(h, args.seconds)).to_string())
     return 0
 
 
 if __name__ == "__main__":
-    from .cli import run
-
     sys.exit(run(main, prog="python -m parbp.hosts"))

@@ -37,7 +37,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
+from . import costmodel, ipp, pipeline, tensor_parallel, trainers
+from .cli import Parser, positive_int, run
+from .data import random_batch
+from .distributed import PackedGradients, allreduce_step
+from .envinfo import cpu_name, machine_label
+from .hosts import Hosts, measure_link, unavailable
+from .nets import init_params, n_params
+from .results import write_csv
 from .timing import sample
 
 NET = [784, 256, 256, 256, 10]  # 4 weight layers: a stage each for 4 ranks, two tensor-parallel pairs
@@ -64,12 +73,7 @@ def _median_time(fn, repeat):
 
 def worker(args) -> None:
     """One rank of the job: every axis's compute and measured step; rank 0 writes them all as JSON."""
-    from mpi4py import MPI
-    from threadpoolctl import threadpool_limits
-
-    from . import costmodel, ipp
-    from .data import random_batch
-    from .nets import init_params
+    from mpi4py import MPI  # initializes MPI: only in the ranks
 
     world = MPI.COMM_WORLD
     out = {"p": world.size, "batch": args.batch}
@@ -83,17 +87,13 @@ def worker(args) -> None:
     compute, measured = {}, {}
     for axis in (_data_parallel, _pipelines, _tensor_parallel):
         axis(comm, params, X, Y, args, compute, measured)
-    gathered = world.gather({"compute": compute, "measured": measured}, root=0)
+    out["ranks"] = world.gather({"compute": compute, "measured": measured}, root=0)
     if world.rank == 0:
-        out["ranks"] = gathered
         Path(args.worker_out).write_text(json.dumps(out))
 
 
 def _data_parallel(comm, params, X, Y, args, compute, measured):
     """B/p examples' gradients, then one Allreduce of every parameter."""
-    from . import trainers
-    from .distributed import PackedGradients, allreduce_step
-
     t = trainers.get(trainers.fastest_cpu(threaded=False))(net=NET, n_in=NET[0], n_out=NET[-1], seed=0)
     packed, B = PackedGradients(t), args.batch
     mine = np.array_split(np.arange(B), comm.size)[comm.rank]
@@ -101,22 +101,21 @@ def _data_parallel(comm, params, X, Y, args, compute, measured):
     comm.barrier("compute timing")
     compute["data parallel"] = _median_time(lambda: t.apply_gradients(t.gradients(X[mine], Y[mine])[1], 1e-6), 5)
     comm.barrier("data parallel")
-    measured["data parallel"] = sample(lambda: allreduce_step(t, packed, X[mine], Y[mine], B, 1e-6, comm, comm), args.steps)
+    measured["data parallel"] = sample(lambda: allreduce_step(t, packed, X[mine], Y[mine], B, 1e-6, comm, comm),
+                                       args.steps)
 
 
 def _pipelines(comm, params, X, Y, args, compute, measured):
     """This rank's stage, forward and backward of one micro-batch, then each schedule over the links."""
-    from . import ipp, pipeline
-
-    p, rank, B, m = comm.size, comm.rank, args.batch, args.micro
+    p, rank, B, mb = comm.size, comm.rank, args.batch, args.batch // MICRO  # mb: a micro-batch's examples
     layers = pipeline.split_layers(NET, p)[rank]
     st = pipeline.Stage([params[l] for l in layers], first=rank == 0, last=rank == p - 1)
-    xb = X[:B // m] if rank == 0 else np.random.default_rng(rank).uniform(0, 1, (B // m, NET[layers[0]])).astype(np.float32)
-    gout = np.full((B // m, NET[layers[-1] + 1]), 1e-3, np.float32)
+    xb = X[:mb] if rank == 0 else np.random.default_rng(rank).uniform(0, 1, (mb, NET[layers[0]])).astype(np.float32)
+    gout = np.full((mb, NET[layers[-1] + 1]), 1e-3, np.float32)
 
     def backward():
         acts = st.forward(xb)  # the backward needs a forward's activations; its time is subtracted below
-        delta = st.output_delta(acts[-1], Y[:B // m], B)[1] if rank == p - 1 else st.input_delta(gout.copy(), acts[-1])
+        delta = st.output_delta(acts[-1], Y[:mb], B)[1] if rank == p - 1 else st.input_delta(gout.copy(), acts[-1])
         st.backward(acts, delta)
 
     backward()
@@ -125,7 +124,7 @@ def _pipelines(comm, params, X, Y, args, compute, measured):
     compute["stage"] = [f, _median_time(backward, 7) - f, _median_time(lambda: st.update(0.0), 3)]
     for schedule in ("gpipe", "1f1b"):
         key = f"pipe-{schedule}"
-        ipp._mp_setup(key, [params[l] for l in layers], layers, NET, p, schedule, m, X, Y, len(X), 0)
+        ipp._mp_setup(key, [params[l] for l in layers], layers, NET, p, schedule, MICRO, X, Y, len(X), 0)
         ipp._mp_run(key, 0, B, 1e-6, 0, 1, False)  # warm-up step
         r = ipp._mp_run(key, 0, B, 1e-6, 1, args.steps, False)
         measured[schedule] = r["seconds"] / r["steps"]
@@ -133,8 +132,6 @@ def _pipelines(comm, params, X, Y, args, compute, measured):
 
 def _tensor_parallel(comm, params, X, Y, args, compute, measured):
     """A step with its Allreduces skipped times the compute alone."""
-    from . import tensor_parallel
-
     shard = tensor_parallel.Shard(params, comm.rank, comm.size)
     idx = np.arange(args.batch)
     shard.step(X[idx], Y[idx], 1e-6, lambda buf, what: None)
@@ -149,21 +146,16 @@ def _tensor_parallel(comm, params, X, Y, args, compute, measured):
 
 def predict(compute: list[dict], p: int, alpha: float, beta: float, batch: int = BATCH, micro: int = MICRO) -> dict:
     """Predicted step seconds per axis from each rank's compute times (``worker``'s) and one link's α, β."""
-    from . import costmodel, pipeline, tensor_parallel
-    from .nets import n_params
-
     link = costmodel.AlphaBeta(alpha, beta)
-    dp_comp = max(c["data parallel"] for c in compute)
-    out = {"data parallel": dp_comp + float(costmodel.mpich_allreduce(link, 4 * (n_params(NET) + 1), p))}
+    out = {"data parallel": _compute_s(compute, "data parallel")
+           + float(costmodel.mpich_allreduce(link, 4 * (n_params(NET) + 1), p))}
     f, b, u = zip(*(c["stage"] for c in compute))
-    width = np.mean([NET[layers[-1] + 1] for layers in pipeline.split_layers(NET, p)[:-1]])
-    nbytes = batch // micro * width * 4
+    nbytes = batch // micro * np.mean([NET[layers[-1] + 1] for layers in pipeline.split_layers(NET, p)[:-1]]) * 4
     for schedule in ("gpipe", "1f1b"):
         out[schedule] = pipeline.simulate(schedule, micro, f, b, alpha, beta * nbytes)["span_s"] + max(u)
     msgs = tensor_parallel.message_bytes(NET, batch)
-    each = msgs["payload_bytes"] / msgs["allreduces"]
-    tp_comm = msgs["allreduces"] * float(costmodel.mpich_allreduce(link, each, p))
-    out["tensor parallel"] = max(c["tensor parallel"] for c in compute) + tp_comm
+    each = float(costmodel.mpich_allreduce(link, msgs["payload_bytes"] / msgs["allreduces"], p))
+    out["tensor parallel"] = _compute_s(compute, "tensor parallel") + msgs["allreduces"] * each
     return out
 
 
@@ -172,8 +164,7 @@ def fit_links(links: pd.DataFrame) -> tuple[float, float]:
     alpha0 = float(np.mean(links["alpha_s"] - links["delay_us"] * 1e-6))
     rate = links["rate_mbit"].to_numpy() * 1e6 / 8  # bytes/s
     bw = 1 / links["beta_s_per_byte"].to_numpy()
-    eta = float(np.dot(rate, bw) / np.dot(rate, rate))
-    return alpha0, eta
+    return alpha0, float(np.dot(rate, bw) / np.dot(rate, rate))
 
 
 # ---- The grid --------------------------------------------------------------------------------------------
@@ -182,37 +173,30 @@ def fit_links(links: pd.DataFrame) -> tuple[float, float]:
 @contextmanager
 def cpu_lock(path):
     """The machine's exclusive CPU lock (a flock shared with other users of this machine), or nothing."""
-    if not path:
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+    with open(path or os.devnull, "a") as fh:
+        if path:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
         yield
 
 
 def run_setting(delay_us, rate_mbit, ranks=(2, 3, 4), steps=STEPS, lock=None, timeout=300,
                 batches=(BATCH,)) -> tuple[dict, list[dict]]:
-    from . import costmodel
-    from .hosts import Hosts, measure_link
-
-    with cpu_lock(lock), Hosts(max(ranks), rate_mbit=rate_mbit, delay_us=delay_us) as h:
+    """One setting's hosts: the link measured and fitted (the first job's ping-pong), one MPI job per ranks × batch."""
+    with (cpu_lock(lock), Hosts(max(ranks), rate_mbit=rate_mbit, delay_us=delay_us) as h,
+          tempfile.TemporaryDirectory() as tmp):
         load = os.getloadavg()[0]
         link = measure_link(h, seconds=2.0)
-        jobs = []
+        jobs, out = [], Path(tmp) / "job.json"
         for p in ranks:
             for batch in batches:
-                with tempfile.TemporaryDirectory() as tmp:
-                    out = Path(tmp) / "job.json"
-                    first = p == min(ranks) and batch == batches[0]
-                    cpu0, t0 = h.delay_line_cpu_s(), time.perf_counter()
-                    h.mpiexec([sys.executable, "-m", "parbp.hosts_bench", "--worker-out", out, "--steps", steps,
-                               "--batch", batch, *(["--pingpong"] if first else [])], ranks=p, timeout=timeout)
-                    job = json.loads(out.read_text())
-                    # how much of the machine's cores the delay lines took while this job ran
-                    job["delay_line_cores"] = (h.delay_line_cpu_s() - cpu0) / (time.perf_counter() - t0)
-                    jobs.append(job)
-    pp = pd.DataFrame(jobs[0]["pingpong"])
-    pp = pp[pp.op == "pingpong"]
+                cpu0, t0 = h.delay_line_cpu_s(), time.perf_counter()
+                h.mpiexec([sys.executable, "-m", "parbp.hosts_bench", "--worker-out", out, "--steps", steps,
+                           "--batch", batch, *([] if jobs else ["--pingpong"])], ranks=p, timeout=timeout)
+                job = json.loads(out.read_text())
+                # how much of the machine's cores the delay lines took while this job ran
+                job["delay_line_cores"] = (h.delay_line_cpu_s() - cpu0) / (time.perf_counter() - t0)
+                jobs.append(job)
+    pp = pd.DataFrame(jobs[0]["pingpong"]).query("op == 'pingpong'")
     ab = costmodel.fit(pp[(pp.bytes == pp.bytes.min()) | (pp.bytes >= FIT_FROM_BYTES)])
     link.update(alpha_s=ab.alpha, beta_s_per_byte=ab.beta, load=load)
     return link, jobs
@@ -268,14 +252,10 @@ def goals(df: pd.DataFrame) -> pd.DataFrame:
     held = df[df.held_out]
     g = held.assign(err=held.rel_error.abs()).groupby("axis", sort=False)["err"]
     out = pd.DataFrame({"median_abs_rel_error": g.median(), "max_abs_rel_error": g.max(), "cases": g.size()})
-    out["median_ok"] = out.median_abs_rel_error <= 0.15
-    out["max_ok"] = out.max_abs_rel_error <= 0.35
-    return out.reset_index()
+    return out.assign(median_ok=out.median_abs_rel_error <= 0.15, max_ok=out.max_abs_rel_error <= 0.35).reset_index()
 
 
 def main(argv=None) -> int:
-    from .cli import Parser, positive_int
-
     ap = Parser(prog="python -m parbp.hosts_bench", description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="CSV of every measurement and prediction (with the machine in every row)")
     ap.add_argument("--quick", action="store_true", help="2 settings (1 held out), 2 ranks: a smoke run")
@@ -288,14 +268,12 @@ def main(argv=None) -> int:
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     ap.add_argument("--pingpong", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
-    ap.add_argument("--micro", type=int, default=MICRO, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker_out:
         worker(args)
         return 0
-    from .hosts import said_unavailable
-
-    if said_unavailable():
+    if why := unavailable():
+        print(why)
         return 0
     if not 2 <= args.settings <= len(SETTINGS):
         ap.error(f"--settings must be from 2 to {len(SETTINGS)}, got {args.settings}")
@@ -306,23 +284,16 @@ def main(argv=None) -> int:
     if args.crossover:
         settings, ranks, batches = [CROSSOVER_SETTING], (2,), CROSSOVER_BATCHES
     df, links, (alpha0, eta) = validate(settings, HELD_OUT, ranks, args.steps, args.lock, batches)
-    from .envinfo import cpu_name, machine_label
-
-    df["cpu"], df["machine"] = cpu_name(), machine_label()
-    df["alpha0_s"], df["rate_efficiency"] = alpha0, eta
+    df = df.assign(cpu=cpu_name(), machine=machine_label(), alpha0_s=alpha0, rate_efficiency=eta)
     if args.out:
-        from .results import write_csv
-
         write_csv(df, args.out)
     pd.set_option("display.width", 200)
     print(f"link model from the fit settings: alpha = {alpha0 * 1e6:.0f} us + delay, bandwidth = {eta:.2f} x rate")
-    print(df.groupby(["axis", "held_out"])[["rel_error", "rel_error_own_link"]].agg(lambda e: e.abs().median()).to_string())
+    print(df[["rel_error", "rel_error_own_link"]].abs().groupby([df.axis, df.held_out]).median().to_string())
     if not args.crossover:
         print(goals(df).to_string(index=False))
     return 0
 
 
 if __name__ == "__main__":
-    from .cli import run
-
     sys.exit(run(main, prog="python -m parbp.hosts_bench"))

@@ -4,18 +4,13 @@ model parallel (plain, GPipe, 1F1B) side by side.
     env -u OPENBLAS_CORETYPE python -m parbp.ipp_bench              # Net-2h, MNIST, batch 1000, 2 MPI engines
     python -m parbp.ipp_bench --steps 5 --rounds 1 --subset 10000    # a quick look
 
-Every configuration is timed on the same engines (``run_rounds``, shared with ``parbp.tensor_parallel_bench``).
-The CSV (``--out``, default figures/07_goals.csv, written atomically) has one row per configuration: median
-throughput and its ratio to serial (the median of the rounds' ratios, with their min and max), the pipeline's
-measured idle fraction next to the one ``parbp.pipeline`` predicts from the same steps' per-stage task times,
-the activations each stage kept against the formula, the goal a row checks and whether it was met, and the
-machine (CPU, BLAS, load average before and after).
-``cpu_share`` is CPU time over wall time per process (serial: the client; else averaged over the engines):
-near 1 when each had a core to itself, lower when other work on a shared machine took cores away, which
-makes the ratios to serial unreliable in either direction. ``vs_serial_per_cpu_s`` divides that share out
-(throughput per CPU-second, over serial's): an estimate of the idle machine's ratio, never used for a goal.
-``ceiling_vs_serial`` (``ceilings``): serial's step over the slowest stage's work, timed in one process; the
-most a pipeline of this split can gain at that m before its bubble and messages.
+The CSV (``--out``, default figures/07_goals.csv) has one row per configuration, all timed on the same engines
+(``run_rounds``): throughput and its ratio to serial (the median of the rounds' ratios, min and max), the
+pipeline's measured idle fraction against ``parbp.pipeline``'s prediction from the same steps' task times, the
+activations each stage kept against the formula, each goal and whether it was met, and the machine.
+``cpu_share`` (CPU over wall time per process) well below 1 means other work took cores, so the ratios are
+unreliable; ``vs_serial_per_cpu_s`` divides it out (an estimate, never a goal). ``ceiling_vs_serial``: the most
+a pipeline of this split can gain at that m before its bubble and messages (``ceilings``).
 """
 from __future__ import annotations
 
@@ -38,6 +33,7 @@ IDLE_TOLERANCE = 0.05
 
 def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batches=(2, 4, 8), engines=2, steps=10,
             rounds=3, lr=0.1, relay=False, seed=0) -> pd.DataFrame:
+    """Every configuration trained in interleaved rounds on the same engines: one row each, its goals checked."""
     from . import ipp as pipp
 
     ds = load_first(dataset, subset, seed)
@@ -46,32 +42,28 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, micro_batch
     ceiling = ceilings(ds, net, batch_size, sorted({1, *micro_batches}), engines, seed=seed)
     rows = []
     for key, model in models.items():
-        method, schedule, m = key
-        row = {"method": method, "schedule": schedule, "micro_batches": m, "engines": 1 if method == "serial" else engines,
-               "examples_per_s": float(np.median(times[key])), "examples_per_s_min": float(np.min(times[key])),
-               "examples_per_s_max": float(np.max(times[key])),
-               "cpu_share": float(np.median(shares[key])) if shares[key] else np.nan}
+        (method, schedule, m), t = key, np.array(times[key])
+        rows.append({"method": method, "schedule": schedule, "micro_batches": m,
+                     "engines": 1 if method == "serial" else engines, "examples_per_s": float(np.median(t)),
+                     "examples_per_s_min": float(t.min()), "examples_per_s_max": float(t.max()),
+                     "cpu_share": float(np.median(shares[key])) if shares[key] else np.nan})
         if isinstance(model, pipp.ModelParallel):
-            row.update(_pipeline_columns(model, batch_size, extra[key]), ceiling_vs_serial=ceiling[m])
-        rows.append(row)
+            rows[-1].update(_pipeline_columns(model, batch_size, extra[key]), ceiling_vs_serial=ceiling[m])
     df = pd.DataFrame(rows)
     # over serial round by round (the rounds interleave every configuration): the median and its spread
-    serial = np.array(times[next(k for k in models if k[0] == "serial")])
-    ratios = [np.array(times[key]) / serial for key in models]
+    ratios = [np.array(times[key]) / np.array(times["serial", "-", 1]) for key in models]
     df["vs_serial"] = [float(np.median(r)) for r in ratios]
     df["vs_serial_min"], df["vs_serial_max"] = [float(r.min()) for r in ratios], [float(r.max()) for r in ratios]
     df["efficiency"] = df.vs_serial / df.engines
-    # an estimate for a contended machine: per CPU-second of each process instead of per wall-second. Waiting
-    # ranks poll, so on an idle machine CPU time equals wall time and this equals vs_serial; the goals use vs_serial
+    # per CPU-second of each process instead of per wall-second: waiting ranks poll, so on an idle machine this
+    # equals vs_serial; the goals use vs_serial
     per_cpu = df.examples_per_s / df.cpu_share
     df["vs_serial_per_cpu_s"] = per_cpu / per_cpu[df.method == "serial"].iloc[0]
     return leading(_goals(df, engines), machine(net, dataset, ds, batch_size, steps, rounds, models, loads))
 
 
 def run_rounds(ds, engines: int, make_models, batch_size, lr, steps, rounds):
-    """``make_models(eng)`` on ``engines`` fresh MPI engines, configuration after configuration for ``rounds``
-    interleaved rounds (a slow stretch of a shared machine hits all of them), each training ``steps`` minibatches
-    timed on the client from submission to the last engine's answer (``_rounds``). Returns (models, throughputs,
+    """``make_models(eng)`` on fresh MPI engines, trained in interleaved rounds (``_rounds``): (models, throughputs,
     CPU shares, stashes, the load average before and after)."""
     from . import ipp as pipp
 
@@ -96,6 +88,7 @@ def machine(net, dataset, ds, batch_size, steps, rounds, models, loads) -> dict:
 
 
 def report_head(df) -> str:
+    """The report's first line: the run and the machine."""
     r0 = df.iloc[0]
     return (f"Net-{r0.net}, {r0.dataset} ({r0.train_examples} examples), batch {r0.batch_size}, {r0.rounds} rounds x "
             f"{r0.steps_per_round} steps | {r0.cpu}, {r0.cores} cores | {r0.blas} | "
@@ -108,55 +101,48 @@ def _models(eng, ds, net, micro_batches, relay, seed) -> dict:
 
     models = {("serial", "-", 1): pipp.Serial(ds, net=net, seed=seed),
               ("data parallel", "-", 1): pipp.DataParallel(eng, ds, net=net, seed=seed),
-              ("model parallel", "plain", 1): pipp.ModelParallel(eng, ds, net=net, schedule="plain", seed=seed)}
-    for schedule in ("gpipe", "1f1b"):
-        for m in micro_batches:
-            models[("model parallel", schedule, m)] = pipp.ModelParallel(eng, ds, net=net, schedule=schedule,
-                                                                         micro_batches=m, seed=seed)
+              ("model parallel", "plain", 1): pipp.ModelParallel(eng, ds, net=net, schedule="plain", seed=seed),
+              **{("model parallel", schedule, m): pipp.ModelParallel(eng, ds, net=net, schedule=schedule,
+                                                                     micro_batches=m, seed=seed)
+                 for schedule in ("gpipe", "1f1b") for m in micro_batches}}
     if relay:
         from . import ipp_relay
 
         models[("data parallel (client relay)", "-", 1)] = ipp_relay.RelayDataParallel(eng, ds, net=net, seed=seed)
-        models[("model parallel (client relay)", "gpipe", 4)] = ipp_relay.RelayModelParallel(eng, ds, net=net, micro_batches=4, seed=seed)
+        models[("model parallel (client relay)", "gpipe", 4)] = ipp_relay.RelayModelParallel(
+            eng, ds, net=net, micro_batches=4, seed=seed)
     return models
 
 
 def _rounds(models, steps_per_epoch, batch_size, lr, steps, rounds):
-    """Every model trains ``steps`` minibatches per round, interleaved; round 0 warms up and is not counted.
-    Per model: throughputs, CPU shares, and the pipeline's activation stash."""
-    times = {k: [] for k in models}
-    shares = {k: [] for k in models}
-    extra = {k: {} for k in models}
+    """Every model trains ``steps`` minibatches per round, timed on the client from submission to the last answer,
+    interleaved so that a slow stretch of a shared machine hits them all; round 0 warms up. Per model: throughputs,
+    CPU shares, and the pipeline's activation stash."""
+    times, shares, extra = {k: [] for k in models}, {k: [] for k in models}, {k: {} for k in models}
     for r in range(rounds + 1):
         first = (r * steps) % max(steps_per_epoch - steps + 1, 1)
         for key, model in models.items():
             t0 = time.perf_counter()
             out = model.run_steps(0, batch_size, lr, first=first, count=steps)
-            dt = time.perf_counter() - t0
-            if r == 0:
-                continue
-            times[key].append(out["steps"] * batch_size / dt)
-            if "cpu_share" in out:
-                shares[key].append(out["cpu_share"])
-            for k in ("peak_stash_micro_batches", "peak_stash_bytes"):
-                if k in out:
-                    extra[key][k] = out[k]
+            if r > 0:
+                times[key].append(out["steps"] * batch_size / (time.perf_counter() - t0))
+                shares[key] += [out["cpu_share"]] if "cpu_share" in out else []
+                extra[key].update({k: v for k, v in out.items() if k.startswith("peak_stash_")})
     return times, shares, extra
 
 
 def ceilings(ds, net, batch_size, micro_batches, engines, repeats=5, seed=0) -> dict[int, float]:
-    """Per m: serial's step time over the slowest stage's work per minibatch, both timed in this one process
-    on one core, interleaved (so a busy machine slows both alike). What a pipeline could reach with free
-    messages and no bubble: the ceiling its schedule then loses the bubble from."""
+    """Per m: serial's step time over the slowest stage's work per minibatch (what a pipeline could reach with free
+    messages and no bubble), both timed on one core here, interleaved so that a busy machine slows both alike."""
     from threadpoolctl import threadpool_limits
 
     X, Y = ds.X_train[:batch_size], ds.Y_train[:batch_size]
     serial = trainers.get(trainers.fastest_cpu(threaded=False))(net=net, n_in=ds.n_in, n_out=ds.n_out, seed=seed)
-    params = serial.params
-    split = pipeline.split_layers(serial.sizes, engines)
+    params, split = serial.params, pipeline.split_layers(serial.sizes, engines)
 
     def stage_times(m):
-        stages = [pipeline.Stage([params[l] for l in layers], s == 0, s == len(split) - 1) for s, layers in enumerate(split)]
+        stages = [pipeline.Stage([params[l] for l in layers], s == 0, s == len(split) - 1)
+                  for s, layers in enumerate(split)]
         last, busy = len(stages) - 1, [0.0] * len(stages)
 
         def on(s, work):  # ``work()`` on stage s, its time added to the stage's
@@ -189,11 +175,9 @@ def ceilings(ds, net, batch_size, micro_batches, engines, repeats=5, seed=0) -> 
 
 
 def _pipeline_columns(model, B, extra) -> dict:
-    """Idle fractions (measured, predicted from the measured task times, equal-stage theory), per-stage
-    task times and how unequal the stages are, activations kept (measured and formula)."""
+    """Idle fractions (measured, predicted, theory), per-stage task times, activations kept (measured, formula)."""
     steps = model.steps[-50:]  # the counted rounds' steps (warm-up excluded when there are enough)
-    fwd = np.mean([t["forward_s"] for t in steps], axis=0)
-    bwd = np.mean([t["backward_s"] for t in steps], axis=0)
+    fwd, bwd = (np.mean([t[k] for t in steps], axis=0) for k in ("forward_s", "backward_s"))
     stage_s = model.m * (fwd + bwd)
     mem = model.activation_memory(B)
     return {"idle_measured": float(np.mean([t["idle_fraction"] for t in steps])),
@@ -222,21 +206,23 @@ def _goals(df, p) -> pd.DataFrame:
         best = df[mp8].vs_serial.idxmax()
         df.loc[best, "goal_throughput"] = f"best schedule at m=8: >= {GOAL_MP}x serial"
         df.loc[best, "met_throughput"] = df.loc[best, "vs_serial"] >= GOAL_MP
-    piped = (df.method == "model parallel") & df.schedule.isin(["gpipe", "1f1b"])
-    for i in df[piped].index:
+    for i in df[(df.method == "model parallel") & df.schedule.isin(["gpipe", "1f1b"])].index:
         r = df.loc[i]
         df.loc[i, "goal_idle"] = f"|measured - predicted| <= {IDLE_TOLERANCE}"
         df.loc[i, "met_idle"] = abs(r.idle_measured - r.idle_predicted) <= IDLE_TOLERANCE
         kept = [int(k) for k in str(r.acts_kept_measured).split(";") if k]
         limit, name = (p, "p") if r.schedule == "1f1b" else (r.micro_batches, "m")
-        df.loc[i, "goal_memory"] = f"activations kept per stage <= {name} = {limit} and = formula ({r.acts_kept_formula})"
+        df.loc[i, "goal_memory"] = (f"activations kept per stage <= {name} = {limit} "
+                                    f"and = formula ({r.acts_kept_formula})")
         df.loc[i, "met_memory"] = bool(kept) and max(kept) <= limit and ";".join(map(str, kept)) == r.acts_kept_formula
     return df
 
 
 def report(df) -> str:
-    cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "cpu_share", "vs_serial_per_cpu_s", "ceiling_vs_serial", "idle_measured",
-            "idle_predicted", "idle_theory", "stage_ms", "acts_kept_measured", "acts_mib_measured", "acts_mib_formula"]
+    """The table and every goal, met or missed."""
+    cols = ["method", "schedule", "micro_batches", "examples_per_s", "vs_serial", "efficiency", "cpu_share",
+            "vs_serial_per_cpu_s", "ceiling_vs_serial", "idle_measured", "idle_predicted", "idle_theory", "stage_ms",
+            "acts_kept_measured", "acts_mib_measured", "acts_mib_formula"]
     body = df[[c for c in cols if c in df]].to_string(index=False, float_format=lambda v: f"{v:.3f}")
     lines = []
     for r in df.itertuples():
@@ -246,7 +232,8 @@ def report(df) -> str:
                 value = {"throughput": f"x{r.vs_serial:.2f} serial",
                          "idle": f"measured {r.idle_measured:.3f}, predicted {r.idle_predicted:.3f}",
                          "memory": f"kept {r.acts_kept_measured}"}[g]
-                lines.append(f"  {'MET   ' if met else 'MISSED'} {r.method} {r.schedule} m={r.micro_batches}: {goal} ({value})")
+                lines.append(f"  {'MET   ' if met else 'MISSED'} {r.method} {r.schedule} m={r.micro_batches}: "
+                             f"{goal} ({value})")
     return f"{report_head(df)}\n{body}\ngoals:\n" + "\n".join(lines)
 
 

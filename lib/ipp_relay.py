@@ -1,21 +1,19 @@
 """The client in the middle: data and model parallelism that relay every tensor through the notebook.
 
-Kept as a measured contrast to ``parbp.ipp`` (notebook 07, "what a client in the middle costs"): ipyparallel
-engines that do not use MPI cannot send to each other, so here
+A measured contrast to ``parbp.ipp`` (notebook 07, "what a client in the middle costs"): engines without MPI
+cannot send to each other, so here
 
-  data parallel   every step the client sends each engine the reduced gradient of the previous step and
-                  the indices of its slice of the next minibatch; the engines return their partial
-                  gradients, which the client sums. One client round trip per step.
+  data parallel   each step the client sends every engine the last reduced gradient and its slice of the
+                  next minibatch, and sums the partial gradients they return: one round trip per step.
   model parallel  activations go stage -> client -> next stage, deltas come back the same way; with
-                  ``micro_batches`` > 1 the client submits micro-batches as soon as their input is ready
-                  (GPipe's order).
+                  ``micro_batches`` > 1 micro-batches go as soon as their input is ready (GPipe's order).
 
-Both are the serial algorithm (the tests check it), and both run on the same ``parbp.ipp.Engines``.
+Both are the serial algorithm (the tests check it), on the same ``parbp.ipp.Engines``.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import time
+from concurrent import futures
 
 import numpy as np
 
@@ -28,16 +26,14 @@ from .ipp import EngineModel, Engines, Sharded, Staged, _state
 
 
 def _dp_step(key, reduced, lr, idx, B):
-    """Apply the previous step's reduced gradient (if any), then return this slice's weighted gradient."""
-    t0 = time.perf_counter()
+    """Apply the previous step's reduced gradient (if any), then return this slice's weighted gradient (if any)."""
     st = _state[key]
     t, packed = st["trainer"], st["packed"]
     if reduced is not None:
         t.apply_gradients(packed.flat.views(reduced), lr)
-    if idx is None:
-        return None, (t0, time.perf_counter())
-    loss, g = t.gradients(st["X"][idx], st["Y"][idx])
-    return packed.pack(loss, g, len(idx) / B), (t0, time.perf_counter())
+    if idx is not None:
+        loss, g = t.gradients(st["X"][idx], st["Y"][idx])
+        return packed.pack(loss, g, len(idx) / B)
 
 
 class RelayDataParallel(Sharded, EngineModel):
@@ -50,12 +46,11 @@ class RelayDataParallel(Sharded, EngineModel):
         self.shard(impl, net)
 
     def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
-        eng, reduced, losses = self.eng, None, []
-        t0 = time.perf_counter()
+        eng, reduced, losses, t0 = self.eng, None, [], time.perf_counter()
         for local in block(self.batches(epoch, B), first, count):
-            out = eng.run([(e, _dp_step, (self.key, reduced, lr, idx, B)) for e, idx in zip(eng.ids, local)],
-                          "computing a partial gradient", eng.timeout)
-            reduced = np.sum([g for g, _ in out], axis=0)  # the reduction, on the client
+            partial = eng.run([(e, _dp_step, (self.key, reduced, lr, idx, B)) for e, idx in zip(eng.ids, local)],
+                              "computing a partial gradient", eng.timeout)
+            reduced = np.sum(partial, axis=0)  # the reduction, on the client
             losses.append(float(reduced[-1]))
         self.on_engines(_dp_step, reduced, lr, None, B, what="applying the last gradient", deadline=eng.timeout)
         return {"train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, "steps": len(losses)}
@@ -69,11 +64,9 @@ def _stage_setup(key, params, first: bool, last: bool):
 
 
 def _stage_forward(key, mid, X, Y=None, B=None):
-    """Forward through this stage's layers for micro-batch ``mid``, keeping the activations. The last stage
-    goes on: loss, output delta (for the whole B-example minibatch) and its own backward pass; it returns
-    (loss, dL/d(its input)) instead of its output."""
-    t0 = time.perf_counter()
-    S = _state[key]
+    """Forward through this stage for micro-batch ``mid``, keeping the activations; the last stage goes on
+    (loss, output delta for the whole B-example minibatch, backward) and returns (loss, dL/d(its input))."""
+    t0, S = time.perf_counter(), _state[key]
     st = S["stage"]
     acts = st.forward(np.asarray(X, np.float32))
     if st.last:
@@ -87,10 +80,8 @@ def _stage_forward(key, mid, X, Y=None, B=None):
 
 
 def _stage_backward(key, mid, dA):
-    """Backward through this stage for micro-batch ``mid``, given dL/d(output activations); returns
-    dL/d(its input), None on the first stage."""
-    t0 = time.perf_counter()
-    S = _state[key]
+    """Backward for micro-batch ``mid`` from dL/d(its output): dL/d(its input), None on the first stage."""
+    t0, S = time.perf_counter(), _state[key]
     acts = S["acts"].pop(mid)
     out = S["stage"].backward(acts, S["stage"].input_delta(np.array(dA, np.float32), acts[-1]))  # a writable copy
     S["busy"].append((t0, time.perf_counter()))
@@ -99,9 +90,8 @@ def _stage_backward(key, mid, dA):
 
 def _stage_update(key, lr):
     """Apply the summed gradient; return this stage's busy intervals of the step."""
-    S = _state[key]
-    S["stage"].update(lr)
-    busy, S["busy"] = S["busy"], []
+    _state[key]["stage"].update(lr)
+    busy, _state[key]["busy"] = _state[key]["busy"], []
     return busy
 
 
@@ -112,13 +102,13 @@ class RelayModelParallel(Staged, EngineModel):
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
         self.place(engines, ds, net, seed, mpi=False)
-        self.m = micro_batches
-        self.name = "model parallel (client relay)" if micro_batches == 1 else f"GPipe m={micro_batches} (client relay)"
+        self.m, self.bubbles = micro_batches, []
+        self.name = f"{'model parallel' if micro_batches == 1 else f'GPipe m={micro_batches}'} (client relay)"
         self.stages = pipeline.split_layers(self.eval.sizes, len(engines.ids))
         params, p = self.eval.params, len(self.stages)
         engines.run([(e, _stage_setup, (self.key, [params[l] for l in layers], s == 0, s == p - 1))
-                     for s, (e, layers) in enumerate(zip(engines.ids, self.stages))], "receiving its layers", engines.timeout)
-        self.bubbles = []
+                     for s, (e, layers) in enumerate(zip(engines.ids, self.stages))], "receiving its layers",
+                    engines.timeout)
 
     def step(self, X, Y, lr) -> float:
         """One SGD step on a minibatch, micro-batches scheduled as soon as their inputs are ready."""
@@ -128,17 +118,14 @@ class RelayModelParallel(Staged, EngineModel):
         micro, inflight = np.array_split(np.arange(B), self.m), {}  # in flight: future -> (kind, stage, micro-batch)
 
         def forward(s, j, x):  # the last stage goes on: loss, output delta and its own backward
-            if s < p - 1:
-                inflight[eng.submit(eng.ids[s], _stage_forward, self.key, j, x)] = ("f", s, j)
-            else:
-                inflight[eng.submit(eng.ids[s], _stage_forward, self.key, j, x, Y[micro[j]], B)] = ("b", s, j)
+            more = (Y[micro[j]], B) if s == p - 1 else ()
+            inflight[eng.submit(eng.ids[s], _stage_forward, self.key, j, x, *more)] = ("b" if more else "f", s, j)
 
         for j in range(self.m):
             forward(0, j, X[micro[j]])
         loss, remaining = 0.0, self.m * p  # every micro-batch finishes once per stage going backwards
         while remaining:
-            done, _ = concurrent.futures.wait(list(inflight), timeout=eng.timeout,
-                                              return_when=concurrent.futures.FIRST_COMPLETED)
+            done, _ = futures.wait(list(inflight), timeout=eng.timeout, return_when=futures.FIRST_COMPLETED)
             if not done:
                 eng.get(list(inflight), "running a pipeline stage")  # raises EngineFailure naming the engine
             for fut in done:
@@ -149,8 +136,7 @@ class RelayModelParallel(Staged, EngineModel):
                     continue
                 remaining -= 1  # stage s finished backward for j
                 if s == p - 1:
-                    d_loss, out = out
-                    loss += d_loss
+                    loss, out = loss + out[0], out[1]
                 if s > 0:
                     inflight[eng.submit(eng.ids[s - 1], _stage_backward, self.key, j, out)] = ("b", s - 1, j)
         busy = self.on_engines(_stage_update, lr, what="applying its gradient", deadline=eng.timeout)
@@ -159,10 +145,9 @@ class RelayModelParallel(Staged, EngineModel):
 
     def run_steps(self, epoch, B, lr, first=0, count=None) -> dict:
         X, Y = self.ds.X_train, self.ds.Y_train
-        t0, losses = time.perf_counter(), []
-        start = len(self.bubbles)
-        for idx in block(epoch_batches(len(X), epoch, self.seed, B), first, count):
-            losses.append(self.step(X[idx], Y[idx], lr))
+        t0, start = time.perf_counter(), len(self.bubbles)
+        batches = block(epoch_batches(len(X), epoch, self.seed, B), first, count)
+        losses = [self.step(X[idx], Y[idx], lr) for idx in batches]
         return {"train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, "steps": len(losses),
                 "idle_fraction": float(np.mean(self.bubbles[start:])),
                 "idle_theory": pipeline.bubble_theory(len(self.stages), self.m)}

@@ -1,22 +1,12 @@
 """The memory footprint of training (seed 002's "VGG memory footprint" slides), per trainer and network.
 
-Seed 002 counts what training must keep: the weights, the outputs of every layer from the forward pass
-(they cannot be freed once the next layer has consumed them: the backward pass reads them), the gradients
-of those outputs, the per-weight gradients, optionally momentum ("multiply by 3"), all activations times
-the minibatch size. Here each trainer of this study gets its own formula, read from its code, because
-they keep different things:
-
-    serial-example   weights + one gradient accumulator per weight + one example's vectors: no B term
-    serial-blas, blas-parallel, threads, hybrid, hogwild
-                     weights + activations and deltas of the whole minibatch (buffers sized to the largest
-                     B seen); no gradient, because the update W ← W − lr·AᵀΔ is one GEMM into W
-    threads/hybrid with update="partials"
-                     + p partial gradients, one weight-sized copy per worker (the paper's pthreads design)
-    numpy            weights + activations + every layer's gradient (kept until the update) + the
-                     temporaries numpy's expressions create, phase by phase
-    reference        as numpy, in float64, with the temporaries of its overflow-safe sigmoid
-    numba-cuda, cupy (device memory, by formula only) weights + device copies of X and Y + activations
-                     and deltas (+ small reduction buffers); kept per batch size, up to 4 sizes
+Seed 002 counts what training must keep: the weights, every layer's outputs from the forward pass (the
+backward pass reads them), their gradients, the per-weight gradients, optionally momentum, all activations
+times the minibatch size. Here each trainer gets its own formula, read from its code, because they keep
+different things: serial-example one example's vectors (no B term); the matrix trainers the minibatch's
+activations and deltas but no gradient (the update W ← W − lr·AᵀΔ is one GEMM into W), + one weight-sized
+partial sum per worker with update="partials"; numpy and reference every layer's gradient and the temporaries
+of their expressions, phase by phase; the GPU trainers, by formula only, their device buffers.
 
 ``footprint(trainer, sizes, B)`` lists the terms in bytes; ``measure_peak`` measures the same thing: the
 peak of the bytes a trainer holds during one step (its weights, the minibatch and everything the step
@@ -35,7 +25,7 @@ import pandas as pd
 from . import trainers
 from .cli import check_positive_int
 from .cuda import reduce_blocks
-from .nets import n_params
+from .nets import layer_sizes, n_params
 
 #: numpy operates in place on a temporary operand (``t * A`` writes into ``t``) from this size up
 #: (NPY_MIN_ELIDE_BYTES in numpy's temp_elide.c); below it every operator allocates a new array
@@ -43,7 +33,8 @@ ELIDE_BYTES = 256 * 1024
 
 #: trainers whose allocations numpy reports to tracemalloc (the library baselines allocate through
 #: torch's or PyTensor's own allocators and the GPU trainers on the device)
-CPU_TRAINERS = tuple(n for n in trainers.names() if trainers.get(n).device == "cpu" and trainers.get(n).family != "library")
+CPU_TRAINERS = tuple(n for n in trainers.names()
+                     if trainers.get(n).device == "cpu" and trainers.get(n).family != "library")
 GPU_TRAINERS = tuple(trainers.gpu())
 
 
@@ -63,30 +54,14 @@ def _check(sizes, batch):
     return sizes, check_positive_int("batch", batch)
 
 
-def _groups(trainer: str, options: dict) -> int:
-    """Workers that split the minibatch (the trainers' own defaults: 2 on 2 cores)."""
-    threads = int(options.get("threads", trainers.get(trainer).options.get("threads", 1)))
-    if trainer in ("threads", "hogwild"):
-        return threads
-    if trainer == "hybrid":
-        groups = options.get("groups")
-        return (2 if threads % 2 == 0 else 1) if groups is None else int(groups)
-    return 1
-
-
 def footprint(trainer: str, sizes, batch: int, dtype=None, **options) -> list[Term]:
-    """What ``trainer`` holds at its peak during one SGD step on a minibatch of ``batch`` examples.
-
-    ``sizes`` are the layer widths [n_0, ..., n_L]; ``dtype`` defaults to the trainer's (float64 for
-    "reference", float32 otherwise); ``options`` are the trainer's (threads, update, groups).
-    """
+    """What ``trainer`` holds at its peak during one SGD step on ``batch`` examples, its layer widths ``sizes``
+    [n_0, ..., n_L]; ``dtype`` defaults to the trainer's (float64 for "reference", float32 otherwise)."""
     known = CPU_TRAINERS + GPU_TRAINERS
     if trainer not in known:
         raise ValueError(f"no footprint formula for trainer {trainer!r}; formulas exist for {list(known)}")
-    sizes, B = _check(sizes, batch)
-    dtype = np.dtype(dtype or ("float64" if trainer == "reference" else "float32"))
-    s = dtype.itemsize
-    n = sizes
+    n, B = _check(sizes, batch)
+    s = np.dtype(dtype or ("float64" if trainer == "reference" else "float32")).itemsize
     P = n_params(n)
     outputs = sum(n[1:])  # activations per example, every layer but the input
     terms = [Term("weights and biases", P * s, False),
@@ -94,20 +69,22 @@ def footprint(trainer: str, sizes, batch: int, dtype=None, **options) -> list[Te
     if trainer == "serial-example":
         terms += [Term("gradient accumulators", P * s, False),
                   Term("one example's activations and deltas", (sum(n) + outputs) * s, False)]
-    elif trainers.get(trainer).matrix:
-        terms += [Term("activations A_1..A_L", B * outputs * s, True),
-                  Term("deltas Δ_1..Δ_L", B * outputs * s, True)]
-        p = min(_groups(trainer, options), B)
-        if options.get("update", "rows") == "partials" and trainer in ("threads", "hybrid") and p > 1:
-            terms.append(Term(f"{p} partial gradients", p * P * s, False))
     elif trainer in ("numpy", "reference"):
         terms += _expression_peak(trainer, n, B, s)
-    else:  # GPU: device memory
-        terms += [Term("device activations A_1..A_L", B * outputs * s, True),
-                  Term("device deltas Δ_1..Δ_L", B * outputs * s, True)]
+    else:  # the matrix trainers: the minibatch's activations and deltas (the GPU ones' in device memory)
+        device = "device " if trainer in GPU_TRAINERS else ""
+        terms += [Term(f"{device}activations A_1..A_L", B * outputs * s, True),
+                  Term(f"{device}deltas Δ_1..Δ_L", B * outputs * s, True)]
+        if options.get("update", "rows") == "partials" and trainer in ("threads", "hybrid"):
+            # one partial sum per worker that splits the minibatch (the trainers' own defaults: 2 on 2 cores)
+            threads = int(options.get("threads", trainers.get(trainer).options.get("threads", 1)))
+            groups = options.get("groups") if trainer == "hybrid" else threads
+            p = min((2 if threads % 2 == 0 else 1) if groups is None else int(groups), B)
+            if p > 1:
+                terms.append(Term(f"{p} partial gradients", p * P * s, False))
         if trainer == "cupy":
             terms.append(Term("bias-gradient buffers", outputs * s, False))
-        else:
+        elif trainer in GPU_TRAINERS:
             terms.append(Term("loss partial sums (float64)", reduce_blocks(B, n[-1]) * 8, False))
     return terms
 
@@ -119,20 +96,15 @@ def _expression_peak(trainer, n, B, s) -> list[Term]:
     L = len(n) - 1
     A = [B * w * s for w in n]      # bytes of each layer's activations (A[0] is the minibatch X)
     W = [n[l] * n[l + 1] * s + n[l + 1] * s for l in range(L)]  # bytes of each layer's (dW, db)
-
-    def new(nbytes):  # arrays one elementwise operator on a temporary of nbytes leaves alive
-        return 1 if nbytes >= ELIDE_BYTES else 2
-
-    phases = []
-    for l in range(1, L + 1):  # forward through layer l
-        # expit(A W + b): the sum z (+ b lands in A W's temporary) and expit's new array, 2 alive
-        phases.append((f"forward layer {l}", sum(A[1:l]) + 2 * A[l]))
+    # forward through layer l, expit(A W + b): the sum z (+ b lands in A W's temporary) and expit's new array alive
+    phases = [(f"forward layer {l}", sum(A[1:l]) + 2 * A[l]) for l in range(1, L + 1)]
     kept = sum(A[1:]) + A[L]  # all activations + err = A_L − Y, alive to the end of the backward pass
     for l in range(L, 0, -1):  # backward: grads[l] = (A_{l-1}ᵀ Δ_l, Σ Δ_l), then Δ_{l-1}
         grads = sum(W[l - 1:])
         phases.append((f"gradient of layer {l}", kept + A[l] + grads))
-        if l > 1:  # Δ_{l-1} = (Δ_l W_lᵀ) ∘ A ∘ (1 − A): the old Δ, (Δ W)∘A and (1 − A), + one more if small
-            phases.append((f"delta of layer {l - 1}", kept + A[l] + grads + (1 + new(A[l - 1])) * A[l - 1]))
+        if l > 1:  # Δ_{l-1} = (Δ_l W_lᵀ) ∘ A ∘ (1 − A): the old Δ, (Δ W)∘A, (1 − A), + one more below ELIDE_BYTES
+            alive = 2 if A[l - 1] >= ELIDE_BYTES else 3
+            phases.append((f"delta of layer {l - 1}", kept + A[l] + grads + alive * A[l - 1]))
     # update W -= lr * dW: every gradient and one weight-sized temporary (lr * dW)
     phases.append(("update", sum(W) + max(W)))
     name, nbytes = max(phases, key=lambda p: p[1])
@@ -145,12 +117,9 @@ def footprint_bytes(trainer: str, sizes, batch: int, dtype=None, **options) -> i
 
 def footprint_table(trainer: str, sizes, batches, dtype=None, **options) -> pd.DataFrame:
     """One row per term and batch size: the footprint's anatomy."""
-    rows = []
-    for B in batches:
-        for t in footprint(trainer, sizes, B, dtype, **options):
-            rows.append({"trainer": trainer, "batch": B, "term": t.what, "bytes": t.nbytes,
-                         "scales_with_batch": t.scales_with_batch})
-    return pd.DataFrame(rows)
+    return pd.DataFrame([{"trainer": trainer, "batch": B, "term": t.what, "bytes": t.nbytes,
+                          "scales_with_batch": t.scales_with_batch}
+                         for B in batches for t in footprint(trainer, sizes, B, dtype, **options)])
 
 
 def layer_table(sizes, batch: int, dtype="float32") -> pd.DataFrame:
@@ -158,17 +127,14 @@ def layer_table(sizes, batch: int, dtype="float32") -> pd.DataFrame:
     memory per example and at ``batch``, and what training adds (output gradients Δ, weight gradients)."""
     sizes, B = _check(sizes, batch)
     s = np.dtype(dtype).itemsize
-    rows = [{"layer": f"input ({sizes[0]})", "weights_bytes": 0, "output_per_example": sizes[0],
-             "output_bytes_per_example": sizes[0] * s, "outputs_bytes_at_batch": B * sizes[0] * s,
-             "deltas_bytes_at_batch": 0, "weight_gradient_bytes": 0}]
-    for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
-        w = (a * b + b) * s
-        rows.append({"layer": f"fully-connected {a}x{b}", "weights_bytes": w, "output_per_example": b,
-                     "output_bytes_per_example": b * s, "outputs_bytes_at_batch": B * b * s,
-                     "deltas_bytes_at_batch": B * b * s, "weight_gradient_bytes": w})
-    df = pd.DataFrame(rows)
-    total = df.drop(columns="layer").sum()
-    df.loc[len(df)] = {"layer": "total", **total.to_dict()}
+    # (layer, its weights' bytes, its outputs per example, whether training keeps their gradients Δ)
+    layers = [(f"input ({sizes[0]})", 0, sizes[0], 0),
+              *((f"fully-connected {a}x{b}", (a * b + b) * s, b, 1) for a, b in zip(sizes[:-1], sizes[1:]))]
+    df = pd.DataFrame([{"layer": layer, "weights_bytes": w, "output_per_example": out,
+                        "output_bytes_per_example": out * s, "outputs_bytes_at_batch": B * out * s,
+                        "deltas_bytes_at_batch": kept * B * out * s, "weight_gradient_bytes": w}
+                       for layer, w, out, kept in layers])
+    df.loc[len(df)] = {"layer": "total", **df.drop(columns="layer").sum().to_dict()}
     return df
 
 
@@ -193,13 +159,10 @@ def max_batch(trainer: str, sizes, memory_bytes: int, dtype=None, limit: int = 1
 
 def measure_peak(trainer: str, net, batch: int, n_in: int = 784, n_out: int = 10, dtype=None, seed: int = 0,
                  **options) -> int:
-    """Peak bytes traced during one step of a fresh ``trainer`` on a random minibatch of ``batch`` examples:
-    its weights, the minibatch and everything the step allocates (what ``footprint`` predicts).
-
-    The trainer is built and the minibatch made while tracing (so both count), then the peak is reset:
-    building casts float64 initial weights, a transient that is not part of training. A warm-up step on
-    another instance first loads the numba kernels, whose compilation would otherwise be traced.
-    """
+    """Peak bytes traced during one step of a fresh ``trainer`` on a random minibatch of ``batch`` examples: its
+    weights, the minibatch and everything the step allocates (what ``footprint`` predicts). Trainer and minibatch
+    are made while tracing, then the peak is reset (building casts float64 initial weights, a transient that is
+    not training); a warm-up step on another instance first loads the numba kernels: their compiling is not."""
     _, B = _check([n_in, n_out], batch)
     cls = trainers.get(trainer)
     with cls(net=net, n_in=n_in, n_out=n_out, dtype=dtype, seed=seed, **options) as warm:
@@ -224,22 +187,16 @@ def measure_peak(trainer: str, net, batch: int, n_in: int = 784, n_out: int = 10
 
 def compare(trainer: str, net, batches, n_in: int = 784, n_out: int = 10, dtype=None, **options) -> pd.DataFrame:
     """Formula against measurement at each batch size (``ratio`` = formula / measured)."""
-    from .nets import layer_sizes
-
-    sizes = layer_sizes(net, n_in, n_out)
     rows = []
     for B in batches:
-        formula = footprint_bytes(trainer, sizes, B, dtype, **options)
+        formula = footprint_bytes(trainer, layer_sizes(net, n_in, n_out), B, dtype, **options)
         measured = measure_peak(trainer, net, B, n_in, n_out, dtype, **options)
         rows.append({"trainer": trainer + "".join(f" {k}={v}" for k, v in options.items()), "net": str(net),
-                     "batch": B, "formula_bytes": formula, "measured_bytes": measured,
-                     "ratio": formula / measured})
+                     "batch": B, "formula_bytes": formula, "measured_bytes": measured, "ratio": formula / measured})
     return pd.DataFrame(rows)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The figure: formula against measurement
-# ---------------------------------------------------------------------------------------------------
+# -- The figure: formula against measurement -------------------------------------------------------
 def trainer_and_options(spec: str) -> tuple[str, dict]:
     """A trainer as the footprint figures name it: a trainer, or ``threads:partials`` for the paper's
     partial gradients (2 workers, one weight-sized partial sum each)."""
@@ -255,8 +212,6 @@ def plot_footprint(measured: pd.DataFrame, specs, batch_axis=None):
     measured peaks keep a marker each."""
     import matplotlib.pyplot as plt
     from matplotlib import ticker
-
-    from .nets import layer_sizes
 
     batch_axis = np.unique(np.geomspace(1, 10_000, 30).astype(int)) if batch_axis is None else batch_axis
     nets = list(dict.fromkeys(measured.net.astype(str)))

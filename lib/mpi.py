@@ -4,42 +4,33 @@
 
 Modes (every rank builds the same trainer from the same seed; rank 0 broadcasts its parameters anyway):
 
-  allreduce  synchronous data parallelism. Each minibatch of B examples is split across the ranks; every
-             rank computes the gradient of its slice, scaled by B_r/B so that the *sum* over ranks is the
-             gradient of the whole minibatch (the loss is a mean, seed 002 eq. for λ_i). The gradients
-             and the loss travel in ONE contiguous buffer through ONE Allreduce, and every rank applies
-             the same update: the run is the serial trainer on the same data order, to rounding.
-  average    seed 003's synchronous method. Each rank owns a shard of the training set and runs plain
-             SGD on it; every ``--sync-every`` steps (0 = once per epoch) the parameters are averaged
-             with an Allreduce (v = 1/c Σ w_i), which is the reduce + broadcast of seed 003 in one call.
-             With ``--whole-data`` every rank passes over the whole training set in its own order
-             instead of its shard: p times the examples, as many steps per epoch as serial SGD.
-  async      seed 003's asynchronous method as seed 002's parameter server. Rank 0 holds the
-             parameters v and applies updates in the order they arrive; ranks 1..N-1 each own a shard,
-             run ``--sync-every`` local SGD steps from the v they last received, send the change
-             (w - v_old), and get the current v back. No global barrier. Staleness = the number of
-             updates the server applied between a worker's pull and its push.
-             ``--async-rule`` says how the server takes a push: ``delta`` (v += w - v_old, above),
-             ``staleness`` (the change divided by max(1, staleness): Zhang et al. 2016's staleness-aware
-             rate, lr/τ per gradient) or ``replace`` (seed 003 read literally: the worker sends its w_i
-             and the server sets v = w_i, then returns it).
+  allreduce  synchronous data parallelism. Each minibatch of B examples is split across the ranks; each
+             rank's gradient of its slice is scaled by B_r/B so that the *sum* over ranks is the whole
+             minibatch's gradient (the loss is a mean, seed 002 eq. for λ_i). Gradients and loss travel in
+             ONE buffer through ONE Allreduce and every rank applies the same update: the serial trainer
+             on the same data order, to rounding.
+  average    seed 003's synchronous method. Each rank runs plain SGD on its shard of the training set;
+             every ``--sync-every`` steps (0 = once per epoch) an Allreduce averages the parameters
+             (v = 1/c Σ w_i: seed 003's reduce + broadcast in one call). With ``--whole-data`` every rank
+             passes over the whole training set in its own order: p times the examples, serial SGD's steps.
+  async      seed 003's asynchronous method as seed 002's parameter server. Rank 0 holds v and applies
+             updates as they arrive; ranks 1..N-1 each run ``--sync-every`` local SGD steps on their shard
+             from the v they last received, send the change (w - v_old) and get the current v back. No
+             global barrier. Staleness = the updates the server applied between a worker's pull and push.
+             ``--async-rule`` says how the server takes a push (``TAKE_PUSH``).
 
-Rank 0 gathers per-epoch loss/accuracy/time plus each rank's CPU use and peak memory and writes one tidy
-CSV (a row per epoch and rank; ``epoch`` counts epochs completed, from 1) atomically with ``--out``.
-``run(...)`` below is the driver the notebooks use.
+Rank 0 writes one tidy CSV with ``--out`` (atomically): a row per epoch (completed, from 1) and rank, with
+loss, accuracy, time and each rank's CPU use and peak memory. ``run(...)`` is the notebooks' driver.
 
-Checkpoints (allreduce and average): with ``--checkpoint PATH`` rank 0 writes the parameters, the rows so
-far and the epoch there after every epoch (atomically, ``parbp.checkpoint``); rerun the same command with
-``--resume`` and the job continues from it. Every rank's minibatch order is a function of (seed, epoch,
-rank) alone, so nothing else needs saving, and a resumed run ends with the parameters of an uninterrupted
-one, bit for bit. The world size is part of the run's identity (it decides the shards and how every
-minibatch is split, so a different one would be another run); a checkpoint of another world size, net,
-dataset, mode, seed, ... is refused, naming the field. ``async`` has no checkpoint: when the server closes
-an epoch the workers are already into the next one, so there is no consistent state to save.
+Checkpoints (allreduce and average): with ``--checkpoint PATH`` rank 0 saves the parameters, the rows and
+the epoch after every epoch (``parbp.checkpoint``); the same command with ``--resume`` continues from it.
+Every rank's minibatch order is a function of (seed, epoch, rank) alone, so a resumed run ends with an
+uninterrupted one's parameters, bit for bit. A checkpoint of another world size (it decides the shards and
+the splits), net, dataset, mode, seed, ... is refused, naming the field. ``async`` has none (see parse_args).
 
-Failure handling: mpich's mpiexec (hydra) kills the job when a rank dies. For the cases it cannot see (a
-rank that hangs or is stopped), every rank runs a watchdog thread: if a blocking communication call
-waits longer than ``--timeout`` seconds, the rank prints which call and aborts the whole job.
+Failure handling: mpich's mpiexec (hydra) kills the job when a rank dies. For a rank that hangs or is
+stopped, every rank runs a watchdog thread: a blocking call that waits longer than ``--timeout`` seconds
+makes the rank print which call and abort the whole job.
 """
 from __future__ import annotations
 
@@ -53,16 +44,21 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
-from . import trainers
-from .cli import Parser
+from . import checkpoint, trainers
+from .cli import Parser, check_choice, fraction, nonnegative_int, positive_float, positive_int
 from .data import load_first
 from .distributed import (Flat, PackedGradients, allreduce_step, block, data_arguments, epoch_batches, epoch_order,
                           flags, leading, run_job)
 from .train import evaluate, history_row, lr_at, minibatches
 
 MODES = ("allreduce", "average", "async")
-ASYNC_RULES = ("delta", "staleness", "replace")
+# How the parameter server takes a push into v: ``pushed`` is the worker's change (w - v_old), or its w (replace)
+TAKE_PUSH = {"delta": lambda v, pushed, stale: np.add(v, pushed, out=v),
+             "staleness": lambda v, pushed, stale: np.add(v, pushed / max(stale, 1), out=v),  # Zhang et al.: lr / τ
+             "replace": lambda v, pushed, stale: np.copyto(v, pushed)}  # seed 003 read literally: v = w_i
+ASYNC_RULES = tuple(TAKE_PUSH)
 
 
 # ---- Per-rank bookkeeping: CPU, memory and a watchdog on blocking calls ----------------------------------
@@ -72,9 +68,6 @@ class Usage:
     """CPU use (% of one core) between two marks, and resident / peak memory of this process."""
 
     def __init__(self):
-        import psutil
-
-        self.proc = psutil.Process()
         self.mark()
 
     def mark(self):
@@ -82,25 +75,19 @@ class Usage:
 
     def read(self) -> dict:
         wall = max(time.perf_counter() - self._wall, 1e-9)
-        out = {
-            "cpu_percent": 100.0 * (time.process_time() - self._cpu) / wall,
-            "rss_mib": self.proc.memory_info().rss / 2**20,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10,  # Linux: KiB
-        }
+        out = {"cpu_percent": 100.0 * (time.process_time() - self._cpu) / wall,
+               "rss_mib": psutil.Process().memory_info().rss / 2**20,
+               "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10}  # Linux: KiB
         self.mark()
         return out
 
 
 class Watchdog:
-    """Aborts the whole MPI job when one blocking call waits longer than ``timeout`` seconds.
-
-    mpiexec notices a rank that *dies*; this catches a peer that hangs or is stopped, which would
-    otherwise leave everybody else spinning in a receive or a collective forever.
-    """
+    """Aborts the whole MPI job when one blocking call waits longer than ``timeout`` seconds: mpiexec notices
+    a rank that *dies*, not one that hangs or is stopped, which leaves the others spinning in a receive."""
 
     def __init__(self, comm, timeout: float):
-        self.comm, self.timeout = comm, timeout
-        self._what, self._since = None, 0.0
+        self.comm, self.timeout, self._what, self._since = comm, timeout, None, 0.0
         threading.Thread(target=self._watch, daemon=True).start()
 
     @contextlib.contextmanager
@@ -122,9 +109,8 @@ class Watchdog:
 
 
 def abort(comm, message: str):
-    """Print why, then end the whole job: MPI_Abort, or, if that does not return promptly (it can wait
-    on a lock held by a thread spinning in a collective), exit this process, which mpiexec also
-    treats as the job's failure."""
+    """Print why, then end the whole job: MPI_Abort, or, if that does not return promptly (it can wait on a
+    lock held by a thread spinning in a collective), exit this process, which mpiexec also takes as failure."""
     print(f"parbp.mpi: {message}. Aborting the job.", file=sys.stderr, flush=True)
     time.sleep(0.5)  # the launcher's proxy forwards the line; an abort at once can tear it down first
     threading.Timer(2.0, os._exit, args=(3,)).start()
@@ -135,11 +121,10 @@ def abort(comm, message: str):
 
 
 def _setup(args, comm):
-    # Rank 0 reads and decodes the files once and sends the arrays: p ranks decompressing the same
-    # files at once would only fight over the cores.
+    # rank 0 decodes the files once and sends the arrays: p ranks decoding them at once would fight over the cores
     ds = _from_rank_zero(comm, lambda: load_first(args.dataset, args.subset, args.seed))
-    T = trainers.get(args.impl)
-    trainer = T(net=args.net, n_in=ds.n_in, n_out=ds.n_out, dtype=args.dtype, seed=args.seed, **loss_option(args.loss))
+    trainer = trainers.get(args.impl)(net=args.net, n_in=ds.n_in, n_out=ds.n_out, dtype=args.dtype, seed=args.seed,
+                                      **loss_option(args.loss))
     flat = Flat(trainer.sizes, trainer.dtype, extra=1)  # the extra slot carries the loss
     buf = flat.pack(trainer.params, flat.empty())
     resumed = _restore(args, comm, ds, trainer, flat, buf)
@@ -176,10 +161,8 @@ def _from_rank_zero(comm, read, default=None):
 
 
 def _identity(args, comm, ds, trainer) -> dict:
-    from .checkpoint import data_fingerprint
-
     return {"mode": args.mode, "processes": comm.size, "impl": args.impl, "sizes": list(trainer.sizes),
-            "dtype": str(trainer.dtype), "dataset": data_fingerprint(ds), "subset": args.subset,
+            "dtype": str(trainer.dtype), "dataset": checkpoint.data_fingerprint(ds), "subset": args.subset,
             "batch_size": args.batch_size, "lr": args.lr, "lr_decay": args.lr_decay,
             "sync_every": args.sync_every, "seed": args.seed, "whole_data": args.whole_data, "loss": args.loss}
 
@@ -189,7 +172,6 @@ def _restore(args, comm, ds, trainer, flat, buf) -> dict:
     ({} for a fresh run) or raises Refused together with the others."""
     if not args.checkpoint:
         return {}
-    from . import checkpoint
 
     def read():
         path = Path(args.checkpoint)
@@ -202,39 +184,19 @@ def _restore(args, comm, ds, trainer, flat, buf) -> dict:
             checkpoint.check_identity(state, _identity(args, comm, ds, trainer), path)
         except checkpoint.CheckpointMismatch as e:
             n = state.get("identity", {}).get("processes")
-            raise checkpoint.CheckpointMismatch(
-                f"{e}{f'. It was written by {n} processes: resume it with mpiexec -n {n}' if n != comm.size else ''}"
-            ) from None
+            hint = f". It was written by {n} processes: resume it with mpiexec -n {n}" if n != comm.size else ""
+            raise checkpoint.CheckpointMismatch(f"{e}{hint}") from None
         if state["epoch"] > args.epochs:
             raise ValueError(f"checkpoint {path} is at epoch {state['epoch']}, beyond --epochs {args.epochs}")
-        trainer.params = params
-        flat.pack(trainer.params, buf)
+        flat.pack(params, buf)  # _setup broadcasts it and gives it to the trainer
         return state
 
     return _from_rank_zero(comm, read, {})
 
 
-def _save(args, comm, ds, trainer, epoch, rows, elapsed, **extra) -> None:
-    """Rank 0: the state after ``epoch`` (0-based) epochs, atomically."""
-    if args.checkpoint and comm.rank == 0:
-        from . import checkpoint
-
-        checkpoint.save(args.checkpoint, trainer.params,
-                        {"identity": _identity(args, comm, ds, trainer), "epoch": epoch + 1, "rows": rows,
-                         "elapsed": elapsed, **extra})
-
-
-def _epoch_rows(comm, dog, usage, shared: dict) -> list[dict]:
-    """Gather every rank's usage on rank 0 and turn it into one row per rank (``shared``: rank 0's history row)."""
-    mine = {"rank": comm.rank, **usage.read()}
-    with dog.wait("gathering the epoch's usage"):  # a rank stopped here must not hang the others either
-        everyone = comm.gather(mine, root=0)
-    return [] if comm.rank else [{**shared, **r} for r in everyone]
-
-
 def _epochs(args, comm, dog, ds, trainer, resumed, train_epoch):
     """The synchronous modes' epochs: ``train_epoch(epoch, lr)`` returns the epoch's training loss and the
-    counters to record and checkpoint with it; rank 0 evaluates, every rank reports its usage."""
+    counters to record and checkpoint with it; rank 0 evaluates and saves, every rank reports its usage."""
     usage, rows, elapsed = Usage(), resumed.get("rows", []), resumed.get("elapsed", 0.0)
     for epoch in range(resumed.get("epoch", 0), args.epochs):
         lr = lr_at(args.lr, args.lr_decay, epoch)
@@ -243,9 +205,14 @@ def _epochs(args, comm, dog, ds, trainer, resumed, train_epoch):
         loss, counters = train_epoch(epoch, lr)
         dt = time.perf_counter() - t0
         elapsed += dt
-        shared = _summary(trainer, ds, epoch, lr, loss, dt, elapsed) if comm.rank == 0 else {}
-        rows += _epoch_rows(comm, dog, usage, {**shared, **counters})
-        _save(args, comm, ds, trainer, epoch, rows, elapsed, **counters)
+        shared = {**_summary(trainer, ds, epoch, lr, loss, dt, elapsed), **counters} if comm.rank == 0 else {}
+        with dog.wait("gathering the epoch's usage"):  # a rank stopped here must not hang the others either
+            everyone = comm.gather({"rank": comm.rank, **usage.read()}, root=0)
+        if comm.rank == 0:
+            rows += [{**shared, **r} for r in everyone]
+            if args.checkpoint:  # the state after epoch + 1 epochs, atomically
+                checkpoint.save(args.checkpoint, trainer.params, {"identity": _identity(args, comm, ds, trainer),
+                                "epoch": epoch + 1, "rows": rows, "elapsed": elapsed, **counters})
     return rows, trainer
 
 
@@ -257,8 +224,9 @@ def train_allreduce(args, comm, dog):
     packed = PackedGradients(trainer)
 
     def train_epoch(epoch, lr):
-        slices = (np.array_split(idx, comm.size)[comm.rank] for idx in epoch_batches(len(ds.X_train), epoch, args.seed, B))
-        losses = [allreduce_step(trainer, packed, ds.X_train[mine], ds.Y_train[mine], B, lr, comm, dog) for mine in slices]
+        batches = epoch_batches(len(ds.X_train), epoch, args.seed, B)
+        slices = (np.array_split(idx, comm.size)[comm.rank] for idx in batches)
+        losses = [allreduce_step(trainer, packed, ds.X_train[i], ds.Y_train[i], B, lr, comm, dog) for i in slices]
         return sum(losses) / len(losses), {}
 
     return _epochs(args, comm, dog, ds, trainer, resumed, train_epoch)
@@ -306,66 +274,57 @@ _PUSH, _EPOCH, _DONE, _PARAMS = 1, 2, 3, 4
 
 
 def train_async(args, comm, dog):
-    from mpi4py import MPI
-
     ds, trainer, flat, _ = _setup(args, comm)
     if comm.rank == 0:
-        return _server(args, comm, ds, trainer, flat, MPI), trainer
+        return _server(args, comm, ds, trainer, flat), trainer
     _worker(args, comm, dog, ds, trainer, flat)
     return [], trainer
 
 
 def _worker(args, comm, dog, ds, trainer, flat):
-    workers, me, B = comm.size - 1, comm.rank - 1, args.batch_size
-    shard = np.array_split(np.arange(len(ds.X_train)), workers)[me]
+    B = args.batch_size
+    shard = np.array_split(np.arange(len(ds.X_train)), comm.size - 1)[comm.rank - 1]
     if len(shard) < B:
         raise SystemExit(f"error: a worker's shard has {len(shard)} examples, fewer than --batch-size {B}")
-    k = args.sync_every or len(shard) // B  # 0 = push once per epoch
-    base = flat.pack(trainer.params, flat.empty())  # v as last pulled
-    now = flat.empty()
-    version = np.zeros(1, dtype=np.int64)
-    header = np.zeros(3, dtype=np.int64)  # (version pulled, examples since the last push, epoch)
-    usage, steps = Usage(), len(shard) // B
+    steps = len(shard) // B
+    k = args.sync_every or steps  # 0 = push once per epoch
+    base, now = flat.pack(trainer.params, flat.empty()), flat.empty()  # v as last pulled; what is pushed
+    # header: (version pulled, steps since the last push, epoch)
+    version, header, usage = np.zeros(1, dtype=np.int64), np.zeros(3, dtype=np.int64), Usage()
     for epoch in range(args.epochs):
         lr = lr_at(args.lr, args.lr_decay, epoch)
         usage.mark()
-        t0, loss_sum, since_push = time.perf_counter(), 0.0, 0
+        t0, loss_sum = time.perf_counter(), 0.0
         order = shard[epoch_order(len(shard), epoch, args.seed + 1000 * comm.rank)]
         for s, idx in enumerate(minibatches(order, B, drop_last=True)):
             loss_sum += trainer.step(ds.X_train[idx], ds.Y_train[idx], lr)
-            since_push += 1
-            if since_push == k or s + 1 == steps:
+            if (s + 1) % k == 0 or s + 1 == steps:  # pushes come every k steps, so s % k + 1 steps since the last
                 flat.pack(trainer.params, now)
                 if args.async_rule != "replace":
                     now -= base  # the update: what this worker's steps changed
-                header[:] = (version[0], since_push, epoch)
+                header[:] = (version[0], s % k + 1, epoch)
                 with dog.wait("the parameter server's reply"):
                     comm.Send(header, dest=0, tag=_PUSH)
                     comm.Send(now, dest=0, tag=_PUSH)
                     comm.Recv(version, source=0, tag=_PARAMS)
                     comm.Recv(base, source=0, tag=_PARAMS)
                 trainer.params = flat.views(base)
-                since_push = 0
-        stats = {"rank": comm.rank, "epoch": epoch, "train_loss_sum": loss_sum, "steps": steps,
-                 "worker_epoch_s": time.perf_counter() - t0, **usage.read()}
-        comm.send(stats, dest=0, tag=_EPOCH)
+        comm.send({"rank": comm.rank, "epoch": epoch, "train_loss_sum": loss_sum, "steps": steps,
+                   "worker_epoch_s": time.perf_counter() - t0, **usage.read()}, dest=0, tag=_EPOCH)
     comm.send(None, dest=0, tag=_DONE)
 
 
-def _server(args, comm, ds, trainer, flat, MPI):
-    workers = comm.size - 1
-    v = flat.pack(trainer.params, flat.empty())
-    delta = flat.empty()
-    header = np.zeros(3, dtype=np.int64)
-    version = np.zeros(1, dtype=np.int64)
-    status = MPI.Status()
-    usage, rows = Usage(), []
+def _server(args, comm, ds, trainer, flat):
+    from mpi4py import MPI
+
+    workers, v, delta = comm.size - 1, flat.pack(trainer.params, flat.empty()), flat.empty()
+    header, version, status = np.zeros(3, dtype=np.int64), np.zeros(1, dtype=np.int64), MPI.Status()
     reports: dict[int, list] = {}  # epoch -> worker stats received so far
     staleness: dict[int, list] = {}  # epoch -> staleness of every update applied for it
-    done, last_heard = 0, {r: time.monotonic() for r in range(1, comm.size)}
+    last_heard = {r: time.monotonic() for r in range(1, comm.size)}  # the workers not done yet
+    usage, rows = Usage(), []
     t_start = t_epoch = time.perf_counter()
-    usage.mark()
-    while done < workers:
+    while last_heard:
         # Poll instead of a blocking receive: a blocking MPI receive spins a core at 100%, which on an
         # oversubscribed machine steals it from the workers; polling also gives the watchdog its hook.
         if not comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
@@ -393,12 +352,11 @@ def _server(args, comm, ds, trainer, flat, MPI):
             if len(reports[epoch]) == workers:  # every worker has finished this epoch: evaluate v now
                 now = time.perf_counter()
                 trainer.params = flat.views(v)
-                rows += _server_epoch(args, ds, trainer, epoch, reports[epoch], staleness.get(epoch, []), int(version[0]),
-                                      usage, now - t_epoch, now - t_start)
+                rows += _server_epoch(args, ds, trainer, epoch, reports[epoch], staleness.get(epoch, []),
+                                      int(version[0]), usage, now - t_epoch, now - t_start)
                 t_epoch = now
         elif tag == _DONE:
             comm.recv(source=src, tag=_DONE)
-            done += 1
             last_heard.pop(src)
     trainer.params = flat.views(v)
     return rows
@@ -418,16 +376,9 @@ def _server_epoch(args, ds, trainer, epoch, reports, staleness, version, usage, 
 
 
 def take_push(v, pushed, staleness: int, rule: str) -> None:
-    """The server takes one worker's push into v, in place. ``pushed`` is the worker's change (w - v_old)
-    under ``delta`` and ``staleness``, its parameters w under ``replace``."""
-    if rule == "replace":  # seed 003 read literally: v = w_i
-        v[:] = pushed
-    elif rule == "staleness":  # Zhang et al. 2016: lr / τ for a change computed τ updates ago
-        v += pushed / max(staleness, 1)
-    elif rule == "delta":
-        v += pushed
-    else:
-        raise ValueError(f"unknown async rule {rule!r}; choose one of {ASYNC_RULES}")
+    """The server takes one worker's push into v, in place, by ``TAKE_PUSH[rule]``."""
+    check_choice("async rule", rule, ASYNC_RULES, unknown=True)
+    TAKE_PUSH[rule](v, pushed, staleness)
 
 
 def loss_option(loss: str) -> dict:
@@ -447,33 +398,24 @@ TRAIN = {"allreduce": train_allreduce, "average": train_average, "async": train_
 # ---- Command line ----------------------------------------------------------------------------------------
 
 
-def _rank_from_launcher() -> int:
-    """This process's rank as mpiexec announced it (before MPI is initialized; 0 outside mpiexec)."""
-    for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
-
-
 class RankZeroParser(Parser):
     """Every rank checks the command line and exits 2; only rank 0 says why, once."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if _rank_from_launcher() == 0 else None)
+        # the rank as mpiexec announced it: MPI is not initialized yet (none outside mpiexec: rank 0)
+        ranks = (os.environ.get(var, "") for var in ("PMI_RANK", "OMPI_COMM_WORLD_RANK"))
+        rank = next((int(r) for r in ranks if r.isdigit()), 0)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n" if rank == 0 else None)
 
 
 def parser() -> argparse.ArgumentParser:
-    from .cli import fraction, nonnegative_int, positive_float, positive_int
-
     p = RankZeroParser(prog="mpiexec -n N python -m parbp.mpi", description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", required=True, choices=MODES)
     data_arguments(p, net="1h", batch_size=10, batch_help="global minibatch (default 10, the paper's)")
     p.add_argument("--epochs", type=positive_int, default=5)
     p.add_argument("--lr", type=positive_float, default=0.05,
-                   help="learning rate (default 0.05: notebook 08's grid picks 0.1 for serial SGD at batch 10, but "
-                        "async applies N-1 workers' updates computed on stale parameters and saturates at 0.1 "
-                        "on MNIST; seed 003's 1.0 saturates this study's sigmoid + MSE outputs in every mode: "
-                        "val loss 1.0, chance accuracy)")
+                   help="learning rate (default 0.05: serial SGD's 0.1 saturates async's stale updates on MNIST, "
+                        "seed 003's 1.0 the sigmoid + MSE outputs in every mode: val loss 1.0, chance accuracy)")
     p.add_argument("--lr-decay", type=fraction, default=0.01, help="fraction the lr shrinks after each epoch")
     p.add_argument("--sync-every", type=nonnegative_int, default=1,
                    help="average/async: local SGD steps between exchanges (0 = once per epoch)")
@@ -483,7 +425,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--whole-data", action="store_true",
                    help="average: every rank passes over the whole training set, not its shard")
     p.add_argument("--loss", default="mse", choices=("mse", "xent"),
-                   help="the trainer's loss: the study's sigmoid + MSE, or softmax + cross-entropy (needs --impl numpy)")
+                   help="the study's sigmoid + MSE, or softmax + cross-entropy (needs --impl numpy)")
     p.add_argument("--impl", default=None, choices=trainers.names(),
                    help="per-rank trainer (default serial-blas if available, else numpy)")
     p.add_argument("--threads", type=positive_int, default=1, help="BLAS threads per rank")
@@ -497,7 +439,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None,
                    help="allreduce/average: rank 0 saves the run's state here after every epoch (atomically)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint (same command, same -n); without it an existing checkpoint is refused")
+                   help="continue from --checkpoint (same command, same -n); without it, an existing one is refused")
     return p
 
 
@@ -538,18 +480,17 @@ def main(argv=None) -> int:
     if comm.rank == 0:
         import pandas as pd
 
-        from .checkpoint import save_params
         from .results import write_csv
 
-        meta = {"mode": args.mode, "processes": comm.size, "net": args.net if isinstance(args.net, str) else "-".join(map(str, args.net)),
-                "dataset": args.dataset, "batch_size": args.batch_size, "impl": args.impl,
-                "sync_every": args.sync_every, "seed": args.seed, "async_rule": args.async_rule,
-                "whole_data": args.whole_data, "loss": args.loss}
+        meta = {"mode": args.mode, "processes": comm.size,
+                "net": args.net if isinstance(args.net, str) else "-".join(map(str, args.net)), "dataset": args.dataset,
+                "batch_size": args.batch_size, "impl": args.impl, "sync_every": args.sync_every, "seed": args.seed,
+                "async_rule": args.async_rule, "whole_data": args.whole_data, "loss": args.loss}
         df = leading(pd.DataFrame(rows), meta)
         if args.out:
             write_csv(df, args.out)
         if args.params_out:
-            save_params(args.params_out, trainer.params, meta)
+            checkpoint.save_params(args.params_out, trainer.params, meta)
         last = df[df["rank"] == 0].iloc[-1]
         print(f"{args.mode} x{comm.size}: {args.epochs} epochs in {last.elapsed_s:.2f} s, "
               f"val loss {last.val_loss:.4f}, val acc {last.val_acc:.4f}", flush=True)
@@ -557,11 +498,9 @@ def main(argv=None) -> int:
 
 
 def run(mode: str, processes: int, timeout: float = 600, out=None, watchdog: float | None = None, **options):
-    """Run ``mpiexec -n processes python -m parbp.mpi --mode mode ...`` and return its CSV as a DataFrame
-    (``distributed.run_job``); ``options`` become flags (``distributed.flags``), ``watchdog`` is the job's own
-    ``--timeout``."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    """``mpiexec -n processes python -m parbp.mpi --mode mode ...``'s CSV as a DataFrame (``distributed.run_job``);
+    ``options`` become flags (``distributed.flags``), ``watchdog`` is the job's own ``--timeout``."""
+    check_choice("mode", mode, MODES, unknown=True)
     return run_job("parbp.mpi", processes, ["--mode", mode, *flags({**options, "timeout": watchdog})], timeout, out)
 
 

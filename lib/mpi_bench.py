@@ -3,16 +3,15 @@
     python -m parbp.mpi_bench --net 1h --batch-size 1000 --steps 30 --out figures/06_allreduce_bench.csv
 
 One run measures, on the same job (same net, MSE loss, sigmoid, plain SGD, one global minibatch of
-``--batch-size`` examples per step, 1 BLAS/intra-op thread per process):
-  * parbp.mpi allreduce with 1 rank and with ``--processes`` ranks (under mpiexec), and
-  * torch.distributed DistributedDataParallel, gloo backend on loopback, with the same process count
-    (and 1 process without DDP, for torch's own efficiency).
-Reported per configuration: the median step time, the forward+backward part of it (``compute_s``) and the
-rest (``other_s``: packing, the Allreduce, waiting for the slower rank, the update); the parallel
-efficiency E = T_1 / (p · T_p); and parbp's step time relative to DDP's.
+``--batch-size`` examples per step, 1 BLAS/intra-op thread per process), each under mpiexec:
+  * parbp.mpi allreduce with 1 rank and with ``--processes`` ranks, and
+  * torch DistributedDataParallel over gloo on loopback with as many (and 1 process without DDP).
+Reported per configuration: the median step time, its forward+backward part (``compute_s``) and the rest
+(``other_s``: packing, the Allreduce, waiting for the slower rank, the update); the parallel efficiency
+E = T_1 / (p · T_p); and parbp's step time relative to DDP's.
 
-Data are random: the step time of a dense MLP does not depend on the values. Every step is timed
-between two barriers, so the median is the step time of the slowest rank.
+Data are random: the step time of a dense MLP does not depend on the values. Every step is timed between
+two barriers, so the median is the step time of the slowest rank.
 """
 from __future__ import annotations
 
@@ -30,59 +29,81 @@ from .data import random_batch
 from .distributed import PackedGradients, allreduce_step, flags, run_job
 
 
-# ---- parbp under mpiexec: this module re-runs itself with --worker ---------------------------------------
+# ---- Both engines under mpiexec: this module re-runs itself with --worker parbp|torch ----------------------
 
 
 def mpi_worker(args) -> None:
+    """One rank of a measurement; rank 0 writes the medians to ``args.out``."""
     from mpi4py import MPI
     from threadpoolctl import threadpool_limits
 
-    from .mpi import Watchdog
-
     comm = MPI.COMM_WORLD
-    size, rank, B = comm.size, comm.rank, args.batch_size
-    n_in, n_out = 784, 10
+    rows = np.array_split(np.arange(args.batch_size), comm.size)[comm.rank]  # this rank's slice of the minibatch
+    X, Y = random_batch(784, 10, len(rows), seed=comm.rank)
     with threadpool_limits(1):
-        trainer = trainers.get(args.impl)(net=args.net, n_in=n_in, n_out=n_out, seed=0)
-        packed = PackedGradients(trainer)
-        rows = np.array_split(np.arange(B), size)[rank]
-        X, Y = random_batch(n_in, n_out, len(rows), seed=rank)
-        dog = Watchdog(comm, 60.0)
-        step, compute = [], []
-        for i in range(args.warmup + args.steps):
-            comm.Barrier()
-            t0 = time.perf_counter()
-            loss, g = trainer.gradients(X, Y)  # the compute part alone, timed separately below
-            t1 = time.perf_counter()
-            comm.Barrier()
-            t2 = time.perf_counter()
-            allreduce_step(trainer, packed, X, Y, B, 1e-3, comm, dog)
-            comm.Barrier()
-            t3 = time.perf_counter()
-            if i >= args.warmup:
-                compute.append(t1 - t0)
-                step.append(t3 - t2)
-    step = comm.gather(step, root=0)
-    compute = comm.gather(compute, root=0)
-    if rank == 0:
+        row = (_torch_steps if args.worker == "torch" else _parbp_steps)(args, comm, X, Y)
+    if comm.rank == 0:
         from .results import write_csv
 
-        # between barriers, so every rank saw the same interval: take rank 0's; compute: the slowest rank
-        step_s = float(np.median(step[0]))
-        compute_s = float(np.median(np.max(compute, axis=0)))
-        # the rest of the step: packing, the Allreduce, waiting for the slower rank, the update
-        write_csv(pd.DataFrame([{"step_s": step_s, "compute_s": compute_s, "other_s": max(step_s - compute_s, 0.0)}]),
-                  args.out)
+        write_csv(pd.DataFrame([row]), args.out)
 
 
-def run_parbp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None, timeout=300) -> dict:
-    """Median step time (and its compute/communication split) of parbp.mpi allreduce under mpiexec."""
-    options = dict(net=net, batch_size=batch_size, steps=steps, warmup=warmup, impl=impl)
-    row = run_job("parbp.mpi_bench", processes, ["--worker", *flags(options)], timeout).iloc[0]
-    return {k: float(v) for k, v in row.items()}
+def _parbp_steps(args, comm, X, Y) -> dict:
+    from .mpi import Watchdog
+
+    trainer = trainers.get(args.impl)(net=args.net, n_in=784, n_out=10, seed=0)
+    packed, dog = PackedGradients(trainer), Watchdog(comm, 60.0)
+    step, compute = [], []
+    for i in range(args.warmup + args.steps):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        trainer.gradients(X, Y)  # the compute part alone, timed separately below
+        t1 = time.perf_counter()
+        comm.Barrier()
+        t2 = time.perf_counter()
+        allreduce_step(trainer, packed, X, Y, args.batch_size, 1e-3, comm, dog)
+        comm.Barrier()
+        t3 = time.perf_counter()
+        if i >= args.warmup:
+            compute.append(t1 - t0)
+            step.append(t3 - t2)
+    compute = comm.gather(compute, root=0)
+    if comm.rank:
+        return None
+    # between barriers, so every rank saw the same interval: take rank 0's; compute: the slowest rank
+    step_s, compute_s = float(np.median(step)), float(np.median(np.max(compute, axis=0)))
+    return {"step_s": step_s, "compute_s": compute_s, "other_s": max(step_s - compute_s, 0.0)}
 
 
-# ---- PyTorch DDP, gloo on loopback -----------------------------------------------------------------------
+def _torch_steps(args, comm, X, Y) -> dict:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_interop_threads(1)
+    # parbp's torch trainer: the same network and initial weights as parbp's trainers, on one thread
+    model = trainers.get("torch")(net=args.net, n_in=784, n_out=10, seed=0).model
+    if comm.size > 1:
+        port = comm.bcast(_free_port() if comm.rank == 0 else None)
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=comm.rank, world_size=comm.size)
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    X, Y = torch.from_numpy(X), torch.from_numpy(Y)
+    times = []
+    for i in range(args.warmup + args.steps):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        # the study's loss, 1/B Σ ||y - a||² over this rank's rows: DDP averages the gradients over the ranks
+        # (all-reducing buckets during the backward pass), which makes it the global batch's, as in parbp
+        ((model(X) - Y) ** 2).sum(dim=1).mean().backward()
+        opt.step()
+        comm.Barrier()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    if comm.size > 1:
+        dist.destroy_process_group()
+    return {"step_s": float(np.median(times))}
 
 
 def _free_port() -> int:
@@ -91,60 +112,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torch_worker(rank, world, port, net, batch_size, steps, warmup, queue):
-    import torch
-    import torch.distributed as dist
+def _measured(worker: str, processes: int, timeout: float, **options) -> dict:
+    """One engine's medians, measured under ``mpiexec -n processes``."""
+    row = run_job("parbp.mpi_bench", processes, ["--worker", worker, *flags(options)], timeout).iloc[0]
+    return {k: float(v) for k, v in row.items()}
 
-    torch.set_num_interop_threads(1)
-    # parbp's torch trainer: the same network and initial weights as parbp's trainers, on one thread
-    model = trainers.get("torch")(net=net, n_in=784, n_out=10, seed=0).model
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    rows = np.array_split(np.arange(batch_size), world)[rank]
-    X, Y = (torch.from_numpy(a) for a in random_batch(784, 10, len(rows), seed=rank))
-    times = []
-    for i in range(warmup + steps):
-        if world > 1:
-            dist.barrier()
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        # the study's loss: 1/B Σ ||y - a||² over this rank's rows; DDP averages the gradients over ranks,
-        # which makes it the global-batch gradient, as in parbp's allreduce
-        loss = ((model(X) - Y) ** 2).sum(dim=1).mean()
-        loss.backward()  # DDP all-reduces the gradient buckets here, overlapped with the backward pass
-        opt.step()
-        if world > 1:
-            dist.barrier()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    if world > 1:
-        dist.destroy_process_group()
-    if rank == 0:
-        queue.put(float(np.median(times)))
+
+def run_parbp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None, timeout=300) -> dict:
+    """Median step time (and its compute/communication split) of parbp.mpi allreduce under mpiexec."""
+    return _measured("parbp", processes, timeout, net=net, batch_size=batch_size, steps=steps, warmup=warmup, impl=impl)
 
 
 def run_ddp(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, timeout=300) -> dict:
-    """Median step time of torch (DistributedDataParallel over gloo when processes > 1)."""
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_torch_worker, args=(r, processes, port, net, batch_size, steps, warmup, queue))
-             for r in range(processes)]
-    for p in procs:
-        p.start()
-    try:
-        step_s = queue.get(timeout=timeout)
-    finally:
-        for p in procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-    return {"step_s": step_s}
+    """Median step time of torch (DistributedDataParallel over gloo on loopback when processes > 1)."""
+    return _measured("torch", processes, timeout, net=net, batch_size=batch_size, steps=steps, warmup=warmup)
 
 
 # ---- Both, side by side ---------------------------------------------------------------------------------
@@ -158,14 +139,11 @@ def bench(net="1h", batch_size=1000, processes=2, steps=30, warmup=5, impl=None,
     p, kw = processes, dict(net=net, batch_size=batch_size, steps=steps, warmup=warmup, timeout=timeout)
     one, many = run_parbp(processes=1, impl=impl, **kw), run_parbp(processes=p, impl=impl, **kw)
     t1, t2 = run_ddp(processes=1, **kw), run_ddp(processes=p, **kw)
-    df = pd.DataFrame([{"engine": "parbp.mpi allreduce", "processes": 1, **one},
-                       {"engine": "parbp.mpi allreduce", "processes": p, **many},
-                       {"engine": "torch (no DDP)", "processes": 1, **t1},
-                       {"engine": "torch DDP gloo", "processes": p, **t2}])
-    df.insert(0, "net", net)
-    df.insert(1, "batch_size", batch_size)
-    base = {"parbp.mpi allreduce": one["step_s"], "torch (no DDP)": t1["step_s"], "torch DDP gloo": t1["step_s"]}
-    df["efficiency"] = [base[e] / (n * s) for e, n, s in zip(df.engine, df.processes, df.step_s)]
+    # efficiency against the same engine on one process (DDP's: torch without DDP)
+    runs = [("parbp.mpi allreduce", 1, one, one), ("parbp.mpi allreduce", p, many, one), ("torch (no DDP)", 1, t1, t1),
+            ("torch DDP gloo", p, t2, t1)]
+    df = pd.DataFrame([{"net": net, "batch_size": batch_size, "engine": engine, "processes": n, **r,
+                        "efficiency": base["step_s"] / (n * r["step_s"])} for engine, n, r, base in runs])
     df["vs_ddp"] = df.step_s / t2["step_s"]
     df["parbp_impl"], df["cpu"], df["cores"] = impl, cpu_name(), os.cpu_count()
     if out:
@@ -188,7 +166,7 @@ def main(argv=None):
                    help="per-rank parbp trainer (default serial-blas if available)")
     p.add_argument("--timeout", type=positive_float, default=300)
     p.add_argument("--out", default=None, help="CSV of the results (written atomically)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=("parbp", "torch"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.batch_size < args.processes:
         p.error(f"--batch-size {args.batch_size} must be >= --processes {args.processes}")

@@ -29,9 +29,8 @@ def parse_net(text: str):
 def layer_sizes(net, n_in: int, n_out: int) -> list[int]:
     """Widths of every layer, input to output, for ``net`` = "1h", "2h", "64,32" or an explicit list: the hidden
     widths alone (``[512, 256]``) or the full ``[n_in, ..., n_out]`` (its ends matching the dataset)."""
-    if isinstance(net, str):
-        net = parse_net(net)
-    if isinstance(net, str):
+    net = parse_net(net) if isinstance(net, str) else net
+    if isinstance(net, str):  # "1h" or "2h"
         sizes = [n_in, *HIDDEN[net], n_out]
     else:
         try:
@@ -69,8 +68,7 @@ def flops_per_step(sizes: list[int], batch_size: int) -> int:
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     per_example = 0
-    layers = list(zip(sizes[:-1], sizes[1:]))
-    for i, (fan_in, fan_out) in enumerate(layers):
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         per_example += 2 * fan_in * fan_out + 2 * fan_out  # forward product, bias, sigmoid
         per_example += 2 * fan_in * fan_out + fan_out      # weight and bias gradient
         if i > 0:

@@ -8,31 +8,31 @@ course projects such as seed 003, whose reported loss is not on the MSE's scale)
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import expit
 
-from .base import Trainer
 from .cli import check_choice
+from .reference import ReferenceTrainer, forward
 
 
-class NumpyTrainer(Trainer):
+class NumpyTrainer(ReferenceTrainer):
+    """The reference's parameters and update, float32 by default, with its own forward and backward passes."""
+
     name = "numpy"
+    default_dtype = "float32"
     options = {"loss": "mse"}
     LOSSES = ("mse", "xent")
 
     def _setup(self, params):
         check_choice("loss", self.opts["loss"], self.LOSSES, unknown=True)
-        self._params = [(W.copy(), b.copy()) for W, b in params]
+        super()._setup(params)
 
     def _forward(self, X):
-        A = [X]
-        for l, (W, b) in enumerate(self._params):
-            z = A[-1] @ W + b
-            if l == len(self._params) - 1 and self.opts["loss"] == "xent":
-                e = np.exp(z - z.max(axis=1, keepdims=True))
-                A.append(e / e.sum(axis=1, keepdims=True))
-            else:
-                A.append(expit(z))
-        return A
+        if self.opts["loss"] == "mse":
+            return forward(self._params, X)
+        A = forward(self._params[:-1], X)  # sigmoid hidden layers, then the softmax
+        W, b = self._params[-1]
+        z = A[-1] @ W + b
+        e = np.exp(z - z.max(axis=1, keepdims=True))  # shifted, so exp cannot overflow
+        return [*A, e / e.sum(axis=1, keepdims=True)]
 
     def _gradients(self, X, Y):
         A = self._forward(X)
@@ -50,11 +50,6 @@ class NumpyTrainer(Trainer):
             if l > 0:
                 delta = (delta @ self._params[l][0].T) * A[l] * (1.0 - A[l])
         return loss, grads
-
-    def _apply_gradients(self, grads, lr):
-        for (W, b), (gW, gb) in zip(self._params, grads):
-            W -= self.dtype.type(lr) * gW
-            b -= self.dtype.type(lr) * gb
 
     def _predict(self, X):
         return self._forward(X)[-1]

@@ -30,6 +30,7 @@ SCHEDULES = ("plain", "gpipe", "1f1b")
 
 
 def check_schedule(schedule: str, micro_batches: int) -> None:
+    """ValueError unless ``schedule`` is known and ``micro_batches`` a count it can run."""
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     if not isinstance(micro_batches, (int, np.integer)) or micro_batches < 1:
@@ -61,6 +62,7 @@ def split_layers(sizes, parts: int) -> list[list[int]]:
 
 
 def stage_flops(sizes, stages) -> list[float]:
+    """Training FLOPs per example of each stage (lists of layer indices)."""
     cost = layer_flops(sizes)
     return [sum(cost[l] for l in layers) for layers in stages]
 
@@ -71,21 +73,17 @@ def stage_flops(sizes, stages) -> list[float]:
 def stage_tasks(schedule: str, stages: int, micro_batches: int, stage: int) -> list[tuple[str, int]]:
     """The order of stage ``stage``'s tasks in one minibatch: ("F", j) and ("B", j) for micro-batch j."""
     check_schedule(schedule, micro_batches)
-    m, p = micro_batches, stages
-    if schedule in ("plain", "gpipe"):
-        return [("F", j) for j in range(m)] + [("B", j) for j in range(m)]
-    warm = min(p - stage - 1, m)
-    tasks = [("F", j) for j in range(warm)]
-    for j in range(m - warm):  # steady state: one forward, one backward
-        tasks += [("F", warm + j), ("B", j)]
-    return tasks + [("B", j) for j in range(m - warm, m)]
+    m = micro_batches
+    warm = m if schedule != "1f1b" else min(stages - stage - 1, m)  # GPipe: every forward before a backward
+    steady = [task for j in range(m - warm) for task in (("F", warm + j), ("B", j))]  # one forward, one backward
+    return [("F", j) for j in range(warm)] + steady + [("B", j) for j in range(m - warm, m)]
 
 
 def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s=0.0, transfer_s=0.0) -> dict:
     """Run a schedule on paper: stage s takes ``forward_s[s]`` per forward and ``backward_s[s]`` per backward
-    of one micro-batch; a message between neighbours takes ``message_s`` plus ``transfer_s``, the time its
-    bytes occupy the link (β·n): messages in one direction of one link queue behind each other. Returns the step's span, each
-    stage's busy time, the idle fraction 1 - Σ busy / (p · span), and each task's (start, end)."""
+    of one micro-batch; a message between neighbours takes ``message_s`` plus ``transfer_s``, the time its bytes
+    occupy the link (β·n), so messages in one direction of one link queue behind each other. Returns the step's
+    span, each stage's busy time, the idle fraction 1 - Σ busy / (p · span), and each task's (start, end)."""
     p = len(forward_s)
     if len(backward_s) != p:
         raise ValueError("forward_s and backward_s need one time per stage each")
@@ -93,28 +91,22 @@ def simulate(schedule: str, micro_batches: int, forward_s, backward_s, message_s
     timeline: dict[tuple[str, int, int], tuple[float, float]] = {}  # (kind, stage, micro-batch) -> (start, end)
     clock, nxt = [0.0] * p, [0] * p
     link_free: dict[tuple[int, int], float] = {}  # (from, to): when the link is free again
-    while any(nxt[s] < len(tasks[s]) for s in range(p)):
-        progressed = False
-        for s in range(p):
-            if nxt[s] == len(tasks[s]):
-                continue
+    while any(nxt[s] < len(tasks[s]) for s in range(p)):  # every schedule above is deadlock-free
+        for s in (s for s in range(p) if nxt[s] < len(tasks[s])):
             kind, j = tasks[s][nxt[s]]
-            # inputs: the forward of the stage before, or the backward of the stage after
-            dep = ("F", s - 1, j) if kind == "F" and s > 0 else ("B", s + 1, j) if kind == "B" and s < p - 1 else None
-            if dep is not None and dep not in timeline:
-                continue
+            src = s - 1 if kind == "F" else s + 1  # the forward of the stage before, the backward of the one after
             ready = 0.0
-            if dep is not None:  # a stage consumes its inputs in the order they were sent
-                leaves = max(timeline[dep][1], link_free.get((dep[1], s), 0.0))
-                link_free[(dep[1], s)] = leaves + transfer_s
+            if 0 <= src < p:
+                if (kind, src, j) not in timeline:
+                    continue
+                # a stage consumes its inputs in the order they were sent
+                leaves = max(timeline[(kind, src, j)][1], link_free.get((src, s), 0.0))
+                link_free[(src, s)] = leaves + transfer_s
                 ready = leaves + transfer_s + message_s
             start = max(clock[s], ready)
             clock[s] = start + (forward_s[s] if kind == "F" else backward_s[s])
             timeline[(kind, s, j)] = (start, clock[s])
             nxt[s] += 1
-            progressed = True
-        if not progressed:  # pragma: no cover - every schedule above is deadlock-free
-            raise RuntimeError(f"schedule {schedule!r} deadlocked")
     span = max(clock)
     busy = [micro_batches * (f + b) for f, b in zip(forward_s, backward_s)]
     return {"span_s": span, "busy_s": busy, "idle_fraction": 1.0 - sum(busy) / (p * span), "timeline": timeline}
@@ -129,13 +121,10 @@ def idle_fraction(busy) -> float:
     """Measured idle fraction of one step: 1 - (time the stages computed) / (stages x the step's span).
 
     ``busy[s]`` holds stage s's (start, end) compute intervals on one clock (time.perf_counter is
-    CLOCK_MONOTONIC on Linux, the same in every process of a machine). Waiting for a message counts as idle.
-    """
-    starts = [a for b in busy for a, _ in b]
-    ends = [z for b in busy for _, z in b]
-    span = max(ends) - min(starts)
-    work = sum(z - a for b in busy for a, z in b)
-    return 1.0 - work / (len(busy) * span)
+    CLOCK_MONOTONIC on Linux, the same in every process of a machine). Waiting for a message counts as idle."""
+    intervals = [interval for stage in busy for interval in stage]
+    span = max(z for _, z in intervals) - min(a for a, _ in intervals)
+    return 1.0 - sum(z - a for a, z in intervals) / (len(busy) * span)
 
 
 def activations_kept(schedule: str, stages: int, micro_batches: int, stage: int) -> int:
@@ -160,11 +149,9 @@ class Stage:
     by σ' of its output, exactly the serial trainer's ``(Δ_l W_lᵀ)∘σ'`` split across the boundary."""
 
     def __init__(self, params, first: bool, last: bool):
-        self.W = [np.ascontiguousarray(W, np.float32) for W, _ in params]
-        self.b = [np.ascontiguousarray(b, np.float32) for _, b in params]
+        self.W, self.b = ([np.ascontiguousarray(a, np.float32) for a in arrays] for arrays in zip(*params))
         self.first, self.last = first, last
-        self.gW = [np.zeros_like(W) for W in self.W]
-        self.gb = [np.zeros_like(b) for b in self.b]
+        self.gW, self.gb = [np.zeros_like(W) for W in self.W], [np.zeros_like(b) for b in self.b]
         self.fresh = True  # no gradient summed yet this minibatch: the first product overwrites gW
 
     @property
@@ -184,8 +171,7 @@ class Stage:
     def output_delta(self, out, Y, B: int) -> tuple[float, np.ndarray]:
         """The last stage: Σ(A − Y)² of this micro-batch and Δ_L = 2/B (A − Y)∘σ' (the whole minibatch's mean)."""
         delta = np.empty_like(out)
-        sse = cpu.output_delta(out, np.ascontiguousarray(Y, np.float32), delta, np.float32(2.0 / B))
-        return float(sse), delta
+        return float(cpu.output_delta(out, np.ascontiguousarray(Y, np.float32), delta, np.float32(2.0 / B))), delta
 
     def backward(self, acts, delta) -> np.ndarray | None:
         """Accumulate this micro-batch's weight gradients from Δ of the stage's last layer; return

@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .envinfo import machine_label
+
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 FIGURES = ROOT / "figures"
 NOTEBOOKS = ROOT / "notebooks"
@@ -17,14 +19,10 @@ BUILD = ROOT / "build"
 
 def redirect(path) -> Path:
     """``path``, moved under ``$PARBP_FIGURES`` if it points into the repository's figures/."""
-    path = Path(path)
-    target = os.environ.get("PARBP_FIGURES")
-    if target:
-        try:
-            return Path(target) / path.resolve().relative_to(FIGURES)
-        except ValueError:  # not under figures/: leave it where it was asked
-            pass
-    return path
+    path, target = Path(path), os.environ.get("PARBP_FIGURES")
+    if target and path.resolve().is_relative_to(FIGURES):
+        return Path(target) / path.resolve().relative_to(FIGURES)
+    return path  # not under figures/ (or no redirection): where it was asked
 
 
 def atomic_write(path, write) -> Path:
@@ -44,18 +42,18 @@ def atomic_write(path, write) -> Path:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process's umask (reading it means setting it: put it back)."""
+    os.umask(mask := os.umask(0))
     return mask
 
 
 def write_csv(df, path, **kwargs) -> Path:
     """``df.to_csv`` atomically (index dropped unless asked)."""
-    kwargs.setdefault("index", False)
-    return atomic_write(path, lambda tmp: df.to_csv(tmp, **kwargs))
+    return atomic_write(path, lambda tmp: df.to_csv(tmp, **{"index": False, **kwargs}))
 
 
 def write_text(text: str, path) -> Path:
+    """``text`` into ``path``, atomically."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
@@ -64,16 +62,13 @@ def save_figure(fig, df, path, dpi: int = 120, machine: str | None = None) -> tu
 
     The PNG is stamped with the machine it was measured on (a figure travels without its CSV): this one, or
     ``machine`` for data measured elsewhere (``envinfo.label_of`` a committed row)."""
-    from .envinfo import machine_label
-
     path = redirect(Path(path).with_suffix(".png"))
     if not any(getattr(t, "_parbp_stamp", False) for t in fig.texts):
         stamp = fig.text(0.995, 0.002, f"measured on {machine or machine_label()}", ha="right", va="bottom",
                          fontsize=6, color="0.45")
         stamp._parbp_stamp = True
     png = atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
-    csv = write_csv(df, path.with_suffix(".csv"))
-    return png, csv
+    return png, write_csv(df, path.with_suffix(".csv"))
 
 
 def readme_markers(source: str) -> tuple[str, str]:
@@ -84,9 +79,7 @@ def readme_markers(source: str) -> tuple[str, str]:
 def _block_span(readme: str, source: str) -> tuple[int, int] | None:
     """Where the text between the README's markers for ``source`` starts and stops; None without them."""
     begin, end = readme_markers(source)
-    if begin not in readme or end not in readme:
-        return None
-    return readme.index(begin) + len(begin), readme.index(end)
+    return (readme.index(begin) + len(begin), readme.index(end)) if begin in readme and end in readme else None
 
 
 def readme_block(readme: str, source: str) -> str:
@@ -99,13 +92,10 @@ def sync_readme_block(readme, source: str, text: str, missing_ok: bool = False) 
     """Put ``text`` between the README's markers for ``source`` (atomically). Without the markers: False
     when ``missing_ok``, else a ValueError naming them."""
     readme = Path(readme)
-    s = readme.read_text()
-    span = _block_span(s, source)
+    if (span := _block_span(s := readme.read_text(), source)) is None and missing_ok:
+        return False
     if span is None:
-        if missing_ok:
-            return False
-        begin, end = readme_markers(source)
-        raise ValueError(f"{readme} has no {begin} ... {end} markers to copy {source} between")
+        raise ValueError(f"{readme} has no {' ... '.join(readme_markers(source))} markers to copy {source} between")
     write_text(s[:span[0]] + "\n" + text.strip("\n") + "\n" + s[span[1]:], readme)
     return True
 

@@ -6,14 +6,10 @@ roof is ``min(peak flop rate, bandwidth × intensity)``. The per-example form of
 every weight for every example (matrix-vector products, about half a flop per byte whatever the batch);
 the minibatch form reads each weight once per product and uses it for all B examples, so its intensity
 grows with B until the activations dominate.
-
-    roofline.intensity(sizes, batch=100, per_example=False)   # flop per byte, the model's lower bound on bytes
-    roofline.stream_bandwidth()                               # GB/s of a large copy on this machine
-    roofline.plot(speed, sgemm_gflops, bandwidth_gbs, net)    # measured steps against the roof
 """
 from __future__ import annotations
 
-import time
+import timeit
 
 import numpy as np
 import pandas as pd
@@ -24,23 +20,16 @@ FLOAT32 = 4  # bytes per value: every trainer of the roofline runs in float32
 
 
 def bytes_moved(sizes, batch: int, per_example: bool) -> int:
-    """The float32 bytes one step must move at least: every operand read once, every output written once.
-
-    Per layer: the forward product, the delta product (not for the first layer: no delta of the input
-    is needed) and the gradient. The matrix-vector form (``per_example``) does all of it once per
-    example, weights included; the minibatch form reads and writes each weight-sized array once per step.
-    """
+    """The float32 bytes one step must move at least: every operand read once, every output written once. Per
+    layer: the forward product, the delta product (none for the first layer: the input needs no delta) and the
+    gradient. The matrix-vector form (``per_example``) does all of it once per example, weights included; the
+    minibatch form reads and writes each weight-sized array once per step."""
     if int(batch) < 1:
         raise ValueError(f"batch must be a positive number of examples, got {batch}")
-    total = 0
-    for l, (n, m) in enumerate(zip(sizes[:-1], sizes[1:])):
-        weights = n * m
-        passes = 4 if l > 0 else 3  # read W forward, read W backward, read and write the gradient
-        if per_example:
-            total += batch * (passes * weights + 2 * (n + m))
-        else:
-            total += passes * weights + batch * (3 * n + 4 * m)
-    return FLOAT32 * total
+    n, m = np.array(sizes[:-1], dtype=np.int64), np.array(sizes[1:], dtype=np.int64)
+    passes = np.where(np.arange(len(n)) > 0, 4, 3)  # read W forward, read W backward, read and write the gradient
+    total = batch * (passes * n * m + 2 * (n + m)) if per_example else passes * n * m + batch * (3 * n + 4 * m)
+    return FLOAT32 * int(total.sum())
 
 
 def intensity(sizes, batch: int, per_example: bool) -> float:
@@ -55,12 +44,7 @@ def stream_bandwidth(n_bytes: int = 128 * 2**20, repeats: int = 5) -> float:
         raise ValueError(f"need n_bytes >= {FLOAT32} and repeats >= 1, got n_bytes={n_bytes}, repeats={repeats}")
     src = np.ones(n_bytes // FLOAT32, dtype=np.float32)
     dst = np.empty_like(src)
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * src.nbytes / best / 1e9
+    return 2 * src.nbytes / min(timeit.repeat(lambda: np.copyto(dst, src), number=1, repeat=repeats)) / 1e9
 
 
 def roof(sgemm_gflops: float, bandwidth_gbs: float, flop_per_byte) -> np.ndarray:
@@ -86,22 +70,17 @@ def plot(speed: pd.DataFrame, sgemm_gflops: float, bandwidth_gbs: float, net: st
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     line = roof_table(sgemm_gflops, bandwidth_gbs)
-    ax.plot(line.flop_per_byte, line.gflops_roof, color="0.3", lw=2,
-            label="roof: min(sgemm, bandwidth × intensity)")
+    ax.plot(line.flop_per_byte, line.gflops_roof, color="0.3", lw=2, label="roof: min(sgemm, bandwidth × intensity)")
     for impl, marker in zip(speed.impl.unique(), "osD^"):
         rows = speed[speed.impl == impl].sort_values("gflops", ascending=False)
         points = ax.plot(rows.flop_per_byte, rows.gflops, marker, ms=8, label=impl)[0]
         spread = rows.flop_per_byte.max() / rows.flop_per_byte.min() < 3  # labels beside the points would collide
+        color = points.get_color()
         for k, r in enumerate(rows.itertuples()):
-            text = f"B={int(r.batch):,}"
-            if spread:
-                at = (rows.flop_per_byte.min() / 6, rows.gflops.max() * 1.45 ** (len(rows) - k))
-                ax.annotate(text, (r.flop_per_byte, r.gflops), xytext=at, fontsize=9, ha="right", va="center",
-                            color=points.get_color(),
-                            arrowprops=dict(arrowstyle="-", color=points.get_color(), lw=0.6, shrinkB=4))
-            else:
-                ax.annotate(text, (r.flop_per_byte, r.gflops), textcoords="offset points", xytext=(7, -13),
-                            fontsize=9, color=points.get_color())
+            place = dict(xytext=(rows.flop_per_byte.min() / 6, rows.gflops.max() * 1.45 ** (len(rows) - k)),
+                         ha="right", va="center", arrowprops=dict(arrowstyle="-", color=color, lw=0.6, shrinkB=4)) \
+                if spread else dict(textcoords="offset points", xytext=(7, -13))
+            ax.annotate(f"B={int(r.batch):,}", (r.flop_per_byte, r.gflops), fontsize=9, color=color, **place)
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (flop / byte, model)",
            ylabel="GFLOP/s (measured)", title=f"Net-{net}, one core: the two serial forms")
     plain_log_ticks(ax)

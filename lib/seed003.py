@@ -32,12 +32,6 @@ SEED_USAGE = pd.DataFrame(
     columns=["method", "processes", "cpu_percent_low", "cpu_percent_high", "memory_percent"])
 
 
-def method_of(mode: str, processes: int) -> str:
-    """Their methods in parbp.mpi's terms: "sync" is parameter averaging after every step (their v = 1/c sum w_i);
-    parbp's gradient all-reduce is the serial algorithm spread out and has no row of theirs."""
-    return "serial" if processes == 1 else {"average": "sync", "async": "async", "allreduce": "allreduce"}[mode]
-
-
 def test_scores(params_file, ds, net, impl=None, loss="mse") -> tuple[float, float]:
     """(MSE, accuracy) on the test split of the parameters a ``parbp.mpi`` run saved with --params-out
     (the MSE of the softmax outputs where the run trained with ``loss="xent"``)."""
@@ -57,7 +51,10 @@ def run(mode: str, processes: int, lr: float, ds, net: str = "1h", subset=None, 
                      impl=impl, seed=seed, params_out=params,
                      **{**{k: v for k, v in SETTING.items() if k != "epochs"}, **options})
         test_loss, test_acc = test_scores(params, ds, net, impl, options.get("loss", "mse"))
-    return df.assign(lr0=lr, method=method_of(mode, processes), test_loss=test_loss, test_acc=test_acc)
+    # their methods in parbp.mpi's terms: "sync" is parameter averaging after every step (their v = 1/c sum w_i);
+    # parbp's gradient all-reduce is the serial algorithm spread out and has no row of theirs
+    method = "serial" if processes == 1 else {"average": "sync", "async": "async", "allreduce": "allreduce"}[mode]
+    return df.assign(lr0=lr, method=method, test_loss=test_loss, test_acc=test_acc)
 
 
 def grid_search(lrs, ds, **kwargs) -> tuple[pd.DataFrame, float]:
@@ -76,20 +73,17 @@ def results_table(runs: pd.DataFrame) -> pd.DataFrame:
             .rename(columns={"lr0": "lr", "elapsed_s": "time_s"}).reset_index(drop=True))
 
 
-TIMED = ("serial", "sync", "async")  # the methods seed 003 times
-
-
 def repeat_times(table: pd.DataFrame, rounds: int, lr: float, ds, sync_every: int = 1, **common) -> pd.DataFrame:
     """Whole-training seconds of seed 003's timed methods: ``table``'s run of each (``results_table``; round 0)
     and ``rounds`` - 1 more runs of each, in the same order every round, so a slow stretch of a shared machine
     hits every configuration alike. Columns: method, mode, processes, round, time_s."""
-    timed = table[table.method.isin(TIMED)]
-    rows = [dict(method=r.method, mode=r.mode, processes=r.processes, round=0, time_s=r.time_s) for r in timed.itertuples()]
-    for k in range(1, rounds):
-        for r in timed.itertuples():
+    rows = []
+    for k in range(rounds):
+        for r in table[table.method.isin(("serial", "sync", "async"))].itertuples():  # the methods seed 003 times
             options = {} if r.processes == 1 else dict(sync_every=sync_every)
-            again = results_table(run(r.mode, int(r.processes), lr, ds, **options, **common))
-            rows.append(dict(method=r.method, mode=r.mode, processes=r.processes, round=k, time_s=again.time_s.iloc[0]))
+            time_s = (results_table(run(r.mode, int(r.processes), lr, ds, **options, **common)).time_s.iloc[0]
+                      if k else r.time_s)  # round 0 is the table's own run
+            rows.append(dict(method=r.method, mode=r.mode, processes=r.processes, round=k, time_s=time_s))
     return pd.DataFrame(rows)
 
 
@@ -100,20 +94,16 @@ def usage_table(runs: pd.DataFrame, cores: int, memory_gib: float) -> pd.DataFra
     job = per_rank.groupby(["method", "mode", "processes"]).agg(
         cpu_percent_per_rank=("cpu_percent", "mean"), cpu_percent_sum=("cpu_percent", "sum"),
         peak_rss_mib_sum=("peak_rss_mib", "sum")).reset_index()
-    job["cpu_percent_of_machine"] = job.cpu_percent_sum / cores
-    job["memory_percent_of_machine"] = 100 * job.peak_rss_mib_sum / (memory_gib * 1024)
-    return job
+    return job.assign(cpu_percent_of_machine=job.cpu_percent_sum / cores,
+                      memory_percent_of_machine=100 * job.peak_rss_mib_sum / (memory_gib * 1024))
 
 
 def side_by_side(ours: pd.DataFrame, seed: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Seed 003's rows with ours beside them (ours_*), then our rows the seed has no counterpart for."""
-    merged = seed.merge(ours, on=["method", "processes"], how="outer", suffixes=("_seed", "_ours"), indicator=True)
+    merged = seed.merge(ours, on=["method", "processes"], how="outer", suffixes=("_seed", "_ours"))
     merged["_order"] = merged.method.map({"serial": 0, "sync": 1, "async": 2, "allreduce": 3})
-    merged = merged.sort_values(["_order", "processes"]).drop(columns=["_order", "_merge"])
+    merged = merged.sort_values(["_order", "processes"]).drop(columns="_order")
     return merged[["method", "processes", *[c for c in columns if c in merged]]].reset_index(drop=True)
-
-
-CURVES = {"val_acc": "validation accuracy", "train_loss": "mean minibatch loss (MSE)"}
 
 
 def plot_curves(per_epoch: pd.DataFrame, title: str):
@@ -128,13 +118,14 @@ def plot_curves(per_epoch: pd.DataFrame, title: str):
     runs = sorted(per_epoch.sort_values("epoch").groupby(["method", "processes"]),
                   key=lambda run: (order.index(run[0][0]) if run[0][0] in order else len(order), run[0][1]))
     markers = {1: "o", 2: "s", 3: "^", 4: "D"}
-    for ax, column in zip(axes, CURVES):
+    for ax, (column, what) in zip(axes, {"val_acc": "validation accuracy",
+                                         "train_loss": "mean minibatch loss (MSE)"}.items()):
         for (method, processes), run in runs:
             serial = method == "serial"
             ax.plot(run.epoch, run[column], ls="--" if serial else "-", lw=2.2 if serial else 1.4,
                     color="black" if serial else colors.get(method), marker=markers.get(processes, "x"), ms=5,
                     zorder=3 if serial else 2, label=f"{method}, {processes} process{'es' if processes > 1 else ''}")
-        ax.set(xlabel="epoch", ylabel=CURVES[column], title=CURVES[column])
+        ax.set(xlabel="epoch", ylabel=what, title=what)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()

@@ -2,23 +2,19 @@
 
     python -m parbp.seed003_experiments --subset 20000 --seeds 0 1 --out figures/06_seed003_explain_paper.csv
 
-**Async.** Our parameter server adds every worker's change in full, so with w workers in lockstep each update
-is computed on weights w-1 updates old and the server moves about w times as far per round as serial SGD.
-The variants: ``delta`` (06's server), ``staleness`` (Zhang et al. 2016: the change divided by its staleness,
-lr/τ per gradient), ``per_worker`` (the rate divided by the workers, the 1/(p-1) of p processes),
-``replace`` (seed 003 read literally: the worker sends its w_i and the server takes it as v), and beside
-them serial SGD at lr / w (``serial_lr_per_worker``): as many updates, each as small as per_worker's. "Processes"
-counts *workers*, as the seed's two-process async had two: the MPI job has one more rank, the server.
+**Async.** Our parameter server adds every worker's change in full: with w workers in lockstep each update is
+computed on weights w-1 updates old, and the server moves about w times as far per round as serial SGD. The
+variants (``ASYNC``): ``delta`` (06's server), ``staleness`` (Zhang et al. 2016: lr/τ per gradient),
+``per_worker`` (lr / w, the 1/(p-1) of p processes), ``replace`` (seed 003 read literally: the server takes the
+worker's w_i as v), and serial SGD at lr / w (``serial_lr_per_worker``: as many updates, each as small as
+per_worker's). "Processes" counts *workers*, as the seed's two-process async had two (plus the server's rank).
 
-**Sync.** Parameter averaging after every step of p workers at batch 100 is one step of batch p·100: the
-variants ``serial_batch`` (serial SGD at batch p·100, which should match), ``average`` (06's sync),
-``whole_data`` (every worker passes over all the data: p times the examples, serial's number of steps) at
-our rate and at p times it (``whole_data_lr_p``), and the seed's unstated setup at its rate 1.0:
-softmax + cross-entropy (``xent``), a 100-unit hidden layer (``h100``) and both (``xent_h100``), each
-serially (processes 1) and averaged over 2-4 processes.
+**Sync.** Averaging after every step of p workers at batch 100 is one step of batch p·100 (``serial_batch``,
+which should match ``average``); ``whole_data`` gives every worker all the data, at our rate and at p times it
+(``whole_data_lr_p``); ``SEED_SETUP`` puts back the seed's unstated setup at its rate 1.0, serially and averaged.
 
-One row per variant × processes × seed: the final model's test accuracy, the mean staleness (async) and the
-setting. Rows are appended to ``--out`` as they finish, so an interrupted run keeps what it measured.
+One row per variant × processes × seed (test accuracy, mean staleness, setting), appended to ``--out`` as it
+finishes, so an interrupted run keeps what it measured.
 """
 from __future__ import annotations
 
@@ -42,14 +38,7 @@ ASYNC = {"delta": ("delta", lambda lr, w: lr, "lr"),
 #: the seed's unstated setup: variant -> (net, loss); trained with the numpy trainer at the seed's rate
 SEED_SETUP = {"xent": ("1h", "xent"), "h100": ("100", "mse"), "xent_h100": ("100", "xent")}
 SEED_LR = seed003.SEED_LR
-
-
-def _row(df: pd.DataFrame, **fields) -> dict:
-    """The final epoch of one seed003.run job, with the variant's own fields."""
-    last = df[df["rank"] == 0].sort_values("epoch").iloc[-1]
-    return {**fields, "mpi_processes": int(last.processes), "test_acc": last.test_acc, "test_loss": last.test_loss,
-            "val_acc": last.val_acc, "staleness_mean": last.get("staleness_mean", float("nan")),
-            "updates_per_epoch": last.get("updates", float("nan")), "time_s": last.elapsed_s}
+SEED_ACCURACY = seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy  # the seed's own rows
 
 
 def jobs(lr: float, processes: list[int], seeds: list[int], seed_scale_workers=()):
@@ -81,14 +70,15 @@ def jobs(lr: float, processes: list[int], seeds: list[int], seed_scale_workers=(
                 yield dict(experiment="seed_setup", variant=variant, processes=p, lr_rule="1.0 (the seed's)"), \
                     dict(mode="allreduce" if p == 1 else "average", processes=p, lr=SEED_LR, seed=seed, net=net,
                          loss=loss, impl="numpy")
+    scale = dict(experiment="async_seed_scale")
     for seed in seeds if seed_scale_workers else ():
-        yield dict(experiment="async_seed_scale", variant="serial", processes=1, lr_rule="lr"), \
+        yield dict(scale, variant="serial", processes=1, lr_rule="lr"), \
             dict(mode="allreduce", processes=1, lr=lr, seed=seed, subset=None)
         for w in seed_scale_workers:
-            yield dict(experiment="async_seed_scale", variant="serial_lr_per_worker", processes=w,
-                       lr_rule="lr / workers, serial"), dict(mode="allreduce", processes=1, lr=lr / w, seed=seed, subset=None)
-            yield dict(experiment="async_seed_scale", variant="per_worker", processes=w, lr_rule="lr / workers",
-                       async_rule="delta"), dict(mode="async", processes=w + 1, lr=lr / w, seed=seed, subset=None)
+            yield dict(scale, variant="serial_lr_per_worker", processes=w, lr_rule="lr / workers, serial"), \
+                dict(mode="allreduce", processes=1, lr=lr / w, seed=seed, subset=None)
+            yield dict(scale, variant="per_worker", processes=w, lr_rule="lr / workers", async_rule="delta"), \
+                dict(mode="async", processes=w + 1, lr=lr / w, seed=seed, subset=None)
 
 
 def seed_setup_jobs(processes: list[int], seeds: list[int]):
@@ -107,11 +97,6 @@ def seed_setup_jobs(processes: list[int], seeds: list[int]):
                     dict(mode="async", processes=w + 1, seed=seed, async_rule=rule, **setup)
 
 
-def setting(subset, epochs, full: int) -> str:
-    data = f"all {full:,} training images" if subset is None else f"the first {subset:,} of {full:,} training images (cut for time)"
-    return f"MNIST, {data}, {epochs} epochs, lr decay 1%/epoch, sigmoid hidden layer, test accuracy on 10,000 images"
-
-
 def run(ds, lr: float, processes=(2, 3, 4), seeds=(0, 1), subset=None, epochs=5, net="1h", out=None,
         log=print, seed_scale_workers=(), seed_setup_only=False, **common) -> pd.DataFrame:
     """Every job of ``jobs`` (or only ``seed_setup_jobs``); with ``out``, rows are appended to that CSV as they
@@ -121,17 +106,24 @@ def run(ds, lr: float, processes=(2, 3, 4), seeds=(0, 1), subset=None, epochs=5,
 
     if not seeds or not processes:
         raise ValueError("seeds and processes must each name at least one value")
-    rows = []
+    rows, full = [], len(ds.X_train)
     todo = seed_setup_jobs(list(processes), list(seeds)) if seed_setup_only else \
         jobs(lr, list(processes), list(seeds), list(seed_scale_workers))
     for fields, job in todo:
         job = {"net": net, "batch_size": seed003.SETTING["batch_size"], "subset": subset, **common, **job}
+        data = f"all {full:,} training images" if job["subset"] is None else \
+            f"the first {job['subset']:,} of {full:,} training images (cut for time)"
         mode, n = job.pop("mode"), job.pop("processes")
         df = seed003.run(mode, n, ds=ds, epochs=epochs, **job)
-        rows.append(_row(df, **{"async_rule": "", "whole_data": False, **fields}, seed=job["seed"], net=job["net"],
-                         loss=job.get("loss", "mse"), lr=job["lr"], batch_size=job["batch_size"],
-                         subset=job["subset"] or len(ds.X_train), epochs=epochs,
-                         setting=setting(job["subset"], epochs, len(ds.X_train))))
+        last = df[df["rank"] == 0].sort_values("epoch").iloc[-1]  # the final epoch, as rank 0 saw it
+        rows.append({"async_rule": "", "whole_data": False, **fields, "seed": job["seed"], "net": job["net"],
+                     "loss": job.get("loss", "mse"), "lr": job["lr"], "batch_size": job["batch_size"],
+                     "subset": job["subset"] or full, "epochs": epochs, "mpi_processes": int(last.processes),
+                     "setting": f"MNIST, {data}, {epochs} epochs, lr decay 1%/epoch, sigmoid hidden layer, test "
+                                "accuracy on 10,000 images",
+                     "test_acc": last.test_acc, "test_loss": last.test_loss, "val_acc": last.val_acc,
+                     "staleness_mean": last.get("staleness_mean", float("nan")),
+                     "updates_per_epoch": last.get("updates", float("nan")), "time_s": last.elapsed_s})
         log(f"{fields['experiment']:10s} {fields['variant']:15s} x{fields['processes']} seed {job['seed']}: "
             f"test acc {rows[-1]['test_acc']:.4f}, staleness {rows[-1]['staleness_mean']:.2f}")
         if out:
@@ -143,16 +135,11 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per variant and process count, over seeds: test accuracy (mean, min, max), mean staleness, and the gap
     in points to serial SGD of the same setup and seed (the reference run; for the seed's setup, its
     processes-1 row), mean and worst."""
-    df = df.copy()
-    ref = df[df.experiment == "reference"].set_index("seed").test_acc
-    own = df[(df.experiment == "seed_setup") & (df.processes == 1)].set_index(["variant", "seed"]).test_acc
-    full = df[(df.experiment == "async_seed_scale") & (df.variant == "serial")].set_index("seed").test_acc
-    all_data = df[(df.experiment == "seed_setup_all") & (df.processes == 1)].set_index("seed").test_acc
-    serial = [own.get((v, s), float("nan")) if e == "seed_setup" else
-              full.get(s, float("nan")) if e == "async_seed_scale" else
-              all_data.get(s, float("nan")) if e == "seed_setup_all" else ref.get(s, float("nan"))
-              for e, v, s in zip(df.experiment, df.variant, df.seed)]
-    df["gap_points"] = 100 * (df.test_acc - pd.Series(serial, index=df.index))
+    serial = df[df.processes == 1].groupby(["experiment", "variant", "seed"]).test_acc.first()
+    own = {"seed_setup": None, "async_seed_scale": "serial", "seed_setup_all": "h100"}  # None: the row's own variant
+    key = [(e, own[e] or v, s) if e in own else ("reference", "serial", s)
+           for e, v, s in zip(df.experiment, df.variant, df.seed)]
+    df = df.assign(gap_points=100 * (df.test_acc - serial.reindex(key).to_numpy()))
     return (df.groupby(["experiment", "variant", "processes"], sort=False)
             .agg(seeds=("seed", "nunique"), test_acc=("test_acc", "mean"), test_acc_min=("test_acc", "min"),
                  test_acc_max=("test_acc", "max"), staleness_mean=("staleness_mean", "mean"),
@@ -164,16 +151,13 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
 def findings(df: pd.DataFrame, tolerance_points: float = 3.0, seed_margin_points: float = 3.0) -> list[str]:
     """What the runs say, as sentences built from the numbers."""
     s = summary(df)
-    out = []
     ref = df[df.experiment == "reference"].test_acc
-    if len(ref):
-        out.append(f"Serial SGD (the reference): test accuracy {ref.mean():.4f} over {len(ref)} seed(s) "
-                   f"({df.setting.iloc[0]}).")
+    out = [f"Serial SGD (the reference): test accuracy {ref.mean():.4f} over {len(ref)} seed(s) "
+           f"({df.setting.iloc[0]})."] if len(ref) else []
     out += _seed_setup_findings(s)
-    a = s[s.experiment == "async"]
-    for (experiment, w), g in s[s.experiment.isin(["async", "async_seed_scale"]) & (s.processes > 1)].groupby(
-            ["experiment", "processes"], sort=False):
-        where = "" if experiment == "async" else " on all the training images"
+    asyncs = s[s.experiment.isin(["async", "async_seed_scale"])]
+    where = {"async": "", "async_seed_scale": " on all the training images"}
+    for (experiment, w), g in asyncs[asyncs.processes > 1].groupby(["experiment", "processes"], sort=False):
         g = g.set_index("variant")
         fixed = [v for v in ("staleness", "per_worker") if v in g.index and g.gap_points_min[v] >= -tolerance_points]
         parts = ", ".join(f"{v} {g.test_acc[v]:.4f} ({g.gap_points[v]:+.1f} pts"
@@ -181,20 +165,19 @@ def findings(df: pd.DataFrame, tolerance_points: float = 3.0, seed_margin_points
                           for v in g.index)
         verdict = (f"within {tolerance_points:g} points of serial for every seed with: {', '.join(fixed)}" if fixed else
                    f"no rate brings it within {tolerance_points:g} points of serial")
-        out.append(f"Async with {w} workers ({w + 1} MPI processes){where}: {parts}; {verdict}.")
-    st = a[a.variant == "staleness"].set_index("processes")
+        out.append(f"Async with {w} workers ({w + 1} MPI processes){where[experiment]}: {parts}; {verdict}.")
+    st = s[(s.experiment == "async") & (s.variant == "staleness")].set_index("processes")
     low = st[st.staleness_mean <= 1.5].staleness_mean
     if len(low):  # lr/τ with τ <= 1 is the full rate: the rule cannot slow those updates down
         out.append("Where the staleness-aware run's mean staleness is at most 1.5 ("
                    + ", ".join(f"{w} workers: {m:.2f}" for w, m in low.items())
                    + "), lr/τ leaves most updates at the full rate.")
-    for (experiment, w), g in s[s.experiment.isin(["async", "async_seed_scale"])].groupby(["experiment", "processes"]):
-        where = "" if experiment == "async" else " on all the training images"
+    for (experiment, w), g in asyncs.groupby(["experiment", "processes"]):
         g = g.set_index("variant")
         if {"per_worker", "serial_lr_per_worker"} <= set(g.index):
-            out.append(f"Async with {w} workers at lr / {w}{where}: {_versus(g, 'per_worker', 'serial_lr_per_worker')} "
-                       f"serial SGD at lr / {w}, whose gap to serial at lr is {g.gap_points['serial_lr_per_worker']:+.1f} pts "
-                       f"in these epochs.")
+            out.append(f"Async with {w} workers at lr / {w}{where[experiment]}: "
+                       f"{_versus(g, 'per_worker', 'serial_lr_per_worker')} serial SGD at lr / {w}, whose gap to "
+                       f"serial at lr is {g.gap_points['serial_lr_per_worker']:+.1f} pts in these epochs.")
     y = s[s.experiment == "sync"].set_index(["variant", "processes"])
     for p in sorted({p for _, p in y.index}):
         if ("serial_batch", p) in y.index and ("average", p) in y.index:
@@ -202,8 +185,8 @@ def findings(df: pd.DataFrame, tolerance_points: float = 3.0, seed_margin_points
                        f"of serial's steps): averaging {_versus(y.xs(p, level='processes'), 'average', 'serial_batch')} "
                        f"serial SGD at batch {100 * p}.")
     beat = s[s.experiment.isin(["sync", "seed_setup"]) & (s.processes > 1) & (s.variant != "serial_batch")]
-    best = beat.loc[beat.gap_points.idxmax()] if len(beat) else None
-    if best is not None:
+    if len(beat):
+        best = beat.loc[beat.gap_points.idxmax()]
         winners = beat[beat.gap_points_min >= seed_margin_points - 1]
         out.append(f"The best sync setting against its serial run: {best.experiment}/{best.variant} x{best.processes} "
                    f"at {best.gap_points:+.1f} pts (seed 003: +3.3 pts). "
@@ -218,14 +201,13 @@ def _seed_setup_findings(s: pd.DataFrame) -> list[str]:
     g = s[s.experiment == "seed_setup_all"].set_index(["variant", "processes"])
     if g.empty:
         return []
-    seed = seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy
     def row(variant, p, method):
         r = g.loc[(variant, p)]
-        return f"x{p} {r.test_acc:.4f} ({r.test_acc_min:.4f}-{r.test_acc_max:.4f}; seed {seed.get((method, p), float('nan')):.4f})"
-    sync = [p for v, p in g.index if v == "h100" and p > 1]
+        return (f"x{p} {r.test_acc:.4f} ({r.test_acc_min:.4f}-{r.test_acc_max:.4f}; "
+                f"seed {SEED_ACCURACY.get((method, p), float('nan')):.4f})")
     out = [f"The seed's setup (100 hidden units, MSE, lr 1.0) on all the training images, mean over {int(g.seeds.max())} "
-           f"seed(s): serial {g.loc[('h100', 1)].test_acc:.4f} (seed {seed['serial', 1]:.4f}); sync "
-           + ", ".join(row("h100", p, "sync") for p in sync) + "."]
+           f"seed(s): serial {g.loc[('h100', 1)].test_acc:.4f} (seed {SEED_ACCURACY['serial', 1]:.4f}); sync "
+           + ", ".join(row("h100", p, "sync") for v, p in g.index if v == "h100" and p > 1) + "."]
     for rule in ("delta", "replace"):
         ws = [p for v, p in g.index if v == f"h100_async_{rule}"]
         if ws:
@@ -240,6 +222,18 @@ def _versus(g: pd.DataFrame, a: str, b: str) -> str:
         return f"{g.test_acc[v]:.4f} (seeds {g.test_acc_min[v]:.4f}-{g.test_acc_max[v]:.4f})"
     overlap = g.test_acc_min[a] <= g.test_acc_max[b] and g.test_acc_min[b] <= g.test_acc_max[a]
     return f"{a} {acc(a)} is {'within' if overlap else 'outside'} the seeds' spread of {b} {acc(b)},"
+
+
+def beside_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """Seed 003's async and sync rows as gaps to its serial run (points), beside every variant's gap to our serial
+    run (mean, min and max over seeds): the gap, not the accuracy, is what a different data size and loss leave
+    comparable."""
+    s = summary(df)
+    s = s[s.experiment.isin(["async", "async_seed_scale", "sync", "seed_setup"]) & (s.processes > 1)].copy()
+    s["seed_gap_points"] = [100 * (SEED_ACCURACY.get(("async" if e.startswith("async") else "sync", p), float("nan"))
+                                   - SEED_ACCURACY["serial", 1]) for e, p in zip(s.experiment, s.processes)]
+    return s[["experiment", "processes", "seed_gap_points", "variant", "gap_points", "gap_points_min",
+              "gap_points_max"]].reset_index(drop=True)
 
 
 def main(argv=None) -> int:
@@ -267,17 +261,3 @@ if __name__ == "__main__":
     from .cli import run as _run
 
     sys.exit(_run(main, prog="python -m parbp.seed003_experiments"))
-
-
-def beside_seed(df: pd.DataFrame) -> pd.DataFrame:
-    """Seed 003's async and sync rows as gaps to its serial run (points), beside every variant's gap to our serial
-    run (mean, min and max over seeds): the gap, not the accuracy, is what a different data size and loss leave
-    comparable."""
-    s = summary(df)
-    s = s[s.experiment.isin(["async", "async_seed_scale", "sync", "seed_setup"]) & (s.processes > 1)].copy()
-    seed = seed003.SEED_RESULTS.set_index(["method", "processes"]).accuracy
-    claimed = [seed.get(("async" if e.startswith("async") else "sync", p), float("nan"))
-               for e, p in zip(s.experiment, s.processes)]
-    s["seed_gap_points"] = [100 * (c - seed["serial", 1]) for c in claimed]
-    return s[["experiment", "processes", "seed_gap_points", "variant", "gap_points", "gap_points_min",
-              "gap_points_max"]].reset_index(drop=True)

@@ -14,11 +14,8 @@
    at each rate of a small grid, the one with the best validation accuracy judged (the paper chose its rates
    by grid search).
 
-    python -m parbp.seed004 [--budget-mib 12] [--epochs 5] [--seeds 0 1 2] [--big-epochs 20] [--big-lr 0.05 0.1 0.2 0.5]
-                            [--parts subset too-big]
-
-writes figures/07_seed004_subset.csv (one row per method, seed and epoch) and figures/07_seed004_too_big.csv
-(one row per rate and epoch of the big network).
+``python -m parbp.seed004`` writes figures/07_seed004_subset.csv (one row per method, seed and epoch) and
+figures/07_seed004_too_big.csv (one row per rate and epoch of the big network).
 """
 from __future__ import annotations
 
@@ -55,12 +52,11 @@ def subset_vs_data_parallel(ds, budget: int, epochs: int, seeds, lr: float = 0.1
     subset = dataclasses.replace(ds, X_train=ds.X_train[:n_fit], Y_train=ds.Y_train[:n_fit])
     rows = []
     for seed in seeds:
-        for method, data in (("subset SGD", subset), ("data parallel", ds)):
-            h = train.fit(trainers.make("serial-blas", net="1h", n_in=ds.n_in, n_out=ds.n_out, seed=seed), data, epochs, batch, lr, seed=seed,
-                          progress=False, eval_train=False)
-            rows.append(h.assign(method=method, seed=seed, examples=len(data.X_train),
-                                 workers=1 if method == "subset SGD" else workers, budget_mib=budget / MIB,
-                                 elapsed_s=h.seconds.cumsum(), loadavg=os.getloadavg()[0]))
+        for method, data, w in (("subset SGD", subset, 1), ("data parallel", ds, workers)):
+            h = train.fit(trainers.make("serial-blas", net="1h", n_in=ds.n_in, n_out=ds.n_out, seed=seed), data,
+                          epochs, batch, lr, seed=seed, progress=False, eval_train=False)
+            rows.append(h.assign(method=method, seed=seed, examples=len(data.X_train), workers=w,
+                                 budget_mib=budget / MIB, elapsed_s=h.seconds.cumsum(), loadavg=os.getloadavg()[0]))
     return pd.DataFrame(rows and pd.concat(rows, ignore_index=True)).assign(cpu=envinfo.cpu_name())
 
 
@@ -75,11 +71,10 @@ def too_big(ds, budget: int, epochs: int, hidden=BIG, lr: float = 0.5, batch: in
     one = memory.footprint_bytes("serial-blas", sizes, batch)
     if one <= budget:
         raise ValueError(f"the network {sizes} fits {budget / MIB:g} MiB; lower --budget-mib or widen --big")
-    stages = next((p for p in range(2, len(sizes)) if max(stage_bytes(sizes, ls, batch) for ls in
-                   pipeline.split_layers(sizes, p)) <= budget), None)
-    if stages is None:
+    splits = (pipeline.split_layers(sizes, p) for p in range(2, len(sizes)))  # the fewest stages that each fit
+    split = next((s for s in splits if max(stage_bytes(sizes, ls, batch) for ls in s) <= budget), None)
+    if split is None:
         raise ValueError(f"no split of {sizes} into stages fits {budget / MIB:g} MiB a stage; raise --budget-mib")
-    split = pipeline.split_layers(sizes, stages)
     params = nets.init_params(sizes, seed)
     parts = [pipeline.Stage([params[l] for l in ls], first=k == 0, last=k == len(split) - 1) for k, ls in enumerate(split)]
 
@@ -106,7 +101,7 @@ def too_big(ds, budget: int, epochs: int, hidden=BIG, lr: float = 0.5, batch: in
                                  .argmax(1) == Y.argmax(1)).mean())
                     for name, X, Y in (("val_acc", ds.X_val, ds.Y_val), ("test_acc", ds.X_test, ds.Y_test))}
         rows.append({"net": "-".join(map(str, sizes)), "budget_mib": budget / MIB, "one_worker_mib": one / MIB,
-                     "stages": stages, "split": str(split),
+                     "stages": len(split), "split": str(split),
                      "stage_mib_max": max(stage_bytes(sizes, ls, batch) for ls in split) / MIB, "batch": batch,
                      "lr": lr, "epoch": epoch, "elapsed_s": elapsed, **accuracy,
                      "loadavg": os.getloadavg()[0], "cpu": envinfo.cpu_name()})

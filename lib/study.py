@@ -6,21 +6,15 @@
     python -m parbp.study --force            # rerun everything (make study FORCE=1)
     python -m parbp.study --publish          # also figures/study_times_PROFILE.csv and the README's table
 
-Executed copies go to ``build/executed/``; the experiment notebooks write ``figures/``. A profile
-(``parbp.profiles``) maps notebook names to papermill parameters over the stored (quick) defaults, or to a
-list of them to run a notebook several times (05: once per network and dataset).
+Executed copies go to ``build/executed/``; the notebooks write ``figures/``; a profile (``parbp.profiles``)
+sets their papermill parameters.
 
-**Reruns.** ``NAME.record.json`` beside each executed copy hashes what produced it: the notebook's cell
-sources, its parameters, the profile, the parbp modules the notebooks can reach (``notebook_modules``) and
-the files its parameters name (09 reads 08's network). A matching record skips the run; a failed or
-interrupted run has none (it is removed before the run and written when it succeeds), so it runs again.
-A notebook with a ``checkpoint_dir`` parameter (08) gets a folder under ``build/checkpoints/`` named after
-its record's hash, so an interrupted study resumes its training (``train.fit(..., resume=True)``); the
-folder goes when the run succeeds, or before it with ``--force``.
-
-**Times** go to ``build/executed/study_times_PROFILE.csv``; with ``--publish`` also to ``figures/`` with the
-machine and a total row, and into the README between its ``<!-- BEGIN figures/study_times_PROFILE.csv -->``
-markers. **Failures** are reported by notebook, cell and error; the others still run; the exit status is 1.
+**Reruns.** ``NAME.record.json`` beside each executed copy hashes what produced it (``record_key``); a
+matching record skips the run, and a failed or interrupted run has none, so it runs again. A notebook with a
+``checkpoint_dir`` parameter (08) checkpoints under ``build/checkpoints/``, so an interrupted study resumes
+its training. **Times** go to ``build/executed/study_times_PROFILE.csv`` (with ``--publish``, also to
+``figures/`` and the README). **Failures** are reported by notebook, cell and error; the others still run;
+the exit status is 1.
 """
 from __future__ import annotations
 
@@ -33,11 +27,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import envinfo
-from .cli import check_choice
-from .profiles import PROFILES
+import pandas as pd
 
-from .results import BUILD, NOTEBOOKS, ROOT
+from .cli import Parser, check_choice, run as run_cli
+from .envinfo import load as machine_load, machine_label
+from .profiles import PROFILES
+from .results import BUILD, FIGURES, NOTEBOOKS, ROOT, sync_readme_block, write_csv, write_text
 
 EXECUTED = BUILD / "executed"
 CHECKPOINTS = BUILD / "checkpoints"
@@ -45,6 +40,7 @@ LIB = Path(__file__).resolve().parent
 
 
 def notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
+    """The numbered notebooks ``NN_*.ipynb`` in ``folder``, in order."""
     return sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -54,13 +50,8 @@ def _sha(obj) -> str:
 
 
 def _code_cells(path: Path) -> list[tuple[str, str]]:
-    return [(c["cell_type"], "".join(c["source"]) if isinstance(c["source"], list) else c["source"])
-            for c in json.loads(Path(path).read_text())["cells"]]
-
-
-def notebook_code(path: Path) -> str:
-    """A hash of what a notebook runs: its cells' types and sources, not their outputs."""
-    return _sha(_code_cells(path))
+    """(type, source) of every cell: what a notebook runs, not its outputs."""
+    return [(c["cell_type"], "".join(c["source"])) for c in json.loads(Path(path).read_text())["cells"]]
 
 
 def imported(source: str, by_name: bool = True) -> set[str] | None:
@@ -90,36 +81,25 @@ def notebook_modules(folder: Path = NOTEBOOKS) -> list[Path]:
     """The parbp modules the notebooks can run: those their code cells import and, in turn, what those import
     (every module when a cell does not parse)."""
     every = {p.stem: p for p in LIB.glob("*.py")}
-    todo = {"__init__"}
-    for nb in notebooks(folder):
-        for kind, source in _code_cells(nb):
-            todo |= (set(every) if (found := imported(source)) is None else found) if kind == "code" else set()
+    todo = {"__init__"}.union(*(set(every) if (found := imported(source)) is None else found
+                                for nb in notebooks(folder) for kind, source in _code_cells(nb) if kind == "code"))
     seen = set()
-    while todo:
-        module = todo.pop()
-        if module in every and module not in seen:
-            seen.add(module)
-            todo |= imported(every[module].read_text()) or set()
+    while todo := (todo & every.keys()) - seen:  # breadth first: the modules found last, not seen before
+        seen |= todo
+        todo = set().union(*(imported(every[m].read_text()) or set() for m in todo))
     return sorted(every[m] for m in seen)
-
-
-def library_code(folder: Path = NOTEBOOKS) -> str:
-    """A hash of the parbp source the notebooks can import (editing a module none of them reaches changes nothing)."""
-    return _sha(b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in notebook_modules(folder)))
 
 
 def input_files(nb: Path, params: dict) -> dict:
     """Hashes of the files a run reads that an earlier run made: string parameters naming an existing file
     (09's ``model_path``, notebook 08's trained network), so a rerun of 08 makes 09 stale too."""
-    files = {}
-    for value in params.values():
-        if isinstance(value, str) and value and (path := nb.parent / value).is_file():
-            files[value] = _sha(path.read_bytes())
-    return files
+    return {value: _sha((nb.parent / value).read_bytes()) for value in params.values()
+            if isinstance(value, str) and value and (nb.parent / value).is_file()}
 
 
 def record_key(nb: Path, params: dict, profile: str, parbp: str) -> dict:
-    return {"notebook": notebook_code(nb), "parameters": json.loads(json.dumps(params, default=str)),
+    """What a run's record must match for the run to be skipped: code, parameters, profile, library, inputs."""
+    return {"notebook": _sha(_code_cells(nb)), "parameters": json.loads(json.dumps(params, default=str)),
             "profile": profile, "parbp": parbp, "inputs": input_files(nb, params)}
 
 
@@ -128,6 +108,7 @@ class NotebookFailed(RuntimeError):
 
 
 def describe_failure(out: Path, error: Exception) -> str:
+    """One line (and where the traceback is): the notebook, the cell and the error."""
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(error, PapermillExecutionError):
@@ -139,10 +120,8 @@ def describe_failure(out: Path, error: Exception) -> str:
 
 def run(profile: str = "default", only: list[str] | None = None, out_dir: Path = EXECUTED, force: bool = False,
         notebooks_dir: Path = NOTEBOOKS, checkpoints: Path = CHECKPOINTS, log=None) -> list[dict]:
-    """Run (or skip) every chosen notebook run; one row per run with its status and seconds.
-
-    Raises NotebookFailed, after running everything else, if any notebook failed.
-    """
+    """Run (or skip) every chosen notebook run: one row per run with its status and seconds. Raises
+    NotebookFailed, after running everything else, if any notebook failed."""
     log = log or (lambda message: print(message, flush=True))
     check_choice("profile", profile, PROFILES, unknown=True)
     every = notebooks(notebooks_dir)
@@ -151,16 +130,17 @@ def run(profile: str = "default", only: list[str] | None = None, out_dir: Path =
         raise ValueError(f"no notebook matches {only}; notebooks are {[nb.name for nb in every]}")
     out_dir, checkpoints = Path(out_dir), Path(checkpoints)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parbp = library_code(notebooks_dir)
+    # the parbp source the notebooks can import (editing a module none of them reaches changes nothing)
+    parbp = _sha(b"".join(p.name.encode() + b"\0" + p.read_bytes() for p in notebook_modules(notebooks_dir)))
     rows, failures = [], []
     for nb in chosen:
         runs = PROFILES[profile].get(nb.name, {})
         runs = runs if isinstance(runs, list) else [runs]
         for i, params in enumerate(runs):
             out = out_dir / (nb.name if len(runs) == 1 else f"{nb.stem}_{i + 1}.ipynb")
-            row = {"notebook": out.name, "profile": profile, "ran": describe(params)}
-            rows.append({**row, **_run_one(nb, out, params, record_key(nb, params, profile, parbp), force,
-                                           notebooks_dir, checkpoints / out.stem, failures, log)})
+            rows.append({"notebook": out.name, "profile": profile, "ran": describe(params),
+                         **_run_one(nb, out, params, record_key(nb, params, profile, parbp), force, notebooks_dir,
+                                    checkpoints / out.stem, failures, log)})
     if failures:
         raise NotebookFailed(f"{len(failures)} notebook run(s) failed:\n  " + "\n  ".join(failures))
     return rows
@@ -171,24 +151,24 @@ def _run_one(nb, out, params, key, force, notebooks_dir, ckpt_dir, failures, log
     the row's status, seconds and load; a failure is appended to ``failures``, not raised."""
     import papermill as pm
 
-    from .results import write_text
-
     record = out.with_suffix(".record.json")
-    previous = _read_record(record)
+    try:
+        previous = json.loads(record.read_text())
+    except (OSError, ValueError):
+        previous = {}
     if not force and previous.get("key") == key and out.is_file():
         log(f"== {out.name} skipped: done and unchanged since {previous.get('finished', '?')}")
         return {"status": "skipped", "seconds": previous.get("seconds")}
     record.unlink(missing_ok=True)  # from here on, this run is not done until it succeeds
     if force:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
-    run_params = dict(params)
-    if "checkpoint_dir" in pm.inspect_notebook(str(nb)):
-        run_params["checkpoint_dir"] = str(ckpt_dir / _sha(key)[:16])
     log(f"== {out.name} {params or '(stored defaults)'}")
-    load = round(envinfo.load(), 2)  # the machine is shared: say how busy it was
+    if "checkpoint_dir" in pm.inspect_notebook(str(nb)):
+        params = {**params, "checkpoint_dir": str(ckpt_dir / _sha(key)[:16])}
+    load = round(machine_load(), 2)  # the machine is shared: say how busy it was
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(nb), str(out), parameters=run_params, cwd=str(notebooks_dir),
+        pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(notebooks_dir),
                             progress_bar=False, log_output=False)
     except Exception as e:  # a failing notebook must not stop the others
         failures.append(describe_failure(out, e))
@@ -218,20 +198,13 @@ def describe(params: dict) -> str:
 
 def times_table(rows: list[dict], total_s: float, machine: str):
     """The runs' times as a DataFrame with the machine on every row and a last row for the whole study."""
-    import pandas as pd
-
-    df = pd.DataFrame(rows)
     total = {"notebook": "(whole study)", "profile": rows[0]["profile"] if rows else "", "status": "",
              "seconds": round(total_s, 1), "ran": f"{sum(r['status'] == 'ran' for r in rows)} run(s)"}
-    df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
-    df["machine"] = machine
-    return df
+    return pd.concat([pd.DataFrame(rows), pd.DataFrame([total])], ignore_index=True).assign(machine=machine)
 
 
 def times_markdown(df) -> str:
     """The README's table: notebook, what it ran, minutes, load; and the total with the machine."""
-    import pandas as pd
-
     lines = ["| run | what it ran | status | minutes | load when it started |", "|---|---|---|---|---|"]
     for r in df.iloc[:-1].itertuples():
         load = "" if pd.isna(getattr(r, "load_before", None)) else f"{r.load_before:.1f}"  # skipped runs: none
@@ -243,24 +216,14 @@ def times_markdown(df) -> str:
 
 def publish_times(df, profile: str, figures: Path | None = None, readme: Path = ROOT / "README.md") -> Path:
     """``figures/study_times_PROFILE.csv``, and its table copied into the README where it has the markers."""
-    from .results import FIGURES, sync_readme_block, write_csv
-
     csv = write_csv(df, Path(figures or FIGURES) / f"study_times_{profile}.csv")
     if readme.is_file():
         sync_readme_block(readme, f"figures/study_times_{profile}.csv", times_markdown(df), missing_ok=True)
     return csv
 
 
-def _read_record(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def main(argv=None) -> int:
-    from .cli import Parser
-
+    """``python -m parbp.study``: run the study, write its times and say how it went."""
     parser = Parser(prog="python -m parbp.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="default", choices=list(PROFILES))
     parser.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 05 06")
@@ -277,9 +240,6 @@ def main(argv=None) -> int:
     if args.publish and args.only:
         parser.error("--publish times the whole study, so it cannot be combined with --only")
     start = time.perf_counter()
-    from .envinfo import machine_label
-    from .results import write_csv
-
     try:
         rows = run(args.profile, args.only, args.out, args.force, args.notebooks, args.checkpoints)
     except NotebookFailed as e:
@@ -296,6 +256,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli import run as _run
-
-    sys.exit(_run(main, prog="python -m parbp.study"))
+    sys.exit(run_cli(main, prog="python -m parbp.study"))

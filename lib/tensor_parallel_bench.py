@@ -1,17 +1,15 @@
 """The tensor-parallel goal in one run: serial, data, pipeline and tensor parallelism side by side.
 
-    flock -x /tmp/parbp.cpu env -u OPENBLAS_CORETYPE python -m parbp.tensor_parallel_bench   # Net-2h, MNIST, batch 1000, 2 engines
-    python -m parbp.tensor_parallel_bench --steps 3 --rounds 1 --subset 5000                   # a quick look
+    flock -x /tmp/parbp.cpu env -u OPENBLAS_CORETYPE python -m parbp.tensor_parallel_bench  # Net-2h, MNIST, batch 1000
+    python -m parbp.tensor_parallel_bench --steps 3 --rounds 1 --subset 5000                  # a quick look
 
-Every configuration trains on the same 2 MPI engines of ``parbp.ipp`` (the serial trainer in the client, on
-one core, while the engines sleep), timed as ``parbp.ipp_bench.run_rounds`` times them. The ratio to serial is
-taken round by round (each against the serial run of its own round): its median, min and max.
+Every configuration trains on the same 2 MPI engines of ``parbp.ipp`` (serial in the client, on one core, while
+the engines sleep), timed by ``parbp.ipp_bench.run_rounds``; the ratio to serial is taken round by round.
 
-The CSV (``--out``, default figures/07_tensor_parallel_goal.csv, atomically) has one row per configuration:
-throughput, the ratio to serial and its spread, CPU share (CPU time over wall time per process: well below 1
-means other work took the cores and the ratio is unreliable), the bytes each worker sends per step, for
-tensor parallelism its step split into compute and Allreduce (the slowest rank's, median), the goal and
-whether it was met, and the machine (CPU, cores, BLAS, its kernels, the load average before and after).
+The CSV (``--out``, default figures/07_tensor_parallel_goal.csv) has one row per configuration: throughput, the
+ratio to serial (median, min, max), CPU share (well below 1: other work took the cores, the ratio is unreliable),
+the bytes each worker sends per step, tensor parallelism's step split into compute and Allreduce (the slowest
+rank's, median), the goal and whether it was met, and the machine.
 """
 from __future__ import annotations
 
@@ -20,16 +18,20 @@ import sys
 import numpy as np
 import pandas as pd
 
-from . import ipp_bench
+from . import ipp, ipp_bench
+from .cli import positive_int, run
+from .data import load_first
 from .distributed import leading
+from .nets import n_params
+from .pipeline import split_layers
+from .tensor_parallel import TensorParallel, message_bytes
 
 GOAL = 1.5  # tensor parallelism, Net-2h, batch 1000, 2 ranks: throughput over serial
 
 
 def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, engines=2, steps=10, rounds=5,
             micro_batches=8, lr=0.1, seed=0) -> pd.DataFrame:
-    from .data import load_first
-
+    """Serial, data, pipeline and tensor parallelism in interleaved rounds on the same engines: one row each."""
     ds = load_first(dataset, subset, seed)
     per_epoch = len(ds.X_train) // batch_size
     if per_epoch < steps:
@@ -37,15 +39,12 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, engines=2, 
     models, speed, share, _, loads = ipp_bench.run_rounds(
         ds, engines, lambda eng: _models(eng, ds, net, micro_batches, seed), batch_size, lr, steps, rounds)
     sent = _sent_bytes(models["serial"].trainer.sizes, engines, batch_size, micro_batches)
-    serial = np.array(speed["serial"])
-    rows = []
-    for name in models:
-        ratio = np.array(speed[name]) / serial
-        rows.append({"method": name, "engines": 1 if name == "serial" else engines,
-                     "examples_per_s": float(np.median(speed[name])), "vs_serial": float(np.median(ratio)),
-                     "vs_serial_min": float(ratio.min()), "vs_serial_max": float(ratio.max()),
-                     "cpu_share": float(np.median(share[name])), "sent_mib_per_step": sent[name] / 2**20})
-    df = pd.DataFrame(rows)
+    ratios = {name: np.array(speed[name]) / np.array(speed["serial"]) for name in models}  # round by round
+    df = pd.DataFrame([{"method": name, "engines": 1 if name == "serial" else engines,
+                        "examples_per_s": float(np.median(speed[name])), "vs_serial": float(np.median(ratio)),
+                        "vs_serial_min": float(ratio.min()), "vs_serial_max": float(ratio.max()),
+                        "cpu_share": float(np.median(share[name])), "sent_mib_per_step": sent[name] / 2**20}
+                       for name, ratio in ratios.items()])
     is_tp = df.method == "tensor parallel"
     tp_steps = pd.DataFrame(models["tensor parallel"].steps[-rounds * steps:])
     for column, measured in (("step_ms", "step_s"), ("compute_ms", "compute_s"), ("allreduce_ms", "comm_s")):
@@ -57,26 +56,19 @@ def measure(net="2h", dataset="mnist", subset=None, batch_size=1000, engines=2, 
 
 
 def _models(eng, ds, net, micro_batches, seed) -> dict:
-    from . import ipp as pipp
-    from .tensor_parallel import TensorParallel
-
-    return {"serial": pipp.Serial(ds, net=net, seed=seed),
-            "data parallel": pipp.DataParallel(eng, ds, net=net, seed=seed),
-            f"pipeline 1f1b m={micro_batches}": pipp.ModelParallel(eng, ds, net=net, schedule="1f1b",
-                                                                    micro_batches=micro_batches, seed=seed),
+    return {"serial": ipp.Serial(ds, net=net, seed=seed),
+            "data parallel": ipp.DataParallel(eng, ds, net=net, seed=seed),
+            f"pipeline 1f1b m={micro_batches}": ipp.ModelParallel(eng, ds, net=net, schedule="1f1b",
+                                                                   micro_batches=micro_batches, seed=seed),
             "tensor parallel": TensorParallel(eng, ds, net=net, seed=seed)}
 
 
 def _sent_bytes(sizes, engines, batch_size, micro_batches) -> dict:
-    """The bytes each worker sends per step, by method."""
-    from .nets import n_params
-    from .pipeline import split_layers
-    from .tensor_parallel import message_bytes
-
-    width = sizes[split_layers(sizes, engines)[0][-1] + 1]  # the first stage boundary
-    return {"serial": 0.0,
-            "data parallel": 2 * (engines - 1) / engines * 4 * (n_params(sizes) + 1),  # ring all-reduce of the gradients + loss
-            f"pipeline 1f1b m={micro_batches}": 4 * batch_size * width,  # activations forward or deltas back, per boundary
+    """The bytes each worker sends per step, by method: data parallel a ring all-reduce of the gradients and the
+    loss, the pipeline its activations forward or deltas back across the first stage boundary."""
+    width = sizes[split_layers(sizes, engines)[0][-1] + 1]
+    return {"serial": 0.0, "data parallel": 2 * (engines - 1) / engines * 4 * (n_params(sizes) + 1),
+            f"pipeline 1f1b m={micro_batches}": 4 * batch_size * width,
             "tensor parallel": message_bytes(sizes, batch_size)["sent_bytes"](engines)}
 
 
@@ -90,14 +82,10 @@ def report(df) -> str:
 
 
 def main(argv=None) -> int:
-    from .cli import positive_int
-
     p = ipp_bench.parser("parbp.tensor_parallel_bench", __doc__, rounds=5, out="07_tensor_parallel_goal.csv")
     p.add_argument("--micro-batches", type=positive_int, default=8, help="the pipeline's micro-batches (1F1B)")
     return ipp_bench.publish(p.parse_args(argv), measure, report)
 
 
 if __name__ == "__main__":
-    from .cli import run
-
     sys.exit(run(main, prog="parbp.tensor_parallel_bench"))

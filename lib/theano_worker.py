@@ -11,6 +11,8 @@ in header order (never pickles, on which numpy 1.23 and 2 need not agree).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -29,44 +31,35 @@ _LEN = struct.Struct("<Q")
 def write_message(stream, header: dict, arrays=()) -> None:
     # not np.ascontiguousarray: it would turn a 0-d array into a 1-d one
     arrays = [a if a.flags.c_contiguous else a.copy(order="C") for a in map(np.asarray, arrays)]
-    header = dict(header, arrays=[[a.dtype.str, list(a.shape)] for a in arrays])
-    head = json.dumps(header).encode()
-    stream.write(_LEN.pack(len(head)))
-    stream.write(head)
+    head = json.dumps(dict(header, arrays=[[a.dtype.str, list(a.shape)] for a in arrays])).encode()
+    stream.write(_LEN.pack(len(head)) + head)
     for a in arrays:
         if a.size:
             stream.write(memoryview(a.reshape(-1)).cast("B"))  # a view: no copy of big batches
     stream.flush()
 
 
-def _read_exactly(stream, n: int):
-    """n bytes from the stream, or None at a clean end of stream (the other side is gone)."""
+def _read_exactly(stream, n: int, first: bool = False):
+    """n bytes from the stream; None at a clean end of stream before the ``first`` bytes of a message (the other
+    side is gone), EOFError anywhere else."""
     buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = stream.readinto(view[got:])
-        if not k:
-            if got == 0:
-                return None
-            raise EOFError(f"stream ended after {got} of {n} bytes")
-        got += k
-    return buf
+    got = stream.readinto(buf)  # a buffered stream reads until n bytes or the end of the stream
+    if got == n:
+        return buf
+    if first and not got:
+        return None
+    raise EOFError(f"stream ended inside a message, after {got} of {n} bytes")
 
 
 def read_message(stream):
     """(header, arrays), or None when the other side closed the stream."""
-    raw = _read_exactly(stream, _LEN.size)
+    raw = _read_exactly(stream, _LEN.size, first=True)
     if raw is None:
         return None
-    (n,) = _LEN.unpack(raw)
-    header = json.loads(bytes(_read_exactly(stream, n) or b""))
+    header = json.loads(bytes(_read_exactly(stream, *_LEN.unpack(raw))))
     arrays = []
     for dtype, shape in header.pop("arrays"):
-        dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        data = _read_exactly(stream, nbytes) if nbytes else bytearray()
-        if data is None:
-            raise EOFError("stream ended inside a message")
+        data = _read_exactly(stream, int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
         arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape))
     return header, arrays
 
@@ -78,42 +71,45 @@ class SGDGraph:
     would write it: loss = 1/B Σ ||Y - A_L||², grads = T.grad(loss, params), p <- p - lr * g."""
 
     def __init__(self, theano, T, sigmoid, params, dtype: str, mode=None):
-        self.theano, self.T, self.mode = theano, T, mode
+        self.dtype = dtype
         X, Y = T.matrix("X", dtype=dtype), T.matrix("Y", dtype=dtype)
         lr = T.scalar("lr", dtype=dtype)
-        self.shared = []
-        for l, (W, b) in enumerate(params):
-            self.shared += [theano.shared(np.array(W, dtype=dtype), name=f"W{l}"),
-                            theano.shared(np.array(b, dtype=dtype), name=f"b{l}")]
+        self.shared = [theano.shared(np.array(value, dtype=dtype), name=f"{kind}{l}")
+                       for l, pair in enumerate(params) for kind, value in zip("Wb", pair)]
         A = X
         for W, b in zip(self.shared[0::2], self.shared[1::2]):
             A = sigmoid(T.dot(A, W) + b)
         # cast B so that float32 graphs stay float32 (X.shape[0] is int64, which would upcast)
         loss = T.sum((Y - A) ** 2) / T.cast(X.shape[0], dtype)
         grads = theano.grad(loss, self.shared)
-        self._inputs, self._loss, self._grads = (X, Y), loss, grads
         updates = [(p, p - lr * g) for p, g in zip(self.shared, grads)]
         self.step = theano.function([X, Y, lr], loss, updates=updates, mode=mode)
         self.predict = theano.function([X], A, mode=mode)
-        self._gradients = None  # compiled on first use: most runs never need it
+        # (loss, gradients) without updating, compiled on first use: most runs never need it
+        self.gradients = functools.cache(lambda: theano.function([X, Y], [loss, *grads], mode=mode))
 
-    def gradients(self, X, Y):
-        """(loss, [dW0, db0, dW1, ...]) without updating."""
-        if self._gradients is None:
-            self._gradients = self.theano.function(list(self._inputs), [self._loss, *self._grads], mode=self.mode)
-        loss, *grads = self._gradients(X, Y)
-        return float(loss), grads
-
-    def apply_gradients(self, grads, lr):
-        for p, g in zip(self.shared, grads):
-            p.set_value(p.get_value(borrow=True) - np.asarray(lr, dtype=g.dtype) * g)
-
-    def get_params(self):
-        return [p.get_value() for p in self.shared]  # copies
-
-    def set_params(self, flat):
-        for p, v in zip(self.shared, flat):
-            p.set_value(np.array(v, dtype=p.dtype))
+    def answer(self, header: dict, arrays: list):
+        """One request of the protocol (everything but init and close) run on this graph: (reply header, reply
+        arrays). Parameters and gradients travel flat: [W0, b0, W1, b1, ...]."""
+        op = header.get("op")
+        if op == "step":
+            return {"loss": float(self.step(*arrays, np.asarray(header["lr"], dtype=self.dtype)))}, []
+        if op == "gradients":
+            loss, *grads = self.gradients()(*arrays)
+            return {"loss": float(loss)}, grads
+        if op == "predict":
+            return {}, [self.predict(*arrays)]
+        if op == "get_params":
+            return {}, [p.get_value() for p in self.shared]  # copies
+        if op == "apply_gradients":
+            for p, g in zip(self.shared, arrays):
+                p.set_value(p.get_value(borrow=True) - np.asarray(header["lr"], dtype=g.dtype) * g)
+        elif op == "set_params":
+            for p, v in zip(self.shared, arrays):
+                p.set_value(np.array(v, dtype=p.dtype))
+        else:
+            return {"error": f"unknown op {op!r}"}, []
+        return {}, []
 
 
 # -- the worker process ----------------------------------------------------------------------------
@@ -148,13 +144,10 @@ def blas_ldflags(choice: str) -> str:
 
 def _die_with_parent(poll_s: float = 0.5) -> None:
     """Exit as soon as the parent is gone, even mid-compile (end of stdin covers the idle case)."""
-    parent = os.getppid()
-
-    def watch():
-        while True:
-            if os.getppid() != parent:
-                os._exit(3)
+    def watch(parent=os.getppid()):
+        while os.getppid() == parent:
             time.sleep(poll_s)
+        os._exit(3)
 
     threading.Thread(target=watch, daemon=True).start()
 
@@ -175,39 +168,21 @@ def _serve(inp, out) -> None:
         import theano
         import theano.tensor as T
 
-        dtype = header["dtype"]
-        graph = SGDGraph(theano, T, T.nnet.sigmoid, zip(arrays[0::2], arrays[1::2]), dtype)
+        graph = SGDGraph(theano, T, T.nnet.sigmoid, zip(arrays[0::2], arrays[1::2]), header["dtype"])
     except Exception:
         write_message(out, {"error": traceback.format_exc()})
         return
     write_message(out, {"ok": True, "theano": theano.__version__, "numpy": np.__version__,
                         "floatX": theano.config.floatX, "blas": theano.config.blas__ldflags})
     for header, arrays in requests:
-        op = header.get("op")
+        if header.get("op") == "close":
+            write_message(out, {})
+            return
         try:
-            if op == "step":
-                X, Y = arrays
-                write_message(out, {"loss": float(graph.step(X, Y, np.asarray(header["lr"], dtype=dtype)))})
-            elif op == "predict":
-                write_message(out, {}, [graph.predict(arrays[0])])
-            elif op == "get_params":
-                write_message(out, {}, graph.get_params())
-            elif op == "set_params":
-                graph.set_params(arrays)
-                write_message(out, {})
-            elif op == "gradients":
-                loss, grads = graph.gradients(*arrays)
-                write_message(out, {"loss": loss}, grads)
-            elif op == "apply_gradients":
-                graph.apply_gradients(arrays, header["lr"])
-                write_message(out, {})
-            elif op == "close":
-                write_message(out, {})
-                return
-            else:
-                write_message(out, {"error": f"unknown op {op!r}"})
+            reply = graph.answer(header, arrays)
         except Exception:
-            write_message(out, {"error": traceback.format_exc()})
+            reply = {"error": traceback.format_exc()}, []
+        write_message(out, *reply)
 
 
 def main() -> None:
@@ -217,10 +192,8 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     _die_with_parent()
-    try:
+    with contextlib.suppress(BrokenPipeError, EOFError):  # the parent went away mid-message: nothing to answer
         _serve(sys.stdin.buffer, out)
-    except (BrokenPipeError, EOFError):
-        pass  # the parent went away mid-message: nothing left to answer
 
 
 if __name__ == "__main__":

@@ -31,12 +31,11 @@ def side_by_side(fns: list, rounds: int, warmup: int = 1, min_sample_s: float = 
         for i, fn in enumerate(fns):
             if len(samples[i]) >= MIN_SAMPLES and spent[i] > max_s:
                 continue
-            if len(fns) > 1:
+            if len(fns) > 1:  # one untimed call at least, more until rewarm_s has passed
                 start = time.perf_counter()
-                while True:
+                fn()
+                while time.perf_counter() - start < rewarm_s:
                     fn()
-                    if time.perf_counter() - start >= rewarm_s:
-                        break
             samples[i].append(sample(fn, calls[i]))
             spent[i] += samples[i][-1] * calls[i]
     return samples

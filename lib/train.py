@@ -9,28 +9,24 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import checkpoint as ckpt
+from . import checkpoint as ckpt, data, trainers
 from .base import Trainer
-from .data import Dataset
+from .cli import Parser, fraction, net, nonnegative_int, positive_float, positive_int, run
+from .results import write_csv
 
 
-def predict_labels(trainer: Trainer, X: np.ndarray, batch_size: int = 10_000) -> np.ndarray:
-    """Class predictions: argmax of the outputs, or output > 0.5 for a single (binary) unit."""
+def accuracy(trainer: Trainer, X: np.ndarray, y: np.ndarray, batch_size: int = 10_000) -> float:
+    """The fraction of ``y`` predicted: argmax of the outputs, or output > 0.5 for a single (binary) unit."""
+    if not len(y):
+        return float("nan")
     out = np.concatenate([trainer.predict(X[i:i + batch_size]) for i in range(0, len(X), batch_size)])
-    return Dataset.labels(out)
-
-
-def accuracy(trainer: Trainer, X: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(predict_labels(trainer, X) == y)) if len(y) else float("nan")
+    return float(np.mean(data.Dataset.labels(out) == y))
 
 
 def mse(trainer: Trainer, X: np.ndarray, Y: np.ndarray, batch_size: int = 10_000) -> float:
     """The study's loss, 1/N Σ ||y - f(x)||², over a whole split."""
-    total = 0.0
-    for i in range(0, len(X), batch_size):
-        err = trainer.predict(X[i:i + batch_size]).astype(np.float64) - Y[i:i + batch_size]
-        total += float(np.sum(err * err))
-    return total / max(len(X), 1)
+    return sum(float(np.sum((trainer.predict(X[i:i + batch_size]).astype(np.float64) - Y[i:i + batch_size]) ** 2))
+               for i in range(0, len(X), batch_size)) / max(len(X), 1)
 
 
 def evaluate(trainer: Trainer, X: np.ndarray, Y: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -59,10 +55,9 @@ def shuffled_batches(dataset, epochs: int, batch_size: int, seed: int = 0):
     """(X, Y) of every minibatch of ``epochs`` epochs in ``fit``'s order: one seeded RNG, a fresh shuffle
     each epoch."""
     rng = np.random.default_rng(seed)
-    X, Y = dataset.X_train, dataset.Y_train
     for _ in range(epochs):
-        for idx in minibatches(rng.permutation(len(X)), batch_size):
-            yield X[idx], Y[idx]
+        for idx in minibatches(rng.permutation(len(dataset.X_train)), batch_size):
+            yield dataset.X_train[idx], dataset.Y_train[idx]
 
 
 def lr_at(lr: float, decay: float, epoch: int) -> float:
@@ -96,14 +91,20 @@ def fit(trainer: Trainer, dataset, epochs: int, batch_size: int, lr: float, lr_d
     history, done = None, 0
     if checkpoint is not None:
         checkpoint = Path(checkpoint)
-        identity = run_identity(trainer, dataset, batch_size, lr, lr_decay, seed, eval_train)
+        # what a checkpoint must agree on to be resumed by this run (the epoch count may grow)
+        identity = {"trainer": trainer.name, "sizes": list(trainer.sizes), "dtype": str(trainer.dtype),
+                    "options": dict(trainer.opts), "init_seed": trainer.seed, "dataset": ckpt.data_fingerprint(dataset),
+                    "batch_size": batch_size, "lr": lr, "lr_decay": lr_decay, "seed": seed, "eval_train": eval_train}
         if checkpoint.exists():
             if not resume:
                 raise FileExistsError(f"checkpoint {checkpoint} exists; resume it (resume=True, --resume) "
                                       f"or delete it to start over")
-            history, done, rng = _restore(trainer, checkpoint, identity, epochs)
-    if history is None:
-        history = [_evaluate(trainer, dataset, 0, float("nan"), 0.0, lr, eval_train)]
+            trainer_params, state = ckpt.load(checkpoint)
+            ckpt.check_identity(state, identity, checkpoint)
+            if (done := state["epoch"]) > epochs:
+                raise ValueError(f"checkpoint {checkpoint} is at epoch {done}, beyond the {epochs} epochs asked for")
+            trainer.params, history, rng = trainer_params, state["history"], ckpt.rng_from_state(state["rng"])
+    history = history or [_evaluate(trainer, dataset, 0, float("nan"), 0.0, lr, eval_train)]
     steps_per_epoch = -(-len(X) // batch_size)
     bar = tqdm(total=epochs * steps_per_epoch, initial=done * steps_per_epoch, disable=not progress,
                unit="step", leave=False)
@@ -124,24 +125,6 @@ def fit(trainer: Trainer, dataset, epochs: int, batch_size: int, lr: float, lr_d
     return pd.DataFrame(history)
 
 
-def run_identity(trainer, dataset, batch_size, lr, lr_decay, seed, eval_train) -> dict:
-    """What a checkpoint must agree on to be resumed by this run (the epoch count may grow)."""
-    return {"trainer": trainer.name, "sizes": list(trainer.sizes), "dtype": str(trainer.dtype),
-            "options": {k: v for k, v in trainer.opts.items()}, "init_seed": trainer.seed,
-            "dataset": ckpt.data_fingerprint(dataset), "batch_size": batch_size, "lr": lr, "lr_decay": lr_decay,
-            "seed": seed, "eval_train": eval_train}
-
-
-def _restore(trainer, path, identity, epochs):
-    """Load ``path`` into ``trainer``: (history, epochs done, the shuffle RNG as it was)."""
-    params, state = ckpt.load(path)
-    ckpt.check_identity(state, identity, path)
-    if state["epoch"] > epochs:
-        raise ValueError(f"checkpoint {path} is at epoch {state['epoch']}, beyond the {epochs} epochs asked for")
-    trainer.params = params
-    return state["history"], state["epoch"], ckpt.rng_from_state(state["rng"])
-
-
 def _evaluate(trainer, ds, epoch, train_loss, seconds, lr, eval_train) -> dict:
     """One history row (row 0's train loss: the whole training split's), with train and test accuracy."""
     if epoch == 0:
@@ -151,10 +134,8 @@ def _evaluate(trainer, ds, epoch, train_loss, seconds, lr, eval_train) -> dict:
                        test_acc=accuracy(trainer, ds.X_test, ds.y_test), lr=lr)
 
 
-def parser():
-    from . import data, trainers
-    from .cli import Parser, fraction, net, nonnegative_int, positive_float, positive_int
-
+def main(argv=None) -> int:
+    """``python -m parbp.train --impl numpy --net 1h --dataset mnist --epochs 5 --batch-size 100 --lr 0.1``"""
     p = Parser(prog="python -m parbp.train", description="Train one trainer and print its history.")
     p.add_argument("--impl", default="numpy", choices=trainers.names())
     p.add_argument("--net", default="1h", type=net, help="1h, 2h or comma-separated hidden widths")
@@ -169,14 +150,6 @@ def parser():
     p.add_argument("--out", help="write the history as CSV here")
     p.add_argument("--checkpoint", help="write the run's state here after every epoch (atomically)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
-    return p
-
-
-def main(argv=None) -> int:
-    """``python -m parbp.train --impl numpy --net 1h --dataset mnist --epochs 5 --batch-size 100 --lr 0.1``"""
-    from . import data, trainers
-
-    p = parser()
     args = p.parse_args(argv)
     T = trainers.get(args.impl)
     if args.threads is not None and "threads" not in T.options:
@@ -190,13 +163,9 @@ def main(argv=None) -> int:
     print(f"{t!r} on {ds.name}, batch {args.batch_size}, lr {args.lr}")
     print(history.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.out:
-        from .results import write_csv
-
         write_csv(history, args.out)
     return 0
 
 
 if __name__ == "__main__":
-    from .cli import run
-
     raise SystemExit(run(main, prog="python -m parbp.train"))

@@ -1,10 +1,5 @@
 """The registry of trainers: every implementation in this study, found by name.
 
-    trainers.names()        every registered name
-    trainers.available()    those usable on this machine
-    trainers.get(name)      the trainer class (unknown name -> ValueError listing names())
-    trainers.why_unavailable(name)
-
 Implementations are imported lazily, so asking for "numpy" never imports torch or CUDA,
 and a family whose package is missing is reported unavailable with the import error as the reason.
 """
@@ -32,8 +27,8 @@ _REGISTRY = {
 }
 
 
-
 def names() -> list[str]:
+    """Every registered trainer, in the order the study introduces them."""
     return list(_REGISTRY)
 
 
@@ -71,12 +66,10 @@ def why_unavailable(name: str) -> str:
 
 
 def available() -> list[str]:
+    """The registered trainers that can run on this machine."""
     return [n for n in _REGISTRY if not why_unavailable(n)]
 
 
 def make(name: str, **kwargs) -> Trainer:
     """Shorthand for ``get(name)(**kwargs)``."""
     return get(name)(**kwargs)
-
-
-__all__ = ["Trainer", "TrainerUnavailable", "names", "get", "available", "why_unavailable", "make", "gpu", "fastest_cpu"]

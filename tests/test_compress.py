@@ -61,7 +61,7 @@ def test_quantized_layer_predicts_like_its_dequantized_dense_copy(small):
     assert [len(np.unique(L.dense()[L.mask])) <= 2 ** b for L, b in zip(shared, [4, 3])] == [True, True]
     X = small.X_test[:50]
     dense = C.dequantize(shared)
-    sparse = [(L.csr(), L.bias) for L in shared]
+    sparse = C.to_csr(dense)
     np.testing.assert_allclose(C.predict_csr(sparse, X), C.predict_dense(dense, X), rtol=1e-5, atol=1e-6)
     with trainers.make("serial-blas", net=[64], seed=0) as t:
         t.params = dense
