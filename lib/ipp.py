@@ -102,7 +102,14 @@ class Engines(Closing):
         if self.broken:
             raise EngineFailure(f"these engines are unusable after an earlier failure ({self.broken}); "
                                 f"close them and start new Engines")
-        return self._wait([self.submit(e, fn, *args) for e, fn, args in calls], what, deadline)
+        try:
+            results = [self.submit(e, fn, *args) for e, fn, args in calls]
+        except IndexError:  # ipyparallel's "No such engine": the hub has already dropped one (between two pieces)
+            lost = sorted(set(self.ids) - set(self.rc.ids))
+            who = self._lost_engines() or f"engine(s) {lost} stopped answering (the hub lost its heartbeat: it died " \
+                                          f"or is stopped)"
+            self._break(f"{who} while {what}")
+        return self._wait(results, what, deadline)
 
     def get(self, results, what: str):
         """The values of already submitted ``results``, within ``timeout`` seconds (parbp.ipp_relay)."""

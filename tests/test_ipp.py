@@ -166,6 +166,27 @@ def test_hub_heartbeat_loss_named_by_what_the_client_sees(local, message):
     assert eng.broken
 
 
+def test_work_for_an_engine_the_hub_dropped_is_refused_naming_it():
+    """An engine can die between two pieces of work, and the hub drop it before the next is submitted:
+    ipyparallel then raises IndexError ("No such engine"); the client says which engine and what it was doing."""
+    import os
+    from types import SimpleNamespace
+
+    class Hub:
+        ids = [6]
+
+        def __getitem__(self, engine):
+            if engine not in self.ids:
+                raise IndexError(f"No such engine: {engine}")
+            return SimpleNamespace(apply_async=lambda fn, *args: SimpleNamespace())
+
+    eng = object.__new__(pi.Engines)
+    eng.rc, eng.ids, eng.pids, eng.local, eng.broken = Hub(), [6, 7], [os.getpid()] * 2, [False] * 2, None
+    with pytest.raises(pi.EngineFailure, match=r"engine\(s\) \[7\] stopped answering .* while gathering"):
+        eng.run([(e, print, ()) for e in eng.ids], "gathering")
+    assert eng.broken
+
+
 # --------------------------------------------------------------------------------------------
 # The schedules on paper (no engines)
 
