@@ -407,9 +407,6 @@ class MatrixTrainer(_ParamsTrainer):
             b -= lr * gb
 
 
-SerialBlasTrainer = MatrixTrainer  # the minibatch matrix form on one core
-
-
 class ThreadsTrainer(MatrixTrainer):
     """The paper's pthreads design: the minibatch split across ``threads`` workers, each with single-threaded
     BLAS (which releases the GIL); ``update="partials"`` sums their partial gradients as the paper does."""

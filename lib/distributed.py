@@ -34,13 +34,14 @@ class Flat:
         self.shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
         self.counts = [int(np.prod(s)) for s in self.shapes]
         self.n, self.extra, self.dtype = sum(self.counts), extra, np.dtype(dtype)
+        self.ends = np.cumsum(self.counts)  # where each array ends in the buffer, for views on every step
 
     def empty(self) -> np.ndarray:
         return np.zeros(self.n + self.extra, dtype=self.dtype)
 
     def views(self, buf):
         """[(W, b), ...] as views into ``buf``: unpacking costs nothing."""
-        arrays = [a.reshape(s) for a, s in zip(np.split(buf, np.cumsum(self.counts)), self.shapes)]
+        arrays = [a.reshape(s) for a, s in zip(np.split(buf, self.ends), self.shapes)]
         return list(zip(arrays[0::2], arrays[1::2]))
 
     def pack(self, pairs, buf, scale=1.0) -> np.ndarray:

@@ -14,7 +14,7 @@ _REGISTRY = {
     "reference": "parbp.reference:ReferenceTrainer",
     "numpy": "parbp.numpy_trainer:NumpyTrainer",
     "serial-example": "parbp.cpu:SerialExampleTrainer",
-    "serial-blas": "parbp.cpu:SerialBlasTrainer",
+    "serial-blas": "parbp.cpu:MatrixTrainer",
     "threads": "parbp.cpu:ThreadsTrainer",
     "blas-parallel": "parbp.cpu:BlasParallelTrainer",
     "hybrid": "parbp.cpu:HybridTrainer",
